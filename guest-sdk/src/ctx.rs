@@ -1,0 +1,124 @@
+//! What a task sees of the world: its inputs, its arguments, and where its outputs go.
+
+use std::{fmt, io, str::FromStr};
+
+use crate::{
+    Error,
+    abi::{self, CID_LEN},
+    sys,
+};
+
+/// A block's content identifier (blake3), as the host returns it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cid(pub [u8; CID_LEN]);
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cid({self})")
+    }
+}
+
+/// The task's view of its invocation.
+pub struct Ctx {
+    args: Vec<(String, String)>,
+}
+
+impl Ctx {
+    pub(crate) fn new() -> Self {
+        let args = abi::decode_args(&sys::args()).unwrap_or_default();
+        Self { args }
+    }
+
+    /// The names of the task's inputs, in the order given.
+    pub fn input_names(&self) -> Vec<String> {
+        (0..sys::input_count()).filter_map(|i| sys::input_name(i).ok()).collect()
+    }
+
+    /// Reads a whole input into memory.
+    ///
+    /// # Errors
+    /// If there is no input by that name, or the host cannot read it.
+    pub fn input(&self, name: &str) -> Result<Vec<u8>, Error> {
+        let mut reader = self.input_reader(name)?;
+        let mut out = Vec::with_capacity(reader.len);
+        io::Read::read_to_end(&mut reader, &mut out).map_err(|e| Error::msg(format!("input `{name}`: {e}")))?;
+        Ok(out)
+    }
+
+    /// Streams an input without holding it all in memory.
+    ///
+    /// # Errors
+    /// If there is no input by that name.
+    pub fn input_reader(&self, name: &str) -> Result<InputReader, Error> {
+        let index = sys::input_find(name).map_err(|code| Error::host(format!("input `{name}`"), code))?;
+        let len = sys::input_len(index).map_err(|code| Error::host(format!("input `{name}`"), code))?;
+        Ok(InputReader { index, offset: 0, len })
+    }
+
+    /// An argument's value, if it was given.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// An argument parsed as `T`, or `default` when absent.
+    ///
+    /// # Errors
+    /// If the argument is present but does not parse.
+    pub fn arg_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, Error>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.arg(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| Error::msg(format!("argument `{key}={v}`: {e}"))),
+        }
+    }
+
+    /// All arguments, in key order.
+    pub fn args(&self) -> &[(String, String)] {
+        &self.args
+    }
+
+    /// Writes a named output; returns its CID.
+    ///
+    /// # Errors
+    /// If the name is empty or already used, the task's output quota is spent, or the host
+    /// cannot store it.
+    pub fn output(&mut self, name: &str, bytes: &[u8]) -> Result<Cid, Error> {
+        sys::output_write(name, bytes).map(Cid).map_err(|code| Error::host(format!("output `{name}`"), code))
+    }
+}
+
+/// Reads one input in pieces; see [`Ctx::input_reader`].
+pub struct InputReader {
+    index: usize,
+    offset: u64,
+    len: usize,
+}
+
+impl InputReader {
+    /// The input's total length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the input is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl io::Read for InputReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = sys::input_read(self.index, self.offset, buf)
+            .map_err(|code| io::Error::other(code.to_string()))?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}

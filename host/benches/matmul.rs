@@ -1,0 +1,83 @@
+//! Matmul throughput: the native cpu kernel (gemm, all cores) and the wgpu shader on whatever
+//! adapter wgpu finds (a software one included, named in the output).
+//!
+//! Criterion's throughput is reported in elements/s with one element per flop (`2 n^3` per
+//! matmul), so `Gelem/s` reads as GFLOP/s. Run with `cargo bench -p shoal-host --bench matmul`.
+
+use std::{hint::black_box, sync::Arc, time::Duration};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use shoal_host::compute::{Backend, CpuBackend, GpuBackend, Op, Shape};
+
+const CPU_SIZES: [u32; 4] = [256, 512, 1024, 2048];
+
+fn operands(
+    backend: &dyn Backend,
+    n: u32,
+) -> (shoal_host::compute::Tensor, shoal_host::compute::Tensor) {
+    let len = n as usize * n as usize;
+    let a: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let b: Vec<f32> = (0..len).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    let shape = Shape::new(n, n);
+    match (backend.upload(&a, shape), backend.upload(&b, shape)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => panic!("uploading {n}x{n} operands: {e}"),
+    }
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let matmul = Op::Matmul {
+        trans_a: false,
+        trans_b: false,
+    };
+
+    let cpu = CpuBackend::new();
+    let mut group = c.benchmark_group(format!("matmul/{}", cpu.name()));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in CPU_SIZES {
+        let (a, b) = operands(&cpu, n);
+        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+            bench.iter(|| black_box(cpu.execute(matmul, &[&a, &b]).expect("cpu matmul")));
+        });
+    }
+    group.finish();
+
+    let gpu = match GpuBackend::new(true) {
+        Ok(gpu) => Arc::new(gpu),
+        Err(err) => {
+            eprintln!("no wgpu adapter, skipping the gpu matmul bench: {err}");
+            return;
+        }
+    };
+    // A software adapter runs at a fraction of a GFLOP/s: keep it to sizes that finish.
+    let sizes: &[u32] = if gpu.is_software() {
+        &[128, 256]
+    } else {
+        &CPU_SIZES
+    };
+    let mut group = c.benchmark_group(format!("matmul/{}", gpu.name()));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for &n in sizes {
+        let (a, b) = operands(gpu.as_ref(), n);
+        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+            bench.iter(|| {
+                let out = gpu.execute(matmul, &[&a, &b]).expect("gpu matmul");
+                // execute() only submits; time the work itself.
+                gpu.wait_idle().expect("gpu wait");
+                black_box(out)
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_matmul);
+criterion_main!(benches);

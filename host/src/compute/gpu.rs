@@ -1,0 +1,814 @@
+//! The wgpu backend: WGSL compute shaders on one device shared by the node.
+//!
+//! Pipelines are compiled once, when the backend is made. Tensors are storage buffers that
+//! stay on the device between ops; only [`Backend::read_into`] copies one back (through a
+//! staging buffer, `map_async` and `poll`). Every kernel uses one bind-group layout:
+//! binding 0 a 32-byte uniform of parameters, 1 and 2 the read-only inputs (unary kernels
+//! bind their input twice), 3 the output.
+
+use std::{num::NonZeroU64, sync::mpsc};
+
+use wgpu::util::DeviceExt;
+
+use super::{
+    Backend, BackendKind, BinaryOp, ComputeError, Op, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
+    UnaryOp, XentReduction, check_inputs,
+};
+
+/// Every shader file, by name, with its WGSL source (for validation in tests and tools).
+pub const SHADERS: [(&str, &str); 6] = [
+    ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
+    (
+        "elementwise.wgsl",
+        include_str!("../../../shaders/elementwise.wgsl"),
+    ),
+    (
+        "activation.wgsl",
+        include_str!("../../../shaders/activation.wgsl"),
+    ),
+    ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
+    (
+        "softmax_xent.wgsl",
+        include_str!("../../../shaders/softmax_xent.wgsl"),
+    ),
+    (
+        "transpose.wgsl",
+        include_str!("../../../shaders/transpose.wgsl"),
+    ),
+];
+
+/// The uniform every kernel reads; mirrors `struct Params` in each shader.
+const PARAMS_SIZE: u64 = 32;
+/// Invocations per workgroup in the 1-D kernels.
+const WORKGROUP_1D: u32 = 256;
+/// Output tile of one matmul workgroup (`TM`, `TN` in matmul.wgsl).
+const MATMUL_TILE: u32 = 64;
+/// Tile of one transpose workgroup.
+const TRANSPOSE_TILE: u32 = 16;
+/// Workgroup memory the kernels use at most (matmul: two 1024-float tiles).
+const WORKGROUP_STORAGE_BYTES: u32 = 8192;
+
+/// A compiled kernel: (shader file index in [`SHADERS`], entry point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+enum Kernel {
+    Matmul,
+    Add,
+    Sub,
+    Mul,
+    Scale,
+    Axpy,
+    Relu,
+    ReluGrad,
+    Sigmoid,
+    SigmoidGrad,
+    Tanh,
+    TanhGrad,
+    SumAxis0,
+    SumAxis1,
+    XentForward,
+    XentBackward,
+    Transpose,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 17] = [
+        Self::Matmul,
+        Self::Add,
+        Self::Sub,
+        Self::Mul,
+        Self::Scale,
+        Self::Axpy,
+        Self::Relu,
+        Self::ReluGrad,
+        Self::Sigmoid,
+        Self::SigmoidGrad,
+        Self::Tanh,
+        Self::TanhGrad,
+        Self::SumAxis0,
+        Self::SumAxis1,
+        Self::XentForward,
+        Self::XentBackward,
+        Self::Transpose,
+    ];
+
+    fn source(self) -> (usize, &'static str) {
+        match self {
+            Self::Matmul => (0, "matmul"),
+            Self::Add => (1, "add"),
+            Self::Sub => (1, "sub"),
+            Self::Mul => (1, "mul"),
+            Self::Scale => (1, "scale"),
+            Self::Axpy => (1, "axpy"),
+            Self::Relu => (2, "relu"),
+            Self::ReluGrad => (2, "relu_grad"),
+            Self::Sigmoid => (2, "sigmoid_forward"),
+            Self::SigmoidGrad => (2, "sigmoid_grad"),
+            Self::Tanh => (2, "tanh_forward"),
+            Self::TanhGrad => (2, "tanh_grad"),
+            Self::SumAxis0 => (3, "sum_axis0"),
+            Self::SumAxis1 => (3, "sum_axis1"),
+            Self::XentForward => (4, "xent_forward"),
+            Self::XentBackward => (4, "xent_backward"),
+            Self::Transpose => (5, "transpose"),
+        }
+    }
+}
+
+/// The values of one kernel's `Params` uniform.
+#[derive(Clone, Copy, Debug, Default)]
+struct Params {
+    len: u32,
+    rows: u32,
+    cols: u32,
+    k: u32,
+    alpha: f32,
+    flags: u32,
+    aux: u32,
+}
+
+impl Params {
+    fn bytes(self, groups_x: u32) -> [u8; PARAMS_SIZE as usize] {
+        let words = [
+            self.len,
+            self.rows,
+            self.cols,
+            self.k,
+            self.alpha.to_bits(),
+            self.flags,
+            groups_x,
+            self.aux,
+        ];
+        let mut out = [0u8; PARAMS_SIZE as usize];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// wgpu compute shaders on one adapter. Cheap to share behind an `Arc`; all methods take
+/// `&self` and may be called from several threads.
+#[derive(Debug)]
+pub struct GpuBackend {
+    name: String,
+    info: wgpu::AdapterInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    layout: wgpu::BindGroupLayout,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// The largest tensor buffer, in bytes: the smaller of the buffer and binding limits.
+    max_tensor_bytes: u64,
+    max_groups_per_dim: u32,
+}
+
+impl GpuBackend {
+    /// Opens the best Vulkan adapter: discrete, then integrated, then virtual GPUs; software
+    /// adapters (llvmpipe, lavapipe) only if `allow_software`.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::NoAdapter`] when no adapter fits (the message says what was found),
+    /// [`ComputeError::Device`] when the device or a pipeline cannot be made.
+    pub fn new(allow_software: bool) -> Result<Self, ComputeError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let found: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.device_type)
+            })
+            .collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu)
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .ok_or_else(|| ComputeError::NoAdapter {
+                reason: if found.is_empty() {
+                    "no Vulkan adapter found (is a Vulkan driver installed? for the software \
+                     one, install Debian's mesa-vulkan-drivers)"
+                        .to_owned()
+                } else if allow_software {
+                    format!(
+                        "no adapter with compute shaders among: {}",
+                        found.join(", ")
+                    )
+                } else {
+                    format!(
+                        "only software or unsuitable adapters found ({}); software adapters are \
+                         taken only when allowed explicitly",
+                        found.join(", ")
+                    )
+                },
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        check_limits(&info, &limits)?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("shoal compute"),
+            required_features: wgpu::Features::empty(),
+            // Ask for everything the adapter has: the defaults cap storage bindings at 128 MiB.
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| ComputeError::Device {
+            message: format!("request_device: {e}"),
+        })?;
+        // Validation and out-of-memory errors are caught by error scopes around each call;
+        // anything else is logged rather than panicking the node (wgpu's default).
+        device.on_uncaptured_error(std::sync::Arc::new(|err: wgpu::Error| {
+            tracing::error!(%err, "uncaptured wgpu error");
+        }));
+
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: NonZeroU64::new(4),
+            },
+            count: None,
+        };
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("shoal kernel"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: NonZeroU64::new(PARAMS_SIZE),
+                    },
+                    count: None,
+                },
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("shoal kernel"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let modules: Vec<wgpu::ShaderModule> = SHADERS
+            .iter()
+            .map(|(name, src)| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl((*src).into()),
+                })
+            })
+            .collect();
+        let pipelines = Kernel::ALL
+            .iter()
+            .map(|k| {
+                let (file, entry) = k.source();
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &modules[file],
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Device {
+                message: format!("building pipelines: {err}"),
+            });
+        }
+
+        let max_tensor_bytes =
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let name = format!(
+            "wgpu {:?}: {} ({:?})",
+            info.backend, info.name, info.device_type
+        );
+        tracing::info!(backend = %name, max_tensor_bytes, "gpu compute backend ready");
+        Ok(Self {
+            name,
+            info,
+            device,
+            queue,
+            layout,
+            pipelines,
+            max_tensor_bytes,
+            max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+        })
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Whether the adapter is a software rasterizer on the CPU (llvmpipe, lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The largest tensor this device can hold, in bytes.
+    pub fn max_tensor_bytes(&self) -> u64 {
+        self.max_tensor_bytes
+    }
+
+    fn buffer<'t>(&self, tensor: &'t Tensor) -> Result<&'t wgpu::Buffer, ComputeError> {
+        match &tensor.storage {
+            Storage::Device(buf) => Ok(buf),
+            Storage::Host(_) => Err(ComputeError::WrongBackend {
+                tensor: "cpu",
+                backend: "gpu",
+            }),
+        }
+    }
+
+    /// A device buffer for a tensor of `shape`, after checking the device's limits.
+    fn tensor_buffer(&self, shape: Shape) -> Result<wgpu::Buffer, ComputeError> {
+        let bytes = shape.byte_size()?;
+        if bytes > self.max_tensor_bytes {
+            return Err(ComputeError::DeviceLimit {
+                what: "a tensor's storage buffer, in bytes",
+                needed: bytes,
+                limit: self.max_tensor_bytes,
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        match pollster::block_on(scope.pop()) {
+            Some(err) => Err(ComputeError::Device {
+                message: format!("allocating {bytes} bytes: {err}"),
+            }),
+            None => Ok(buffer),
+        }
+    }
+
+    /// The dispatch grid for `groups` workgroups: `(x, y)` with `x * y >= groups`; shaders
+    /// flatten it back with `groups_x`.
+    fn grid(&self, groups: u64) -> Result<(u32, u32), ComputeError> {
+        let max = u64::from(self.max_groups_per_dim.max(1));
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x).max(1);
+        if y > max {
+            return Err(ComputeError::DeviceLimit {
+                what: "workgroups in one dispatch",
+                needed: groups,
+                limit: max * max,
+            });
+        }
+        // Both are at most `max`, a u32.
+        Ok((x as u32, y as u32))
+    }
+
+    /// Records one kernel dispatch of `groups` workgroups into `encoder`.
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        params: Params,
+        inputs: (&wgpu::Buffer, &wgpu::Buffer),
+        out: &wgpu::Buffer,
+        groups: u64,
+    ) -> Result<(), ComputeError> {
+        let (x, y) = self.grid(groups)?;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &params.bytes(x),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("kernel"),
+            layout: &self.layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: uniform.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: inputs.0.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: inputs.1.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: out.as_entire_binding(),
+                },
+            ],
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.source().1),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipelines[kernel as usize]);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+
+    /// Records `op` into `encoder`, writing `out`.
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: Op,
+        inputs: &[&Tensor],
+        out: &wgpu::Buffer,
+        out_shape: Shape,
+    ) -> Result<(), ComputeError> {
+        let a = self.buffer(inputs[0])?;
+        let b = match inputs.get(1) {
+            Some(t) => self.buffer(t)?,
+            None => a,
+        };
+        let sa = inputs[0].shape;
+        let sb = inputs.get(1).map_or(sa, |t| t.shape);
+        // Shapes were validated by output_shape and sizes by the buffer limit (< 2^32 bytes
+        // of f32, so every element count fits a u32).
+        let len = u32::try_from(out_shape.len()?).map_err(|_| ComputeError::DeviceLimit {
+            what: "elements in one tensor",
+            needed: out_shape.rows as u64 * out_shape.cols as u64,
+            limit: u32::MAX as u64,
+        })?;
+        let b_len = sb.rows.saturating_mul(sb.cols);
+        let elementwise_groups = u64::from(len).div_ceil(WORKGROUP_1D.into());
+        let base = Params {
+            len,
+            rows: sa.rows,
+            cols: sa.cols,
+            aux: b_len,
+            ..Params::default()
+        };
+        match op {
+            Op::Matmul { trans_a, trans_b } => {
+                let k = if trans_a { sa.rows } else { sa.cols };
+                let params = Params {
+                    rows: out_shape.rows,
+                    cols: out_shape.cols,
+                    k,
+                    flags: u32::from(trans_a) | (u32::from(trans_b) << 1),
+                    ..base
+                };
+                let tiles = u64::from(out_shape.rows.div_ceil(MATMUL_TILE))
+                    * u64::from(out_shape.cols.div_ceil(MATMUL_TILE));
+                self.dispatch(encoder, Kernel::Matmul, params, (a, b), out, tiles)
+            }
+            Op::Binary(bop) => {
+                let kernel = match bop {
+                    BinaryOp::Add => Kernel::Add,
+                    BinaryOp::Sub => Kernel::Sub,
+                    BinaryOp::Mul => Kernel::Mul,
+                };
+                self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
+            }
+            Op::Scale { alpha } => {
+                let params = Params { alpha, ..base };
+                self.dispatch(
+                    encoder,
+                    Kernel::Scale,
+                    params,
+                    (a, a),
+                    out,
+                    elementwise_groups,
+                )
+            }
+            Op::Axpy { alpha } => {
+                let params = Params { alpha, ..base };
+                self.dispatch(
+                    encoder,
+                    Kernel::Axpy,
+                    params,
+                    (a, b),
+                    out,
+                    elementwise_groups,
+                )
+            }
+            Op::Activation(u) | Op::ActivationGrad(u) => {
+                let grad = matches!(op, Op::ActivationGrad(_));
+                let kernel = match (u, grad) {
+                    (UnaryOp::Relu, false) => Kernel::Relu,
+                    (UnaryOp::Relu, true) => Kernel::ReluGrad,
+                    (UnaryOp::Sigmoid, false) => Kernel::Sigmoid,
+                    (UnaryOp::Sigmoid, true) => Kernel::SigmoidGrad,
+                    (UnaryOp::Tanh, false) => Kernel::Tanh,
+                    (UnaryOp::Tanh, true) => Kernel::TanhGrad,
+                };
+                self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
+            }
+            Op::Reduce { op: rop, axis } => {
+                let (kernel, count, groups) = match axis {
+                    ReduceAxis::Axis0 => (
+                        Kernel::SumAxis0,
+                        sa.rows,
+                        u64::from(sa.cols).div_ceil(WORKGROUP_1D.into()),
+                    ),
+                    ReduceAxis::Axis1 => (Kernel::SumAxis1, sa.cols, u64::from(sa.rows)),
+                };
+                let alpha = match rop {
+                    ReduceOp::Sum => 1.0,
+                    ReduceOp::Mean => 1.0 / count as f32,
+                };
+                let params = Params { alpha, ..base };
+                self.dispatch(encoder, kernel, params, (a, a), out, groups)
+            }
+            Op::SoftmaxXent {
+                reduction: XentReduction::PerRow,
+            } => self.dispatch(
+                encoder,
+                Kernel::XentForward,
+                base,
+                (a, b),
+                out,
+                sa.rows.into(),
+            ),
+            Op::SoftmaxXent {
+                reduction: XentReduction::Mean,
+            } => {
+                let per_row = self.tensor_buffer(Shape::new(sa.rows, 1))?;
+                self.dispatch(
+                    encoder,
+                    Kernel::XentForward,
+                    base,
+                    (a, b),
+                    &per_row,
+                    sa.rows.into(),
+                )?;
+                let mean = Params {
+                    len: 1,
+                    rows: sa.rows,
+                    cols: 1,
+                    alpha: 1.0 / sa.rows as f32,
+                    ..Params::default()
+                };
+                self.dispatch(
+                    encoder,
+                    Kernel::SumAxis0,
+                    mean,
+                    (&per_row, &per_row),
+                    out,
+                    1,
+                )
+            }
+            Op::SoftmaxXentGrad => {
+                let params = Params {
+                    alpha: 1.0 / sa.rows as f32,
+                    ..base
+                };
+                self.dispatch(
+                    encoder,
+                    Kernel::XentBackward,
+                    params,
+                    (a, b),
+                    out,
+                    sa.rows.into(),
+                )
+            }
+            Op::Transpose => {
+                let tiles = u64::from(sa.rows.div_ceil(TRANSPOSE_TILE))
+                    * u64::from(sa.cols.div_ceil(TRANSPOSE_TILE));
+                self.dispatch(encoder, Kernel::Transpose, base, (a, a), out, tiles)
+            }
+        }
+    }
+
+    /// Waits for the queue to drain; benchmarks use it to time whole ops.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::Device`] if the device is lost.
+    pub fn wait_idle(&self) -> Result<(), ComputeError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| ComputeError::Device {
+                message: format!("poll: {e}"),
+            })
+    }
+}
+
+/// Checks that the adapter can run our kernels at all.
+fn check_limits(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Result<(), ComputeError> {
+    let short = |what: &str, have: u32, need: u32| ComputeError::NoAdapter {
+        reason: format!(
+            "adapter {} has {what} = {have}, kernels need {need}",
+            info.name
+        ),
+    };
+    if limits.max_compute_invocations_per_workgroup < 256 {
+        return Err(short(
+            "max_compute_invocations_per_workgroup",
+            limits.max_compute_invocations_per_workgroup,
+            256,
+        ));
+    }
+    if limits.max_compute_workgroup_size_x < 256 {
+        return Err(short(
+            "max_compute_workgroup_size_x",
+            limits.max_compute_workgroup_size_x,
+            256,
+        ));
+    }
+    if limits.max_compute_workgroup_storage_size < WORKGROUP_STORAGE_BYTES {
+        return Err(short(
+            "max_compute_workgroup_storage_size",
+            limits.max_compute_workgroup_storage_size,
+            WORKGROUP_STORAGE_BYTES,
+        ));
+    }
+    if limits.max_storage_buffers_per_shader_stage < 3 {
+        return Err(short(
+            "max_storage_buffers_per_shader_stage",
+            limits.max_storage_buffers_per_shader_stage,
+            3,
+        ));
+    }
+    Ok(())
+}
+
+impl Backend for GpuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gpu
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError> {
+        let expected = shape.len()?;
+        if data.len() != expected {
+            return Err(ComputeError::DataLength {
+                shape,
+                expected,
+                got: data.len(),
+            });
+        }
+        let buffer = self.tensor_buffer(shape)?;
+        self.queue
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        Ok(Tensor {
+            shape,
+            storage: Storage::Device(buffer),
+        })
+    }
+
+    fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError> {
+        let src = self.buffer(tensor)?;
+        let len = tensor.shape.len()?;
+        let got = out.len();
+        let dst = out.get_mut(..len).ok_or(ComputeError::BufferTooSmall {
+            needed: len,
+            got,
+        })?;
+        let bytes = tensor.shape.byte_size()?;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = mpsc::sync_channel(1);
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                // The receiver waits below; if it is gone there is nobody to tell.
+                let _ = tx.send(result);
+            });
+        self.wait_idle()?;
+        rx.recv()
+            .map_err(|_| ComputeError::Device {
+                message: "readback callback never ran".into(),
+            })?
+            .map_err(|e| ComputeError::Device {
+                message: format!("mapping readback: {e}"),
+            })?;
+        {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| ComputeError::Device {
+                    message: format!("readback view: {e}"),
+                })?;
+            for (v, chunk) in dst.iter_mut().zip(view.chunks_exact(4)) {
+                *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+        staging.unmap();
+        Ok(())
+    }
+
+    fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
+        let shape = check_inputs(op, inputs)?;
+        let out = self.tensor_buffer(shape)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(op.name()),
+            });
+        let recorded = self.record(&mut encoder, op, inputs, &out, shape);
+        if recorded.is_ok() {
+            self.queue.submit([encoder.finish()]);
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Device {
+                message: format!("{}: {err}", op.name()),
+            });
+        }
+        recorded?;
+        Ok(Tensor {
+            shape,
+            storage: Storage::Device(out),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shader parses and validates with naga, independently of any adapter, and every
+    /// entry point the backend uses exists.
+    #[test]
+    fn shaders_validate_with_naga() {
+        for (name, src) in SHADERS {
+            let module = naga::front::wgsl::parse_str(src)
+                .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(src)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}"));
+        }
+        for kernel in Kernel::ALL {
+            let (file, entry) = kernel.source();
+            let module = naga::front::wgsl::parse_str(SHADERS[file].1).unwrap();
+            assert!(
+                module.entry_points.iter().any(|e| e.name == entry),
+                "{} has no entry point {entry}",
+                SHADERS[file].0
+            );
+        }
+        for (i, kernel) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(*kernel as usize, i, "Kernel::ALL is in discriminant order");
+        }
+    }
+
+    #[test]
+    fn params_layout_matches_the_shaders() {
+        let p = Params {
+            len: 1,
+            rows: 2,
+            cols: 3,
+            k: 4,
+            alpha: 0.5,
+            flags: 6,
+            aux: 8,
+        };
+        let bytes = p.bytes(7);
+        let word = |i: usize| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!([word(0), word(1), word(2), word(3)], [1, 2, 3, 4]);
+        assert_eq!(f32::from_bits(word(4)), 0.5);
+        assert_eq!([word(5), word(6), word(7)], [6, 7, 8]);
+    }
+}

@@ -1,0 +1,615 @@
+//! Tensors and the backends that run their math: wgpu compute shaders, or native CPU kernels.
+//!
+//! Tensors are 2-D (`rows x cols`), f32, row-major, and stay resident in the backend's memory
+//! between ops; reading one back is an explicit call. A task sees tensors only through its
+//! [`TensorTable`], which hands out `u32` handles and counts bytes against a quota.
+//!
+//! Every [`Op`] has the same semantics on every backend; [`Op::output_shape`] is the one place
+//! that decides which shapes fit an op.
+//!
+//! ```no_run
+//! use shoal_host::compute::{DeviceChoice, Shape, TensorTable, select_backend};
+//!
+//! # fn main() -> Result<(), shoal_host::compute::ComputeError> {
+//! let backend = select_backend(DeviceChoice::Auto, false)?;
+//! let mut table = TensorTable::new(backend, 64 << 20);
+//! let a = table.create(&[1.0, 2.0, 3.0, 4.0], Shape::new(2, 2))?;
+//! let b = table.matmul(a, a, false, true)?;
+//! assert_eq!(table.read(b)?, vec![5.0, 11.0, 11.0, 25.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{fmt, sync::Arc};
+
+use shoal::abi::ErrorCode;
+pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, UnaryOp, XentReduction};
+
+mod cpu;
+mod gpu;
+mod table;
+
+pub use cpu::CpuBackend;
+pub use gpu::{GpuBackend, SHADERS};
+pub use table::{MAX_LIVE_TENSORS, MAX_TENSOR_ALLOCATIONS, TensorTable};
+
+/// The shape of a 2-D tensor: `rows x cols` f32 values, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Number of rows.
+    pub rows: u32,
+    /// Number of columns.
+    pub cols: u32,
+}
+
+impl Shape {
+    /// A `rows x cols` shape.
+    pub const fn new(rows: u32, cols: u32) -> Self {
+        Self { rows, cols }
+    }
+
+    /// The number of elements, checked: both dimensions must be non-zero.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::EmptyShape`] if a dimension is zero, [`ComputeError::TooLarge`] if the
+    /// element count or its size in bytes overflows.
+    pub fn len(self) -> Result<usize, ComputeError> {
+        self.byte_size()?;
+        // byte_size() proved rows * cols * 4 fits a usize, so this cannot overflow.
+        Ok(self.rows as usize * self.cols as usize)
+    }
+
+    /// The size in bytes (`rows * cols * 4`), overflow-checked against both `u64` and `usize`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Shape::len`].
+    pub fn byte_size(self) -> Result<u64, ComputeError> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(ComputeError::EmptyShape { shape: self });
+        }
+        let too_large = || ComputeError::TooLarge { shape: self };
+        let bytes = (self.rows as usize)
+            .checked_mul(self.cols as usize)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(too_large)?;
+        // isize::MAX is the most any Rust allocation may hold.
+        if bytes > isize::MAX as usize {
+            return Err(too_large());
+        }
+        u64::try_from(bytes).map_err(|_| too_large())
+    }
+
+    /// The shape with rows and columns swapped.
+    pub const fn transposed(self) -> Self {
+        Self::new(self.cols, self.rows)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.rows, self.cols)
+    }
+}
+
+/// Everything that can go wrong in a tensor call. Each maps to one guest-visible
+/// [`ErrorCode`] through [`ComputeError::code`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComputeError {
+    /// The handle was never issued by this table, or was freed.
+    #[error("tensor handle {handle} is not live in this task (never created, or freed)")]
+    BadHandle {
+        /// The handle the caller passed.
+        handle: u32,
+    },
+    /// The handle carries another table's salt: it belongs to another task.
+    #[error("tensor handle {handle} belongs to another task's table")]
+    ForeignHandle {
+        /// The handle the caller passed.
+        handle: u32,
+    },
+    /// Two shapes do not fit an op.
+    #[error("shapes {lhs} and {rhs} do not fit {op}")]
+    ShapeMismatch {
+        /// The op's name.
+        op: &'static str,
+        /// The first operand's shape.
+        lhs: Shape,
+        /// The second operand's shape.
+        rhs: Shape,
+    },
+    /// A data slice's length does not match the shape it was given with.
+    #[error("{got} values do not fill a {shape} tensor ({expected} values)")]
+    DataLength {
+        /// The shape asked for.
+        shape: Shape,
+        /// `rows * cols`.
+        expected: usize,
+        /// The slice length given.
+        got: usize,
+    },
+    /// A dimension is zero.
+    #[error("tensor shape {shape} has a zero dimension")]
+    EmptyShape {
+        /// The offending shape.
+        shape: Shape,
+    },
+    /// `rows * cols * 4` overflows.
+    #[error("a {shape} f32 tensor is too large: its size in bytes overflows")]
+    TooLarge {
+        /// The offending shape.
+        shape: Shape,
+    },
+    /// A size is beyond what the device can hold in one buffer or dispatch.
+    #[error("{what} needs {needed}, beyond the device limit of {limit}")]
+    DeviceLimit {
+        /// What hit the limit (e.g. "a storage buffer binding, in bytes").
+        what: &'static str,
+        /// What the op needs.
+        needed: u64,
+        /// The device's limit.
+        limit: u64,
+    },
+    /// The task's device-memory quota would be exceeded.
+    #[error(
+        "tensor of {requested} bytes would exceed the task's device-memory quota \
+         ({used} of {quota} bytes in use)"
+    )]
+    QuotaExceeded {
+        /// Bytes the new tensor needs.
+        requested: u64,
+        /// Bytes already held by the table.
+        used: u64,
+        /// The table's quota.
+        quota: u64,
+    },
+    /// The table holds as many live tensors as it may.
+    #[error("the task already holds {limit} live tensors, the most it may")]
+    TooManyTensors {
+        /// The limit.
+        limit: usize,
+    },
+    /// The table has issued every handle it can; handles are never reused.
+    #[error("the task has created {limit} tensors, the most one task may create")]
+    HandlesExhausted {
+        /// The limit.
+        limit: u32,
+    },
+    /// The output buffer is shorter than the tensor.
+    #[error("buffer of {got} values is too small for a tensor of {needed} values")]
+    BufferTooSmall {
+        /// Values in the tensor.
+        needed: usize,
+        /// Values the buffer holds.
+        got: usize,
+    },
+    /// An op got the wrong number of inputs.
+    #[error("{op} takes {expected} tensors, got {got}")]
+    Arity {
+        /// The op's name.
+        op: &'static str,
+        /// Inputs it takes.
+        expected: usize,
+        /// Inputs it got.
+        got: usize,
+    },
+    /// A tensor was made by another backend than the one asked to use it.
+    #[error("tensor lives on the {tensor} backend, not on {backend}")]
+    WrongBackend {
+        /// Where the tensor lives.
+        tensor: &'static str,
+        /// The backend asked to use it.
+        backend: &'static str,
+    },
+    /// An op code or flag the ABI does not define.
+    #[error("unknown {what} code {code}")]
+    UnknownCode {
+        /// Which kind of code (e.g. "binary op").
+        what: &'static str,
+        /// The raw value.
+        code: i32,
+    },
+    /// No GPU adapter fits the request.
+    #[error("no usable GPU adapter: {reason}")]
+    NoAdapter {
+        /// Why, including what was found.
+        reason: String,
+    },
+    /// The device failed (out of memory, lost, mapping failed).
+    #[error("GPU device error: {message}")]
+    Device {
+        /// wgpu's description.
+        message: String,
+    },
+}
+
+impl ComputeError {
+    /// The guest-visible error code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadHandle { .. } | Self::ForeignHandle { .. } => ErrorCode::BadHandle,
+            Self::ShapeMismatch { .. } | Self::DataLength { .. } => ErrorCode::ShapeMismatch,
+            Self::QuotaExceeded { .. } | Self::TooManyTensors { .. } => ErrorCode::QuotaExceeded,
+            Self::TooLarge { .. } | Self::DeviceLimit { .. } | Self::HandlesExhausted { .. } => {
+                ErrorCode::TooLarge
+            }
+            Self::BufferTooSmall { .. } => ErrorCode::BufferTooSmall,
+            Self::EmptyShape { .. }
+            | Self::Arity { .. }
+            | Self::WrongBackend { .. }
+            | Self::UnknownCode { .. } => ErrorCode::InvalidArgument,
+            Self::NoAdapter { .. } | Self::Device { .. } => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// One tensor operation. Inputs are passed in the order given for each variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Op {
+    /// `op(A) @ op(B)`, inputs `[a, b]`, where `op(X)` is `X` or its transpose. `op(A)` is
+    /// `m x k`, `op(B)` is `k x n`, the result `m x n`.
+    Matmul {
+        /// Use A transposed (A stored `k x m`).
+        trans_a: bool,
+        /// Use B transposed (B stored `n x k`).
+        trans_b: bool,
+    },
+    /// `a op b`, inputs `[a, b]`; `b` is `a`'s shape or `1 x cols` (broadcast over rows).
+    Binary(BinaryOp),
+    /// `alpha * x`, inputs `[x]`.
+    Scale {
+        /// The factor.
+        alpha: f32,
+    },
+    /// `alpha * x + y`, inputs `[x, y]` of one shape.
+    Axpy {
+        /// The factor on `x`.
+        alpha: f32,
+    },
+    /// `f(x)`, inputs `[x]`.
+    Activation(UnaryOp),
+    /// `dy * f'(x)`, inputs `[x, dy]` of one shape (`x` is the pre-activation input).
+    ActivationGrad(UnaryOp),
+    /// Sum or mean along an axis, inputs `[x]`.
+    Reduce {
+        /// Sum or mean.
+        op: ReduceOp,
+        /// Which axis collapses.
+        axis: ReduceAxis,
+    },
+    /// Row softmax + cross-entropy loss, inputs `[logits (r x c), labels (r x 1)]`.
+    SoftmaxXent {
+        /// Mean loss (`1 x 1`) or per-row loss (`r x 1`).
+        reduction: XentReduction,
+    },
+    /// `(softmax(logits) - onehot(labels)) / r`, inputs `[logits, labels]`; the gradient of
+    /// the mean loss.
+    SoftmaxXentGrad,
+    /// `x^T`, inputs `[x]`.
+    Transpose,
+}
+
+impl Op {
+    /// The op's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Matmul { .. } => "matmul",
+            Self::Binary(BinaryOp::Add) => "add",
+            Self::Binary(BinaryOp::Sub) => "sub",
+            Self::Binary(BinaryOp::Mul) => "mul",
+            Self::Scale { .. } => "scale",
+            Self::Axpy { .. } => "axpy",
+            Self::Activation(UnaryOp::Relu) => "relu",
+            Self::Activation(UnaryOp::Sigmoid) => "sigmoid",
+            Self::Activation(UnaryOp::Tanh) => "tanh",
+            Self::ActivationGrad(UnaryOp::Relu) => "relu_grad",
+            Self::ActivationGrad(UnaryOp::Sigmoid) => "sigmoid_grad",
+            Self::ActivationGrad(UnaryOp::Tanh) => "tanh_grad",
+            Self::Reduce {
+                op: ReduceOp::Sum, ..
+            } => "sum",
+            Self::Reduce {
+                op: ReduceOp::Mean, ..
+            } => "mean",
+            Self::SoftmaxXent { .. } => "softmax_xent",
+            Self::SoftmaxXentGrad => "softmax_xent_grad",
+            Self::Transpose => "transpose",
+        }
+    }
+
+    /// How many input tensors the op takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            Self::Scale { .. } | Self::Activation(_) | Self::Reduce { .. } | Self::Transpose => 1,
+            Self::Matmul { .. }
+            | Self::Binary(_)
+            | Self::Axpy { .. }
+            | Self::ActivationGrad(_)
+            | Self::SoftmaxXent { .. }
+            | Self::SoftmaxXentGrad => 2,
+        }
+    }
+
+    /// The shape of the op's result for inputs of these shapes.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::Arity`] for the wrong number of inputs, [`ComputeError::ShapeMismatch`]
+    /// when the shapes do not fit the op.
+    pub fn output_shape(&self, inputs: &[Shape]) -> Result<Shape, ComputeError> {
+        let op = self.name();
+        if inputs.len() != self.arity() {
+            return Err(ComputeError::Arity {
+                op,
+                expected: self.arity(),
+                got: inputs.len(),
+            });
+        }
+        let a = inputs[0];
+        let b = inputs.get(1).copied().unwrap_or(a);
+        let mismatch = || ComputeError::ShapeMismatch { op, lhs: a, rhs: b };
+        match *self {
+            Self::Matmul { trans_a, trans_b } => {
+                let (m, ka) = if trans_a {
+                    (a.cols, a.rows)
+                } else {
+                    (a.rows, a.cols)
+                };
+                let (kb, n) = if trans_b {
+                    (b.cols, b.rows)
+                } else {
+                    (b.rows, b.cols)
+                };
+                if ka != kb {
+                    return Err(mismatch());
+                }
+                Ok(Shape::new(m, n))
+            }
+            Self::Binary(_) => {
+                if b == a || (b.rows == 1 && b.cols == a.cols) {
+                    Ok(a)
+                } else {
+                    Err(mismatch())
+                }
+            }
+            Self::Axpy { .. } | Self::ActivationGrad(_) => {
+                if a == b {
+                    Ok(a)
+                } else {
+                    Err(mismatch())
+                }
+            }
+            Self::Scale { .. } | Self::Activation(_) => Ok(a),
+            Self::Reduce {
+                axis: ReduceAxis::Axis0,
+                ..
+            } => Ok(Shape::new(1, a.cols)),
+            Self::Reduce {
+                axis: ReduceAxis::Axis1,
+                ..
+            } => Ok(Shape::new(a.rows, 1)),
+            Self::SoftmaxXent { reduction } => {
+                if b != Shape::new(a.rows, 1) {
+                    return Err(mismatch());
+                }
+                Ok(match reduction {
+                    XentReduction::Mean => Shape::new(1, 1),
+                    XentReduction::PerRow => Shape::new(a.rows, 1),
+                })
+            }
+            Self::SoftmaxXentGrad => {
+                if b != Shape::new(a.rows, 1) {
+                    return Err(mismatch());
+                }
+                Ok(a)
+            }
+            Self::Transpose => Ok(a.transposed()),
+        }
+    }
+}
+
+/// Which kind of backend a [`Backend`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Native CPU kernels.
+    Cpu,
+    /// wgpu compute shaders on a GPU adapter (possibly a software one, in tests).
+    Gpu,
+}
+
+/// A tensor held by a backend: host memory for [`CpuBackend`], a device buffer for
+/// [`GpuBackend`]. Only the backend that made it can use it.
+#[derive(Debug)]
+pub struct Tensor {
+    shape: Shape,
+    storage: Storage,
+}
+
+#[derive(Debug)]
+enum Storage {
+    Host(Vec<f32>),
+    Device(wgpu::Buffer),
+}
+
+impl Tensor {
+    /// The tensor's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Which backend's memory holds it.
+    pub fn kind(&self) -> BackendKind {
+        match self.storage {
+            Storage::Host(_) => BackendKind::Cpu,
+            Storage::Device(_) => BackendKind::Gpu,
+        }
+    }
+}
+
+/// A place to run tensor ops. One backend is shared by the whole node (`Arc<dyn Backend>`);
+/// each task holds its tensors in its own [`TensorTable`].
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// CPU or GPU.
+    fn kind(&self) -> BackendKind;
+
+    /// A human-readable description, e.g. the adapter's name.
+    fn name(&self) -> &str;
+
+    /// Copies `data` into a new tensor of `shape`.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::DataLength`] if `data.len()` is not `rows * cols`; size and device
+    /// errors.
+    fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError>;
+
+    /// Copies the tensor's values into the first `rows * cols` elements of `out`.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::BufferTooSmall`] if `out` is too short; device errors.
+    fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError>;
+
+    /// Runs `op` on `inputs` and returns the new tensor.
+    ///
+    /// # Errors
+    ///
+    /// Shape errors from [`Op::output_shape`], [`ComputeError::WrongBackend`], size and device
+    /// errors.
+    fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError>;
+}
+
+/// Which device the node should compute on (`--device auto|gpu|cpu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeviceChoice {
+    /// A hardware GPU if there is one, else the CPU.
+    #[default]
+    Auto,
+    /// A GPU, or an error.
+    Gpu,
+    /// Native CPU kernels.
+    Cpu,
+}
+
+/// Builds the node's backend. Call it once and share the result: a GPU backend owns the
+/// node's one device.
+///
+/// `Auto` takes a hardware GPU adapter if there is one, else the CPU. A software adapter
+/// (llvmpipe, lavapipe: wgpu's `DeviceType::Cpu`) is far slower than the native CPU kernels,
+/// so it is only taken for `Gpu` with `allow_software` (as the tests do, to run the shaders).
+///
+/// # Errors
+///
+/// [`ComputeError::NoAdapter`] for `Gpu` when no adapter fits (the message lists what was
+/// found); [`ComputeError::Device`] if the device cannot be opened.
+pub fn select_backend(
+    choice: DeviceChoice,
+    allow_software: bool,
+) -> Result<Arc<dyn Backend>, ComputeError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Arc::new(CpuBackend::new())),
+        DeviceChoice::Gpu => Ok(Arc::new(GpuBackend::new(allow_software)?)),
+        DeviceChoice::Auto => match GpuBackend::new(false) {
+            Ok(gpu) => Ok(Arc::new(gpu)),
+            Err(err) => {
+                tracing::info!(%err, "no hardware GPU; using the cpu backend");
+                Ok(Arc::new(CpuBackend::new()))
+            }
+        },
+    }
+}
+
+/// Checks an op's inputs and returns its output shape: the shared prologue of every backend.
+fn check_inputs(op: Op, inputs: &[&Tensor]) -> Result<Shape, ComputeError> {
+    let shapes: Vec<Shape> = inputs.iter().map(|t| t.shape).collect();
+    op.output_shape(&shapes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_sizes_are_checked() {
+        assert_eq!(Shape::new(3, 4).byte_size().unwrap(), 48);
+        assert!(matches!(
+            Shape::new(0, 4).len(),
+            Err(ComputeError::EmptyShape { .. })
+        ));
+        let huge = Shape::new(u32::MAX, u32::MAX);
+        // 2^64 * 4 overflows u64 everywhere; on 32-bit hosts even smaller shapes do.
+        assert!(matches!(
+            huge.byte_size(),
+            Err(ComputeError::TooLarge { .. })
+        ));
+        assert_eq!(huge.byte_size().unwrap_err().code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn output_shapes() {
+        let mm = |ta, tb, a, b| {
+            Op::Matmul {
+                trans_a: ta,
+                trans_b: tb,
+            }
+            .output_shape(&[a, b])
+        };
+        assert_eq!(
+            mm(false, false, Shape::new(3, 4), Shape::new(4, 5)).unwrap(),
+            Shape::new(3, 5)
+        );
+        assert_eq!(
+            mm(true, false, Shape::new(4, 3), Shape::new(4, 5)).unwrap(),
+            Shape::new(3, 5)
+        );
+        assert_eq!(
+            mm(false, true, Shape::new(3, 4), Shape::new(5, 4)).unwrap(),
+            Shape::new(3, 5)
+        );
+        assert_eq!(
+            mm(true, true, Shape::new(4, 3), Shape::new(5, 4)).unwrap(),
+            Shape::new(3, 5)
+        );
+        let err = mm(false, false, Shape::new(3, 4), Shape::new(5, 6)).unwrap_err();
+        assert_eq!(err.to_string(), "shapes 3x4 and 5x6 do not fit matmul");
+        assert_eq!(err.code(), ErrorCode::ShapeMismatch);
+
+        let add = Op::Binary(BinaryOp::Add);
+        assert_eq!(
+            add.output_shape(&[Shape::new(3, 4), Shape::new(1, 4)])
+                .unwrap(),
+            Shape::new(3, 4)
+        );
+        assert!(
+            add.output_shape(&[Shape::new(3, 4), Shape::new(3, 1)])
+                .is_err()
+        );
+        assert!(matches!(
+            add.output_shape(&[Shape::new(3, 4)]),
+            Err(ComputeError::Arity { .. })
+        ));
+        let xent = Op::SoftmaxXent {
+            reduction: XentReduction::Mean,
+        };
+        assert_eq!(
+            xent.output_shape(&[Shape::new(3, 4), Shape::new(3, 1)])
+                .unwrap(),
+            Shape::new(1, 1)
+        );
+        assert!(
+            xent.output_shape(&[Shape::new(3, 4), Shape::new(4, 1)])
+                .is_err()
+        );
+        let sum0 = Op::Reduce {
+            op: ReduceOp::Sum,
+            axis: ReduceAxis::Axis0,
+        };
+        assert_eq!(
+            sum0.output_shape(&[Shape::new(3, 4)]).unwrap(),
+            Shape::new(1, 4)
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! The `host` binary: parses the command line and maps outcomes to exit codes.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, CliError, Exit};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let exit = match cli::run(cli) {
+        Ok(exit) => exit,
+        Err(e) => {
+            let exit = e.downcast_ref::<CliError>().map_or(Exit::Node, |c| c.exit);
+            eprintln!("error: {e:#}");
+            exit
+        }
+    };
+    ExitCode::from(exit as u8)
+}

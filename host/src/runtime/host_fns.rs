@@ -1,0 +1,239 @@
+//! The `shoal_v1` host functions.
+//!
+//! Every `(ptr, len)` pair is checked against guest memory before use; a bad one is the
+//! guest-visible [`ErrorCode::BadPointer`], never a host panic. Every call first checks the
+//! task's clock, because epochs only tick inside wasm: a task that lives in host calls must
+//! still stop at its limit.
+
+use std::ops::Range;
+
+use shoal::abi::{CID_LEN, ErrorCode, IMPORT_MODULE, LogLevel};
+use wasmtime::{Caller, Linker};
+
+use super::{TaskState, limits::fmt_bytes};
+use crate::store::{CHUNK_SIZE, StoreError};
+
+type Call<'a> = Caller<'a, TaskState>;
+type GuestResult = Result<i32, ErrorCode>;
+
+/// Longest input or output name, in bytes.
+const MAX_NAME_LEN: usize = 256;
+/// Longest failure message kept from `set_error`.
+const MAX_ERROR_LEN: usize = 4096;
+
+/// The byte range `ptr..ptr + len` if it lies inside a memory of `mem_len` bytes.
+fn guest_range(ptr: i32, len: i32, mem_len: usize) -> Result<Range<usize>, ErrorCode> {
+    // wasm32 pointers and lengths are unsigned; a "negative" length is a huge one.
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len as u32 as usize).ok_or(ErrorCode::BadPointer)?;
+    if end > mem_len {
+        return Err(ErrorCode::BadPointer);
+    }
+    Ok(start..end)
+}
+
+/// Runs `f` with the guest's memory and the task state borrowed together.
+fn with_memory<R>(
+    caller: &mut Call<'_>,
+    f: impl FnOnce(&mut [u8], &mut TaskState) -> Result<R, ErrorCode>,
+) -> Result<R, ErrorCode> {
+    let memory = caller.data().memory.ok_or(ErrorCode::BadPointer)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    f(data, state)
+}
+
+fn guest_str(data: &[u8], ptr: i32, len: i32) -> Result<&str, ErrorCode> {
+    let bytes = &data[guest_range(ptr, len, data.len())?];
+    std::str::from_utf8(bytes).map_err(|_| ErrorCode::InvalidArgument)
+}
+
+/// Copies `value` into the guest buffer, or says how much room it needs.
+fn copy_out(data: &mut [u8], ptr: i32, len: i32, value: &[u8]) -> GuestResult {
+    let range = guest_range(ptr, len, data.len())?;
+    if range.len() < value.len() {
+        return Err(ErrorCode::BufferTooSmall);
+    }
+    data[range.start..range.start + value.len()].copy_from_slice(value);
+    len_result(value.len())
+}
+
+fn len_result(len: usize) -> GuestResult {
+    i32::try_from(len).map_err(|_| ErrorCode::TooLarge)
+}
+
+fn encode(result: GuestResult) -> i32 {
+    result.unwrap_or_else(ErrorCode::code)
+}
+
+/// Ends the task if it is past its wall-time limit or CPU budget.
+fn check_clock(caller: &Call<'_>) -> wasmtime::Result<()> {
+    caller.data().clock.check().map_err(wasmtime::Error::new)
+}
+
+fn input_index(state: &TaskState, index: i32) -> Result<usize, ErrorCode> {
+    usize::try_from(index).ok().filter(|&i| i < state.inputs.len()).ok_or(ErrorCode::NotFound)
+}
+
+/// Notes a host-side failure in the task's log, so the user sees the real cause.
+fn host_note(state: &TaskState, what: &str, err: &StoreError) {
+    state.logs.append(&[format!("[host] {what}: {err}\n").as_bytes()]);
+}
+
+fn input_read(state: &mut TaskState, data: &mut [u8], index: i32, offset: i64, ptr: i32, len: i32) -> GuestResult {
+    let index = input_index(state, index)?;
+    let range = guest_range(ptr, len, data.len())?;
+    let mut offset = u64::try_from(offset).map_err(|_| ErrorCode::InvalidArgument)?;
+    let (store, input) = (&state.store, &mut state.inputs[index]);
+    let mut written = 0;
+    while written < range.len() && offset < input.manifest.len {
+        let chunk = (offset / CHUNK_SIZE as u64) as usize;
+        if input.cached_chunk.as_ref().is_none_or(|(i, _)| *i != chunk) {
+            let bytes = store.read_chunk(&input.cid, &input.manifest, chunk).map_err(|e| {
+                state.logs.append(&[format!("[host] reading input `{}`: {e}\n", input.name).as_bytes()]);
+                ErrorCode::Unavailable
+            })?;
+            input.cached_chunk = Some((chunk, bytes));
+        }
+        let Some((_, bytes)) = &input.cached_chunk else { return Err(ErrorCode::Unavailable) };
+        let within = (offset % CHUNK_SIZE as u64) as usize;
+        let n = (bytes.len() - within).min(range.len() - written);
+        let dst = range.start + written;
+        data[dst..dst + n].copy_from_slice(&bytes[within..within + n]);
+        written += n;
+        offset += n as u64;
+    }
+    len_result(written)
+}
+
+fn output_write(state: &mut TaskState, data: &mut [u8], name: (i32, i32), bytes: (i32, i32), cid_ptr: i32) -> GuestResult {
+    let name = guest_str(data, name.0, name.1)?;
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ErrorCode::InvalidArgument);
+    }
+    let cid_range = guest_range(cid_ptr, CID_LEN as i32, data.len())?;
+    let body = &data[guest_range(bytes.0, bytes.1, data.len())?];
+    if state.outputs.iter().any(|(n, _)| n == name) {
+        return Err(ErrorCode::InvalidArgument);
+    }
+    let total = state.output_bytes.saturating_add(body.len() as u64);
+    if state.outputs.len() >= state.limits.outputs || total > state.limits.output_bytes {
+        state.logs.append(&[format!(
+            "[host] output `{name}` refused: the task's output quota is {} outputs and {}\n",
+            state.limits.outputs,
+            fmt_bytes(state.limits.output_bytes)
+        )
+        .as_bytes()]);
+        return Err(ErrorCode::QuotaExceeded);
+    }
+    let cid = state.store.put_bytes(body).map_err(|e| {
+        host_note(state, &format!("storing output `{name}`"), &e);
+        ErrorCode::Unavailable
+    })?;
+    state.output_bytes = total;
+    state.outputs.push((name.to_owned(), cid));
+    data[cid_range].copy_from_slice(cid.as_bytes());
+    Ok(0)
+}
+
+/// Registers every `shoal_v1` import.
+pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    let m = IMPORT_MODULE;
+
+    linker.func_wrap(m, "input_count", |c: Call<'_>| {
+        check_clock(&c)?;
+        Ok(encode(len_result(c.data().inputs.len())))
+    })?;
+
+    linker.func_wrap(m, "input_find", |mut c: Call<'_>, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let name = guest_str(data, ptr, len)?;
+            let index = state.inputs.iter().position(|i| i.name == name).ok_or(ErrorCode::NotFound)?;
+            len_result(index)
+        })))
+    })?;
+
+    linker.func_wrap(m, "input_name", |mut c: Call<'_>, index: i32, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let name = state.inputs[input_index(state, index)?].name.as_bytes();
+            copy_out(data, ptr, len, name)
+        })))
+    })?;
+
+    linker.func_wrap(m, "input_len", |c: Call<'_>, index: i32| {
+        check_clock(&c)?;
+        let state = c.data();
+        Ok(encode(input_index(state, index).and_then(|i| {
+            i32::try_from(state.inputs[i].manifest.len).map_err(|_| ErrorCode::TooLarge)
+        })))
+    })?;
+
+    linker.func_wrap(m, "input_read", |mut c: Call<'_>, index: i32, offset: i64, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| input_read(state, data, index, offset, ptr, len))))
+    })?;
+
+    linker.func_wrap(m, "args_len", |c: Call<'_>| {
+        check_clock(&c)?;
+        Ok(encode(len_result(c.data().args.len())))
+    })?;
+
+    linker.func_wrap(m, "args_read", |mut c: Call<'_>, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| copy_out(data, ptr, len, &state.args))))
+    })?;
+
+    linker.func_wrap(
+        m,
+        "output_write",
+        |mut c: Call<'_>, name_ptr: i32, name_len: i32, ptr: i32, len: i32, cid_ptr: i32| {
+            check_clock(&c)?;
+            Ok(encode(with_memory(&mut c, |data, state| {
+                output_write(state, data, (name_ptr, name_len), (ptr, len), cid_ptr)
+            })))
+        },
+    )?;
+
+    linker.func_wrap(m, "log", |mut c: Call<'_>, level: i32, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let level = LogLevel::from_code(level).ok_or(ErrorCode::InvalidArgument)?;
+            let text = &data[guest_range(ptr, len, data.len())?];
+            let tag: &[u8] = match level {
+                LogLevel::Debug => b"[debug] ",
+                LogLevel::Info => b"[info] ",
+                LogLevel::Warn => b"[warn] ",
+                LogLevel::Error => b"[error] ",
+            };
+            state.logs.append(&[tag, text, b"\n"]);
+            Ok(0)
+        })))
+    })?;
+
+    linker.func_wrap(m, "set_error", |mut c: Call<'_>, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let text = &data[guest_range(ptr, len, data.len())?];
+            let text = &text[..text.len().min(MAX_ERROR_LEN)];
+            state.error_message = Some(String::from_utf8_lossy(text).into_owned());
+            Ok(0)
+        })))
+    })?;
+
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_ranges_are_checked_without_overflow() {
+        assert_eq!(guest_range(0, 4, 4), Ok(0..4));
+        assert_eq!(guest_range(1, 4, 4), Err(ErrorCode::BadPointer));
+        assert_eq!(guest_range(-1, 1, 1 << 20), Err(ErrorCode::BadPointer));
+        assert_eq!(guest_range(4, -1, 1 << 20), Err(ErrorCode::BadPointer));
+        assert_eq!(guest_range(i32::MAX, i32::MAX, usize::MAX), Ok(i32::MAX as usize..(i32::MAX as usize) * 2));
+    }
+}

@@ -1,0 +1,180 @@
+//! Per-task limits and their enforcement: memory through a `ResourceLimiter`, wall time and
+//! CPU time through epoch callbacks and checks at every host call.
+
+use std::time::{Duration, Instant};
+
+/// 1 MiB.
+pub const MIB: u64 = 1 << 20;
+/// The most memory any task may be given (the pooling allocator reserves this per slot).
+pub const MAX_TASK_MEMORY: u64 = 4096 * MIB;
+/// How often the node's epoch ticks; the granularity of time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The limits one task runs under.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Linear memory cap in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock limit, inside wasm and inside host calls alike.
+    pub timeout: Duration,
+    /// CPU time the task's thread may use.
+    pub cpu_budget: Duration,
+    /// Bytes of logs (log calls, stdout, stderr) kept.
+    pub log_bytes: usize,
+    /// Total bytes of outputs the task may write.
+    pub output_bytes: u64,
+    /// Number of outputs the task may write.
+    pub outputs: usize,
+    /// Bytes of tensors the task may hold on the compute device at once.
+    pub tensor_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 * MIB,
+            timeout: Duration::from_secs(60),
+            cpu_budget: Duration::from_secs(60),
+            log_bytes: 256 * 1024,
+            output_bytes: 1024 * MIB,
+            outputs: 1024,
+            tensor_bytes: 1024 * MIB,
+        }
+    }
+}
+
+/// Why the host stopped a task. Carried inside wasmtime's trap error and recovered when the
+/// task's result is classified.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub(crate) enum Kill {
+    #[error("task exceeded its {} wall-time limit", fmt_duration(*.0))]
+    Timeout(Duration),
+    #[error("task exceeded its {} CPU budget", fmt_duration(*.0))]
+    CpuBudget(Duration),
+}
+
+/// Formats durations the way limits are written on the command line.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
+}
+
+/// Formats a byte count in the largest whole unit.
+pub fn fmt_bytes(bytes: u64) -> String {
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The task's clocks: wall deadline and CPU budget of the thread it runs on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskClock {
+    pub(crate) started: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) cpu_started: Duration,
+    pub(crate) cpu_budget: Duration,
+}
+
+impl TaskClock {
+    pub(crate) fn start(limits: &Limits) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            deadline: started + limits.timeout,
+            timeout: limits.timeout,
+            cpu_started: thread_cpu_time(),
+            cpu_budget: limits.cpu_budget,
+        }
+    }
+
+    /// Errs once the task is past its wall-time limit or CPU budget.
+    pub(crate) fn check(&self) -> Result<(), Kill> {
+        if Instant::now() >= self.deadline {
+            return Err(Kill::Timeout(self.timeout));
+        }
+        if self.cpu_used() > self.cpu_budget {
+            return Err(Kill::CpuBudget(self.cpu_budget));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cpu_used(&self) -> Duration {
+        thread_cpu_time().saturating_sub(self.cpu_started)
+    }
+}
+
+/// CPU time consumed by the calling thread.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id is a constant libc knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Enforces the memory cap and remembers the peak and any refusal, so that an allocation
+/// failure inside the guest is reported as "exceeded its N MiB memory limit".
+#[derive(Debug)]
+pub(crate) struct TaskLimiter {
+    pub(crate) memory_limit: usize,
+    pub(crate) peak_memory: usize,
+    /// The size of the largest memory growth refused.
+    pub(crate) refused: Option<usize>,
+}
+
+impl TaskLimiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            peak_memory: 0,
+            refused: None,
+        }
+    }
+}
+
+/// Tables, instances and memories a task module may have.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for TaskLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            // Refuse, not trap: memory.grow returns -1 and a careful guest can recover.
+            self.refused = Some(self.refused.map_or(desired, |r| r.max(desired)));
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,481 @@
+//! The sandbox: one wasmtime `Engine` per node, one `Store` per task, and the `shoal_v1` host
+//! ABI. This module knows nothing of the network; data comes from the [`BlockStore`].
+
+mod host_fns;
+pub mod limits;
+mod logs;
+mod wasi;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+pub use self::{
+    limits::{Limits, MAX_TASK_MEMORY, MIB},
+    logs::Logs,
+};
+use self::{
+    limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
+    logs::LogSink,
+};
+use crate::store::{BlockStore, Cid, Manifest, StoreError};
+
+/// The largest module the node compiles.
+pub const MAX_MODULE_LEN: u64 = 64 * MIB;
+/// Compiled modules kept per node.
+const MODULE_CACHE_LEN: usize = 64;
+
+/// How the node's runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Tasks that may run at once.
+    pub slots: usize,
+    /// The deepest wasm stack a task may use, in bytes.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_wasm_stack: 512 * 1024,
+        }
+    }
+}
+
+/// One task to run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskSpec {
+    /// The module, a file in the store.
+    pub module: Cid,
+    /// The task entry to call; `None` picks the module's only task.
+    pub task: Option<String>,
+    /// Named inputs, files in the store.
+    pub inputs: Vec<(String, Cid)>,
+    /// Key/value arguments.
+    pub args: Vec<(String, String)>,
+    /// The limits it runs under.
+    pub limits: Limits,
+}
+
+/// How a task failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The task trapped (a wasm trap, a stack overflow, a panic in the guest).
+    Trap,
+    /// The task exceeded its memory limit.
+    OutOfMemory,
+    /// The task exceeded its wall-time limit or CPU budget.
+    Timeout,
+    /// The module is not valid wasm, imports what we do not offer, or lacks the task.
+    BadModule,
+    /// The task's inputs are missing or unreadable.
+    BadInput,
+    /// The task asked for something it may not have.
+    Denied,
+    /// The task's own code returned an error.
+    TaskError,
+    /// The node running it was lost.
+    Lost,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A typed task failure with a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct TaskFailure {
+    /// The class of failure.
+    pub kind: FailureKind,
+    /// What happened, naming the limit where one was hit.
+    pub message: String,
+}
+
+impl TaskFailure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Measurements of one task run.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskStats {
+    /// Wall time from start to end, compilation included.
+    pub wall: Duration,
+    /// CPU time of the task's thread.
+    pub cpu: Duration,
+    /// Largest linear memory the task had, in bytes.
+    pub peak_memory: u64,
+    /// Whether the module came from the compiled-module cache.
+    pub cached_module: bool,
+}
+
+/// Everything a task run produced.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TaskReport {
+    /// The named output files, or why it failed.
+    pub result: Result<Vec<(String, Cid)>, TaskFailure>,
+    /// Captured logs.
+    pub logs: Logs,
+    /// Measurements.
+    pub stats: TaskStats,
+}
+
+/// Errors building the runtime itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// wasmtime refused the configuration.
+    #[error("cannot set up the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// A compiled module, ready to instantiate, with the tasks it exports.
+struct Compiled {
+    pre: InstancePre<TaskState>,
+    tasks: Vec<String>,
+    has_initialize: bool,
+}
+
+/// An input file as the task sees it.
+struct Input {
+    name: String,
+    cid: Cid,
+    manifest: Manifest,
+    /// The last chunk read, so small sequential reads do not re-verify a chunk each time.
+    cached_chunk: Option<(usize, Vec<u8>)>,
+}
+
+/// Per-task state inside the wasmtime `Store`.
+pub(crate) struct TaskState {
+    wasi: wasi_common::WasiCtx,
+    limiter: TaskLimiter,
+    clock: TaskClock,
+    memory: Option<Memory>,
+    store: Arc<BlockStore>,
+    inputs: Vec<Input>,
+    args: Vec<u8>,
+    outputs: Vec<(String, Cid)>,
+    output_bytes: u64,
+    limits: Limits,
+    logs: LogSink,
+    error_message: Option<String>,
+}
+
+/// The node's sandbox: compiles, caches and runs task modules.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    modules: Mutex<HashMap<Cid, Arc<Compiled>>>,
+    store: Arc<BlockStore>,
+    slots: Arc<tokio::sync::Semaphore>,
+    slot_count: usize,
+    max_wasm_stack: usize,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption), links `shoal_v1` and WASI,
+    /// and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Engine`] if wasmtime rejects the configuration (for example when the
+    /// machine cannot reserve the pool's address space).
+    pub fn new(store: Arc<BlockStore>, config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let slots = config.slots.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        // Room for every slot plus a few instantiations racing a finishing task.
+        let pooled = u32::try_from(slots * 2 + 2).unwrap_or(u32::MAX);
+        pool.total_core_instances(pooled).total_memories(pooled).total_tables(pooled);
+        pool.max_memory_size(MAX_TASK_MEMORY as usize);
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker, |s: &mut TaskState| &mut s.wasi)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        host_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking_engine, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("shoal-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(limits::EPOCH_TICK);
+                    ticking_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                modules: Mutex::new(HashMap::new()),
+                store,
+                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+                slot_count: slots,
+                max_wasm_stack: config.max_wasm_stack,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The block store tasks read from and write to.
+    pub fn store(&self) -> &Arc<BlockStore> {
+        &self.inner.store
+    }
+
+    /// How many tasks may run at once.
+    pub fn slots(&self) -> usize {
+        self.inner.slot_count
+    }
+
+    /// Slots not running a task right now.
+    pub fn free_slots(&self) -> usize {
+        self.inner.slots.available_permits()
+    }
+
+    /// Runs a task on a blocking thread once a slot is free.
+    pub async fn run(&self, spec: TaskSpec) -> TaskReport {
+        let lost = |why: String| TaskReport {
+            result: Err(TaskFailure::new(FailureKind::Lost, why)),
+            logs: Logs::default(),
+            stats: TaskStats::default(),
+        };
+        let permit = match self.inner.slots.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => return lost("the runtime is shutting down".into()),
+        };
+        let runtime = self.clone();
+        match tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            runtime.run_blocking(&spec)
+        })
+        .await
+        {
+            Ok(report) => report,
+            Err(e) => lost(format!("the task's thread died: {e}")),
+        }
+    }
+
+    /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
+    pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
+        let logs = LogSink::new(spec.limits.log_bytes);
+        let clock = TaskClock::start(&spec.limits);
+        let mut stats = TaskStats::default();
+        let result = self.execute(spec, &logs, clock, &mut stats);
+        stats.wall = clock.started.elapsed();
+        stats.cpu = clock.cpu_used();
+        TaskReport { result, logs: logs.finish(), stats }
+    }
+
+    fn execute(
+        &self,
+        spec: &TaskSpec,
+        logs: &LogSink,
+        clock: TaskClock,
+        stats: &mut TaskStats,
+    ) -> Result<Vec<(String, Cid)>, TaskFailure> {
+        let (compiled, cached) = self.compiled(&spec.module)?;
+        stats.cached_module = cached;
+        let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
+        let inputs = self.open_inputs(&spec.inputs)?;
+
+        let state = TaskState {
+            wasi: wasi::task_ctx(logs, clock.deadline, clock.timeout),
+            limiter: TaskLimiter::new(&spec.limits),
+            clock,
+            memory: None,
+            store: self.inner.store.clone(),
+            inputs,
+            args: encode_args(&spec.args),
+            outputs: Vec::new(),
+            output_bytes: 0,
+            limits: spec.limits.clone(),
+            logs: logs.clone(),
+            error_message: None,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| match ctx.data().clock.check() {
+            Ok(()) => Ok(UpdateDeadline::Continue(1)),
+            Err(kill) => Err(wasmtime::Error::new(kill)),
+        });
+
+        let bad = |e: wasmtime::Error| TaskFailure::new(FailureKind::BadModule, first_line(&e));
+        let instance = match compiled.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                return Err(match classify(e, store.data(), self.inner.max_wasm_stack) {
+                    Err(f) if f.kind == FailureKind::Trap => TaskFailure::new(
+                        FailureKind::BadModule,
+                        format!("cannot instantiate the module: {}", f.message),
+                    ),
+                    other => other.err().unwrap_or_else(|| TaskFailure::new(FailureKind::BadModule, "exited during instantiation")),
+                });
+            }
+        };
+        let memory = instance.get_memory(&mut store, "memory");
+        store.data_mut().memory = memory;
+        let entry = instance.get_typed_func::<(), i32>(&mut store, &export).map_err(bad)?;
+        let init = match compiled.has_initialize {
+            true => Some(instance.get_typed_func::<(), ()>(&mut store, "_initialize").map_err(bad)?),
+            false => None,
+        };
+        let outcome = match init.map(|f| f.call(&mut store, ())).transpose() {
+            Ok(_) => entry.call(&mut store, ()),
+            Err(e) => Err(e),
+        };
+        let state = store.data();
+        stats.peak_memory = state.limiter.peak_memory as u64;
+        match outcome {
+            Ok(shoal::abi::TASK_OK) => Ok(state.outputs.clone()),
+            Ok(status) => Err(TaskFailure::new(
+                FailureKind::TaskError,
+                state.error_message.clone().unwrap_or_else(|| format!("task returned status {status}")),
+            )),
+            Err(e) => classify(e, state, self.inner.max_wasm_stack).map(|()| state.outputs.clone()),
+        }
+    }
+
+    /// Looks the module up in the compiled cache, or loads and compiles it.
+    fn compiled(&self, cid: &Cid) -> Result<(Arc<Compiled>, bool), TaskFailure> {
+        let cache = &self.inner.modules;
+        if let Some(hit) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(cid) {
+            return Ok((hit.clone(), true));
+        }
+        let bad = |m: String| TaskFailure::new(FailureKind::BadModule, m);
+        let manifest = self.inner.store.manifest(cid).map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
+        if manifest.len > MAX_MODULE_LEN {
+            return Err(bad(format!(
+                "module is {} bytes, over the {} module size limit",
+                manifest.len,
+                fmt_bytes(MAX_MODULE_LEN)
+            )));
+        }
+        let bytes = self.inner.store.read_file(cid).map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
+        let module = Module::from_binary(&self.inner.engine, &bytes)
+            .map_err(|e| bad(format!("not a valid wasm module: {}", first_line(&e))))?;
+        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| bad(format!("{e}")))?;
+        let tasks = module
+            .exports()
+            .filter_map(|e| e.name().strip_prefix(shoal::abi::TASK_EXPORT_PREFIX).map(str::to_owned))
+            .collect();
+        let has_initialize = module.get_export("_initialize").is_some();
+        let compiled = Arc::new(Compiled { pre, tasks, has_initialize });
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MODULE_CACHE_LEN
+            && let Some(evict) = cache.keys().next().copied()
+        {
+            cache.remove(&evict);
+        }
+        cache.insert(*cid, compiled.clone());
+        Ok((compiled, false))
+    }
+
+    fn open_inputs(&self, inputs: &[(String, Cid)]) -> Result<Vec<Input>, TaskFailure> {
+        inputs
+            .iter()
+            .map(|(name, cid)| {
+                let manifest = self.inner.store.manifest(cid).map_err(|e| {
+                    TaskFailure::new(FailureKind::BadInput, format!("input `{name}`: {e}"))
+                })?;
+                Ok(Input { name: name.clone(), cid: *cid, manifest, cached_chunk: None })
+            })
+            .collect()
+    }
+}
+
+/// Encodes arguments in key order, as the ABI promises the guest.
+fn encode_args(args: &[(String, String)]) -> Vec<u8> {
+    let mut sorted: Vec<_> = args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    sorted.sort();
+    shoal::abi::encode_args(sorted)
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or_default().to_owned()
+}
+
+/// Chooses the export to call for `--task NAME`, or the only task if none was named.
+fn pick_task(tasks: &[String], wanted: Option<&str>) -> Result<String, TaskFailure> {
+    let prefix = shoal::abi::TASK_EXPORT_PREFIX;
+    let listed = if tasks.is_empty() { "none".to_owned() } else { tasks.join(", ") };
+    match wanted {
+        Some(name) if tasks.iter().any(|t| t == name) => Ok(format!("{prefix}{name}")),
+        Some(name) => Err(TaskFailure::new(
+            FailureKind::BadModule,
+            format!("module has no task named `{name}` (its tasks: {listed})"),
+        )),
+        None if tasks.is_empty() => Err(TaskFailure::new(
+            FailureKind::BadModule,
+            format!("module exports no task (no `{prefix}*` export); mark one with #[shoal::task]"),
+        )),
+        None if tasks.len() == 1 => Ok(format!("{prefix}{}", tasks[0])),
+        None => Err(TaskFailure::new(
+            FailureKind::BadModule,
+            format!("module exports {} tasks ({listed}); choose one with --task", tasks.len()),
+        )),
+    }
+}
+
+/// Turns a wasmtime error into a typed failure; `Ok` for a clean `proc_exit(0)`.
+fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(), TaskFailure> {
+    use FailureKind as K;
+    if let Some(kill) = e.downcast_ref::<Kill>() {
+        return Err(TaskFailure::new(K::Timeout, kill.to_string()));
+    }
+    if let Some(exit) = e.downcast_ref::<wasi_common::I32Exit>() {
+        return match exit.0 {
+            0 => Ok(()),
+            code => Err(TaskFailure::new(K::TaskError, format!("task exited with status {code}"))),
+        };
+    }
+    if let Some(asked) = state.limiter.refused {
+        return Err(TaskFailure::new(
+            K::OutOfMemory,
+            format!(
+                "task exceeded its {} memory limit (it asked for {})",
+                fmt_bytes(state.limits.memory_bytes),
+                fmt_bytes(asked as u64)
+            ),
+        ));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => Err(TaskFailure::new(
+            K::Trap,
+            format!("stack overflow: the task exceeded its {} wasm stack", fmt_bytes(max_stack as u64)),
+        )),
+        Some(Trap::Interrupt) => Err(TaskFailure::new(K::Timeout, "task was interrupted")),
+        Some(trap) => Err(TaskFailure::new(K::Trap, format!("wasm trap: {trap}"))),
+        None => Err(TaskFailure::new(K::Trap, first_line(&e))),
+    }
+}

@@ -1,0 +1,450 @@
+//! The on-disk block store: blake3-named blocks under `<data-dir>/blocks`.
+//!
+//! Trade-offs (see also the manifest format in [`manifest`]):
+//! - One file per block, fanned out by the first two hex digits, so that no directory grows
+//!   past a few thousand entries and a block can be served with one `read`.
+//! - Writes go to a temp file, are fsynced, then renamed into place: a crash leaves either no
+//!   block or a whole one, never a torn one. Touched directories are fsynced once per put.
+//! - Every read is verified against the name. A block that fails is moved to `quarantine/`
+//!   and reported, never returned, so a later fetch from the mesh can replace it.
+//! - The data dir is locked for the life of the store: two nodes never share one.
+
+mod cid;
+pub mod manifest;
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File},
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+pub use cid::{Cid, ParseCidError};
+pub use manifest::{CHUNK_SIZE, MAX_BLOCK_LEN, MAX_FILE_LEN, Manifest, ManifestError};
+
+/// What can go wrong in the block store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process holds the data dir.
+    #[error("data dir {path} is in use by another Shoal process (its lock file is held); use another --data-dir")]
+    Locked {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// The block is not in this store.
+    #[error("block {0} is not in the local store")]
+    NotFound(Cid),
+    /// The block's bytes do not hash to its name.
+    #[error("block {cid} is corrupt on disk (its bytes hash to {actual}); it was quarantined and not returned")]
+    Corrupt {
+        /// The name it was stored under.
+        cid: Cid,
+        /// What its bytes hash to.
+        actual: Cid,
+    },
+    /// The CID names a block that is not a file manifest.
+    #[error("{cid} is not a file: {source}")]
+    NotAFile {
+        /// The CID asked for.
+        cid: Cid,
+        /// Why its block is not a manifest.
+        source: ManifestError,
+    },
+    /// A chunk's length disagrees with its manifest.
+    #[error("chunk {index} of file {file} has {actual} bytes, its manifest says {expected}")]
+    ChunkLength {
+        /// The file's CID.
+        file: Cid,
+        /// Chunk index.
+        index: usize,
+        /// Length the manifest implies.
+        expected: usize,
+        /// Length found.
+        actual: usize,
+    },
+    /// A block over [`MAX_BLOCK_LEN`].
+    #[error("block of {len} bytes exceeds the {MAX_BLOCK_LEN}-byte block limit")]
+    BlockTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A file over [`MAX_FILE_LEN`].
+    #[error("file exceeds the {MAX_FILE_LEN}-byte file limit")]
+    FileTooLarge,
+    /// A filesystem error, with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the store was doing.
+        what: String,
+        /// The OS error (for example "No space left on device").
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+/// A content-addressed block store in a locked data dir.
+#[derive(Debug)]
+pub struct BlockStore {
+    blocks: PathBuf,
+    tmp: PathBuf,
+    quarantine: PathBuf,
+    tmp_counter: AtomicU64,
+    // Held for the store's lifetime; the OS drops the lock with the file.
+    _lock: File,
+}
+
+impl BlockStore {
+    /// Opens (creating if needed) the store in `data_dir` and locks it.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] if another process holds the dir, [`StoreError::Io`] if it
+    /// cannot be created.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let blocks = data_dir.join("blocks");
+        let tmp = data_dir.join("tmp");
+        let quarantine = data_dir.join("quarantine");
+        for dir in [&blocks, &tmp, &quarantine] {
+            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let lock_path = data_dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: data_dir.to_path_buf() });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err(format!("locking {}", lock_path.display()))(e));
+            }
+        }
+        // Temp files left by a crash are garbage: their blocks were never renamed into place.
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { blocks, tmp, quarantine, tmp_counter: AtomicU64::new(0), _lock: lock })
+    }
+
+    fn path_of(&self, cid: &Cid) -> PathBuf {
+        let hex = cid.to_hex();
+        self.blocks.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether the block is present (not verified).
+    pub fn has_block(&self, cid: &Cid) -> bool {
+        self.path_of(cid).is_file()
+    }
+
+    /// Stores one block and returns its CID. Idempotent: a block already present and intact is
+    /// not written again; a present but corrupt one is replaced.
+    ///
+    /// # Errors
+    /// [`StoreError::BlockTooLarge`] past [`MAX_BLOCK_LEN`]; [`StoreError::Io`] on disk errors
+    /// (a full disk included), in which case nothing is left behind.
+    pub fn put_block(&self, bytes: &[u8]) -> Result<Cid, StoreError> {
+        let mut dirs = BTreeSet::new();
+        let cid = self.put_block_unsynced_dir(bytes, &mut dirs)?;
+        self.sync_dirs(&dirs)?;
+        Ok(cid)
+    }
+
+    /// Stores a block fetched under a CID someone named; refuses bytes that do not hash to it.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when `bytes` do not hash to `expected`.
+    pub fn put_verified(&self, expected: &Cid, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = Cid::of(bytes);
+        if actual != *expected {
+            return Err(StoreError::Corrupt { cid: *expected, actual });
+        }
+        self.put_block(bytes).map(|_| ())
+    }
+
+    fn put_block_unsynced_dir(
+        &self,
+        bytes: &[u8],
+        dirs: &mut BTreeSet<PathBuf>,
+    ) -> Result<Cid, StoreError> {
+        if bytes.len() > MAX_BLOCK_LEN {
+            return Err(StoreError::BlockTooLarge { len: bytes.len() });
+        }
+        let cid = Cid::of(bytes);
+        let path = self.path_of(&cid);
+        if path.is_file() && self.get_block(&cid).is_ok() {
+            return Ok(cid);
+        }
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.blocks.clone());
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}-{}", std::process::id(), &cid.to_hex()[..16]));
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_data()?;
+            fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(format!("writing block {cid}"))(e));
+        }
+        dirs.insert(dir);
+        Ok(cid)
+    }
+
+    fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), StoreError> {
+        for dir in dirs {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(format!("syncing {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Reads one block and verifies it against its name.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or [`StoreError::Corrupt`] (the block is then quarantined).
+    pub fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(cid);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*cid)),
+            Err(e) => return Err(io_err(format!("reading block {cid}"))(e)),
+        };
+        let actual = Cid::of(&bytes);
+        if actual != *cid {
+            let _ = fs::rename(&path, self.quarantine.join(cid.to_hex()));
+            tracing::warn!(%cid, %actual, "quarantined a corrupt block");
+            return Err(StoreError::Corrupt { cid: *cid, actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Stores a file of any size read from `reader`: its chunks, then its manifest. Returns
+    /// the file's CID (the manifest's).
+    ///
+    /// # Errors
+    /// [`StoreError::FileTooLarge`] past [`MAX_FILE_LEN`]; [`StoreError::Io`] on read or
+    /// write errors.
+    pub fn put_file(&self, mut reader: impl Read) -> Result<Cid, StoreError> {
+        let mut dirs = BTreeSet::new();
+        let mut chunks = Vec::new();
+        let mut len = 0u64;
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = read_full(&mut reader, &mut buf).map_err(io_err("reading the file to store"))?;
+            if n == 0 {
+                break;
+            }
+            if chunks.len() == manifest::MAX_CHUNKS {
+                return Err(StoreError::FileTooLarge);
+            }
+            chunks.push(self.put_block_unsynced_dir(&buf[..n], &mut dirs)?);
+            len += n as u64;
+            if n < CHUNK_SIZE {
+                break;
+            }
+        }
+        let manifest = Manifest { len, chunks };
+        let cid = self.put_block_unsynced_dir(&manifest.encode(), &mut dirs)?;
+        self.sync_dirs(&dirs)?;
+        Ok(cid)
+    }
+
+    /// Stores `bytes` as a file; see [`BlockStore::put_file`].
+    ///
+    /// # Errors
+    /// As [`BlockStore::put_file`].
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Cid, StoreError> {
+        self.put_file(bytes)
+    }
+
+    /// Reads and decodes a file's manifest.
+    ///
+    /// # Errors
+    /// [`StoreError::NotAFile`] if the CID names a chunk; read errors as [`BlockStore::get_block`].
+    pub fn manifest(&self, cid: &Cid) -> Result<Manifest, StoreError> {
+        let bytes = self.get_block(cid)?;
+        Manifest::decode(&bytes).map_err(|source| StoreError::NotAFile { cid: *cid, source })
+    }
+
+    /// Reads chunk `index` of a file, verified and length-checked.
+    ///
+    /// # Errors
+    /// As [`BlockStore::get_block`], plus [`StoreError::ChunkLength`].
+    pub fn read_chunk(&self, file: &Cid, manifest: &Manifest, index: usize) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.get_block(&manifest.chunks[index])?;
+        let expected = manifest.chunk_len(index);
+        if bytes.len() != expected {
+            return Err(StoreError::ChunkLength { file: *file, index, expected, actual: bytes.len() });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a whole file to `writer`, verifying each chunk; returns its length.
+    ///
+    /// # Errors
+    /// As [`BlockStore::read_chunk`], plus [`StoreError::Io`] on write errors.
+    pub fn write_file(&self, cid: &Cid, mut writer: impl Write) -> Result<u64, StoreError> {
+        let manifest = self.manifest(cid)?;
+        for index in 0..manifest.chunks.len() {
+            let chunk = self.read_chunk(cid, &manifest, index)?;
+            writer.write_all(&chunk).map_err(io_err(format!("writing file {cid}")))?;
+        }
+        writer.flush().map_err(io_err(format!("writing file {cid}")))?;
+        Ok(manifest.len)
+    }
+
+    /// Reads a whole file into memory.
+    ///
+    /// # Errors
+    /// As [`BlockStore::write_file`].
+    pub fn read_file(&self, cid: &Cid) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.write_file(cid, &mut out)?;
+        Ok(out)
+    }
+
+    /// The CIDs of a file's blocks that are not in this store (the manifest first, if it is
+    /// missing, since the chunks cannot be known without it).
+    ///
+    /// # Errors
+    /// As [`BlockStore::manifest`], except that a missing manifest is reported as missing.
+    pub fn missing_blocks(&self, cid: &Cid) -> Result<Vec<Cid>, StoreError> {
+        match self.manifest(cid) {
+            Ok(m) => Ok(m.chunks.into_iter().filter(|c| !self.has_block(c)).collect()),
+            Err(StoreError::NotFound(_)) => Ok(vec![*cid]),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bytes_of(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    fn round_trip(store: &BlockStore, data: &[u8]) {
+        let cid = store.put_bytes(data).unwrap();
+        assert_eq!(store.read_file(&cid).unwrap(), data);
+        let m = store.manifest(&cid).unwrap();
+        assert_eq!(m.len, data.len() as u64);
+        assert_eq!(m.chunks.len(), data.len().div_ceil(CHUNK_SIZE));
+    }
+
+    #[test]
+    fn chunk_boundaries_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 7] {
+            round_trip(&store, &bytes_of(len, len as u8));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn random_sizes_round_trip(len in 0usize..(3 * CHUNK_SIZE), seed: u8) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlockStore::open(dir.path()).unwrap();
+            round_trip(&store, &bytes_of(len, seed));
+        }
+    }
+
+    #[test]
+    fn same_file_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let data = bytes_of(2 * CHUNK_SIZE + 5, 9);
+        let a = store.put_bytes(&data).unwrap();
+        let count = || walk_files(&dir.path().join("blocks"));
+        let before = count();
+        let b = store.put_bytes(&data).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(count(), before);
+        assert_eq!(before, 4, "3 chunks + 1 manifest");
+    }
+
+    fn walk_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
+            .sum()
+    }
+
+    #[test]
+    fn a_block_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cid = BlockStore::open(dir.path()).unwrap().put_bytes(b"durable").unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_file(&cid).unwrap(), b"durable");
+    }
+
+    #[test]
+    fn corrupt_block_is_reported_and_quarantined_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let cid = store.put_bytes(b"precious bytes").unwrap();
+        let chunk = store.manifest(&cid).unwrap().chunks[0];
+        fs::write(store.path_of(&chunk), b"precious bytez").unwrap();
+        let err = store.read_file(&cid).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { cid: c, .. } if c == chunk), "{err}");
+        assert!(err.to_string().contains("corrupt"));
+        assert!(!store.has_block(&chunk), "moved to quarantine");
+        // Putting the file again heals it.
+        store.put_bytes(b"precious bytes").unwrap();
+        assert_eq!(store.read_file(&cid).unwrap(), b"precious bytes");
+    }
+
+    #[test]
+    fn second_open_of_a_locked_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = BlockStore::open(dir.path()).unwrap();
+        let err = BlockStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another"));
+    }
+
+    #[test]
+    fn chunk_cid_is_not_a_file_and_wrong_cid_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let cid = store.put_bytes(b"abc").unwrap();
+        let chunk = store.manifest(&cid).unwrap().chunks[0];
+        assert!(matches!(store.read_file(&chunk), Err(StoreError::NotAFile { .. })));
+        assert!(matches!(store.read_file(&Cid([1; 32])), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.put_verified(&Cid([1; 32]), b"abc"), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,93 @@
+//! The composed libp2p behaviour: identify, ping, Kademlia, optional mDNS and Shoal's three
+//! request-response protocols.
+
+use std::time::Duration;
+
+use libp2p::{
+    identify,
+    identity::Keypair,
+    kad, mdns, ping,
+    request_response::{self, ProtocolSupport},
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+};
+
+use crate::{
+    codec::{
+        BLOCK_LIMITS, BLOCK_PROTOCOL, BlockCodec, CAPACITY_LIMITS, CAPACITY_PROTOCOL,
+        CapacityCodec, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
+        TaskCodec,
+    },
+    network::Config,
+};
+
+/// Everything a Shoal peer speaks. The derive generates `BehaviourEvent`, one variant a field.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kademlia: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) block: request_response::Behaviour<BlockCodec>,
+    pub(crate) task: request_response::Behaviour<TaskCodec>,
+    pub(crate) capacity: request_response::Behaviour<CapacityCodec>,
+}
+
+impl Behaviour {
+    pub(crate) fn new(key: &Keypair, config: &Config) -> std::io::Result<Self> {
+        let peer_id = key.public().to_peer_id();
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())
+                .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(config.query_timeout);
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_provided_keys: config.max_provided_keys,
+                ..Default::default()
+            },
+        );
+        let mut kademlia = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Without a confirmed public address Kademlia would stay a client and answer no
+        // queries, which breaks LANs and loopback meshes. Every Shoal peer serves the DHT.
+        kademlia.set_mode(Some(kad::Mode::Server));
+
+        let mdns = if config.mdns {
+            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+        } else {
+            None
+        };
+
+        let rr = |timeout: Duration| {
+            request_response::Config::default()
+                .with_request_timeout(timeout)
+                .with_max_concurrent_streams(config.max_concurrent_streams)
+        };
+
+        Ok(Self {
+            identify,
+            ping: ping::Behaviour::default(),
+            kademlia,
+            mdns: mdns.into(),
+            block: request_response::Behaviour::with_codec(
+                BlockCodec::new(BLOCK_LIMITS),
+                [(BLOCK_PROTOCOL, ProtocolSupport::Full)],
+                rr(config.block_timeout),
+            ),
+            task: request_response::Behaviour::with_codec(
+                TaskCodec::new(TASK_LIMITS),
+                [(TASK_PROTOCOL, ProtocolSupport::Full)],
+                rr(config.task_timeout),
+            ),
+            capacity: request_response::Behaviour::with_codec(
+                CapacityCodec::new(CAPACITY_LIMITS),
+                [(CAPACITY_PROTOCOL, ProtocolSupport::Full)],
+                rr(config.capacity_timeout),
+            ),
+        })
+    }
+
+}

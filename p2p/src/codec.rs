@@ -1,0 +1,466 @@
+//! Wire format: one length-prefixed postcard frame per request and per response, with
+//! explicit per-protocol size limits.
+//!
+//! A frame is a 4-byte big-endian payload length followed by the postcard payload. The
+//! reader checks the declared length against the protocol's limit *before* reading the body,
+//! reads at most that many bytes (growing its buffer only as bytes arrive), and rejects
+//! trailing bytes. Any violation is an [`io::ErrorKind::InvalidData`] error, which makes
+//! libp2p drop the stream.
+
+use std::{io, marker::PhantomData};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{StreamProtocol, request_response};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::messages::{
+    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_BYTES, TaskOutcome,
+    TaskSpec,
+};
+
+/// `/shoal/block/1`: fetch a block by id.
+pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/block/1");
+/// `/shoal/task/1`: submit a task, get its outcome.
+pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/task/1");
+/// `/shoal/capacity/1`: ask a peer for its advertised capacity.
+pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/capacity/1");
+/// Shoal's private Kademlia DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
+/// The protocol version peers announce through identify.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/shoal/id/1.0.0";
+
+/// Bytes of the frame header (the big-endian `u32` payload length).
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// The largest payloads, in bytes, that one protocol accepts in each direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest request payload.
+    pub request: usize,
+    /// Largest response payload.
+    pub response: usize,
+}
+
+/// `/shoal/block/1`: a 32-byte id in; a block of at most 1 MiB plus the enum tag and length
+/// varint out.
+pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
+    request: 64,
+    response: MAX_BLOCK_BYTES + 64,
+};
+/// `/shoal/task/1`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+pub const TASK_LIMITS: FrameLimits = FrameLimits {
+    request: 1 << 20,
+    response: 4 << 20,
+};
+/// `/shoal/capacity/1`: an empty request in; four small fields out.
+pub const CAPACITY_LIMITS: FrameLimits = FrameLimits {
+    request: 16,
+    response: 64,
+};
+
+fn invalid_data(msg: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads one frame of at most `max` payload bytes and decodes it.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidData`] if the declared length exceeds `max`, the payload is not a
+/// valid postcard `M`, or bytes are left over after it; [`io::ErrorKind::UnexpectedEof`] if
+/// the stream ends early; any error of `io` itself.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: dropping the future mid-frame loses the bytes read so far.
+pub async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    io.read_exact(&mut header).await?;
+    let declared = u32::from_be_bytes(header);
+    let len = usize::try_from(declared).map_err(|_| invalid_data("frame length overflows usize"))?;
+    if len > max {
+        return Err(invalid_data(format!(
+            "frame of {len} bytes exceeds the limit of {max} bytes"
+        )));
+    }
+    // Grow with the bytes that actually arrive, so that a peer declaring a large frame and
+    // then stalling costs us nothing.
+    let mut buf = Vec::new();
+    io.take(u64::from(declared)).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame truncated: {} of {len} bytes", buf.len()),
+        ));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<M>(&buf)
+        .map_err(|e| invalid_data(format!("malformed frame: {e}")))?;
+    if !rest.is_empty() {
+        return Err(invalid_data(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// Encodes `msg` and writes it as one frame, refusing payloads over `max` bytes.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidInput`] if the encoded message exceeds `max` (nothing is written
+/// then); any error of `io` itself.
+pub async fn write_frame<T, M>(io: &mut T, max: usize, msg: &M) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+    M: Serialize,
+{
+    let payload = postcard::to_allocvec(msg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|_| payload.len() <= max)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes exceeds the limit of {max} bytes",
+                    payload.len()
+                ),
+            )
+        })?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&payload).await?;
+    io.flush().await
+}
+
+/// A request-response [`Codec`](request_response::Codec) that frames `Req`/`Resp` with
+/// postcard under fixed [`FrameLimits`].
+pub struct FramedCodec<Req, Resp> {
+    limits: FrameLimits,
+    // `fn() -> _` keeps the codec Send + Sync whatever the message types are.
+    _messages: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> FramedCodec<Req, Resp> {
+    /// A codec enforcing `limits`.
+    pub const fn new(limits: FrameLimits) -> Self {
+        Self {
+            limits,
+            _messages: PhantomData,
+        }
+    }
+
+    /// The limits this codec enforces.
+    pub fn limits(&self) -> FrameLimits {
+        self.limits
+    }
+}
+
+// Manual impls: deriving would demand `Req: Clone` and `Resp: Clone` for no reason.
+impl<Req, Resp> Clone for FramedCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::new(self.limits)
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for FramedCodec<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedCodec")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The codec of `/shoal/block/1`.
+pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
+/// The codec of `/shoal/task/1`.
+pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
+/// The codec of `/shoal/capacity/1`.
+pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
+
+impl<Req, Resp> request_response::Codec for FramedCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.limits.request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.limits.response).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, self.limits.request, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, self.limits.response, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use futures::{executor::block_on, io::Cursor};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::messages::{BlockId, FailureKind, TaskLimits, TaskStats};
+
+    fn round_trip<M>(msg: &M, max: usize) -> M
+    where
+        M: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let mut wire = Cursor::new(Vec::new());
+        block_on(write_frame(&mut wire, max, msg)).expect("write");
+        let mut wire = Cursor::new(wire.into_inner());
+        let back: M = block_on(read_frame(&mut wire, max)).expect("read");
+        assert_eq!(wire.position() as usize, wire.get_ref().len(), "all bytes consumed");
+        back
+    }
+
+    fn read_raw<M: DeserializeOwned>(bytes: Vec<u8>, max: usize) -> io::Result<M> {
+        block_on(read_frame(&mut Cursor::new(bytes), max))
+    }
+
+    fn frame(declared: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = declared.to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn block_id() -> impl Strategy<Value = BlockId> {
+        any::<[u8; 32]>().prop_map(BlockId)
+    }
+
+    fn failure_kind() -> impl Strategy<Value = FailureKind> {
+        prop_oneof![
+            Just(FailureKind::Trap),
+            Just(FailureKind::OutOfMemory),
+            Just(FailureKind::Timeout),
+            Just(FailureKind::BadModule),
+            Just(FailureKind::Denied),
+            Just(FailureKind::Lost),
+            Just(FailureKind::Busy),
+            Just(FailureKind::Other),
+        ]
+    }
+
+    prop_compose! {
+        fn task_spec()(
+            module in block_id(),
+            entry in ".{0,40}",
+            inputs in prop::collection::vec((".{0,20}", block_id()), 0..8),
+            args in prop::collection::vec((".{0,20}", ".{0,40}"), 0..8),
+            memory_bytes in any::<u64>(),
+            timeout_ms in any::<u64>(),
+        ) -> TaskSpec {
+            TaskSpec { module, entry, inputs, args, limits: TaskLimits { memory_bytes, timeout_ms } }
+        }
+    }
+
+    fn task_outcome() -> impl Strategy<Value = TaskOutcome> {
+        prop_oneof![
+            (
+                prop::collection::vec((".{0,20}", block_id()), 0..8),
+                ".{0,200}",
+                any::<(u64, u64)>(),
+                ".{0,10}",
+                ".{0,60}"
+            )
+                .prop_map(|(outputs, logs, (wall_ms, peak_memory_bytes), backend, by)| {
+                    TaskOutcome::Ok {
+                        outputs,
+                        logs,
+                        stats: TaskStats {
+                            wall_ms,
+                            peak_memory_bytes,
+                            backend,
+                            executed_by: by,
+                        },
+                    }
+                }),
+            (failure_kind(), ".{0,80}", ".{0,200}").prop_map(|(kind, message, logs)| {
+                TaskOutcome::Failed {
+                    kind,
+                    message,
+                    logs,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn block_request_round_trips(cid in block_id()) {
+            let msg = BlockRequest { cid };
+            prop_assert_eq!(round_trip(&msg, BLOCK_LIMITS.request), msg);
+        }
+
+        #[test]
+        fn block_response_round_trips(
+            msg in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..4096).prop_map(BlockResponse::Found),
+                Just(BlockResponse::NotFound),
+                Just(BlockResponse::Busy),
+            ]
+        ) {
+            prop_assert_eq!(round_trip(&msg, BLOCK_LIMITS.response), msg);
+        }
+
+        #[test]
+        fn task_spec_round_trips(msg in task_spec()) {
+            prop_assert_eq!(round_trip(&msg, TASK_LIMITS.request), msg);
+        }
+
+        #[test]
+        fn task_outcome_round_trips(msg in task_outcome()) {
+            prop_assert_eq!(round_trip(&msg, TASK_LIMITS.response), msg);
+        }
+
+        #[test]
+        fn capacity_round_trips(
+            free_slots in any::<u32>(),
+            total_slots in any::<u32>(),
+            has_gpu in any::<bool>(),
+            queue_len in any::<u32>(),
+        ) {
+            let msg = Capacity { free_slots, total_slots, has_gpu, queue_len };
+            prop_assert_eq!(round_trip(&msg, CAPACITY_LIMITS.response), msg);
+            prop_assert_eq!(round_trip(&CapacityRequest, CAPACITY_LIMITS.request), CapacityRequest);
+        }
+
+        /// Hostile bytes never panic the reader, and whatever they yield is within limits.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_raw::<TaskSpec>(bytes.clone(), TASK_LIMITS.request);
+            let _ = read_raw::<TaskOutcome>(bytes.clone(), TASK_LIMITS.response);
+            let _ = read_raw::<BlockRequest>(bytes.clone(), BLOCK_LIMITS.request);
+            let _ = read_raw::<BlockResponse>(bytes.clone(), BLOCK_LIMITS.response);
+            let _ = read_raw::<Capacity>(bytes, CAPACITY_LIMITS.response);
+        }
+
+        /// A frame with a valid header and random body fails cleanly or decodes.
+        #[test]
+        fn random_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let bytes = frame(body.len() as u32, &body);
+            let _ = read_raw::<TaskSpec>(bytes.clone(), TASK_LIMITS.request);
+            let _ = read_raw::<TaskOutcome>(bytes, TASK_LIMITS.response);
+        }
+    }
+
+    #[test]
+    fn full_size_block_fits_the_block_limit() {
+        let msg = BlockResponse::Found(vec![7u8; MAX_BLOCK_BYTES]);
+        assert_eq!(round_trip(&msg, BLOCK_LIMITS.response), msg);
+    }
+
+    #[test]
+    fn oversized_declared_length_is_rejected_before_reading() {
+        // Declares 4 GiB but sends 3 bytes: must fail on the header alone.
+        let err = read_raw::<BlockResponse>(frame(u32::MAX, b"abc"), BLOCK_LIMITS.response)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+
+        let just_over = (BLOCK_LIMITS.request + 1) as u32;
+        let err = read_raw::<BlockRequest>(frame(just_over, &[]), BLOCK_LIMITS.request)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn oversized_block_is_refused_by_the_writer() {
+        let msg = BlockResponse::Found(vec![0u8; MAX_BLOCK_BYTES + 100]);
+        let mut wire = Cursor::new(Vec::new());
+        let err = block_on(write_frame(&mut wire, BLOCK_LIMITS.response, &msg)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(wire.into_inner().is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn malformed_payload_is_invalid_data() {
+        // Enum tag 9 does not exist in BlockResponse.
+        let err = read_raw::<BlockResponse>(frame(1, &[9]), BLOCK_LIMITS.response).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A Found whose inner length varint claims more than the frame holds.
+        let err = read_raw::<BlockResponse>(frame(3, &[0, 0xff, 0x7f]), BLOCK_LIMITS.response)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Invalid UTF-8 in a string.
+        let mut spec = vec![0u8; 32];
+        spec.extend_from_slice(&[2, 0xff, 0xfe]);
+        let err = read_raw::<TaskSpec>(frame(spec.len() as u32, &spec), TASK_LIMITS.request)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn trailing_bytes_are_invalid_data() {
+        let err = read_raw::<BlockResponse>(frame(2, &[1, 0]), BLOCK_LIMITS.response).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let err = read_raw::<BlockRequest>(frame(32, &[1; 10]), BLOCK_LIMITS.request).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let err = read_raw::<BlockRequest>(vec![0, 0], BLOCK_LIMITS.request).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Over a real duplex pipe, a hostile writer that declares a huge frame is cut off after
+    /// the header, without the reader waiting for (or buffering) the body.
+    #[tokio::test]
+    async fn hostile_stream_over_duplex_is_rejected() {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            theirs.write_all(&(64u32 << 20).to_be_bytes()).await?;
+            // Keep the pipe open and stall: the reader must not wait for the body.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            io::Result::Ok(())
+        });
+        let mut ours = ours.compat();
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_frame::<_, TaskSpec>(&mut ours, TASK_LIMITS.request),
+        )
+        .await
+        .expect("rejected without waiting for the body");
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        writer.abort();
+    }
+}

@@ -1,0 +1,39 @@
+//! Shoal's networking: a libp2p behaviour speaking Shoal's versioned protocols, their
+//! size-limited codecs, and a network actor with a cloneable client handle.
+//!
+//! The crate moves opaque typed messages and knows nothing of wasm. A node embeds it by
+//! implementing [`InboundHandler`] and calling [`Network::spawn`]:
+//!
+//! - `/shoal/block/1` — fetch a block by [`BlockId`] ([`NetworkClient::fetch_block`]);
+//! - `/shoal/task/1` — submit a [`TaskSpec`], get its [`TaskOutcome`]
+//!   ([`NetworkClient::submit_task`]);
+//! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
+//! - Kademlia (`/shoal/kad/1.0.0`) for provider records, identify, ping, and optional mDNS.
+//!
+//! Transports are TCP (noise + yamux) and QUIC v1.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod behaviour;
+pub mod codec;
+pub mod messages;
+mod network;
+#[cfg(test)]
+mod tests;
+
+pub use futures::future::BoxFuture;
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use tokio_util::sync::CancellationToken;
+
+pub use crate::{
+    codec::{
+        BLOCK_LIMITS, BLOCK_PROTOCOL, CAPACITY_LIMITS, CAPACITY_PROTOCOL, FrameLimits,
+        KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
+    },
+    messages::{
+        BlockId, BlockResponse, Capacity, FailureKind, MAX_BLOCK_BYTES, ParseBlockIdError,
+        TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+    },
+    network::{Config, Error, InboundHandler, Network, NetworkClient},
+};
