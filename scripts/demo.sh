@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+rustup target add wasm32-wasip1 >/dev/null
 echo "== building host and the example tasks"
 cargo build -p shoal-host --bin host
 cargo build --release --target wasm32-wasip1 --target-dir target/wasm-tasks -p hello -p matmul-wasm

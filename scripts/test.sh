@@ -14,6 +14,9 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
 fi
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || { echo "lavapipe is not installed: GPU tests cannot run" >&2; exit 1; }
 
+# rust-toolchain.toml names the target, but rustup only adds it when it installs the toolchain.
+rustup target add wasm32-wasip1 >/dev/null
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install --locked cargo-nextest

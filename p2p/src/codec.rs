@@ -19,11 +19,17 @@ use crate::messages::{
 };
 
 /// `/shoal/block/1`: fetch a block by id.
-pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/block/1");
+pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
 /// `/shoal/task/1`: submit a task, get its outcome.
-pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/task/1");
+pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
-pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/capacity/1");
+pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
+/// The name of [`BLOCK_PROTOCOL`].
+pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/1";
+/// The name of [`TASK_PROTOCOL`].
+pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/1";
+/// The name of [`CAPACITY_PROTOCOL`].
+pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
 /// Shoal's private Kademlia DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
 /// The protocol version peers announce through identify.
@@ -108,6 +114,31 @@ where
     Ok(msg)
 }
 
+/// Encodes `msg` as one frame (header and payload), refusing payloads over `max` bytes.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidInput`] if the encoded message exceeds `max`.
+pub fn encode_frame<M: Serialize>(max: usize, msg: &M) -> io::Result<Vec<u8>> {
+    let too_big = |len: usize| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {len} bytes exceeds the limit of {max} bytes"),
+        )
+    };
+    let len = postcard::experimental::serialized_size(msg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
+    if len > max {
+        return Err(too_big(len));
+    }
+    let header = u32::try_from(len).map_err(|_| too_big(len))?.to_be_bytes();
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + len);
+    frame.extend_from_slice(&header);
+    postcard::to_io(msg, &mut frame)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
+    Ok(frame)
+}
+
 /// Encodes `msg` and writes it as one frame, refusing payloads over `max` bytes.
 ///
 /// # Errors
@@ -119,22 +150,15 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
-    let payload = postcard::to_allocvec(msg)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|_| payload.len() <= max)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "message of {} bytes exceeds the limit of {max} bytes",
-                    payload.len()
-                ),
-            )
-        })?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&payload).await?;
+    let frame = encode_frame(max, msg)?;
+    write_encoded(io, &frame).await
+}
+
+async fn write_encoded<T>(io: &mut T, frame: &[u8]) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    io.write_all(frame).await?;
     io.flush().await
 }
 
@@ -210,7 +234,9 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, self.limits.request, &req).await
+        // Encode before the first await: the future then holds no `&Req` (Req need not be Sync).
+        let frame = encode_frame(self.limits.request, &req)?;
+        write_encoded(io, &frame).await
     }
 
     async fn write_response<T>(
@@ -222,7 +248,8 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, self.limits.response, &res).await
+        let frame = encode_frame(self.limits.response, &res)?;
+        write_encoded(io, &frame).await
     }
 }
 

@@ -46,7 +46,7 @@ impl fmt::Debug for BlockId {
 }
 
 /// Why a string is not a [`BlockId`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseBlockIdError {
     /// The string is not 64 characters long.

@@ -42,7 +42,8 @@ use tracing::{Instrument, Span, debug, info, info_span, trace, warn};
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     codec::{
-        BLOCK_PROTOCOL, CAPACITY_PROTOCOL, KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
+        BLOCK_PROTOCOL, BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_NAME,
+        KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL, TASK_PROTOCOL_NAME,
     },
     messages::{
         BlockId, BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind,
@@ -1066,14 +1067,14 @@ impl EventLoop {
             BehaviourEvent::Kademlia(event) => self.on_kad_event(event),
             BehaviourEvent::Block(event) => {
                 if let Some((peer, connection, id, request, channel)) =
-                    settle_outbound(&mut self.pending_block, BLOCK_PROTOCOL.as_ref(), event)
+                    settle_outbound(&mut self.pending_block, BLOCK_PROTOCOL_NAME, event)
                 {
                     self.on_block_request(peer, connection, id, request, channel);
                 }
             }
             BehaviourEvent::Task(event) => {
                 if let Some((peer, connection, id, request, channel)) =
-                    settle_outbound(&mut self.pending_task, TASK_PROTOCOL.as_ref(), event)
+                    settle_outbound(&mut self.pending_task, TASK_PROTOCOL_NAME, event)
                 {
                     self.on_task_request(peer, connection, id, request, channel);
                 }
@@ -1081,7 +1082,7 @@ impl EventLoop {
             BehaviourEvent::Capacity(event) => {
                 if let Some((peer, connection, id, _, channel)) = settle_outbound(
                     &mut self.pending_capacity,
-                    CAPACITY_PROTOCOL.as_ref(),
+                    CAPACITY_PROTOCOL_NAME,
                     event,
                 ) {
                     self.on_capacity_request(peer, connection, id, channel);
@@ -1091,12 +1092,14 @@ impl EventLoop {
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
-        let kad::Event::OutboundQueryProgressed {
-            id, result, step, ..
-        } = event
-        else {
-            trace!(?event, "kademlia");
-            return;
+        let (id, result, step) = match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => (id, result, step),
+            other => {
+                trace!(?other, "kademlia");
+                return;
+            }
         };
         match result {
             kad::QueryResult::GetProviders(result) => {

@@ -84,16 +84,32 @@ fn matmul_ref(
     };
     let n = if tb { sb.rows } else { sb.cols };
     let (m, k, n) = (m as usize, k as usize, n as usize);
-    let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
-    let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+    // Materialise op(A) and op(B) in f64 once; the inner loop then walks plain rows.
+    let a_op: Vec<f64> = (0..m * k)
+        .map(|x| {
+            let (i, p) = (x / k, x % k);
+            f64::from(if ta { a[p * m + i] } else { a[i * k + p] })
+        })
+        .collect();
+    let b_op: Vec<f64> = (0..k * n)
+        .map(|x| {
+            let (p, j) = (x / n, x % n);
+            f64::from(if tb { b[j * k + p] } else { b[p * n + j] })
+        })
+        .collect();
     let mut out = vec![0.0; m * n];
     let mut mag = vec![0.0; m * n];
     for i in 0..m {
+        let (out_row, mag_row) = (&mut out[i * n..(i + 1) * n], &mut mag[i * n..(i + 1) * n]);
         for p in 0..k {
-            let x = at(i, p);
-            for j in 0..n {
-                out[i * n + j] += x * bt(p, j);
-                mag[i * n + j] += (x * bt(p, j)).abs();
+            let x = a_op[i * k + p];
+            for ((o, g), &y) in out_row
+                .iter_mut()
+                .zip(mag_row.iter_mut())
+                .zip(&b_op[p * n..(p + 1) * n])
+            {
+                *o += x * y;
+                *g += (x * y).abs();
             }
         }
     }
@@ -112,8 +128,8 @@ fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, ta: bool, tb
     } else {
         Shape::new(k, n)
     };
-    let a = values(sa.len().unwrap(), u64::from(m * 31 + k));
-    let b = values(sb.len().unwrap(), u64::from(k * 17 + n));
+    let a = values(sa.elements().unwrap(), u64::from(m * 31 + k));
+    let b = values(sb.elements().unwrap(), u64::from(k * 17 + n));
     let ha = t.create(&a, sa).unwrap();
     let hb = t.create(&b, sb).unwrap();
     let hc = t.matmul(ha, hb, ta, tb).unwrap();
@@ -146,7 +162,7 @@ fn elementwise(backend: Arc<dyn Backend>) {
     let mut t = TensorTable::new(backend.clone(), QUOTA);
     for (r, c) in [(1, 1), (17, 31), (257, 263), (1024, 1024)] {
         let shape = Shape::new(r, c);
-        let len = shape.len().unwrap();
+        let len = shape.elements().unwrap();
         let (a, b) = (values(len, 1), values(len, 2));
         let bias = values(c as usize, 3);
         let (ha, hb) = (t.create(&a, shape).unwrap(), t.create(&b, shape).unwrap());
@@ -189,11 +205,14 @@ fn elementwise(backend: Arc<dyn Backend>) {
     }
 }
 
+/// An activation with its f64 function and derivative.
+type ActivationCase = (UnaryOp, fn(f64) -> f64, fn(f64) -> f64);
+
 fn activations(backend: Arc<dyn Backend>) {
     let mut t = TensorTable::new(backend.clone(), QUOTA);
     for (r, c) in [(1, 1), (17, 31), (257, 263)] {
         let shape = Shape::new(r, c);
-        let len = shape.len().unwrap();
+        let len = shape.elements().unwrap();
         // Spread inputs over [-12, 12] and include the saturating tails and exact zero.
         let mut x: Vec<f32> = values(len, 4).iter().map(|v| v * 12.0).collect();
         x[0] = 0.0;
@@ -203,7 +222,7 @@ fn activations(backend: Arc<dyn Backend>) {
         }
         let dy = values(len, 5);
         let (hx, hdy) = (t.create(&x, shape).unwrap(), t.create(&dy, shape).unwrap());
-        let cases: [(UnaryOp, fn(f64) -> f64, fn(f64) -> f64); 3] = [
+        let cases: [ActivationCase; 3] = [
             (
                 UnaryOp::Relu,
                 |v| v.max(0.0),
@@ -250,7 +269,7 @@ fn reductions(backend: Arc<dyn Backend>) {
         (1024, 1024),
     ] {
         let shape = Shape::new(r, c);
-        let x = values(shape.len().unwrap(), 6);
+        let x = values(shape.elements().unwrap(), 6);
         let hx = t.create(&x, shape).unwrap();
         let (r, c) = (r as usize, c as usize);
         for axis in [ReduceAxis::Axis0, ReduceAxis::Axis1] {
@@ -292,7 +311,7 @@ fn softmax_xent(backend: Arc<dyn Backend>) {
     for (r, c) in [(1, 1), (1, 2), (17, 31), (64, 10), (257, 263), (1024, 1024)] {
         let shape = Shape::new(r, c);
         // Large logits: without max subtraction exp() would overflow.
-        let mut logits: Vec<f32> = values(shape.len().unwrap(), 7)
+        let mut logits: Vec<f32> = values(shape.elements().unwrap(), 7)
             .iter()
             .map(|v| v * 8.0)
             .collect();

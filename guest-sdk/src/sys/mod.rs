@@ -3,7 +3,7 @@
 //! host with the same code path above this line.
 
 #[cfg(not(target_arch = "wasm32"))]
-mod native;
+pub(crate) mod native;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
@@ -11,13 +11,3 @@ mod wasm;
 pub(crate) use native::*;
 #[cfg(target_arch = "wasm32")]
 pub(crate) use wasm::*;
-
-use crate::abi::ErrorCode;
-
-/// Turns an ABI return value into a length or an error code.
-pub(crate) fn check(ret: i32) -> Result<usize, ErrorCode> {
-    match usize::try_from(ret) {
-        Ok(n) => Ok(n),
-        Err(_) => Err(ErrorCode::from_code(ret).unwrap_or(ErrorCode::InvalidArgument)),
-    }
-}

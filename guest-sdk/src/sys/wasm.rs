@@ -1,6 +1,5 @@
 //! The raw `shoal_v1` imports and their safe wrappers.
 
-use super::check;
 use crate::abi::{CID_LEN, ErrorCode, LogLevel};
 
 mod raw {
@@ -22,6 +21,14 @@ mod raw {
         ) -> i32;
         pub fn log(level: i32, ptr: *const u8, len: usize) -> i32;
         pub fn set_error(ptr: *const u8, len: usize) -> i32;
+    }
+}
+
+/// Turns an ABI return value into a length or an error code.
+fn check(ret: i32) -> Result<usize, ErrorCode> {
+    match usize::try_from(ret) {
+        Ok(n) => Ok(n),
+        Err(_) => Err(ErrorCode::from_code(ret).unwrap_or(ErrorCode::InvalidArgument)),
     }
 }
 

@@ -182,7 +182,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError> {
-        let expected = shape.len()?;
+        let expected = shape.elements()?;
         if data.len() != expected {
             return Err(ComputeError::DataLength {
                 shape,
@@ -211,7 +211,7 @@ impl Backend for CpuBackend {
 
     fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
         let shape = check_inputs(op, inputs)?;
-        let len = shape.len()?;
+        let len = shape.elements()?;
         let a = self.host(inputs[0])?;
         let b = match inputs.get(1) {
             Some(t) => self.host(t)?,

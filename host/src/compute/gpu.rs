@@ -301,8 +301,9 @@ impl GpuBackend {
             });
         }
 
-        let max_tensor_bytes =
-            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_tensor_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let name = format!(
             "wgpu {:?}: {} ({:?})",
             info.backend, info.name, info.device_type
@@ -345,8 +346,8 @@ impl GpuBackend {
         }
     }
 
-    /// A device buffer for a tensor of `shape`, after checking the device's limits.
-    fn tensor_buffer(&self, shape: Shape) -> Result<wgpu::Buffer, ComputeError> {
+    /// The tensor's size in bytes, if the device can hold it in one storage binding.
+    fn checked_bytes(&self, shape: Shape) -> Result<u64, ComputeError> {
         let bytes = shape.byte_size()?;
         if bytes > self.max_tensor_bytes {
             return Err(ComputeError::DeviceLimit {
@@ -355,6 +356,12 @@ impl GpuBackend {
                 limit: self.max_tensor_bytes,
             });
         }
+        Ok(bytes)
+    }
+
+    /// A device buffer for a tensor of `shape`, after checking the device's limits.
+    fn tensor_buffer(&self, shape: Shape) -> Result<wgpu::Buffer, ComputeError> {
+        let bytes = self.checked_bytes(shape)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
@@ -457,7 +464,7 @@ impl GpuBackend {
         let sb = inputs.get(1).map_or(sa, |t| t.shape);
         // Shapes were validated by output_shape and sizes by the buffer limit (< 2^32 bytes
         // of f32, so every element count fits a u32).
-        let len = u32::try_from(out_shape.len()?).map_err(|_| ComputeError::DeviceLimit {
+        let len = u32::try_from(out_shape.elements()?).map_err(|_| ComputeError::DeviceLimit {
             what: "elements in one tensor",
             needed: out_shape.rows as u64 * out_shape.cols as u64,
             limit: u32::MAX as u64,
@@ -667,7 +674,9 @@ impl Backend for GpuBackend {
     }
 
     fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError> {
-        let expected = shape.len()?;
+        // Size limits first: they say more about a huge shape than its data length does.
+        self.checked_bytes(shape)?;
+        let expected = shape.elements()?;
         if data.len() != expected {
             return Err(ComputeError::DataLength {
                 shape,
@@ -686,12 +695,11 @@ impl Backend for GpuBackend {
 
     fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError> {
         let src = self.buffer(tensor)?;
-        let len = tensor.shape.len()?;
+        let len = tensor.shape.elements()?;
         let got = out.len();
-        let dst = out.get_mut(..len).ok_or(ComputeError::BufferTooSmall {
-            needed: len,
-            got,
-        })?;
+        let dst = out
+            .get_mut(..len)
+            .ok_or(ComputeError::BufferTooSmall { needed: len, got })?;
         let bytes = tensor.shape.byte_size()?;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),

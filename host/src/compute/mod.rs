@@ -54,7 +54,7 @@ impl Shape {
     ///
     /// [`ComputeError::EmptyShape`] if a dimension is zero, [`ComputeError::TooLarge`] if the
     /// element count or its size in bytes overflows.
-    pub fn len(self) -> Result<usize, ComputeError> {
+    pub fn elements(self) -> Result<usize, ComputeError> {
         self.byte_size()?;
         // byte_size() proved rows * cols * 4 fits a usize, so this cannot overflow.
         Ok(self.rows as usize * self.cols as usize)
@@ -64,7 +64,7 @@ impl Shape {
     ///
     /// # Errors
     ///
-    /// As [`Shape::len`].
+    /// As [`Shape::elements`].
     pub fn byte_size(self) -> Result<u64, ComputeError> {
         if self.rows == 0 || self.cols == 0 {
             return Err(ComputeError::EmptyShape { shape: self });
@@ -536,7 +536,7 @@ mod tests {
     fn shape_sizes_are_checked() {
         assert_eq!(Shape::new(3, 4).byte_size().unwrap(), 48);
         assert!(matches!(
-            Shape::new(0, 4).len(),
+            Shape::new(0, 4).elements(),
             Err(ComputeError::EmptyShape { .. })
         ));
         let huge = Shape::new(u32::MAX, u32::MAX);

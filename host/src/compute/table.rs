@@ -394,7 +394,7 @@ impl TensorTable {
     /// Bad handles and device errors.
     pub fn read(&self, handle: u32) -> Result<Vec<f32>, ComputeError> {
         let tensor = self.get(handle)?;
-        let mut out = vec![0.0; tensor.shape().len()?];
+        let mut out = vec![0.0; tensor.shape().elements()?];
         self.backend.read_into(tensor, &mut out)?;
         Ok(out)
     }

@@ -25,7 +25,7 @@ use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
     logs::LogSink,
 };
-use crate::store::{BlockStore, Cid, Manifest, StoreError};
+use crate::store::{BlockStore, Cid, Manifest};
 
 /// The largest module the node compiles.
 pub const MAX_MODULE_LEN: u64 = 64 * MIB;

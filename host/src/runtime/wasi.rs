@@ -66,10 +66,11 @@ impl DeadlineSched {
 #[async_trait::async_trait]
 impl WasiSched for DeadlineSched {
     async fn poll_oneoff<'a>(&self, poll: &mut Poll<'a>) -> Result<(), WasiError> {
-        if let Some(clock) = poll.earliest_clock_deadline()
-            && clock.deadline > self.deadline
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if let Some(wait) = poll.earliest_clock_deadline().and_then(|c| c.duration_until())
+            && wait >= left
         {
-            return self.bounded_sleep(clock.deadline.saturating_duration_since(Instant::now()));
+            return self.bounded_sleep(wait);
         }
         // Reads and writes on our in-memory pipes are always ready, so this cannot block
         // past the earliest clock, which is before the deadline.

@@ -393,7 +393,8 @@ mod tests {
         let b = store.put_bytes(&data).unwrap();
         assert_eq!(a, b);
         assert_eq!(count(), before);
-        assert_eq!(before, 4, "3 chunks + 1 manifest");
+        // bytes_of repeats every 256 bytes, so both full chunks are the same block.
+        assert_eq!(before, 3, "2 distinct chunks + 1 manifest");
     }
 
     fn walk_files(dir: &Path) -> usize {

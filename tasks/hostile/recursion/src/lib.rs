@@ -2,6 +2,7 @@
 
 use shoal::{Ctx, Error};
 
+#[allow(unconditional_recursion, reason = "the point of this module")]
 fn deeper(n: u64) -> u64 {
     std::hint::black_box(deeper(std::hint::black_box(n + 1))) + 1
 }
