@@ -36,8 +36,7 @@ fn main() {
         hash.push(mbps(start));
 
         // A fresh store each round, so put really writes (and fsyncs) every block.
-        let dir = tempfile::tempdir_in(std::env::var("SHOAL_BENCH_DIR").unwrap_or_else(|_| "target".into()))
-            .expect("temp dir");
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
         let store = BlockStore::open(dir.path()).expect("store");
         let start = Instant::now();
         let cid = store.put_bytes(&data).expect("put");

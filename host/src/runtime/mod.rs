@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -29,6 +29,10 @@ use crate::store::{BlockStore, Cid, Manifest};
 
 /// The largest module the node compiles.
 pub const MAX_MODULE_LEN: u64 = 64 * MIB;
+/// Tasks that may wait for a slot before `Runtime::run` callers wait to enqueue.
+const JOB_QUEUE_LEN: usize = 1024;
+/// A task for a slot thread, and where its report goes.
+type Job = (TaskSpec, tokio::sync::oneshot::Sender<TaskReport>);
 /// Compiled modules kept per node.
 const MODULE_CACHE_LEN: usize = 64;
 
@@ -185,8 +189,11 @@ struct Inner {
     linker: Linker<TaskState>,
     modules: Mutex<HashMap<Cid, Arc<Compiled>>>,
     store: Arc<BlockStore>,
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Jobs for the slot threads; bounded, so a flood of submissions waits instead of piling up.
+    jobs: tokio::sync::mpsc::Sender<Job>,
     slot_count: usize,
+    busy: AtomicUsize,
+    queued: AtomicUsize,
     max_wasm_stack: usize,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -211,6 +218,9 @@ impl Runtime {
         let pooled = u32::try_from(slots * 2 + 2).unwrap_or(u32::MAX);
         pool.total_core_instances(pooled).total_memories(pooled).total_tables(pooled);
         pool.max_memory_size(MAX_TASK_MEMORY as usize);
+        // Reset a small task's memory with memset instead of madvise + page faults: most
+        // tasks touch only their first MiBs, and this is the per-task cost that dominates.
+        pool.linear_memory_keep_resident(2 << 20).table_keep_resident(64 << 10);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
@@ -233,18 +243,48 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
 
-        Ok(Self {
+        let (jobs, job_rx) = tokio::sync::mpsc::channel::<Job>(JOB_QUEUE_LEN);
+        let runtime = Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 modules: Mutex::new(HashMap::new()),
                 store,
-                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+                jobs,
                 slot_count: slots,
+                busy: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
                 max_wasm_stack: config.max_wasm_stack,
                 ticker_stop,
             }),
-        })
+        };
+        runtime.start_slots(slots, job_rx)?;
+        Ok(runtime)
+    }
+
+    /// One thread per slot pulls jobs off the shared queue. The threads hold the runtime only
+    /// weakly, so dropping the last `Runtime` closes the queue and ends them.
+    fn start_slots(&self, slots: usize, job_rx: tokio::sync::mpsc::Receiver<Job>) -> Result<(), RuntimeError> {
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for slot in 0..slots {
+            let (weak, job_rx) = (Arc::downgrade(&self.inner), job_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("shoal-slot-{slot}"))
+                .spawn(move || {
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(PoisonError::into_inner).blocking_recv();
+                        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else { return };
+                        let runtime = Runtime { inner };
+                        runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
+                        runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
+                        let report = runtime.run_blocking(&spec);
+                        runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
+                        let _ = reply.send(report);
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(format!("cannot start slot thread: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The block store tasks read from and write to.
@@ -259,7 +299,12 @@ impl Runtime {
 
     /// Slots not running a task right now.
     pub fn free_slots(&self) -> usize {
-        self.inner.slots.available_permits()
+        self.inner.slot_count.saturating_sub(self.inner.busy.load(Ordering::Relaxed))
+    }
+
+    /// Tasks waiting for a slot.
+    pub fn queue_len(&self) -> usize {
+        self.inner.queued.load(Ordering::Relaxed)
     }
 
     /// Runs a task on a blocking thread once a slot is free.
@@ -269,20 +314,13 @@ impl Runtime {
             logs: Logs::default(),
             stats: TaskStats::default(),
         };
-        let permit = match self.inner.slots.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => return lost("the runtime is shutting down".into()),
-        };
-        let runtime = self.clone();
-        match tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            runtime.run_blocking(&spec)
-        })
-        .await
-        {
-            Ok(report) => report,
-            Err(e) => lost(format!("the task's thread died: {e}")),
+        let (reply, report) = tokio::sync::oneshot::channel();
+        self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        if self.inner.jobs.send((spec, reply)).await.is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            return lost("the runtime is shutting down".into());
         }
+        report.await.unwrap_or_else(|_| lost("the task's slot thread died".into()))
     }
 
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
