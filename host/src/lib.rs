@@ -8,5 +8,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod compute;
+pub mod control;
+pub mod node;
 pub mod runtime;
+pub mod sched;
 pub mod store;

@@ -8,14 +8,20 @@ use clap::Parser;
 use cli::{Cli, CliError, Exit};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A node logs what it runs and for whom; one-shot verbs only warn.
+    let default_filter = match cli.command {
+        cli::Command::Join(_) => "warn,shoal_host=info,shoal_p2p=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let exit = match cli::run(cli) {
         Ok(exit) => exit,
         Err(e) => {

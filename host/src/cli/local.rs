@@ -108,10 +108,24 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
     print_report(&report, args.json)
 }
 
-/// `host put`.
+/// Whether a node serves this data dir (then it owns the store, and we go through it).
+fn node_running(data_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(shoal_host::control::socket_path(data_dir)).is_ok()
+}
+
+/// `host put`: through the local node if one runs (it also announces the file), else directly.
 pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
-    let store = open_store(&args.data_dir.resolve())?;
-    let cid = put_path(&store, &args.file)?;
+    let data_dir = args.data_dir.resolve();
+    let cid = if node_running(&data_dir) {
+        let path = std::path::absolute(&args.file)?;
+        if !path.is_file() {
+            return Err(usage(format!("cannot read {}", args.file.display())));
+        }
+        let result = super::mesh::call(&data_dir, &shoal_host::control::Request::Put { path })?;
+        result["cid"].as_str().unwrap_or_default().parse::<Cid>().map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        put_path(&open_store(&data_dir)?, &args.file)?
+    };
     if args.json {
         println!("{}", serde_json::json!({ "cid": cid.to_hex() }));
     } else {
@@ -123,7 +137,17 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
 /// `host get`.
 pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let cid: Cid = args.cid.parse().map_err(|e| usage(format!("{e}")))?;
-    let store = open_store(&args.data_dir.resolve())?;
+    let data_dir = args.data_dir.resolve();
+    if node_running(&data_dir) {
+        if args.output.as_os_str() == "-" {
+            return Err(usage("while a node runs on this data dir, `host get` needs -o FILE"));
+        }
+        let path = std::path::absolute(&args.output)?;
+        let result = super::mesh::call(&data_dir, &shoal_host::control::Request::Get { cid: cid.to_hex(), path })?;
+        eprintln!("wrote {} bytes to {}", result["bytes"], args.output.display());
+        return Ok(Exit::Ok);
+    }
+    let store = open_store(&data_dir)?;
     // Check it is a readable file before creating the output, so a bad CID leaves no file.
     store.manifest(&cid).map_err(store_err)?;
     if args.output.as_os_str() == "-" {

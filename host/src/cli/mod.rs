@@ -1,6 +1,7 @@
 //! The `host` command line: one verb per job.
 
 mod local;
+mod mesh;
 mod parse;
 
 use std::path::PathBuf;
@@ -34,9 +35,97 @@ pub enum Command {
     /// Store a file as blocks; prints its CID.
     #[command(after_help = EXIT_CODES)]
     Put(PutArgs),
-    /// Write a stored file out by CID.
+    /// Write a file out by CID, fetching it from the mesh if a node runs here.
     #[command(after_help = EXIT_CODES)]
     Get(GetArgs),
+    /// Run a node in the foreground until Ctrl-C.
+    #[command(after_help = EXIT_CODES)]
+    Join(JoinArgs),
+    /// Send a task (or a map of tasks) to the mesh through the local node.
+    #[command(after_help = EXIT_CODES)]
+    Submit(SubmitArgs),
+    /// List the peers the local node is connected to, with their capacity.
+    #[command(after_help = EXIT_CODES)]
+    Peers(PeersArgs),
+    /// Show the local node's identity, addresses and slots.
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+}
+
+/// `--device`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum Device {
+    /// A hardware GPU if there is one, else native CPU kernels.
+    #[default]
+    Auto,
+    /// A GPU (a software Vulkan adapter too, if that is all there is).
+    Gpu,
+    /// Native CPU kernels.
+    Cpu,
+}
+
+/// `host join`.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
+    /// Repeatable [default: TCP and QUIC on all interfaces, random ports].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<shoal_p2p::Multiaddr>,
+    /// A peer to join through: a multiaddr ending in /p2p/<peer id>, as `host join` prints.
+    /// Repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<shoal_p2p::Multiaddr>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Tasks this node runs at once for the mesh; 0 makes it a client that runs none
+    /// [default: number of cores].
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Compute device for the tasks' tensor math.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+/// `host submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Run only on this peer.
+    #[arg(long, value_name = "PEER_ID")]
+    pub on: Option<String>,
+    /// Run one task per item, with input NAME set to each: NAME=CID1,CID2,... (CIDs or files)
+    /// or NAME=@FILE (one per line).
+    #[arg(long, value_name = "NAME=CIDS|@FILE", value_parser = parse::pair)]
+    pub map: Option<(String, String)>,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `host peers`.
+#[derive(Args, Debug)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `host status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the node keeps its blocks, identity and control socket.
@@ -150,5 +239,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(args) => local::run(args),
         Command::Put(args) => local::put(args),
         Command::Get(args) => local::get(args),
+        Command::Join(args) => mesh::join(args),
+        Command::Submit(args) => mesh::submit(args),
+        Command::Peers(args) => mesh::peers(args),
+        Command::Status(args) => mesh::status(args),
     }
 }

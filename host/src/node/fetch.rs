@@ -1,0 +1,128 @@
+//! Fetching a file from the mesh: its manifest, then its missing chunks in parallel from
+//! several providers, each chunk verified before it is stored. A provider that serves a bad
+//! chunk is dropped for the rest of the fetch and the chunk is asked of another.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use futures::{StreamExt, stream};
+use shoal_p2p::{BlockId, PeerId};
+
+use super::NodeInner;
+use crate::store::{Cid, StoreError};
+
+/// Chunks fetched at once for one file.
+const PARALLEL_CHUNKS: usize = 16;
+
+/// Why a file could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No peer that was asked had a good copy.
+    #[error("block {cid} was not found in the mesh (asked {asked} peer(s))")]
+    NotFound {
+        /// The block.
+        cid: Cid,
+        /// How many peers were asked.
+        asked: usize,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl NodeInner {
+    pub(crate) async fn fetch_file(&self, cid: Cid, hints: &[PeerId]) -> Result<(), FetchError> {
+        let mut providers: Vec<PeerId> = hints.to_vec();
+        let bad = Arc::new(Mutex::new(HashSet::new()));
+        if !self.store.has_block(&cid) {
+            self.fetch_block(cid, &mut providers, &bad, 0).await?;
+        }
+        let store = self.store.clone();
+        let missing = tokio::task::spawn_blocking(move || store.missing_blocks(&cid))
+            .await
+            .map_err(|e| StoreError::Io { what: "listing chunks".into(), source: std::io::Error::other(e) })??;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if providers.is_empty() {
+            providers = self.find_providers(cid).await;
+        }
+        let results: Vec<Result<(), FetchError>> = stream::iter(missing.into_iter().enumerate())
+            .map(|(i, chunk)| {
+                let mut providers = providers.clone();
+                let bad = bad.clone();
+                async move { self.fetch_block(chunk, &mut providers, &bad, i).await }
+            })
+            .buffer_unordered(PARALLEL_CHUNKS)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        self.announce(cid).await;
+        Ok(())
+    }
+
+    async fn find_providers(&self, cid: Cid) -> Vec<PeerId> {
+        let me = self.net().local_peer_id();
+        match self.net().find_providers(BlockId(cid.0)).await {
+            Ok(found) => found.into_iter().filter(|p| *p != me).collect(),
+            Err(e) => {
+                tracing::debug!(%cid, error = %e, "provider lookup failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Fetches one block, starting at provider `start % len` so parallel chunks spread over
+    /// the providers. Falls back to a provider lookup when the known peers fail.
+    async fn fetch_block(
+        &self,
+        cid: Cid,
+        providers: &mut Vec<PeerId>,
+        bad: &Mutex<HashSet<PeerId>>,
+        start: usize,
+    ) -> Result<(), FetchError> {
+        let mut asked = 0;
+        for round in 0..2 {
+            if round == 1 {
+                let found = self.find_providers(cid).await;
+                providers.retain(|p| !found.contains(p));
+                providers.extend(found);
+            }
+            let n = providers.len();
+            for k in 0..n {
+                let peer = providers[(start + k) % n];
+                if bad.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
+                    continue;
+                }
+                asked += 1;
+                match self.net().fetch_block(peer, BlockId(cid.0)).await {
+                    Ok(Some(bytes)) => {
+                        let store = self.store.clone();
+                        let put = tokio::task::spawn_blocking(move || store.put_verified(&cid, &bytes)).await;
+                        match put {
+                            Ok(Ok(())) => return Ok(()),
+                            Ok(Err(StoreError::Corrupt { .. })) => {
+                                tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
+                                bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
+                            }
+                            Ok(Err(e)) => return Err(e.into()),
+                            Err(e) => {
+                                return Err(StoreError::Io { what: "storing a block".into(), source: std::io::Error::other(e) }.into());
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(shoal_p2p::Error::BlockMismatch { .. }) => {
+                        tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
+                        bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
+                    }
+                    Err(e) => tracing::debug!(%peer, %cid, error = %e, "block fetch failed"),
+                }
+            }
+        }
+        Err(FetchError::NotFound { cid, asked })
+    }
+}

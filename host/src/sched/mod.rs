@@ -1,0 +1,235 @@
+//! Placement and execution across the mesh: picks a peer by advertised capacity (preferring
+//! peers that already hold the inputs), runs the task there, retries elsewhere when a peer is
+//! lost or busy, and fans a `--map` out over the mesh with results in input order.
+//!
+//! The executor side lives here too: [`run_for_peer`] fetches a remote task's module and
+//! inputs (verified, chunk by chunk) and runs it in the local sandbox.
+
+mod wire;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future::join_all, stream};
+use shoal_p2p::{BlockId, Capacity, PeerId, TaskOutcome};
+
+pub use self::wire::{report_from_wire, spec_from_wire, spec_to_wire};
+use crate::{
+    node::NodeInner,
+    runtime::{FailureKind, Logs, TaskFailure, TaskReport, TaskSpec, TaskStats},
+    store::Cid,
+};
+
+/// Tries per task before giving up on a lost or busy peer.
+const MAX_ATTEMPTS: usize = 3;
+/// How long advertised capacities are trusted.
+const CAPACITY_TTL: Duration = Duration::from_secs(2);
+/// The most map items in flight at once, whatever the mesh's size.
+const MAX_MAP_PARALLEL: usize = 256;
+
+/// A finished task and the peer it ran on.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    /// Where it ran (the last peer tried, for a failure).
+    pub peer: PeerId,
+    /// Its outputs or failure, logs and stats.
+    pub report: TaskReport,
+}
+
+/// Progress of a map, for the progress bar.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct MapProgress {
+    /// Items finished successfully.
+    pub done: usize,
+    /// Items running.
+    pub running: usize,
+    /// Items failed.
+    pub failed: usize,
+    /// Items in all.
+    pub total: usize,
+}
+
+/// The submitting side's view of the mesh: cached capacities and its own tasks in flight.
+#[derive(Default)]
+pub struct Scheduler {
+    capacities: Mutex<HashMap<PeerId, (Instant, Capacity)>>,
+    in_flight: Mutex<HashMap<PeerId, i64>>,
+}
+
+fn lost(message: String) -> TaskReport {
+    TaskReport {
+        result: Err(TaskFailure { kind: FailureKind::Lost, message }),
+        logs: Logs::default(),
+        stats: TaskStats::default(),
+    }
+}
+
+impl Scheduler {
+    fn adjust(&self, peer: PeerId, by: i64) {
+        *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).entry(peer).or_default() += by;
+    }
+
+    /// Capacities of the candidates, asked concurrently and cached briefly.
+    async fn capacities(&self, node: &NodeInner, peers: &[PeerId]) -> Vec<(PeerId, Capacity)> {
+        let me = node.net().local_peer_id();
+        let asks = peers.iter().map(|&peer| async move {
+            if peer == me {
+                return Some((peer, node.capacity()));
+            }
+            if let Some((at, cap)) = self.capacities.lock().unwrap_or_else(PoisonError::into_inner).get(&peer)
+                && at.elapsed() < CAPACITY_TTL
+            {
+                return Some((peer, *cap));
+            }
+            let cap = node.net().capacity(peer).await.ok()?;
+            self.capacities.lock().unwrap_or_else(PoisonError::into_inner).insert(peer, (Instant::now(), cap));
+            Some((peer, cap))
+        });
+        join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    /// Chooses a peer: the most free slots after counting our own tasks in flight, preferring
+    /// peers that hold the task's inputs.
+    async fn pick(&self, node: &NodeInner, spec: &TaskSpec, exclude: &HashSet<PeerId>) -> Option<PeerId> {
+        let me = node.net().local_peer_id();
+        let mut candidates = node.net().connected_peers().await.unwrap_or_default();
+        if node.config.slots > 0 {
+            candidates.push(me);
+        }
+        candidates.retain(|p| !exclude.contains(p));
+        let capacities = self.capacities(node, &candidates).await;
+        let mut holders: HashMap<PeerId, usize> = HashMap::new();
+        for (_, cid) in &spec.inputs {
+            if let Ok(found) = node.net().find_providers(BlockId(cid.0)).await {
+                for peer in found {
+                    *holders.entry(peer).or_default() += 1;
+                }
+            }
+            if node.store.has_block(cid) {
+                *holders.entry(me).or_default() += 1;
+            }
+        }
+        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        capacities
+            .into_iter()
+            .filter(|(_, cap)| cap.total_slots > 0)
+            .max_by_key(|(peer, cap)| {
+                let ours = in_flight.get(peer).copied().unwrap_or(0);
+                let free = i64::from(cap.total_slots) - i64::from(cap.queue_len) - ours;
+                // Free capacity first; among equals, the peer holding more inputs.
+                (free.max(0), holders.get(peer).copied().unwrap_or(0), free)
+            })
+            .map(|(peer, _)| peer)
+    }
+
+    /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
+    pub(crate) async fn submit(&self, node: &NodeInner, spec: TaskSpec, on: Option<PeerId>) -> Placed {
+        let me = node.net().local_peer_id();
+        let mut tried = HashSet::new();
+        let mut last = Placed { peer: me, report: lost("no peer in the mesh offers task slots".into()) };
+        for _ in 0..MAX_ATTEMPTS {
+            let peer = match on {
+                Some(peer) => peer,
+                None => match self.pick(node, &spec, &tried).await {
+                    Some(peer) => peer,
+                    None => return last,
+                },
+            };
+            self.adjust(peer, 1);
+            let report = if peer == me {
+                node.runtime.run(spec.clone()).await
+            } else {
+                match node.net().submit_task(peer, spec_to_wire(&spec)).await {
+                    Ok(outcome) => report_from_wire(outcome),
+                    Err(e) => lost(format!("peer {peer}: {e}")),
+                }
+            };
+            self.adjust(peer, -1);
+            let retry = matches!(&report.result, Err(f) if f.kind == FailureKind::Lost);
+            last = Placed { peer, report };
+            if !retry || on.is_some() {
+                break;
+            }
+            tracing::info!(%peer, "task lost on peer; placing it elsewhere");
+            tried.insert(peer);
+        }
+        last
+    }
+
+    /// Runs `base` once per item, with input `name` set to the item, spread over the mesh.
+    /// Results come back in input order; `progress` sees every change.
+    pub(crate) async fn map(
+        &self,
+        node: &NodeInner,
+        base: TaskSpec,
+        name: &str,
+        items: Vec<Cid>,
+        on: Option<PeerId>,
+        progress: impl Fn(MapProgress),
+    ) -> Vec<Placed> {
+        let state = Mutex::new(MapProgress { total: items.len(), ..MapProgress::default() });
+        let update = |f: &dyn Fn(&mut MapProgress)| {
+            let snapshot = {
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut s);
+                *s
+            };
+            progress(snapshot);
+        };
+        let peers = node.net().connected_peers().await.unwrap_or_default();
+        let mut all = peers.clone();
+        all.push(node.net().local_peer_id());
+        let slots: usize = self.capacities(node, &all).await.iter().map(|(_, c)| c.total_slots as usize).sum();
+        let parallel = slots.clamp(1, MAX_MAP_PARALLEL);
+        stream::iter(items)
+            .map(|item| {
+                let mut spec = base.clone();
+                spec.inputs.retain(|(n, _)| n != name);
+                spec.inputs.push((name.to_owned(), item));
+                let update = &update;
+                async move {
+                    update(&|p| p.running += 1);
+                    let placed = self.submit(node, spec, on).await;
+                    let ok = placed.report.result.is_ok();
+                    update(&|p| {
+                        p.running -= 1;
+                        if ok { p.done += 1 } else { p.failed += 1 }
+                    });
+                    placed
+                }
+            })
+            .buffered(parallel)
+            .collect()
+            .await
+    }
+}
+
+/// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
+/// run it sandboxed, announce its outputs, and report.
+pub(crate) async fn run_for_peer(node: &NodeInner, from: PeerId, spec: shoal_p2p::TaskSpec) -> TaskOutcome {
+    let me = node.net().local_peer_id();
+    if node.config.slots == 0 {
+        return TaskOutcome::failed(shoal_p2p::FailureKind::Busy, "this node runs no tasks (started with --slots 0)");
+    }
+    let spec = spec_from_wire(spec);
+    let span = tracing::info_span!("task", peer = %from, module = %spec.module);
+    let _enter = span.enter();
+    tracing::info!("running a task for peer {from}");
+    let needed = std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
+    for (name, cid) in needed {
+        if let Err(e) = node.fetch_file(cid, &[from]).await {
+            return TaskOutcome::failed(shoal_p2p::FailureKind::Lost, format!("cannot fetch {name} {cid}: {e}"));
+        }
+    }
+    let report = node.runtime.run(spec).await;
+    if let Ok(outputs) = &report.result {
+        for (_, cid) in outputs {
+            node.announce(*cid).await;
+        }
+    }
+    tracing::info!(ok = report.result.is_ok(), "finished a task for peer {from}");
+    wire::report_to_wire(report, me)
+}
