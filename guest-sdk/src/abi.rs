@@ -296,6 +296,189 @@ impl XentReduction {
     }
 }
 
+/// The tensor calls' op codes: the `code` argument of `tensor_op`.
+///
+/// # The tensor calls
+///
+/// All return `i32`: `>= 0` is success (a handle, a byte count or 0), `< 0` an [`ErrorCode`].
+/// Handles are positive `i32`s, valid only in the task that made them; every tensor is freed
+/// when the task ends, and counted against the task's device-memory quota until then.
+///
+/// - `tensor_create(rows: i32, cols: i32, ptr: i32, len_bytes: i32) -> handle`: a new
+///   `rows x cols` tensor from `len_bytes = rows * cols * 4` bytes of little-endian f32 at
+///   `ptr` (any alignment). `TooLarge` when the size overflows, `ShapeMismatch` when
+///   `len_bytes` does not match, `InvalidArgument` for a zero or negative dimension.
+/// - `tensor_op(code: i32, param: i32, alpha: f32, a: i32, b: i32) -> handle`: one op, chosen
+///   by `code` (a [`TensorOpCode`]) and `param`, on `a` (and `b` for two-input ops; `b` is
+///   ignored for one-input ops). `param` is, by op:
+///   - `Matmul`: flag bits [`MATMUL_TRANSPOSE_A`] | [`MATMUL_TRANSPOSE_B`];
+///   - `Binary`: a [`BinaryOp`];
+///   - `Activation`, `ActivationGrad`: a [`UnaryOp`];
+///   - `Reduce`: `ReduceOp | ReduceAxis << REDUCE_AXIS_SHIFT` ([`reduce_param`]);
+///   - `SoftmaxXent`: an [`XentReduction`];
+///   - every other op: 0.
+///
+///   `alpha` is the factor of `Scale` and `Axpy` and ignored by the rest. An unknown code,
+///   or a `param` the op does not define, is `InvalidArgument`. [`TensorOp`] is the decoded
+///   form, and [`TensorOp::decode`] the one decoder.
+/// - `tensor_shape(h: i32, out_ptr: i32) -> 0`: writes `rows, cols` as two little-endian
+///   `u32`s (8 bytes) at `out_ptr`.
+/// - `tensor_read(h: i32, ptr: i32, len_bytes: i32) -> bytes`: copies the tensor as
+///   little-endian f32 into the guest buffer (any alignment) and returns the byte count;
+///   `BufferTooSmall` if `len_bytes < rows * cols * 4`.
+/// - `tensor_free(h: i32) -> 0`: frees the tensor; the handle is never valid again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum TensorOpCode {
+    /// `op(A) @ op(B)`; inputs `a`, `b`; `param` holds the transpose flags.
+    Matmul = 0,
+    /// `a op b` element-wise (`b` may be a `1 x cols` row, broadcast); `param` a [`BinaryOp`].
+    Binary = 1,
+    /// `alpha * a`.
+    Scale = 2,
+    /// `alpha * a + b`, one shape.
+    Axpy = 3,
+    /// `f(a)`; `param` a [`UnaryOp`].
+    Activation = 4,
+    /// `b * f'(a)` with `a` the pre-activation input and `b` the upstream gradient.
+    ActivationGrad = 5,
+    /// Sum or mean of `a` along an axis; `param` from [`reduce_param`].
+    Reduce = 6,
+    /// Softmax cross-entropy of logits `a` (`r x c`) against labels `b` (`r x 1`); `param` an
+    /// [`XentReduction`].
+    SoftmaxXent = 7,
+    /// `(softmax(a) - onehot(b)) / r`: the gradient of the mean loss.
+    SoftmaxXentGrad = 8,
+    /// `a^T`.
+    Transpose = 9,
+}
+
+impl TensorOpCode {
+    /// Every code, in code order.
+    pub const ALL: [TensorOpCode; 10] = [
+        Self::Matmul,
+        Self::Binary,
+        Self::Scale,
+        Self::Axpy,
+        Self::Activation,
+        Self::ActivationGrad,
+        Self::Reduce,
+        Self::SoftmaxXent,
+        Self::SoftmaxXentGrad,
+        Self::Transpose,
+    ];
+
+    /// Decodes a raw op code; `None` if unknown.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| *op as i32 == code)
+    }
+}
+
+/// Where a reduction's axis sits in `tensor_op`'s `param`: `ReduceOp | axis << 8`.
+pub const REDUCE_AXIS_SHIFT: u32 = 8;
+
+/// The `param` of a `Reduce` op.
+pub const fn reduce_param(op: ReduceOp, axis: ReduceAxis) -> i32 {
+    op as i32 | (axis as i32) << REDUCE_AXIS_SHIFT
+}
+
+/// A decoded `tensor_op` call: the op and its parameters, without the operands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TensorOp {
+    /// See [`TensorOpCode::Matmul`].
+    Matmul {
+        /// Use A transposed.
+        trans_a: bool,
+        /// Use B transposed.
+        trans_b: bool,
+    },
+    /// See [`TensorOpCode::Binary`].
+    Binary(BinaryOp),
+    /// See [`TensorOpCode::Scale`].
+    Scale {
+        /// The factor.
+        alpha: f32,
+    },
+    /// See [`TensorOpCode::Axpy`].
+    Axpy {
+        /// The factor on `a`.
+        alpha: f32,
+    },
+    /// See [`TensorOpCode::Activation`].
+    Activation(UnaryOp),
+    /// See [`TensorOpCode::ActivationGrad`].
+    ActivationGrad(UnaryOp),
+    /// See [`TensorOpCode::Reduce`].
+    Reduce {
+        /// Sum or mean.
+        op: ReduceOp,
+        /// The axis that collapses.
+        axis: ReduceAxis,
+    },
+    /// See [`TensorOpCode::SoftmaxXent`].
+    SoftmaxXent(XentReduction),
+    /// See [`TensorOpCode::SoftmaxXentGrad`].
+    SoftmaxXentGrad,
+    /// See [`TensorOpCode::Transpose`].
+    Transpose,
+}
+
+impl TensorOp {
+    /// Decodes `tensor_op`'s `(code, param, alpha)`; `None` (the host answers
+    /// `InvalidArgument`) for an unknown code or a `param` the op does not define.
+    pub fn decode(code: i32, param: i32, alpha: f32) -> Option<Self> {
+        let no_param = |op: Self| (param == 0).then_some(op);
+        match TensorOpCode::from_code(code)? {
+            TensorOpCode::Matmul => (param & !MATMUL_FLAGS_MASK == 0).then_some(Self::Matmul {
+                trans_a: param & MATMUL_TRANSPOSE_A != 0,
+                trans_b: param & MATMUL_TRANSPOSE_B != 0,
+            }),
+            TensorOpCode::Binary => BinaryOp::from_code(param).map(Self::Binary),
+            TensorOpCode::Scale => no_param(Self::Scale { alpha }),
+            TensorOpCode::Axpy => no_param(Self::Axpy { alpha }),
+            TensorOpCode::Activation => UnaryOp::from_code(param).map(Self::Activation),
+            TensorOpCode::ActivationGrad => UnaryOp::from_code(param).map(Self::ActivationGrad),
+            TensorOpCode::Reduce => {
+                let op = ReduceOp::from_code(param & 0xff)?;
+                let axis = ReduceAxis::from_code(param >> REDUCE_AXIS_SHIFT)?;
+                Some(Self::Reduce { op, axis })
+            }
+            TensorOpCode::SoftmaxXent => XentReduction::from_code(param).map(Self::SoftmaxXent),
+            TensorOpCode::SoftmaxXentGrad => no_param(Self::SoftmaxXentGrad),
+            TensorOpCode::Transpose => no_param(Self::Transpose),
+        }
+    }
+
+    /// Encodes the op as `tensor_op`'s `(code, param, alpha)`.
+    pub fn encode(self) -> (i32, i32, f32) {
+        let (code, param, alpha) = match self {
+            Self::Matmul { trans_a, trans_b } => (
+                TensorOpCode::Matmul,
+                if trans_a { MATMUL_TRANSPOSE_A } else { 0 } | if trans_b { MATMUL_TRANSPOSE_B } else { 0 },
+                0.0,
+            ),
+            Self::Binary(op) => (TensorOpCode::Binary, op as i32, 0.0),
+            Self::Scale { alpha } => (TensorOpCode::Scale, 0, alpha),
+            Self::Axpy { alpha } => (TensorOpCode::Axpy, 0, alpha),
+            Self::Activation(op) => (TensorOpCode::Activation, op as i32, 0.0),
+            Self::ActivationGrad(op) => (TensorOpCode::ActivationGrad, op as i32, 0.0),
+            Self::Reduce { op, axis } => (TensorOpCode::Reduce, reduce_param(op, axis), 0.0),
+            Self::SoftmaxXent(r) => (TensorOpCode::SoftmaxXent, r as i32, 0.0),
+            Self::SoftmaxXentGrad => (TensorOpCode::SoftmaxXentGrad, 0, 0.0),
+            Self::Transpose => (TensorOpCode::Transpose, 0, 0.0),
+        };
+        (code as i32, param, alpha)
+    }
+
+    /// How many tensors the op takes: 1 or 2.
+    pub fn arity(self) -> usize {
+        match self {
+            Self::Scale { .. } | Self::Activation(_) | Self::Reduce { .. } | Self::Transpose => 1,
+            _ => 2,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tensor_code_tests {
     use super::*;
@@ -317,5 +500,37 @@ mod tensor_code_tests {
         assert_eq!(UnaryOp::from_code(-1), None);
         assert_eq!(ReduceAxis::from_code(2), None);
         assert_eq!(MATMUL_FLAGS_MASK & !3, 0);
+    }
+
+    #[test]
+    fn tensor_ops_round_trip_and_reject_unknown_params() {
+        for code in TensorOpCode::ALL {
+            assert_eq!(TensorOpCode::from_code(code as i32), Some(code));
+        }
+        let ops = [
+            TensorOp::Matmul { trans_a: true, trans_b: false },
+            TensorOp::Matmul { trans_a: false, trans_b: true },
+            TensorOp::Binary(BinaryOp::Mul),
+            TensorOp::Scale { alpha: 2.5 },
+            TensorOp::Axpy { alpha: -1.0 },
+            TensorOp::Activation(UnaryOp::Tanh),
+            TensorOp::ActivationGrad(UnaryOp::Sigmoid),
+            TensorOp::Reduce { op: ReduceOp::Mean, axis: ReduceAxis::Axis1 },
+            TensorOp::SoftmaxXent(XentReduction::PerRow),
+            TensorOp::SoftmaxXentGrad,
+            TensorOp::Transpose,
+        ];
+        for op in ops {
+            let (code, param, alpha) = op.encode();
+            assert_eq!(TensorOp::decode(code, param, alpha), Some(op));
+        }
+        assert_eq!(reduce_param(ReduceOp::Mean, ReduceAxis::Axis1), 0x101);
+        assert_eq!(TensorOp::decode(10, 0, 0.0), None);
+        assert_eq!(TensorOp::decode(-1, 0, 0.0), None);
+        assert_eq!(TensorOp::decode(TensorOpCode::Matmul as i32, 4, 0.0), None);
+        assert_eq!(TensorOp::decode(TensorOpCode::Binary as i32, 3, 0.0), None);
+        assert_eq!(TensorOp::decode(TensorOpCode::Reduce as i32, 0x200, 0.0), None);
+        assert_eq!(TensorOp::decode(TensorOpCode::Reduce as i32, 0x10000, 0.0), None);
+        assert_eq!(TensorOp::decode(TensorOpCode::Transpose as i32, 1, 0.0), None);
     }
 }

@@ -56,7 +56,10 @@ impl Behaviour {
         kademlia.set_mode(Some(kad::Mode::Server));
 
         let mdns = if config.mdns {
-            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
         } else {
             None
         };
@@ -89,5 +92,4 @@ impl Behaviour {
             ),
         })
     }
-
 }

@@ -14,8 +14,7 @@ use libp2p::{StreamProtocol, request_response};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::messages::{
-    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_BYTES, TaskOutcome,
-    TaskSpec,
+    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_BYTES, TaskOutcome, TaskSpec,
 };
 
 /// `/shoal/block/1`: fetch a block by id.
@@ -87,7 +86,8 @@ where
     let mut header = [0u8; FRAME_HEADER_BYTES];
     io.read_exact(&mut header).await?;
     let declared = u32::from_be_bytes(header);
-    let len = usize::try_from(declared).map_err(|_| invalid_data("frame length overflows usize"))?;
+    let len =
+        usize::try_from(declared).map_err(|_| invalid_data("frame length overflows usize"))?;
     if len > max {
         return Err(invalid_data(format!(
             "frame of {len} bytes exceeds the limit of {max} bytes"
@@ -271,7 +271,11 @@ mod tests {
         block_on(write_frame(&mut wire, max, msg)).expect("write");
         let mut wire = Cursor::new(wire.into_inner());
         let back: M = block_on(read_frame(&mut wire, max)).expect("read");
-        assert_eq!(wire.position() as usize, wire.get_ref().len(), "all bytes consumed");
+        assert_eq!(
+            wire.position() as usize,
+            wire.get_ref().len(),
+            "all bytes consumed"
+        );
         back
     }
 
@@ -324,18 +328,20 @@ mod tests {
                 ".{0,10}",
                 ".{0,60}"
             )
-                .prop_map(|(outputs, logs, (wall_ms, peak_memory_bytes), backend, by)| {
-                    TaskOutcome::Ok {
-                        outputs,
-                        logs,
-                        stats: TaskStats {
-                            wall_ms,
-                            peak_memory_bytes,
-                            backend,
-                            executed_by: by,
-                        },
+                .prop_map(
+                    |(outputs, logs, (wall_ms, peak_memory_bytes), backend, by)| {
+                        TaskOutcome::Ok {
+                            outputs,
+                            logs,
+                            stats: TaskStats {
+                                wall_ms,
+                                peak_memory_bytes,
+                                backend,
+                                executed_by: by,
+                            },
+                        }
                     }
-                }),
+                ),
             (failure_kind(), ".{0,80}", ".{0,200}").prop_map(|(kind, message, logs)| {
                 TaskOutcome::Failed {
                     kind,
@@ -414,14 +420,14 @@ mod tests {
     #[test]
     fn oversized_declared_length_is_rejected_before_reading() {
         // Declares 4 GiB but sends 3 bytes: must fail on the header alone.
-        let err = read_raw::<BlockResponse>(frame(u32::MAX, b"abc"), BLOCK_LIMITS.response)
-            .unwrap_err();
+        let err =
+            read_raw::<BlockResponse>(frame(u32::MAX, b"abc"), BLOCK_LIMITS.response).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
 
         let just_over = (BLOCK_LIMITS.request + 1) as u32;
-        let err = read_raw::<BlockRequest>(frame(just_over, &[]), BLOCK_LIMITS.request)
-            .unwrap_err();
+        let err =
+            read_raw::<BlockRequest>(frame(just_over, &[]), BLOCK_LIMITS.request).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
@@ -446,8 +452,8 @@ mod tests {
         // Invalid UTF-8 in a string.
         let mut spec = vec![0u8; 32];
         spec.extend_from_slice(&[2, 0xff, 0xfe]);
-        let err = read_raw::<TaskSpec>(frame(spec.len() as u32, &spec), TASK_LIMITS.request)
-            .unwrap_err();
+        let err =
+            read_raw::<TaskSpec>(frame(spec.len() as u32, &spec), TASK_LIMITS.request).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 

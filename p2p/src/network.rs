@@ -19,18 +19,21 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, identify,
+    Multiaddr, PeerId, Swarm, SwarmBuilder,
+    core::transport::ListenerId,
+    identify,
     identity::Keypair,
-    kad, mdns, noise,
+    kad, mdns,
     multiaddr::Protocol,
-    request_response::{self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel},
+    noise,
+    request_response::{
+        self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel,
+    },
     swarm::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
-    tcp,
-    core::transport::ListenerId,
-    yamux,
+    tcp, yamux,
 };
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
@@ -338,9 +341,8 @@ impl Network {
         let local_peer_id = config.keypair.public().to_peer_id();
         let mut bootstrap = Vec::with_capacity(config.bootstrap.len());
         for addr in &config.bootstrap {
-            let peer = peer_of(addr).ok_or_else(|| Error::BootstrapWithoutPeerId {
-                addr: addr.clone(),
-            })?;
+            let peer = peer_of(addr)
+                .ok_or_else(|| Error::BootstrapWithoutPeerId { addr: addr.clone() })?;
             if peer != local_peer_id {
                 bootstrap.push((peer, addr.clone()));
             }
@@ -373,8 +375,13 @@ impl Network {
         }
 
         for (peer, addr) in &bootstrap {
-            swarm.behaviour_mut().kademlia.add_address(peer, addr.clone());
-            let opts = DialOpts::peer_id(*peer).addresses(vec![addr.clone()]).build();
+            swarm
+                .behaviour_mut()
+                .kademlia
+                .add_address(peer, addr.clone());
+            let opts = DialOpts::peer_id(*peer)
+                .addresses(vec![addr.clone()])
+                .build();
             if let Err(e) = swarm.dial(opts) {
                 warn!(%addr, "bootstrap peer unreachable: {e}; continuing without it");
             }
@@ -471,9 +478,12 @@ impl NetworkClient {
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
         let (tx, rx) = oneshot::channel();
         let addrs = self
-            .ask("listen_addrs", LOCAL_TIMEOUT, Command::ListenAddrs(tx), async {
-                rx.await.map_err(|_| Error::Shutdown)
-            })
+            .ask(
+                "listen_addrs",
+                LOCAL_TIMEOUT,
+                Command::ListenAddrs(tx),
+                async { rx.await.map_err(|_| Error::Shutdown) },
+            )
             .await?;
         Ok(addrs
             .into_iter()
@@ -488,9 +498,12 @@ impl NetworkClient {
     /// [`Error::Timeout`], [`Error::Shutdown`].
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
         let (tx, rx) = oneshot::channel();
-        self.ask("connected_peers", LOCAL_TIMEOUT, Command::ConnectedPeers(tx), async {
-            rx.await.map_err(|_| Error::Shutdown)
-        })
+        self.ask(
+            "connected_peers",
+            LOCAL_TIMEOUT,
+            Command::ConnectedPeers(tx),
+            async { rx.await.map_err(|_| Error::Shutdown) },
+        )
         .await
     }
 
@@ -769,10 +782,10 @@ impl EventLoop {
                     None => break,
                 },
                 Some(joined) = self.inbound.join_next(), if !self.inbound.is_empty() => {
-                    if let Err(e) = joined {
-                        if e.is_panic() {
+                    if let Err(e) = joined
+                        && e.is_panic()
+                    {
                             warn!("an inbound request handler panicked; its request was dropped");
-                        }
                     }
                 }
             }
@@ -821,7 +834,8 @@ impl EventLoop {
         };
         match command {
             Command::ListenAddrs(tx) => {
-                if self.listeners_pending.is_empty() || self.listen_waiters.len() >= MAX_LISTEN_WAITERS
+                if self.listeners_pending.is_empty()
+                    || self.listen_waiters.len() >= MAX_LISTEN_WAITERS
                 {
                     let _ = tx.send(self.listen_addrs.clone());
                 } else {
@@ -1080,11 +1094,9 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Capacity(event) => {
-                if let Some((peer, connection, id, _, channel)) = settle_outbound(
-                    &mut self.pending_capacity,
-                    CAPACITY_PROTOCOL_NAME,
-                    event,
-                ) {
+                if let Some((peer, connection, id, _, channel)) =
+                    settle_outbound(&mut self.pending_capacity, CAPACITY_PROTOCOL_NAME, event)
+                {
                     self.on_capacity_request(peer, connection, id, channel);
                 }
             }
@@ -1106,7 +1118,8 @@ impl EventLoop {
                 let done = match result {
                     Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
                         if let Some((found, _)) = self.pending_providers.get_mut(&id) {
-                            found.extend(providers.into_iter().filter(|p| *p != self.local_peer_id));
+                            found
+                                .extend(providers.into_iter().filter(|p| *p != self.local_peer_id));
                         }
                         step.last
                     }
@@ -1116,10 +1129,8 @@ impl EventLoop {
                         true
                     }
                 };
-                if done {
-                    if let Some((found, tx)) = self.pending_providers.remove(&id) {
-                        let _ = tx.send(Ok(found));
-                    }
+                if done && let Some((found, tx)) = self.pending_providers.remove(&id) {
+                    let _ = tx.send(Ok(found));
                 }
             }
             kad::QueryResult::StartProviding(result) => {
@@ -1164,7 +1175,10 @@ impl EventLoop {
                 let response = match handler.block(peer, request.cid).await {
                     Some(bytes) if bytes.len() <= MAX_BLOCK_BYTES => BlockResponse::Found(bytes),
                     Some(bytes) => {
-                        warn!(len = bytes.len(), "block over the size limit; answering NotFound");
+                        warn!(
+                            len = bytes.len(),
+                            "block over the size limit; answering NotFound"
+                        );
                         BlockResponse::NotFound
                     }
                     None => BlockResponse::NotFound,
@@ -1224,7 +1238,9 @@ impl EventLoop {
         self.inbound.spawn(
             async move {
                 let capacity = handler.capacity().await;
-                let _ = replies.send(InboundReply::Capacity(channel, capacity)).await;
+                let _ = replies
+                    .send(InboundReply::Capacity(channel, capacity))
+                    .await;
                 drop(permit);
             }
             .instrument(span),
@@ -1257,7 +1273,13 @@ fn settle_outbound<Req, Resp>(
     pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
     protocol: &'static str,
     event: request_response::Event<Req, Resp>,
-) -> Option<(PeerId, ConnectionId, InboundRequestId, Req, ResponseChannel<Resp>)> {
+) -> Option<(
+    PeerId,
+    ConnectionId,
+    InboundRequestId,
+    Req,
+    ResponseChannel<Resp>,
+)> {
     match event {
         request_response::Event::Message {
             peer,
@@ -1304,4 +1326,35 @@ fn settle_outbound<Req, Resp>(
         request_response::Event::ResponseSent { .. } => {}
     }
     None
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use crate::messages::TaskStats;
+
+    #[test]
+    fn oversized_outcome_keeps_the_tail_of_its_logs() {
+        let logs = format!("{}é end", "x".repeat(TASK_LIMITS.response));
+        let outcome = fit_outcome(TaskOutcome::Ok {
+            outputs: vec![("out".into(), BlockId::of(b"o"))],
+            logs,
+            stats: TaskStats {
+                wall_ms: 1,
+                peak_memory_bytes: 1,
+                backend: "cpu".into(),
+                executed_by: "p".into(),
+            },
+        });
+        match outcome {
+            TaskOutcome::Ok { logs, outputs, .. } => {
+                assert!(logs.len() < 70 * 1024);
+                assert!(logs.ends_with("é end") && logs.starts_with("[…"));
+                assert_eq!(outputs.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let small = TaskOutcome::failed(FailureKind::Trap, "boom");
+        assert_eq!(fit_outcome(small.clone()), small);
+    }
 }

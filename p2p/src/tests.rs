@@ -59,7 +59,12 @@ impl InboundHandler for TestHandler {
             if spec.entry == "panic" {
                 panic!("handler panics on purpose");
             }
-            let me = self.me.lock().unwrap().map(|p| p.to_string()).unwrap_or_default();
+            let me = self
+                .me
+                .lock()
+                .unwrap()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             TaskOutcome::Ok {
                 outputs: spec.inputs.clone(),
                 logs: format!("{} for {from}", spec.entry),
@@ -145,7 +150,10 @@ async fn listen_addrs_are_real_and_dialable() {
     for addr in &addrs {
         let s = addr.to_string();
         assert!(s.ends_with(&format!("/p2p/{}", a.id())), "{s}");
-        assert!(!s.contains("/tcp/0/") && !s.contains("/udp/0/"), "port 0 left in {s}");
+        assert!(
+            !s.contains("/tcp/0/") && !s.contains("/udp/0/"),
+            "port 0 left in {s}"
+        );
     }
 }
 
@@ -179,7 +187,10 @@ async fn three_nodes_find_providers_and_fetch_block() {
     assert_eq!(c.client.fetch_block(a.id(), cid).await.unwrap(), None);
 
     let peers = c.client.connected_peers().await.unwrap();
-    assert!(peers.contains(&a.id()) && peers.contains(&b.id()), "{peers:?}");
+    assert!(
+        peers.contains(&a.id()) && peers.contains(&b.id()),
+        "{peers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,9 +260,15 @@ async fn dialing_a_dead_address_is_a_clear_error_and_the_node_keeps_working() {
 
     let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
     let err = a.client.dial(addr.clone()).await.unwrap_err();
-    assert!(matches!(&err, Error::Unreachable { addr: a, .. } if *a == addr), "{err}");
+    assert!(
+        matches!(&err, Error::Unreachable { addr: a, .. } if *a == addr),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(text.contains("/ip4/127.0.0.1/tcp/1") && text.contains("unreachable"), "{text}");
+    assert!(
+        text.contains("/ip4/127.0.0.1/tcp/1") && text.contains("unreachable"),
+        "{text}"
+    );
 
     // Still working: dial a live peer and talk to it.
     let peer = a.client.dial(b.tcp_addr().await).await.unwrap();
@@ -261,7 +278,10 @@ async fn dialing_a_dead_address_is_a_clear_error_and_the_node_keeps_working() {
     assert_eq!(a.client.dial(b.tcp_addr().await).await.unwrap(), b.id());
     // Our own address is refused.
     let own = a.tcp_addr().await;
-    assert!(matches!(a.client.dial(own).await, Err(Error::DialSelf { .. })));
+    assert!(matches!(
+        a.client.dial(own).await,
+        Err(Error::DialSelf { .. })
+    ));
     // An unknown peer id cannot be reached.
     let err = a.client.capacity(ghost).await.unwrap_err();
     assert!(matches!(err, Error::PeerUnreachable { .. }), "{err}");
@@ -303,7 +323,11 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
     let first = first.await.unwrap().unwrap();
     assert!(matches!(first, TaskOutcome::Ok { .. }), "{first:?}");
 
-    let err = b.client.submit_task(a.id(), spec("panic")).await.unwrap_err();
+    let err = b
+        .client
+        .submit_task(a.id(), spec("panic"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::Stream { .. } | Error::ConnectionClosed { .. }),
         "{err}"
@@ -318,6 +342,7 @@ async fn shutdown_stops_the_actor_and_later_calls_fail() {
     let a = spawn_node(vec![], |_| {}).await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
     assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY);
+    let a_id = a.id();
     a.client.shutdown().await;
     tokio::time::timeout(Duration::from_secs(10), a.handle)
         .await
@@ -328,7 +353,7 @@ async fn shutdown_stops_the_actor_and_later_calls_fail() {
         Err(Error::Shutdown)
     ));
     // The other side notices the peer is gone.
-    assert!(b.client.capacity(a.id()).await.is_err());
+    assert!(b.client.capacity(a_id).await.is_err());
     b.client.shutdown().await;
     tokio::time::timeout(Duration::from_secs(10), b.handle)
         .await
@@ -364,11 +389,7 @@ impl request_response::Codec for RawCodec {
         Ok(buf)
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -415,14 +436,17 @@ async fn hostile_peer_frames_are_dropped_without_a_panic() {
 
     let mut hostile = SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .unwrap()
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
                 RawCodec,
                 [(BLOCK_PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(10)),
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             )
         })
         .unwrap()
