@@ -22,6 +22,9 @@
 //! Build it with `cargo build --release --target wasm32-wasip1`, then run it with
 //! `host run target/wasm32-wasip1/release/<crate>.wasm --input text=FILE --arg times=2`.
 //!
+//! Heavy math goes to the host through [`Tensor`]: its ops run on the node's GPU or native
+//! CPU kernels, and only explicit reads copy values back into the task.
+//!
 //! The same code compiles natively, where the host calls go to an in-process stub, so task
 //! logic can be unit-tested with `cargo test` (see [`testing`]).
 
@@ -31,11 +34,13 @@ pub mod abi;
 mod ctx;
 mod error;
 mod sys;
+pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use ctx::{Cid, Ctx, InputReader};
 pub use error::Error;
+pub use tensor::Tensor;
 /// Marks a function as a task entry point: `#[shoal::task] fn name(ctx: &mut Ctx) -> Result<(), Error>`.
 ///
 /// The task is exported as `name` (or the name given with `#[shoal::task(name = "other")]`).

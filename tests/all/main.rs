@@ -4,4 +4,5 @@ mod cli;
 mod mesh;
 mod compute;
 mod sandbox;
+mod tensor_abi;
 mod util;

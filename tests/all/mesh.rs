@@ -174,3 +174,93 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
     std::fs::write(&f, "still here").unwrap();
     assert!(node.host(&["put", f.to_str().unwrap()]).status.success());
 }
+
+mod in_process {
+    //! Nodes in one process on 127.0.0.1, for what needs a hostile peer.
+
+    use std::sync::Arc;
+
+    use shoal_host::{
+        compute::DeviceChoice,
+        node::{Node, NodeConfig},
+    };
+    use shoal_p2p::{BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, PeerId, TaskOutcome, TaskSpec};
+
+    fn config(dir: &std::path::Path, bootstrap: Vec<shoal_p2p::Multiaddr>) -> NodeConfig {
+        NodeConfig {
+            data_dir: dir.to_path_buf(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap,
+            mdns: false,
+            slots: 1,
+            device: DeviceChoice::Cpu,
+        }
+    }
+
+    /// A peer that answers every block request with the wrong bytes.
+    struct Liar;
+
+    impl InboundHandler for Liar {
+        fn block(&self, _: PeerId, _: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+            Box::pin(async { Some(vec![0xEE; 1 << 20]) })
+        }
+        fn task(&self, _: PeerId, _: TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+            Box::pin(async { TaskOutcome::failed(shoal_p2p::FailureKind::Denied, "liar") })
+        }
+        fn capacity(&self) -> BoxFuture<'_, Capacity> {
+            Box::pin(async { Capacity::default() })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_provider_is_skipped_and_the_fetch_succeeds() {
+        let root = tempfile::tempdir().unwrap();
+        let holder = Node::start(config(&root.path().join("holder"), vec![])).await.unwrap();
+        let addr = holder.net().listen_addrs().await.unwrap()[0].clone();
+        let mut liar_cfg = shoal_p2p::Config::new(Keypair::generate_ed25519(), Arc::new(Liar));
+        liar_cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        liar_cfg.mdns = false;
+        let (liar, _task) = Network::spawn(liar_cfg).unwrap();
+        let liar_addr = liar.listen_addrs().await.unwrap()[0].clone();
+        let fetcher = Node::start(config(&root.path().join("fetcher"), vec![addr.clone()])).await.unwrap();
+        let holder_id = fetcher.net().dial(addr).await.unwrap();
+        let liar_id = fetcher.net().dial(liar_addr).await.unwrap();
+
+        let data: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
+        let file = root.path().join("data.bin");
+        std::fs::write(&file, &data).unwrap();
+        let cid = holder.put_path(file).await.unwrap();
+
+        // The liar is asked first for every block; each of its answers fails verification.
+        fetcher.fetch_file(cid, &[liar_id, holder_id]).await.expect("fetch succeeds from the honest peer");
+        assert_eq!(fetcher.store().read_file(&cid).unwrap(), data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_submit_on_a_chosen_peer() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![])).await.unwrap();
+        let a_addr = a.net().listen_addrs().await.unwrap()[0].clone();
+        let b = Node::start(config(&root.path().join("b"), vec![a_addr.clone()])).await.unwrap();
+        let c = Node::start(config(&root.path().join("c"), vec![a_addr.clone()])).await.unwrap();
+        for n in [&b, &c] {
+            n.net().dial(a_addr.clone()).await.unwrap();
+        }
+        let module = a.put_path(shoal_task_artifacts::HELLO.into()).await.unwrap();
+        let name = a.store().put_bytes(b"mesh").unwrap();
+        let spec = shoal_host::runtime::TaskSpec {
+            module,
+            task: None,
+            inputs: vec![("name".into(), name)],
+            args: vec![],
+            limits: Default::default(),
+        };
+        for target in [&b, &c] {
+            let placed = a.submit(spec.clone(), Some(target.peer_id())).await;
+            assert_eq!(placed.peer, target.peer_id());
+            let outputs = placed.report.result.expect("runs remotely");
+            a.fetch_file(outputs[0].1, &[target.peer_id()]).await.unwrap();
+            assert_eq!(a.store().read_file(&outputs[0].1).unwrap(), b"Hello, mesh!");
+        }
+    }
+}

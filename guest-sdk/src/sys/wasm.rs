@@ -1,6 +1,6 @@
 //! The raw `shoal_v1` imports and their safe wrappers.
 
-use crate::abi::{CID_LEN, ErrorCode, LogLevel};
+use crate::abi::{CID_LEN, ErrorCode, LogLevel, TensorOp};
 
 mod raw {
     #[link(wasm_import_module = "shoal_v1")]
@@ -21,6 +21,11 @@ mod raw {
         ) -> i32;
         pub fn log(level: i32, ptr: *const u8, len: usize) -> i32;
         pub fn set_error(ptr: *const u8, len: usize) -> i32;
+        pub fn tensor_create(rows: i32, cols: i32, ptr: *const u8, len: usize) -> i32;
+        pub fn tensor_op(code: i32, param: i32, alpha: f32, a: i32, b: i32) -> i32;
+        pub fn tensor_shape(handle: i32, out_ptr: *mut u8) -> i32;
+        pub fn tensor_read(handle: i32, ptr: *mut u8, len: usize) -> i32;
+        pub fn tensor_free(handle: i32) -> i32;
     }
 }
 
@@ -96,4 +101,51 @@ pub(crate) fn log(level: LogLevel, message: &str) {
 pub(crate) fn set_error(message: &str) {
     // SAFETY: the pointer and length describe `message`, alive across the call.
     let _ = unsafe { raw::set_error(message.as_ptr(), message.len()) };
+}
+
+/// A handle as the ABI passes it; handles are positive `i32`s, so this never wraps for a
+/// handle the host issued.
+fn raw_handle(handle: u32) -> i32 {
+    handle as i32
+}
+
+fn handle_result(ret: i32) -> Result<u32, ErrorCode> {
+    check(ret).map(|h| h as u32)
+}
+
+pub(crate) fn tensor_create(rows: usize, cols: usize, data: &[f32]) -> Result<u32, ErrorCode> {
+    let rows = i32::try_from(rows).map_err(|_| ErrorCode::TooLarge)?;
+    let cols = i32::try_from(cols).map_err(|_| ErrorCode::TooLarge)?;
+    let len = data.len().checked_mul(4).ok_or(ErrorCode::TooLarge)?;
+    // SAFETY: the pointer and length describe `data`'s bytes (f32 is 4 plain bytes, little-
+    // endian on wasm), alive and unmodified across the call.
+    handle_result(unsafe { raw::tensor_create(rows, cols, data.as_ptr().cast::<u8>(), len) })
+}
+
+pub(crate) fn tensor_op(op: TensorOp, a: u32, b: u32) -> Result<u32, ErrorCode> {
+    let (code, param, alpha) = op.encode();
+    // SAFETY: takes no pointers.
+    handle_result(unsafe { raw::tensor_op(code, param, alpha, raw_handle(a), raw_handle(b)) })
+}
+
+pub(crate) fn tensor_shape(handle: u32) -> Result<(usize, usize), ErrorCode> {
+    let mut out = [0u8; 8];
+    // SAFETY: `out` has the 8 writable bytes the call fills, alive across the call.
+    check(unsafe { raw::tensor_shape(raw_handle(handle), out.as_mut_ptr()) })?;
+    let rows = u32::from_le_bytes([out[0], out[1], out[2], out[3]]);
+    let cols = u32::from_le_bytes([out[4], out[5], out[6], out[7]]);
+    Ok((rows as usize, cols as usize))
+}
+
+pub(crate) fn tensor_read(handle: u32, out: &mut [f32]) -> Result<usize, ErrorCode> {
+    let len = out.len().checked_mul(4).ok_or(ErrorCode::TooLarge)?;
+    // SAFETY: the pointer and length describe `out`'s bytes, writable and alive across the
+    // call; any bit pattern the host writes is a valid f32.
+    let bytes = check(unsafe { raw::tensor_read(raw_handle(handle), out.as_mut_ptr().cast::<u8>(), len) })?;
+    Ok(bytes / 4)
+}
+
+pub(crate) fn tensor_free(handle: u32) -> Result<(), ErrorCode> {
+    // SAFETY: takes no pointers.
+    check(unsafe { raw::tensor_free(raw_handle(handle)) }).map(|_| ())
 }

@@ -22,7 +22,7 @@ const MAX_NAME_LEN: usize = 256;
 const MAX_ERROR_LEN: usize = 4096;
 
 /// The byte range `ptr..ptr + len` if it lies inside a memory of `mem_len` bytes.
-fn guest_range(ptr: i32, len: i32, mem_len: usize) -> Result<Range<usize>, ErrorCode> {
+pub(super) fn guest_range(ptr: i32, len: i32, mem_len: usize) -> Result<Range<usize>, ErrorCode> {
     // wasm32 pointers and lengths are unsigned; a "negative" length is a huge one.
     let start = ptr as u32 as usize;
     let end = start.checked_add(len as u32 as usize).ok_or(ErrorCode::BadPointer)?;
@@ -33,7 +33,7 @@ fn guest_range(ptr: i32, len: i32, mem_len: usize) -> Result<Range<usize>, Error
 }
 
 /// Runs `f` with the guest's memory and the task state borrowed together.
-fn with_memory<R>(
+pub(super) fn with_memory<R>(
     caller: &mut Call<'_>,
     f: impl FnOnce(&mut [u8], &mut TaskState) -> Result<R, ErrorCode>,
 ) -> Result<R, ErrorCode> {
@@ -57,16 +57,16 @@ fn copy_out(data: &mut [u8], ptr: i32, len: i32, value: &[u8]) -> GuestResult {
     len_result(value.len())
 }
 
-fn len_result(len: usize) -> GuestResult {
+pub(super) fn len_result(len: usize) -> GuestResult {
     i32::try_from(len).map_err(|_| ErrorCode::TooLarge)
 }
 
-fn encode(result: GuestResult) -> i32 {
+pub(super) fn encode(result: GuestResult) -> i32 {
     result.unwrap_or_else(ErrorCode::code)
 }
 
 /// Ends the task if it is past its wall-time limit or CPU budget.
-fn check_clock(caller: &Call<'_>) -> wasmtime::Result<()> {
+pub(super) fn check_clock(caller: &Call<'_>) -> wasmtime::Result<()> {
     caller.data().clock.check().map_err(wasmtime::Error::new)
 }
 

@@ -4,6 +4,7 @@
 mod host_fns;
 pub mod limits;
 mod logs;
+mod tensor_fns;
 mod wasi;
 
 use std::{
@@ -25,7 +26,10 @@ use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
     logs::LogSink,
 };
-use crate::store::{BlockStore, Cid, Manifest};
+use crate::{
+    compute::{DeviceChoice, TensorTable},
+    store::{BlockStore, Cid, Manifest},
+};
 
 /// The largest module the node compiles.
 pub const MAX_MODULE_LEN: u64 = 64 * MIB;
@@ -43,6 +47,11 @@ pub struct RuntimeConfig {
     pub slots: usize,
     /// The deepest wasm stack a task may use, in bytes.
     pub max_wasm_stack: usize,
+    /// Where tasks' tensor math runs (`--device`). The backend is made on the first tensor
+    /// call of any task, then shared by all.
+    pub device: DeviceChoice,
+    /// Whether `device: Gpu` may take a software adapter (llvmpipe, lavapipe), as tests do.
+    pub allow_software_gpu: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +59,8 @@ impl Default for RuntimeConfig {
         Self {
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_wasm_stack: 512 * 1024,
+            device: DeviceChoice::Auto,
+            allow_software_gpu: false,
         }
     }
 }
@@ -124,6 +135,8 @@ pub struct TaskStats {
     pub peak_memory: u64,
     /// Whether the module came from the compiled-module cache.
     pub cached_module: bool,
+    /// The compute backend's name, if the task used tensors.
+    pub backend: Option<String>,
 }
 
 /// Everything a task run produced.
@@ -176,6 +189,11 @@ pub(crate) struct TaskState {
     limits: Limits,
     logs: LogSink,
     error_message: Option<String>,
+    /// The node's compute backend, made on first use.
+    compute: Arc<tensor_fns::LazyBackend>,
+    /// The task's tensors, made on its first tensor call; dropped (freeing device memory)
+    /// with the task's `Store`.
+    tensors: Option<TensorTable>,
 }
 
 /// The node's sandbox: compiles, caches and runs task modules.
@@ -196,6 +214,8 @@ struct Inner {
     queued: AtomicUsize,
     max_wasm_stack: usize,
     ticker_stop: Arc<AtomicBool>,
+    /// The compute backend, shared by every task; made lazily (see `tensor_fns`).
+    compute: Arc<tensor_fns::LazyBackend>,
 }
 
 impl Drop for Inner {
@@ -230,6 +250,7 @@ impl Runtime {
         wasi::add_to_linker(&mut linker, |s: &mut TaskState| &mut s.wasi)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        tensor_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -256,6 +277,7 @@ impl Runtime {
                 queued: AtomicUsize::new(0),
                 max_wasm_stack: config.max_wasm_stack,
                 ticker_stop,
+                compute: Arc::new(tensor_fns::LazyBackend::new(config.device, config.allow_software_gpu)),
             }),
         };
         runtime.start_slots(slots, job_rx)?;
@@ -359,6 +381,8 @@ impl Runtime {
             limits: spec.limits.clone(),
             logs: logs.clone(),
             error_message: None,
+            compute: self.inner.compute.clone(),
+            tensors: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -394,6 +418,7 @@ impl Runtime {
         };
         let state = store.data();
         stats.peak_memory = state.limiter.peak_memory as u64;
+        stats.backend = state.tensors.as_ref().map(|t| t.backend().name().to_owned());
         match outcome {
             Ok(shoal::abi::TASK_OK) => Ok(state.outputs.clone()),
             Ok(status) => Err(TaskFailure::new(

@@ -1,0 +1,208 @@
+//! The `shoal_v1` tensor calls: `tensor_create`, `tensor_op`, `tensor_shape`, `tensor_read`
+//! and `tensor_free` (their encoding is documented once, on `shoal::abi::TensorOpCode`).
+//!
+//! Same rules as the other host functions: the clock is checked first, every `(ptr, len)` is
+//! bounds-checked, and every failure is a guest-visible [`ErrorCode`], with the reason noted
+//! in the task's log. The node's compute backend is created on the first tensor call of any
+//! task (wgpu start-up is slow and most tasks never use tensors) and shared by all tasks;
+//! each task gets its own [`TensorTable`], dropped with the task's `Store`.
+
+use std::sync::{Arc, OnceLock};
+
+use shoal::abi::{ErrorCode, IMPORT_MODULE, TensorOp};
+use wasmtime::{Caller, Linker};
+
+use super::{
+    TaskState,
+    host_fns::{check_clock, encode, guest_range, len_result, with_memory},
+    logs::LogSink,
+};
+use crate::compute::{Backend, ComputeError, DeviceChoice, Op, Shape, TensorTable, select_backend};
+
+type Call<'a> = Caller<'a, TaskState>;
+type GuestResult = Result<i32, ErrorCode>;
+
+/// The node's compute backend, made on first use and shared by every task.
+pub(crate) struct LazyBackend {
+    choice: DeviceChoice,
+    allow_software: bool,
+    /// The backend, or why it could not be made (kept, so a broken device is not retried by
+    /// every call of every task).
+    cell: OnceLock<Result<Arc<dyn Backend>, String>>,
+}
+
+impl LazyBackend {
+    pub(crate) fn new(choice: DeviceChoice, allow_software: bool) -> Self {
+        Self { choice, allow_software, cell: OnceLock::new() }
+    }
+
+    /// The backend, making it on the first call; concurrent first calls wait for one start-up.
+    fn get(&self) -> Result<&Arc<dyn Backend>, &str> {
+        self.cell
+            .get_or_init(|| {
+                select_backend(self.choice, self.allow_software).map_err(|e| {
+                    tracing::warn!(%e, choice = ?self.choice, "no compute backend; tensor calls will fail");
+                    format!("no compute backend for --device {:?}: {e}", self.choice)
+                })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+/// The task's table (made on its first tensor call) and its log, borrowed together.
+fn table(state: &mut TaskState) -> Result<(&mut TensorTable, &LogSink), ErrorCode> {
+    if state.tensors.is_none() {
+        let backend = match state.compute.get() {
+            Ok(backend) => backend.clone(),
+            Err(why) => {
+                state.logs.append(&[format!("[host] tensors unavailable: {why}\n").as_bytes()]);
+                return Err(ErrorCode::Unavailable);
+            }
+        };
+        state.tensors = Some(TensorTable::new(backend, state.limits.tensor_bytes));
+    }
+    let TaskState { tensors, logs, .. } = state;
+    Ok((tensors.as_mut().ok_or(ErrorCode::Unavailable)?, logs))
+}
+
+/// Logs a compute error under the call's name and turns it into its code.
+fn fail(logs: &LogSink, what: &str, err: &ComputeError) -> ErrorCode {
+    logs.append(&[format!("[host] {what}: {err}\n").as_bytes()]);
+    err.code()
+}
+
+/// The `compute` op for a decoded ABI op: the host half of the one decoder.
+fn compute_op(op: TensorOp) -> Op {
+    match op {
+        TensorOp::Matmul { trans_a, trans_b } => Op::Matmul { trans_a, trans_b },
+        TensorOp::Binary(op) => Op::Binary(op),
+        TensorOp::Scale { alpha } => Op::Scale { alpha },
+        TensorOp::Axpy { alpha } => Op::Axpy { alpha },
+        TensorOp::Activation(op) => Op::Activation(op),
+        TensorOp::ActivationGrad(op) => Op::ActivationGrad(op),
+        TensorOp::Reduce { op, axis } => Op::Reduce { op, axis },
+        TensorOp::SoftmaxXent(reduction) => Op::SoftmaxXent { reduction },
+        TensorOp::SoftmaxXentGrad => Op::SoftmaxXentGrad,
+        TensorOp::Transpose => Op::Transpose,
+    }
+}
+
+/// A handle as the table sees it; a negative `i32` becomes a value no table ever issues.
+fn handle(h: i32) -> u32 {
+    h as u32
+}
+
+fn tensor_create(state: &mut TaskState, data: &[u8], dims: (i32, i32), ptr: i32, len: i32) -> GuestResult {
+    let (Ok(rows), Ok(cols)) = (u32::try_from(dims.0), u32::try_from(dims.1)) else {
+        state.logs.append(&[format!("[host] tensor_create: negative dimension {}x{}\n", dims.0, dims.1).as_bytes()]);
+        return Err(ErrorCode::InvalidArgument);
+    };
+    let shape = Shape::new(rows, cols);
+    let bytes = shape.byte_size().map_err(|e| fail(&state.logs, "tensor_create", &e))?;
+    if u64::from(len as u32) != bytes {
+        state.logs.append(&[format!(
+            "[host] tensor_create: {} bytes do not fill a {shape} f32 tensor ({bytes} bytes)\n",
+            len as u32
+        )
+        .as_bytes()]);
+        return Err(ErrorCode::ShapeMismatch);
+    }
+    let range = guest_range(ptr, len, data.len())?;
+    let (table, logs) = table(state)?;
+    // Refuse before converting, so an over-quota call costs the host nothing.
+    if table.used_bytes().saturating_add(bytes) > table.quota_bytes() {
+        let err = ComputeError::QuotaExceeded { requested: bytes, used: table.used_bytes(), quota: table.quota_bytes() };
+        return Err(fail(logs, "tensor_create", &err));
+    }
+    // Guest memory has no alignment promise: decode from bytes.
+    let values: Vec<f32> = data[range].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    match table.create(&values, shape) {
+        Ok(h) => len_result(h as usize),
+        Err(e) => Err(fail(logs, "tensor_create", &e)),
+    }
+}
+
+fn tensor_op(state: &mut TaskState, code: i32, param: i32, alpha: f32, a: i32, b: i32) -> GuestResult {
+    let Some(op) = TensorOp::decode(code, param, alpha) else {
+        state.logs.append(&[format!("[host] tensor_op: unknown op code {code} with param {param:#x}\n").as_bytes()]);
+        return Err(ErrorCode::InvalidArgument);
+    };
+    let op = compute_op(op);
+    let inputs = [handle(a), handle(b)];
+    let (table, logs) = table(state)?;
+    match table.run(op, &inputs[..op.arity()]) {
+        Ok(h) => len_result(h as usize),
+        Err(e) => Err(fail(logs, &format!("tensor_op {}", op.name()), &e)),
+    }
+}
+
+fn tensor_shape(state: &mut TaskState, data: &mut [u8], h: i32, out_ptr: i32) -> GuestResult {
+    let range = guest_range(out_ptr, 8, data.len())?;
+    let (table, logs) = table(state)?;
+    let shape = table.shape(handle(h)).map_err(|e| fail(logs, "tensor_shape", &e))?;
+    data[range.start..range.start + 4].copy_from_slice(&shape.rows.to_le_bytes());
+    data[range.start + 4..range.end].copy_from_slice(&shape.cols.to_le_bytes());
+    Ok(0)
+}
+
+fn tensor_read(state: &mut TaskState, data: &mut [u8], h: i32, ptr: i32, len: i32) -> GuestResult {
+    let range = guest_range(ptr, len, data.len())?;
+    let (table, logs) = table(state)?;
+    let shape = table.shape(handle(h)).map_err(|e| fail(logs, "tensor_read", &e))?;
+    let needed = shape.byte_size().map_err(|e| fail(logs, "tensor_read", &e))?;
+    if (range.len() as u64) < needed {
+        return Err(ErrorCode::BufferTooSmall);
+    }
+    let values = table.read(handle(h)).map_err(|e| fail(logs, "tensor_read", &e))?;
+    for (dst, v) in data[range].chunks_exact_mut(4).zip(&values) {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+    len_result(values.len() * 4)
+}
+
+fn tensor_free(state: &mut TaskState, h: i32) -> GuestResult {
+    let (table, logs) = table(state)?;
+    table.free(handle(h)).map_err(|e| fail(logs, "tensor_free", &e))?;
+    Ok(0)
+}
+
+/// Registers the tensor imports.
+pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    let m = IMPORT_MODULE;
+
+    linker.func_wrap(m, "tensor_create", |mut c: Call<'_>, rows: i32, cols: i32, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        let result = with_memory(&mut c, |data, state| tensor_create(state, data, (rows, cols), ptr, len));
+        // Uploading a large tensor can take a while on a slow device.
+        check_clock(&c)?;
+        Ok(encode(result))
+    })?;
+
+    linker.func_wrap(m, "tensor_op", |mut c: Call<'_>, code: i32, param: i32, alpha: f32, a: i32, b: i32| {
+        check_clock(&c)?;
+        let result = tensor_op(c.data_mut(), code, param, alpha, a, b);
+        // Epochs do not tick in host code: a long op must still end a task that is out of time.
+        check_clock(&c)?;
+        Ok(encode(result))
+    })?;
+
+    linker.func_wrap(m, "tensor_shape", |mut c: Call<'_>, h: i32, out_ptr: i32| {
+        check_clock(&c)?;
+        Ok(encode(with_memory(&mut c, |data, state| tensor_shape(state, data, h, out_ptr))))
+    })?;
+
+    linker.func_wrap(m, "tensor_read", |mut c: Call<'_>, h: i32, ptr: i32, len: i32| {
+        check_clock(&c)?;
+        let result = with_memory(&mut c, |data, state| tensor_read(state, data, h, ptr, len));
+        check_clock(&c)?;
+        Ok(encode(result))
+    })?;
+
+    linker.func_wrap(m, "tensor_free", |mut c: Call<'_>, h: i32| {
+        check_clock(&c)?;
+        Ok(encode(tensor_free(c.data_mut(), h)))
+    })?;
+
+    Ok(())
+}
