@@ -45,7 +45,11 @@ pub struct Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor({}x{}, handle {:#x})", self.rows, self.cols, self.handle)
+        write!(
+            f,
+            "Tensor({}x{}, handle {:#x})",
+            self.rows, self.cols, self.handle
+        )
     }
 }
 
@@ -76,7 +80,9 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::from_slice`].
     pub fn zeros(rows: usize, cols: usize) -> Result<Tensor, Error> {
-        let len = rows.checked_mul(cols).ok_or_else(|| Error::host("tensor create", ErrorCode::TooLarge))?;
+        let len = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::host("tensor create", ErrorCode::TooLarge))?;
         Self::from_slice(rows, cols, &vec![0.0; len])
     }
 
@@ -184,7 +190,11 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn relu_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::ActivationGrad(UnaryOp::Relu), Some(dy), "relu_grad")
+        self.op(
+            TensorOp::ActivationGrad(UnaryOp::Relu),
+            Some(dy),
+            "relu_grad",
+        )
     }
 
     /// `1 / (1 + exp(-self))`.
@@ -200,7 +210,11 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn sigmoid_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::ActivationGrad(UnaryOp::Sigmoid), Some(dy), "sigmoid_grad")
+        self.op(
+            TensorOp::ActivationGrad(UnaryOp::Sigmoid),
+            Some(dy),
+            "sigmoid_grad",
+        )
     }
 
     /// `tanh(self)`.
@@ -216,7 +230,11 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn tanh_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::ActivationGrad(UnaryOp::Tanh), Some(dy), "tanh_grad")
+        self.op(
+            TensorOp::ActivationGrad(UnaryOp::Tanh),
+            Some(dy),
+            "tanh_grad",
+        )
     }
 
     /// Sum along `axis`: `Axis0` gives `1 x cols`, `Axis1` gives `rows x 1`.
@@ -224,7 +242,14 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn sum(&self, axis: ReduceAxis) -> Result<Tensor, Error> {
-        self.op(TensorOp::Reduce { op: ReduceOp::Sum, axis }, None, "sum")
+        self.op(
+            TensorOp::Reduce {
+                op: ReduceOp::Sum,
+                axis,
+            },
+            None,
+            "sum",
+        )
     }
 
     /// Mean along `axis` (shapes as [`Tensor::sum`]).
@@ -232,7 +257,14 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn mean(&self, axis: ReduceAxis) -> Result<Tensor, Error> {
-        self.op(TensorOp::Reduce { op: ReduceOp::Mean, axis }, None, "mean")
+        self.op(
+            TensorOp::Reduce {
+                op: ReduceOp::Mean,
+                axis,
+            },
+            None,
+            "mean",
+        )
     }
 
     /// The mean softmax cross-entropy loss (`1 x 1`) of logits `self` (`r x c`) against
@@ -241,7 +273,11 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless `labels` is `r x 1`.
     pub fn softmax_xent(&self, labels: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::SoftmaxXent(XentReduction::Mean), Some(labels), "softmax_xent")
+        self.op(
+            TensorOp::SoftmaxXent(XentReduction::Mean),
+            Some(labels),
+            "softmax_xent",
+        )
     }
 
     /// The per-row softmax cross-entropy loss (`r x 1`); see [`Tensor::softmax_xent`].
@@ -249,7 +285,11 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless `labels` is `r x 1`.
     pub fn softmax_xent_per_row(&self, labels: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::SoftmaxXent(XentReduction::PerRow), Some(labels), "softmax_xent")
+        self.op(
+            TensorOp::SoftmaxXent(XentReduction::PerRow),
+            Some(labels),
+            "softmax_xent",
+        )
     }
 
     /// The gradient of [`Tensor::softmax_xent`] with respect to the logits:
@@ -277,7 +317,10 @@ mod tests {
     fn close(got: &[f32], want: &[f32], tol: f32) {
         assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{got:?} vs {want:?}");
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 
@@ -295,8 +338,14 @@ mod tests {
         let at = a.transpose().unwrap();
         let bt = b.transpose().unwrap();
         assert_eq!(at.shape(), (3, 2));
-        assert_eq!(at.matmul_t(&bt, true, true).unwrap().to_vec().unwrap(), c.to_vec().unwrap());
-        assert_eq!(a.matmul_t(&a, false, true).unwrap().to_vec().unwrap(), vec![14.0, 32.0, 32.0, 77.0]);
+        assert_eq!(
+            at.matmul_t(&bt, true, true).unwrap().to_vec().unwrap(),
+            c.to_vec().unwrap()
+        );
+        assert_eq!(
+            a.matmul_t(&a, false, true).unwrap().to_vec().unwrap(),
+            vec![14.0, 32.0, 32.0, 77.0]
+        );
         assert_eq!(a.matmul_t(&a, true, false).unwrap().shape(), (3, 3));
     }
 
@@ -304,14 +353,32 @@ mod tests {
     fn elementwise_and_broadcast() {
         let a = t(2, 2, &[1.0, 2.0, 3.0, 4.0]);
         let row = t(1, 2, &[10.0, 20.0]);
-        assert_eq!(a.add(&row).unwrap().to_vec().unwrap(), vec![11.0, 22.0, 13.0, 24.0]);
+        assert_eq!(
+            a.add(&row).unwrap().to_vec().unwrap(),
+            vec![11.0, 22.0, 13.0, 24.0]
+        );
         assert_eq!(a.sub(&a).unwrap().to_vec().unwrap(), vec![0.0; 4]);
-        assert_eq!(a.mul(&a).unwrap().to_vec().unwrap(), vec![1.0, 4.0, 9.0, 16.0]);
-        assert_eq!(a.scale(0.5).unwrap().to_vec().unwrap(), vec![0.5, 1.0, 1.5, 2.0]);
-        assert_eq!(a.axpy(2.0, &a).unwrap().to_vec().unwrap(), vec![3.0, 6.0, 9.0, 12.0]);
+        assert_eq!(
+            a.mul(&a).unwrap().to_vec().unwrap(),
+            vec![1.0, 4.0, 9.0, 16.0]
+        );
+        assert_eq!(
+            a.scale(0.5).unwrap().to_vec().unwrap(),
+            vec![0.5, 1.0, 1.5, 2.0]
+        );
+        assert_eq!(
+            a.axpy(2.0, &a).unwrap().to_vec().unwrap(),
+            vec![3.0, 6.0, 9.0, 12.0]
+        );
         let col = t(2, 1, &[1.0, 2.0]);
-        assert_eq!(a.add(&col).unwrap_err().code(), Some(ErrorCode::ShapeMismatch));
-        assert_eq!(a.axpy(1.0, &row).unwrap_err().code(), Some(ErrorCode::ShapeMismatch));
+        assert_eq!(
+            a.add(&col).unwrap_err().code(),
+            Some(ErrorCode::ShapeMismatch)
+        );
+        assert_eq!(
+            a.axpy(1.0, &row).unwrap_err().code(),
+            Some(ErrorCode::ShapeMismatch)
+        );
     }
 
     #[test]
@@ -319,19 +386,49 @@ mod tests {
         let x = t(1, 3, &[-1.0, 0.0, 2.0]);
         let dy = t(1, 3, &[1.0, 1.0, 3.0]);
         assert_eq!(x.relu().unwrap().to_vec().unwrap(), vec![0.0, 0.0, 2.0]);
-        assert_eq!(x.relu_grad(&dy).unwrap().to_vec().unwrap(), vec![0.0, 0.0, 3.0]);
+        assert_eq!(
+            x.relu_grad(&dy).unwrap().to_vec().unwrap(),
+            vec![0.0, 0.0, 3.0]
+        );
         let s = |v: f32| 1.0 / (1.0 + (-v).exp());
-        close(&x.sigmoid().unwrap().to_vec().unwrap(), &[s(-1.0), 0.5, s(2.0)], 1e-6);
-        close(&x.sigmoid_grad(&dy).unwrap().to_vec().unwrap(), &[s(-1.0) * (1.0 - s(-1.0)), 0.25, 3.0 * s(2.0) * (1.0 - s(2.0))], 1e-6);
-        close(&x.tanh().unwrap().to_vec().unwrap(), &[(-1f32).tanh(), 0.0, 2f32.tanh()], 1e-6);
-        close(&x.tanh_grad(&dy).unwrap().to_vec().unwrap(), &[1.0 - (-1f32).tanh().powi(2), 1.0, 3.0 * (1.0 - 2f32.tanh().powi(2))], 1e-6);
+        close(
+            &x.sigmoid().unwrap().to_vec().unwrap(),
+            &[s(-1.0), 0.5, s(2.0)],
+            1e-6,
+        );
+        close(
+            &x.sigmoid_grad(&dy).unwrap().to_vec().unwrap(),
+            &[
+                s(-1.0) * (1.0 - s(-1.0)),
+                0.25,
+                3.0 * s(2.0) * (1.0 - s(2.0)),
+            ],
+            1e-6,
+        );
+        close(
+            &x.tanh().unwrap().to_vec().unwrap(),
+            &[(-1f32).tanh(), 0.0, 2f32.tanh()],
+            1e-6,
+        );
+        close(
+            &x.tanh_grad(&dy).unwrap().to_vec().unwrap(),
+            &[
+                1.0 - (-1f32).tanh().powi(2),
+                1.0,
+                3.0 * (1.0 - 2f32.tanh().powi(2)),
+            ],
+            1e-6,
+        );
     }
 
     #[test]
     fn reductions() {
         let a = t(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let s0 = a.sum(ReduceAxis::Axis0).unwrap();
-        assert_eq!((s0.shape(), s0.to_vec().unwrap()), ((1, 3), vec![5.0, 7.0, 9.0]));
+        assert_eq!(
+            (s0.shape(), s0.to_vec().unwrap()),
+            ((1, 3), vec![5.0, 7.0, 9.0])
+        );
         let m1 = a.mean(ReduceAxis::Axis1).unwrap();
         assert_eq!((m1.shape(), m1.to_vec().unwrap()), ((2, 1), vec![2.0, 5.0]));
     }
@@ -342,13 +439,32 @@ mod tests {
         let labels = t(2, 1, &[0.0, 1.0]);
         let e = std::f32::consts::E;
         let row1 = (1.0 + e).ln() - 1.0;
-        close(&logits.softmax_xent_per_row(&labels).unwrap().to_vec().unwrap(), &[2f32.ln(), row1], 1e-6);
-        close(&logits.softmax_xent(&labels).unwrap().to_vec().unwrap(), &[(2f32.ln() + row1) / 2.0], 1e-6);
+        close(
+            &logits
+                .softmax_xent_per_row(&labels)
+                .unwrap()
+                .to_vec()
+                .unwrap(),
+            &[2f32.ln(), row1],
+            1e-6,
+        );
+        close(
+            &logits.softmax_xent(&labels).unwrap().to_vec().unwrap(),
+            &[(2f32.ln() + row1) / 2.0],
+            1e-6,
+        );
         let p = e / (1.0 + e);
-        close(&logits.softmax_xent_grad(&labels).unwrap().to_vec().unwrap(), &[-0.25, 0.25, (1.0 - p) / 2.0, (p - 1.0) / 2.0], 1e-6);
+        close(
+            &logits.softmax_xent_grad(&labels).unwrap().to_vec().unwrap(),
+            &[-0.25, 0.25, (1.0 - p) / 2.0, (p - 1.0) / 2.0],
+            1e-6,
+        );
         let bad = t(2, 1, &[0.0, 5.0]);
         assert!(logits.softmax_xent_per_row(&bad).unwrap().to_vec().unwrap()[1].is_nan());
-        assert_eq!(logits.softmax_xent(&logits).unwrap_err().code(), Some(ErrorCode::ShapeMismatch));
+        assert_eq!(
+            logits.softmax_xent(&logits).unwrap_err().code(),
+            Some(ErrorCode::ShapeMismatch)
+        );
     }
 
     #[test]
@@ -356,8 +472,14 @@ mod tests {
         let err = Tensor::from_slice(2, 2, &[1.0; 3]).unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::ShapeMismatch));
         assert!(err.to_string().starts_with("tensor create: "), "{err}");
-        assert_eq!(Tensor::from_slice(0, 2, &[]).unwrap_err().code(), Some(ErrorCode::InvalidArgument));
-        assert_eq!(sys::tensor_create(1 << 33, 1, &[]), Err(ErrorCode::TooLarge));
+        assert_eq!(
+            Tensor::from_slice(0, 2, &[]).unwrap_err().code(),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            sys::tensor_create(1 << 33, 1, &[]),
+            Err(ErrorCode::TooLarge)
+        );
         assert_eq!(Tensor::zeros(2, 2).unwrap().to_vec().unwrap(), vec![0.0; 4]);
         let a = t(3, 4, &[0.0; 12]);
         let b = t(5, 6, &[0.0; 30]);
@@ -374,9 +496,15 @@ mod tests {
         drop(a);
         assert_eq!(sys::tensor_shape(h), Err(ErrorCode::BadHandle));
         assert_eq!(sys::tensor_free(h), Err(ErrorCode::BadHandle));
-        assert_eq!(sys::tensor_op(TensorOp::Transpose, h, h), Err(ErrorCode::BadHandle));
+        assert_eq!(
+            sys::tensor_op(TensorOp::Transpose, h, h),
+            Err(ErrorCode::BadHandle)
+        );
         let mut short = [0.0; 1];
         let b = t(1, 2, &[1.0, 2.0]);
-        assert_eq!(sys::tensor_read(b.handle(), &mut short), Err(ErrorCode::BufferTooSmall));
+        assert_eq!(
+            sys::tensor_read(b.handle(), &mut short),
+            Err(ErrorCode::BufferTooSmall)
+        );
     }
 }

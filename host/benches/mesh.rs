@@ -17,7 +17,7 @@ const LEN: usize = 256 << 20;
 fn config(dir: &std::path::Path, slots: usize) -> NodeConfig {
     NodeConfig {
         data_dir: dir.to_path_buf(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        listen: vec![std::env::var("SHOAL_BENCH_LISTEN").unwrap_or("/ip4/127.0.0.1/tcp/0".into()).parse().expect("addr")],
         bootstrap: vec![],
         mdns: false,
         slots,
@@ -104,6 +104,12 @@ fn main() {
         let file = root.path().join("big.bin");
         std::fs::write(&file, &data).expect("write file");
         let cid = worker.put_path(file).await.expect("put");
+        let manifest = worker.store().manifest(&cid).expect("manifest");
+        let t = Instant::now();
+        for c in manifest.chunks.iter().take(16) {
+            client.net().fetch_block(worker_id, shoal_p2p::BlockId(c.0)).await.expect("block").expect("found");
+        }
+        println!("  one 1 MiB block at a time: {:.1} ms each", t.elapsed().as_secs_f64() * 1e3 / 16.0);
         let start = Instant::now();
         client.fetch_file(cid, &[worker_id]).await.expect("fetch");
         let mesh = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();

@@ -91,7 +91,7 @@ pub struct BlockRequest {
 pub enum BlockResponse {
     /// The block's bytes (at most [`MAX_BLOCK_BYTES`]). The requester checks them against the
     /// cid it asked for.
-    Found(Vec<u8>),
+    Found(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The peer does not hold the block.
     NotFound,
     /// The peer is serving too many requests; ask another provider or retry later.

@@ -22,23 +22,37 @@ use crate::util::{assert_hello_works, spec};
 fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
-    let config = RuntimeConfig { slots: 1, device, allow_software_gpu, ..RuntimeConfig::default() };
+    let config = RuntimeConfig {
+        slots: 1,
+        device,
+        allow_software_gpu,
+        ..RuntimeConfig::default()
+    };
     (dir, Runtime::new(store, config).expect("runtime"))
 }
 
 fn with_args(mut spec: TaskSpec, args: &[(&str, &str)]) -> TaskSpec {
-    spec.args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spec.args = args
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     spec
 }
 
 /// Runs a task that must succeed and returns its output `c` as f32s, with the report.
 fn product(rt: &Runtime, spec: &TaskSpec) -> (Vec<f32>, TaskReport) {
     let report = rt.run_blocking(spec);
-    let outputs = report.result.clone().unwrap_or_else(|f| panic!("task failed: {f}\nlogs: {}", report.logs));
+    let outputs = report
+        .result
+        .clone()
+        .unwrap_or_else(|f| panic!("task failed: {f}\nlogs: {}", report.logs));
     let (name, cid) = &outputs[0];
     assert_eq!(name, "c");
     let bytes = rt.store().read_file(cid).expect("output stored");
-    let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (values, report)
 }
 
@@ -49,7 +63,10 @@ fn assert_close(host: &[f32], wasm: &[f32], n: usize) {
     assert_eq!(wasm.len(), n * n);
     let tol = 1e-5 * (1.0 + n as f32);
     for (i, (h, w)) in host.iter().zip(wasm).enumerate() {
-        assert!((h - w).abs() <= tol, "c[{i}]: host {h} vs wasm {w} (tolerance {tol})");
+        assert!(
+            (h - w).abs() <= tol,
+            "c[{i}]: host {h} vs wasm {w} (tolerance {tol})"
+        );
     }
 }
 
@@ -61,16 +78,36 @@ fn host_matches_wasm(rt: &Runtime, backend_contains: &str) {
         let (want, wasm_report) = product(rt, &with_args(spec(rt, wasm::MATMUL_WASM, &[]), &args));
         let (got, report) = product(rt, &with_args(spec(rt, wasm::MATMUL, &[]), &args));
         assert_close(&got, &want, n.parse().expect("n"));
-        assert_eq!(wasm_report.stats.backend, None, "matmul-wasm uses no tensors");
-        let backend = report.stats.backend.clone().expect("matmul reports its backend");
-        assert!(backend.contains(backend_contains), "backend `{backend}` is not `{backend_contains}`");
+        assert_eq!(
+            wasm_report.stats.backend, None,
+            "matmul-wasm uses no tensors"
+        );
+        let backend = report
+            .stats
+            .backend
+            .clone()
+            .expect("matmul reports its backend");
+        assert!(
+            backend.contains(backend_contains),
+            "backend `{backend}` is not `{backend_contains}`"
+        );
     }
     let n = 5;
-    let a: Vec<u8> = (0..n * n).flat_map(|i| (i as f32 * 0.25 - 3.0).to_le_bytes()).collect();
-    let b: Vec<u8> = (0..n * n).flat_map(|i| (1.5 - i as f32 * 0.125).to_le_bytes()).collect();
+    let a: Vec<u8> = (0..n * n)
+        .flat_map(|i| (i as f32 * 0.25 - 3.0).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = (0..n * n)
+        .flat_map(|i| (1.5 - i as f32 * 0.125).to_le_bytes())
+        .collect();
     let inputs: [(&str, &[u8]); 2] = [("a", &a), ("b", &b)];
-    let (want, _) = product(rt, &with_args(spec(rt, wasm::MATMUL_WASM, &inputs), &[("n", "5")]));
-    let (got, _) = product(rt, &with_args(spec(rt, wasm::MATMUL, &inputs), &[("n", "5")]));
+    let (want, _) = product(
+        rt,
+        &with_args(spec(rt, wasm::MATMUL_WASM, &inputs), &[("n", "5")]),
+    );
+    let (got, _) = product(
+        rt,
+        &with_args(spec(rt, wasm::MATMUL, &inputs), &[("n", "5")]),
+    );
     assert_close(&got, &want, n);
     assert_hello_works(rt);
 }
@@ -102,21 +139,41 @@ fn run_hostile(task: &str, limits: Limits) -> TaskReport {
 /// The task failed with its own error, which names `code`; the host accepted nothing.
 fn expect_code(report: &TaskReport, code: ErrorCode) {
     let failure = report.result.as_ref().expect_err("hostile task must fail");
-    assert_eq!(failure.kind, FailureKind::TaskError, "{failure}\nlogs: {}", report.logs);
-    assert!(!failure.message.contains("ACCEPTED"), "{failure}\nlogs: {}", report.logs);
-    assert!(failure.message.contains(&code.to_string()), "`{}` does not name {code}", failure.message);
+    assert_eq!(
+        failure.kind,
+        FailureKind::TaskError,
+        "{failure}\nlogs: {}",
+        report.logs
+    );
+    assert!(
+        !failure.message.contains("ACCEPTED"),
+        "{failure}\nlogs: {}",
+        report.logs
+    );
+    assert!(
+        failure.message.contains(&code.to_string()),
+        "`{}` does not name {code}",
+        failure.message
+    );
 }
 
 #[test]
 fn forged_and_foreign_handles_are_bad_handles() {
     let report = run_hostile("foreign_handle", Limits::default());
     expect_code(&report, ErrorCode::BadHandle);
-    assert!(report.logs.text.contains("belongs to another task's table"), "logs: {}", report.logs);
+    assert!(
+        report.logs.text.contains("belongs to another task's table"),
+        "logs: {}",
+        report.logs
+    );
 }
 
 #[test]
 fn freed_handles_are_dead() {
-    expect_code(&run_hostile("use_after_free", Limits::default()), ErrorCode::BadHandle);
+    expect_code(
+        &run_hostile("use_after_free", Limits::default()),
+        ErrorCode::BadHandle,
+    );
 }
 
 #[test]
@@ -126,7 +183,10 @@ fn shape_mismatch_is_typed_and_logged() {
     let failure = report.result.as_ref().expect_err("fails");
     assert!(failure.message.starts_with("tensor matmul: "), "{failure}");
     assert!(
-        report.logs.text.contains("[host] tensor_op matmul: shapes 3x4 and 5x6 do not fit matmul"),
+        report
+            .logs
+            .text
+            .contains("[host] tensor_op matmul: shapes 3x4 and 5x6 do not fit matmul"),
         "logs: {}",
         report.logs
     );
@@ -134,29 +194,50 @@ fn shape_mismatch_is_typed_and_logged() {
 
 #[test]
 fn quota_bomb_gets_quota_exceeded() {
-    let limits = Limits { tensor_bytes: 100 * MIB, ..Limits::default() };
+    let limits = Limits {
+        tensor_bytes: 100 * MIB,
+        ..Limits::default()
+    };
     let report = run_hostile("quota_bomb", limits);
     expect_code(&report, ErrorCode::QuotaExceeded);
     // 6 tensors of 16 MiB fit in 100 MiB; the 7th is refused.
-    assert!(report.logs.text.contains("refused after 6 tensors"), "logs: {}", report.logs);
-    assert!(report.logs.text.contains("device-memory quota"), "logs: {}", report.logs);
+    assert!(
+        report.logs.text.contains("refused after 6 tensors"),
+        "logs: {}",
+        report.logs
+    );
+    assert!(
+        report.logs.text.contains("device-memory quota"),
+        "logs: {}",
+        report.logs
+    );
 }
 
 #[test]
 fn huge_dims_are_too_large() {
-    expect_code(&run_hostile("huge_dims", Limits::default()), ErrorCode::TooLarge);
+    expect_code(
+        &run_hostile("huge_dims", Limits::default()),
+        ErrorCode::TooLarge,
+    );
 }
 
 #[test]
 fn unknown_op_codes_are_invalid_arguments() {
     let report = run_hostile("bad_op_code", Limits::default());
     expect_code(&report, ErrorCode::InvalidArgument);
-    assert!(report.logs.text.contains("[host] tensor_op: unknown op code 99"), "logs: {}", report.logs);
+    assert!(
+        report
+            .logs
+            .text
+            .contains("[host] tensor_op: unknown op code 99"),
+        "logs: {}",
+        report.logs
+    );
 }
 
 #[test]
-fn tensors_do_not_outlive_their_task() {
-    // Each run may use nearly the whole quota: the last run's tensors were freed with it.
+fn each_task_gets_a_fresh_tensor_quota() {
+    // Every run may fill the quota again: tables are per task, and go with their task.
     let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
     let mut spec = spec(&rt, wasm::HOSTILE_TENSORS, &[]);
     spec.task = Some("quota_bomb".into());
@@ -164,7 +245,11 @@ fn tensors_do_not_outlive_their_task() {
     for _ in 0..3 {
         let report = rt.run_blocking(&spec);
         expect_code(&report, ErrorCode::QuotaExceeded);
-        assert!(report.logs.text.contains("refused after 2 tensors"), "logs: {}", report.logs);
+        assert!(
+            report.logs.text.contains("refused after 2 tensors"),
+            "logs: {}",
+            report.logs
+        );
     }
     assert_hello_works(&rt);
 }

@@ -42,7 +42,10 @@ fn byte_size(rows: usize, cols: usize) -> Result<u64, ErrorCode> {
     if u32::try_from(rows).is_err() || u32::try_from(cols).is_err() {
         return Err(ErrorCode::TooLarge);
     }
-    let bytes = rows.checked_mul(cols).and_then(|n| n.checked_mul(4)).ok_or(ErrorCode::TooLarge)?;
+    let bytes = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(4))
+        .ok_or(ErrorCode::TooLarge)?;
     if bytes > isize::MAX as usize {
         return Err(ErrorCode::TooLarge);
     }
@@ -64,7 +67,8 @@ impl Table {
         }
         self.next += 1;
         self.used_bytes += bytes;
-        self.tensors.insert(self.next, NativeTensor { rows, cols, data });
+        self.tensors
+            .insert(self.next, NativeTensor { rows, cols, data });
         Ok(self.next)
     }
 }
@@ -84,7 +88,9 @@ pub(crate) fn tensor_shape(handle: u32) -> Result<(usize, usize), ErrorCode> {
 pub(crate) fn tensor_read(handle: u32, out: &mut [f32]) -> Result<usize, ErrorCode> {
     with(|t| {
         let x = t.get(handle)?;
-        let dst = out.get_mut(..x.data.len()).ok_or(ErrorCode::BufferTooSmall)?;
+        let dst = out
+            .get_mut(..x.data.len())
+            .ok_or(ErrorCode::BufferTooSmall)?;
         dst.copy_from_slice(&x.data);
         Ok(x.data.len())
     })
@@ -125,7 +131,11 @@ fn softmax_row(row: &[f32]) -> (f64, Vec<f64>) {
 }
 
 /// Runs one op: the output shape and values, or the host's error code.
-fn compute(op: TensorOp, x: &NativeTensor, y: &NativeTensor) -> Result<(usize, usize, Vec<f32>), ErrorCode> {
+fn compute(
+    op: TensorOp,
+    x: &NativeTensor,
+    y: &NativeTensor,
+) -> Result<(usize, usize, Vec<f32>), ErrorCode> {
     let (r, c) = (x.rows, x.cols);
     let (a, b) = (&x.data, &y.data);
     let same = x.rows == y.rows && x.cols == y.cols;
@@ -135,7 +145,11 @@ fn compute(op: TensorOp, x: &NativeTensor, y: &NativeTensor) -> Result<(usize, u
     Ok(match op {
         TensorOp::Matmul { trans_a, trans_b } => {
             let (m, k) = if trans_a { (c, r) } else { (r, c) };
-            let (kb, n) = if trans_b { (y.cols, y.rows) } else { (y.rows, y.cols) };
+            let (kb, n) = if trans_b {
+                (y.cols, y.rows)
+            } else {
+                (y.rows, y.cols)
+            };
             if k != kb {
                 return Err(ErrorCode::ShapeMismatch);
             }
@@ -202,10 +216,18 @@ fn compute(op: TensorOp, x: &NativeTensor, y: &NativeTensor) -> Result<(usize, u
                 ReduceOp::Mean => 1.0 / count as f64,
             };
             let out: Vec<f64> = match axis {
-                ReduceAxis::Axis0 => (0..c).map(|j| (0..r).map(|i| at(i * c + j)).sum::<f64>() * factor).collect(),
-                ReduceAxis::Axis1 => (0..r).map(|i| (0..c).map(|j| at(i * c + j)).sum::<f64>() * factor).collect(),
+                ReduceAxis::Axis0 => (0..c)
+                    .map(|j| (0..r).map(|i| at(i * c + j)).sum::<f64>() * factor)
+                    .collect(),
+                ReduceAxis::Axis1 => (0..r)
+                    .map(|i| (0..c).map(|j| at(i * c + j)).sum::<f64>() * factor)
+                    .collect(),
             };
-            (shape.0, shape.1, out.into_iter().map(|v: f64| v as f32).collect())
+            (
+                shape.0,
+                shape.1,
+                out.into_iter().map(|v: f64| v as f32).collect(),
+            )
         }
         TensorOp::SoftmaxXent(reduction) => {
             if y.rows != r || y.cols != 1 {
@@ -241,7 +263,9 @@ fn compute(op: TensorOp, x: &NativeTensor, y: &NativeTensor) -> Result<(usize, u
             (r, c, out)
         }
         TensorOp::Transpose => {
-            let out = (0..c).flat_map(|j| (0..r).map(move |i| a[i * c + j])).collect();
+            let out = (0..c)
+                .flat_map(|j| (0..r).map(move |i| a[i * c + j]))
+                .collect();
             (c, r, out)
         }
     })

@@ -38,7 +38,8 @@ impl NodeInner {
         let mut providers: Vec<PeerId> = hints.to_vec();
         let bad = Arc::new(Mutex::new(HashSet::new()));
         if !self.store.has_block(&cid) {
-            self.fetch_block(cid, &mut providers, &bad, 0).await?;
+            let bytes = self.fetch_block(cid, &mut providers, &bad, 0).await?;
+            self.store_blocks(vec![(cid, bytes)]).await?;
         }
         let store = self.store.clone();
         let missing = tokio::task::spawn_blocking(move || store.missing_blocks(&cid))
@@ -50,17 +51,27 @@ impl NodeInner {
         if providers.is_empty() {
             providers = self.find_providers(cid).await;
         }
-        let results: Vec<Result<(), FetchError>> = stream::iter(missing.into_iter().enumerate())
+        let mut fetched = stream::iter(missing.into_iter().enumerate())
             .map(|(i, chunk)| {
                 let mut providers = providers.clone();
                 let bad = bad.clone();
-                async move { self.fetch_block(chunk, &mut providers, &bad, i).await }
+                async move { self.fetch_block(chunk, &mut providers, &bad, i).await.map(|b| (chunk, b)) }
             })
             .buffer_unordered(PARALLEL_CHUNKS)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            .ready_chunks(PARALLEL_CHUNKS);
+        while let Some(batch) = fetched.next().await {
+            self.store_blocks(batch.into_iter().collect::<Result<_, _>>()?).await?;
+        }
         self.announce(cid).await;
+        Ok(())
+    }
+
+    /// Stores verified blocks with one disk sync for the lot.
+    async fn store_blocks(&self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), FetchError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_verified_batch(&blocks))
+            .await
+            .map_err(|e| StoreError::Io { what: "storing blocks".into(), source: std::io::Error::other(e) })??;
         Ok(())
     }
 
@@ -75,15 +86,16 @@ impl NodeInner {
         }
     }
 
-    /// Fetches one block, starting at provider `start % len` so parallel chunks spread over
-    /// the providers. Falls back to a provider lookup when the known peers fail.
+    /// Fetches one block and checks it against its CID, starting at provider `start % len` so
+    /// parallel chunks spread over the providers. Falls back to a provider lookup when the
+    /// known peers fail.
     async fn fetch_block(
         &self,
         cid: Cid,
         providers: &mut Vec<PeerId>,
         bad: &Mutex<HashSet<PeerId>>,
         start: usize,
-    ) -> Result<(), FetchError> {
+    ) -> Result<Vec<u8>, FetchError> {
         let mut asked = 0;
         for round in 0..2 {
             if round == 1 {
@@ -99,20 +111,10 @@ impl NodeInner {
                 }
                 asked += 1;
                 match self.net().fetch_block(peer, BlockId(cid.0)).await {
-                    Ok(Some(bytes)) => {
-                        let store = self.store.clone();
-                        let put = tokio::task::spawn_blocking(move || store.put_verified(&cid, &bytes)).await;
-                        match put {
-                            Ok(Ok(())) => return Ok(()),
-                            Ok(Err(StoreError::Corrupt { .. })) => {
-                                tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
-                                bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
-                            }
-                            Ok(Err(e)) => return Err(e.into()),
-                            Err(e) => {
-                                return Err(StoreError::Io { what: "storing a block".into(), source: std::io::Error::other(e) }.into());
-                            }
-                        }
+                    Ok(Some(bytes)) if Cid::of(&bytes) == cid => return Ok(bytes),
+                    Ok(Some(_)) => {
+                        tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
+                        bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
                     }
                     Ok(None) => {}
                     Err(shoal_p2p::Error::BlockMismatch { .. }) => {

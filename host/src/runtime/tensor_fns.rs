@@ -33,7 +33,11 @@ pub(crate) struct LazyBackend {
 
 impl LazyBackend {
     pub(crate) fn new(choice: DeviceChoice, allow_software: bool) -> Self {
-        Self { choice, allow_software, cell: OnceLock::new() }
+        Self {
+            choice,
+            allow_software,
+            cell: OnceLock::new(),
+        }
     }
 
     /// The backend, making it on the first call; concurrent first calls wait for one start-up.
@@ -56,7 +60,9 @@ fn table(state: &mut TaskState) -> Result<(&mut TensorTable, &LogSink), ErrorCod
         let backend = match state.compute.get() {
             Ok(backend) => backend.clone(),
             Err(why) => {
-                state.logs.append(&[format!("[host] tensors unavailable: {why}\n").as_bytes()]);
+                state
+                    .logs
+                    .append(&[format!("[host] tensors unavailable: {why}\n").as_bytes()]);
                 return Err(ErrorCode::Unavailable);
             }
         };
@@ -93,13 +99,25 @@ fn handle(h: i32) -> u32 {
     h as u32
 }
 
-fn tensor_create(state: &mut TaskState, data: &[u8], dims: (i32, i32), ptr: i32, len: i32) -> GuestResult {
+fn tensor_create(
+    state: &mut TaskState,
+    data: &[u8],
+    dims: (i32, i32),
+    ptr: i32,
+    len: i32,
+) -> GuestResult {
     let (Ok(rows), Ok(cols)) = (u32::try_from(dims.0), u32::try_from(dims.1)) else {
-        state.logs.append(&[format!("[host] tensor_create: negative dimension {}x{}\n", dims.0, dims.1).as_bytes()]);
+        state.logs.append(&[format!(
+            "[host] tensor_create: negative dimension {}x{}\n",
+            dims.0, dims.1
+        )
+        .as_bytes()]);
         return Err(ErrorCode::InvalidArgument);
     };
     let shape = Shape::new(rows, cols);
-    let bytes = shape.byte_size().map_err(|e| fail(&state.logs, "tensor_create", &e))?;
+    let bytes = shape
+        .byte_size()
+        .map_err(|e| fail(&state.logs, "tensor_create", &e))?;
     if u64::from(len as u32) != bytes {
         state.logs.append(&[format!(
             "[host] tensor_create: {} bytes do not fill a {shape} f32 tensor ({bytes} bytes)\n",
@@ -112,20 +130,37 @@ fn tensor_create(state: &mut TaskState, data: &[u8], dims: (i32, i32), ptr: i32,
     let (table, logs) = table(state)?;
     // Refuse before converting, so an over-quota call costs the host nothing.
     if table.used_bytes().saturating_add(bytes) > table.quota_bytes() {
-        let err = ComputeError::QuotaExceeded { requested: bytes, used: table.used_bytes(), quota: table.quota_bytes() };
+        let err = ComputeError::QuotaExceeded {
+            requested: bytes,
+            used: table.used_bytes(),
+            quota: table.quota_bytes(),
+        };
         return Err(fail(logs, "tensor_create", &err));
     }
     // Guest memory has no alignment promise: decode from bytes.
-    let values: Vec<f32> = data[range].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values: Vec<f32> = data[range]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     match table.create(&values, shape) {
         Ok(h) => len_result(h as usize),
         Err(e) => Err(fail(logs, "tensor_create", &e)),
     }
 }
 
-fn tensor_op(state: &mut TaskState, code: i32, param: i32, alpha: f32, a: i32, b: i32) -> GuestResult {
+fn tensor_op(
+    state: &mut TaskState,
+    code: i32,
+    param: i32,
+    alpha: f32,
+    a: i32,
+    b: i32,
+) -> GuestResult {
     let Some(op) = TensorOp::decode(code, param, alpha) else {
-        state.logs.append(&[format!("[host] tensor_op: unknown op code {code} with param {param:#x}\n").as_bytes()]);
+        state.logs.append(&[format!(
+            "[host] tensor_op: unknown op code {code} with param {param:#x}\n"
+        )
+        .as_bytes()]);
         return Err(ErrorCode::InvalidArgument);
     };
     let op = compute_op(op);
@@ -140,7 +175,9 @@ fn tensor_op(state: &mut TaskState, code: i32, param: i32, alpha: f32, a: i32, b
 fn tensor_shape(state: &mut TaskState, data: &mut [u8], h: i32, out_ptr: i32) -> GuestResult {
     let range = guest_range(out_ptr, 8, data.len())?;
     let (table, logs) = table(state)?;
-    let shape = table.shape(handle(h)).map_err(|e| fail(logs, "tensor_shape", &e))?;
+    let shape = table
+        .shape(handle(h))
+        .map_err(|e| fail(logs, "tensor_shape", &e))?;
     data[range.start..range.start + 4].copy_from_slice(&shape.rows.to_le_bytes());
     data[range.start + 4..range.end].copy_from_slice(&shape.cols.to_le_bytes());
     Ok(0)
@@ -149,12 +186,18 @@ fn tensor_shape(state: &mut TaskState, data: &mut [u8], h: i32, out_ptr: i32) ->
 fn tensor_read(state: &mut TaskState, data: &mut [u8], h: i32, ptr: i32, len: i32) -> GuestResult {
     let range = guest_range(ptr, len, data.len())?;
     let (table, logs) = table(state)?;
-    let shape = table.shape(handle(h)).map_err(|e| fail(logs, "tensor_read", &e))?;
-    let needed = shape.byte_size().map_err(|e| fail(logs, "tensor_read", &e))?;
+    let shape = table
+        .shape(handle(h))
+        .map_err(|e| fail(logs, "tensor_read", &e))?;
+    let needed = shape
+        .byte_size()
+        .map_err(|e| fail(logs, "tensor_read", &e))?;
     if (range.len() as u64) < needed {
         return Err(ErrorCode::BufferTooSmall);
     }
-    let values = table.read(handle(h)).map_err(|e| fail(logs, "tensor_read", &e))?;
+    let values = table
+        .read(handle(h))
+        .map_err(|e| fail(logs, "tensor_read", &e))?;
     for (dst, v) in data[range].chunks_exact_mut(4).zip(&values) {
         dst.copy_from_slice(&v.to_le_bytes());
     }
@@ -163,7 +206,9 @@ fn tensor_read(state: &mut TaskState, data: &mut [u8], h: i32, ptr: i32, len: i3
 
 fn tensor_free(state: &mut TaskState, h: i32) -> GuestResult {
     let (table, logs) = table(state)?;
-    table.free(handle(h)).map_err(|e| fail(logs, "tensor_free", &e))?;
+    table
+        .free(handle(h))
+        .map_err(|e| fail(logs, "tensor_free", &e))?;
     Ok(0)
 }
 
@@ -171,33 +216,53 @@ fn tensor_free(state: &mut TaskState, h: i32) -> GuestResult {
 pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     let m = IMPORT_MODULE;
 
-    linker.func_wrap(m, "tensor_create", |mut c: Call<'_>, rows: i32, cols: i32, ptr: i32, len: i32| {
-        check_clock(&c)?;
-        let result = with_memory(&mut c, |data, state| tensor_create(state, data, (rows, cols), ptr, len));
-        // Uploading a large tensor can take a while on a slow device.
-        check_clock(&c)?;
-        Ok(encode(result))
-    })?;
+    linker.func_wrap(
+        m,
+        "tensor_create",
+        |mut c: Call<'_>, rows: i32, cols: i32, ptr: i32, len: i32| {
+            check_clock(&c)?;
+            let result = with_memory(&mut c, |data, state| {
+                tensor_create(state, data, (rows, cols), ptr, len)
+            });
+            // Uploading a large tensor can take a while on a slow device.
+            check_clock(&c)?;
+            Ok(encode(result))
+        },
+    )?;
 
-    linker.func_wrap(m, "tensor_op", |mut c: Call<'_>, code: i32, param: i32, alpha: f32, a: i32, b: i32| {
-        check_clock(&c)?;
-        let result = tensor_op(c.data_mut(), code, param, alpha, a, b);
-        // Epochs do not tick in host code: a long op must still end a task that is out of time.
-        check_clock(&c)?;
-        Ok(encode(result))
-    })?;
+    linker.func_wrap(
+        m,
+        "tensor_op",
+        |mut c: Call<'_>, code: i32, param: i32, alpha: f32, a: i32, b: i32| {
+            check_clock(&c)?;
+            let result = tensor_op(c.data_mut(), code, param, alpha, a, b);
+            // Epochs do not tick in host code: a long op must still end a task that is out of time.
+            check_clock(&c)?;
+            Ok(encode(result))
+        },
+    )?;
 
-    linker.func_wrap(m, "tensor_shape", |mut c: Call<'_>, h: i32, out_ptr: i32| {
-        check_clock(&c)?;
-        Ok(encode(with_memory(&mut c, |data, state| tensor_shape(state, data, h, out_ptr))))
-    })?;
+    linker.func_wrap(
+        m,
+        "tensor_shape",
+        |mut c: Call<'_>, h: i32, out_ptr: i32| {
+            check_clock(&c)?;
+            Ok(encode(with_memory(&mut c, |data, state| {
+                tensor_shape(state, data, h, out_ptr)
+            })))
+        },
+    )?;
 
-    linker.func_wrap(m, "tensor_read", |mut c: Call<'_>, h: i32, ptr: i32, len: i32| {
-        check_clock(&c)?;
-        let result = with_memory(&mut c, |data, state| tensor_read(state, data, h, ptr, len));
-        check_clock(&c)?;
-        Ok(encode(result))
-    })?;
+    linker.func_wrap(
+        m,
+        "tensor_read",
+        |mut c: Call<'_>, h: i32, ptr: i32, len: i32| {
+            check_clock(&c)?;
+            let result = with_memory(&mut c, |data, state| tensor_read(state, data, h, ptr, len));
+            check_clock(&c)?;
+            Ok(encode(result))
+        },
+    )?;
 
     linker.func_wrap(m, "tensor_free", |mut c: Call<'_>, h: i32| {
         check_clock(&c)?;
@@ -205,4 +270,56 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
     })?;
 
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal::abi::{
+        BinaryOp, ReduceAxis, ReduceOp, TensorOpCode, UnaryOp, XentReduction, reduce_param,
+    };
+
+    use super::*;
+
+    #[test]
+    fn every_abi_op_decodes_to_the_compute_op_of_the_same_arity() {
+        let params = |code: TensorOpCode| -> Vec<i32> {
+            match code {
+                TensorOpCode::Matmul => vec![0, 1, 2, 3],
+                TensorOpCode::Binary => BinaryOp::ALL.iter().map(|&o| o as i32).collect(),
+                TensorOpCode::Activation | TensorOpCode::ActivationGrad => {
+                    UnaryOp::ALL.iter().map(|&o| o as i32).collect()
+                }
+                TensorOpCode::Reduce => ReduceOp::ALL
+                    .iter()
+                    .flat_map(|&o| {
+                        [ReduceAxis::Axis0, ReduceAxis::Axis1].map(|a| reduce_param(o, a))
+                    })
+                    .collect(),
+                TensorOpCode::SoftmaxXent => {
+                    vec![XentReduction::Mean as i32, XentReduction::PerRow as i32]
+                }
+                _ => vec![0],
+            }
+        };
+        let mut names = std::collections::HashSet::new();
+        for code in TensorOpCode::ALL {
+            for param in params(code) {
+                let abi = TensorOp::decode(code as i32, param, 0.5).expect("defined op decodes");
+                let op = compute_op(abi);
+                assert_eq!(op.arity(), abi.arity(), "{op:?}");
+                names.insert((op.name(), param));
+            }
+        }
+        assert_eq!(
+            compute_op(TensorOp::Scale { alpha: 0.5 }),
+            Op::Scale { alpha: 0.5 }
+        );
+        assert!(names.len() >= 20);
+    }
+
+    #[test]
+    fn negative_handles_are_never_issued() {
+        assert!(handle(-1) >= 1 << 31);
+        assert_eq!(handle(0x0010_0001), 0x0010_0001);
+    }
 }

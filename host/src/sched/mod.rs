@@ -24,7 +24,10 @@ use crate::{
 };
 
 /// Tries per task before giving up on a lost or busy peer.
-const MAX_ATTEMPTS: usize = 3;
+const MAX_ATTEMPTS: usize = 5;
+/// Our tasks in flight on one remote peer: its default inbound task limit, so that one
+/// submitter alone never makes a peer answer "busy".
+const REMOTE_IN_FLIGHT: usize = 32;
 /// How long advertised capacities are trusted.
 const CAPACITY_TTL: Duration = Duration::from_secs(2);
 /// The most map items in flight at once, whatever the mesh's size.
@@ -57,6 +60,7 @@ pub struct MapProgress {
 pub struct Scheduler {
     capacities: Mutex<HashMap<PeerId, (Instant, Capacity)>>,
     in_flight: Mutex<HashMap<PeerId, i64>>,
+    remote_permits: Mutex<HashMap<PeerId, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 fn lost(message: String) -> TaskReport {
@@ -139,18 +143,35 @@ impl Scheduler {
                 },
             };
             self.adjust(peer, 1);
-            let report = if peer == me {
-                node.runtime.run(spec.clone()).await
+            let (report, busy) = if peer == me {
+                (node.runtime.run(spec.clone()).await, false)
             } else {
+                let permits = self
+                    .remote_permits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(peer)
+                    .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
+                    .clone();
+                let _permit = permits.acquire_owned().await;
                 match node.net().submit_task(peer, spec_to_wire(&spec)).await {
-                    Ok(outcome) => report_from_wire(outcome),
-                    Err(e) => lost(format!("peer {peer}: {e}")),
+                    Ok(TaskOutcome::Failed { kind: shoal_p2p::FailureKind::Busy, message, .. }) => {
+                        (lost(format!("peer {peer} is busy: {message}")), true)
+                    }
+                    Ok(outcome) => (report_from_wire(outcome), false),
+                    Err(e @ shoal_p2p::Error::Busy { .. }) => (lost(e.to_string()), true),
+                    Err(e) => (lost(format!("peer {peer}: {e}")), false),
                 }
             };
             self.adjust(peer, -1);
-            let retry = matches!(&report.result, Err(f) if f.kind == FailureKind::Lost);
+            let lost_it = matches!(&report.result, Err(f) if f.kind == FailureKind::Lost);
             last = Placed { peer, report };
-            if !retry || on.is_some() {
+            if busy {
+                // Busy is transient: back off, then try again (the same peer if pinned).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            if !lost_it || on.is_some() {
                 break;
             }
             tracing::info!(%peer, "task lost on peer; placing it elsewhere");

@@ -24,9 +24,15 @@ pub fn seeded_matrix(n: usize, seed: u64) -> Vec<f32> {
 fn read_matrix(ctx: &Ctx, name: &str, n: usize) -> Result<Vec<f32>, Error> {
     let bytes = ctx.input(name)?;
     if bytes.len() != n * n * 4 {
-        return Err(Error::msg(format!("input `{name}` has {} bytes, expected {n}×{n} f32", bytes.len())));
+        return Err(Error::msg(format!(
+            "input `{name}` has {} bytes, expected {n}×{n} f32",
+            bytes.len()
+        )));
     }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// `A × B` on the host.
@@ -65,14 +71,19 @@ mod tests {
         let (a, b) = (seeded_matrix(n, 3), seeded_matrix(n, 4));
         let c = host_matmul(&a, &b, n).expect("native tensors");
         for (i, j) in [(0, 0), (13, 36), (36, 5)] {
-            let want: f64 = (0..n).map(|k| f64::from(a[i * n + k]) * f64::from(b[k * n + j])).sum();
+            let want: f64 = (0..n)
+                .map(|k| f64::from(a[i * n + k]) * f64::from(b[k * n + j]))
+                .sum();
             assert!((f64::from(c[i * n + j]) - want).abs() < 1e-4);
         }
     }
 
     #[test]
     fn runs_as_a_task_natively() {
-        let run = shoal::testing::NativeHost::new().arg("n", "8").run(matmul).expect("task runs");
+        let run = shoal::testing::NativeHost::new()
+            .arg("n", "8")
+            .run(matmul)
+            .expect("task runs");
         assert_eq!(run.output("c").map(<[u8]>::len), Some(8 * 8 * 4));
     }
 }

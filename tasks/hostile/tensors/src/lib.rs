@@ -43,7 +43,9 @@ fn expect_all(what: &str, want: ErrorCode, calls: &[(&str, i32)]) -> Result<(), 
     for (name, ret) in calls {
         log!("{what}: {name} -> {ret}");
         if *ret != want.code() {
-            return Err(Error::msg(format!("ACCEPTED: {what}: {name} returned {ret}, expected {want}")));
+            return Err(Error::msg(format!(
+                "ACCEPTED: {what}: {name} returned {ret}, expected {want}"
+            )));
         }
     }
     Err(Error::host(what, want))
@@ -63,7 +65,10 @@ fn foreign_handle(_ctx: &mut Ctx) -> Result<(), Error> {
             calls.push(("tensor_shape", raw::tensor_shape(h, p)));
             calls.push(("tensor_read", raw::tensor_read(h, p, 16)));
             calls.push(("tensor_op", raw::tensor_op(9, 0, 0.0, h, h)));
-            calls.push(("tensor_op(b)", raw::tensor_op(0, 0, 0.0, own.handle() as i32, h)));
+            calls.push((
+                "tensor_op(b)",
+                raw::tensor_op(0, 0, 0.0, own.handle() as i32, h),
+            ));
             calls.push(("tensor_free", raw::tensor_free(h)));
         }
     }
@@ -96,7 +101,10 @@ fn shape_mismatch(_ctx: &mut Ctx) -> Result<(), Error> {
     let a = Tensor::from_slice(3, 4, &[0.5; 12])?;
     let b = Tensor::from_slice(5, 6, &[0.5; 30])?;
     let c = a.matmul(&b)?;
-    Err(Error::msg(format!("ACCEPTED: 3x4 @ 5x6 gave {:?}", c.shape())))
+    Err(Error::msg(format!(
+        "ACCEPTED: 3x4 @ 5x6 gave {:?}",
+        c.shape()
+    )))
 }
 
 /// Allocates 16 MiB tensors until the host refuses, and reports the refusal.
@@ -108,7 +116,11 @@ fn quota_bomb(_ctx: &mut Ctx) -> Result<(), Error> {
         match Tensor::from_slice(2048, 2048, &data) {
             Ok(t) => held.push(t),
             Err(e) => {
-                log!("refused after {} tensors ({} MiB): {e}", held.len(), held.len() * 16);
+                log!(
+                    "refused after {} tensors ({} MiB): {e}",
+                    held.len(),
+                    held.len() * 16
+                );
                 return match e.code() {
                     Some(ErrorCode::QuotaExceeded) => Err(e),
                     _ => Err(Error::msg(format!("ACCEPTED: wrong refusal: {e}"))),
@@ -129,8 +141,14 @@ fn huge_dims(_ctx: &mut Ctx) -> Result<(), Error> {
     // SAFETY: `p` points at 16 readable bytes; the dimensions are the attack.
     let calls = unsafe {
         [
-            ("tensor_create(0x7fffffff^2)", raw::tensor_create(0x7fff_ffff, 0x7fff_ffff, p, 16)),
-            ("tensor_create(0x7fffffff^2, len=-1)", raw::tensor_create(0x7fff_ffff, 0x7fff_ffff, p, u32::MAX)),
+            (
+                "tensor_create(0x7fffffff^2)",
+                raw::tensor_create(0x7fff_ffff, 0x7fff_ffff, p, 16),
+            ),
+            (
+                "tensor_create(0x7fffffff^2, len=-1)",
+                raw::tensor_create(0x7fff_ffff, 0x7fff_ffff, p, u32::MAX),
+            ),
         ]
     };
     expect_all("huge dims", ErrorCode::TooLarge, &calls)
