@@ -102,7 +102,14 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
 pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let store = Arc::new(open_store(&args.data_dir.resolve())?);
     let spec = task_spec(&store, &args.task)?;
-    let runtime = Runtime::new(store, RuntimeConfig { slots: 1, ..RuntimeConfig::default() })
+    // Asking for a GPU by name accepts a software Vulkan adapter too; `auto` never does.
+    let config = RuntimeConfig {
+        slots: 1,
+        device: args.device.choice(),
+        allow_software_gpu: args.device == super::Device::Gpu,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(store, config)
         .map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
     let report = runtime.run_blocking(&spec);
     print_report(&report, args.json)

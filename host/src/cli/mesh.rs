@@ -5,21 +5,21 @@ use std::{io::IsTerminal, path::Path, time::Duration};
 
 use anyhow::Context;
 use shoal_host::{
-    compute::DeviceChoice,
     control::{Client, ControlError, Reply, Request, TaskRequest},
     node::{Node, NodeConfig},
     runtime::{Limits, TaskReport},
     sched::MapProgress,
 };
 
-use super::{CliError, Device, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage};
+use super::{CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
 pub(super) fn call(data_dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
     let client = Client::connect(data_dir).map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
     let bar = progress_bar();
+    let finished = std::cell::Cell::new(0);
     let reply = client
-        .call(request, |p| show_progress(&bar, p))
+        .call(request, |p| show_progress(&bar, p, &finished))
         .map_err(|e: ControlError| CliError { exit: Exit::Node, message: e.to_string() })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -51,14 +51,16 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     })
 }
 
-fn show_progress(bar: &Option<indicatif::ProgressBar>, p: MapProgress) {
+/// Updates the bar on a terminal; otherwise prints a line each time an item finishes.
+fn show_progress(bar: &Option<indicatif::ProgressBar>, p: MapProgress, finished: &std::cell::Cell<usize>) {
     match bar {
         Some(bar) => {
             bar.set_length(p.total as u64);
             bar.set_position((p.done + p.failed) as u64);
             bar.set_message(format!("{} running, {} failed", p.running, p.failed));
         }
-        None if p.running == 0 || (p.done + p.failed) % 10 == 0 => {
+        None if p.done + p.failed != finished.get() => {
+            finished.set(p.done + p.failed);
             eprintln!("progress: {} done, {} running, {} failed of {}", p.done, p.running, p.failed, p.total);
         }
         None => {}
@@ -197,11 +199,7 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
             bootstrap: args.bootstrap.clone(),
             mdns: !args.no_mdns,
             slots: args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            device: match args.device {
-                Device::Auto => DeviceChoice::Auto,
-                Device::Gpu => DeviceChoice::Gpu,
-                Device::Cpu => DeviceChoice::Cpu,
-            },
+            device: args.device.choice(),
         };
         let node = Node::start(config).await.map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
         println!("peer id: {}", node.peer_id());

@@ -53,7 +53,7 @@ pub enum Command {
 }
 
 /// `--device`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     /// A hardware GPU if there is one, else native CPU kernels.
     #[default]
@@ -62,6 +62,17 @@ pub enum Device {
     Gpu,
     /// Native CPU kernels.
     Cpu,
+}
+
+impl Device {
+    /// The compute module's choice.
+    pub fn choice(self) -> shoal_host::compute::DeviceChoice {
+        match self {
+            Device::Auto => shoal_host::compute::DeviceChoice::Auto,
+            Device::Gpu => shoal_host::compute::DeviceChoice::Gpu,
+            Device::Cpu => shoal_host::compute::DeviceChoice::Cpu,
+        }
+    }
 }
 
 /// `host join`.
@@ -174,6 +185,9 @@ pub struct RunArgs {
     pub task: TaskArgs,
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    /// Compute device for the task's tensor math.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -96,7 +96,12 @@ impl Node {
         let keypair = identity::load_or_create(&config.data_dir.join("identity.key"))?;
         let runtime = Runtime::new(
             store.clone(),
-            RuntimeConfig { slots: config.slots.max(1), ..RuntimeConfig::default() },
+            RuntimeConfig {
+                slots: config.slots.max(1),
+                device: config.device,
+                allow_software_gpu: config.device == DeviceChoice::Gpu,
+                ..RuntimeConfig::default()
+            },
         )?;
         let shutdown = CancellationToken::new();
         let inner = Arc::new(NodeInner {
