@@ -26,7 +26,7 @@ fi
 # `host` binary that the process-level tests start: every step below reuses one build.
 echo "== building (tests, benches, the host binary, the wasm tasks)"
 cargo build --workspace --all-targets
+echo "== doc tests"
+cargo test --doc -p shoal -p shoal-host -p shoal-p2p
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast
-echo "== doc tests"
-cargo test --workspace --doc
