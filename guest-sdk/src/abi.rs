@@ -107,7 +107,9 @@ pub enum LogLevel {
 impl LogLevel {
     /// Decodes a raw level; `None` if out of range.
     pub fn from_code(code: i32) -> Option<Self> {
-        [Self::Debug, Self::Info, Self::Warn, Self::Error].into_iter().find(|l| *l as i32 == code)
+        [Self::Debug, Self::Info, Self::Warn, Self::Error]
+            .into_iter()
+            .find(|l| *l as i32 == code)
     }
 }
 
@@ -175,7 +177,13 @@ mod tests {
     fn args_round_trip() {
         let bytes = encode_args([("lr", "0.1"), ("name", "a=b\nc")]);
         let pairs = decode_args(&bytes).expect("decodes");
-        assert_eq!(pairs, vec![("lr".into(), "0.1".into()), ("name".into(), "a=b\nc".into())]);
+        assert_eq!(
+            pairs,
+            vec![
+                ("lr".into(), "0.1".into()),
+                ("name".into(), "a=b\nc".into())
+            ]
+        );
         assert_eq!(decode_args(&bytes[..bytes.len() - 1]), None);
         assert_eq!(decode_args(&[0xff, 0xff, 0xff, 0xff]), None);
     }
@@ -273,7 +281,9 @@ pub enum ReduceAxis {
 impl ReduceAxis {
     /// Decodes a raw axis; `None` if not 0 or 1.
     pub fn from_code(code: i32) -> Option<Self> {
-        [Self::Axis0, Self::Axis1].into_iter().find(|a| *a as i32 == code)
+        [Self::Axis0, Self::Axis1]
+            .into_iter()
+            .find(|a| *a as i32 == code)
     }
 }
 
@@ -292,7 +302,9 @@ pub enum XentReduction {
 impl XentReduction {
     /// Decodes a raw code; `None` if unknown.
     pub fn from_code(code: i32) -> Option<Self> {
-        [Self::Mean, Self::PerRow].into_iter().find(|r| *r as i32 == code)
+        [Self::Mean, Self::PerRow]
+            .into_iter()
+            .find(|r| *r as i32 == code)
     }
 }
 
@@ -454,7 +466,8 @@ impl TensorOp {
         let (code, param, alpha) = match self {
             Self::Matmul { trans_a, trans_b } => (
                 TensorOpCode::Matmul,
-                if trans_a { MATMUL_TRANSPOSE_A } else { 0 } | if trans_b { MATMUL_TRANSPOSE_B } else { 0 },
+                if trans_a { MATMUL_TRANSPOSE_A } else { 0 }
+                    | if trans_b { MATMUL_TRANSPOSE_B } else { 0 },
                 0.0,
             ),
             Self::Binary(op) => (TensorOpCode::Binary, op as i32, 0.0),
@@ -508,14 +521,23 @@ mod tensor_code_tests {
             assert_eq!(TensorOpCode::from_code(code as i32), Some(code));
         }
         let ops = [
-            TensorOp::Matmul { trans_a: true, trans_b: false },
-            TensorOp::Matmul { trans_a: false, trans_b: true },
+            TensorOp::Matmul {
+                trans_a: true,
+                trans_b: false,
+            },
+            TensorOp::Matmul {
+                trans_a: false,
+                trans_b: true,
+            },
             TensorOp::Binary(BinaryOp::Mul),
             TensorOp::Scale { alpha: 2.5 },
             TensorOp::Axpy { alpha: -1.0 },
             TensorOp::Activation(UnaryOp::Tanh),
             TensorOp::ActivationGrad(UnaryOp::Sigmoid),
-            TensorOp::Reduce { op: ReduceOp::Mean, axis: ReduceAxis::Axis1 },
+            TensorOp::Reduce {
+                op: ReduceOp::Mean,
+                axis: ReduceAxis::Axis1,
+            },
             TensorOp::SoftmaxXent(XentReduction::PerRow),
             TensorOp::SoftmaxXentGrad,
             TensorOp::Transpose,
@@ -529,8 +551,17 @@ mod tensor_code_tests {
         assert_eq!(TensorOp::decode(-1, 0, 0.0), None);
         assert_eq!(TensorOp::decode(TensorOpCode::Matmul as i32, 4, 0.0), None);
         assert_eq!(TensorOp::decode(TensorOpCode::Binary as i32, 3, 0.0), None);
-        assert_eq!(TensorOp::decode(TensorOpCode::Reduce as i32, 0x200, 0.0), None);
-        assert_eq!(TensorOp::decode(TensorOpCode::Reduce as i32, 0x10000, 0.0), None);
-        assert_eq!(TensorOp::decode(TensorOpCode::Transpose as i32, 1, 0.0), None);
+        assert_eq!(
+            TensorOp::decode(TensorOpCode::Reduce as i32, 0x200, 0.0),
+            None
+        );
+        assert_eq!(
+            TensorOp::decode(TensorOpCode::Reduce as i32, 0x10000, 0.0),
+            None
+        );
+        assert_eq!(
+            TensorOp::decode(TensorOpCode::Transpose as i32, 1, 0.0),
+            None
+        );
     }
 }

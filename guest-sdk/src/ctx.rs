@@ -37,7 +37,9 @@ impl Ctx {
 
     /// The names of the task's inputs, in the order given.
     pub fn input_names(&self) -> Vec<String> {
-        (0..sys::input_count()).filter_map(|i| sys::input_name(i).ok()).collect()
+        (0..sys::input_count())
+            .filter_map(|i| sys::input_name(i).ok())
+            .collect()
     }
 
     /// Reads a whole input into memory.
@@ -47,7 +49,8 @@ impl Ctx {
     pub fn input(&self, name: &str) -> Result<Vec<u8>, Error> {
         let mut reader = self.input_reader(name)?;
         let mut out = Vec::with_capacity(reader.len);
-        io::Read::read_to_end(&mut reader, &mut out).map_err(|e| Error::msg(format!("input `{name}`: {e}")))?;
+        io::Read::read_to_end(&mut reader, &mut out)
+            .map_err(|e| Error::msg(format!("input `{name}`: {e}")))?;
         Ok(out)
     }
 
@@ -56,14 +59,23 @@ impl Ctx {
     /// # Errors
     /// If there is no input by that name.
     pub fn input_reader(&self, name: &str) -> Result<InputReader, Error> {
-        let index = sys::input_find(name).map_err(|code| Error::host(format!("input `{name}`"), code))?;
-        let len = sys::input_len(index).map_err(|code| Error::host(format!("input `{name}`"), code))?;
-        Ok(InputReader { index, offset: 0, len })
+        let index =
+            sys::input_find(name).map_err(|code| Error::host(format!("input `{name}`"), code))?;
+        let len =
+            sys::input_len(index).map_err(|code| Error::host(format!("input `{name}`"), code))?;
+        Ok(InputReader {
+            index,
+            offset: 0,
+            len,
+        })
     }
 
     /// An argument's value, if it was given.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// An argument parsed as `T`, or `default` when absent.
@@ -76,7 +88,9 @@ impl Ctx {
     {
         match self.arg(key) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|e| Error::msg(format!("argument `{key}={v}`: {e}"))),
+            Some(v) => v
+                .parse()
+                .map_err(|e| Error::msg(format!("argument `{key}={v}`: {e}"))),
         }
     }
 
@@ -91,7 +105,9 @@ impl Ctx {
     /// If the name is empty or already used, the task's output quota is spent, or the host
     /// cannot store it.
     pub fn output(&mut self, name: &str, bytes: &[u8]) -> Result<Cid, Error> {
-        sys::output_write(name, bytes).map(Cid).map_err(|code| Error::host(format!("output `{name}`"), code))
+        sys::output_write(name, bytes)
+            .map(Cid)
+            .map_err(|code| Error::host(format!("output `{name}`"), code))
     }
 }
 

@@ -14,12 +14,18 @@ pub struct Error {
 impl Error {
     /// An error with this message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string(), code: None }
+        Self {
+            message: message.to_string(),
+            code: None,
+        }
     }
 
     /// A host call's error, with what was being done.
     pub fn host(what: impl fmt::Display, code: ErrorCode) -> Self {
-        Self { message: format!("{what}: {code}"), code: Some(code) }
+        Self {
+            message: format!("{what}: {code}"),
+            code: Some(code),
+        }
     }
 
     /// The host's error code, when a host call caused this error.
@@ -36,7 +42,10 @@ impl fmt::Display for Error {
 
 impl From<ErrorCode> for Error {
     fn from(code: ErrorCode) -> Self {
-        Self { message: code.to_string(), code: Some(code) }
+        Self {
+            message: code.to_string(),
+            code: Some(code),
+        }
     }
 }
 

@@ -40,12 +40,12 @@ pub mod testing;
 
 pub use ctx::{Cid, Ctx, InputReader};
 pub use error::Error;
-pub use tensor::Tensor;
 /// Marks a function as a task entry point: `#[shoal::task] fn name(ctx: &mut Ctx) -> Result<(), Error>`.
 ///
 /// The task is exported as `name` (or the name given with `#[shoal::task(name = "other")]`).
 /// An `Err` ends the task as failed with the error's message.
 pub use shoal_macros::task;
+pub use tensor::Tensor;
 
 /// Logs a line at info level to the task's captured log: `log!("step {i}: loss {loss}")`.
 #[macro_export]

@@ -34,7 +34,10 @@ pub struct NativeRun {
 impl NativeRun {
     /// An output's bytes by name.
     pub fn output(&self, name: &str) -> Option<&[u8]> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
     }
 }
 
@@ -72,6 +75,9 @@ impl NativeHost {
         });
         let result = task(&mut Ctx::new());
         let done = native::TASK.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        result.map(|()| NativeRun { outputs: done.outputs, logs: done.logs })
+        result.map(|()| NativeRun {
+            outputs: done.outputs,
+            logs: done.logs,
+        })
     }
 }

@@ -17,7 +17,12 @@ const LEN: usize = 256 << 20;
 fn config(dir: &std::path::Path, slots: usize) -> NodeConfig {
     NodeConfig {
         data_dir: dir.to_path_buf(),
-        listen: vec![std::env::var("SHOAL_BENCH_LISTEN").unwrap_or("/ip4/127.0.0.1/tcp/0".into()).parse().expect("addr")],
+        listen: vec![
+            std::env::var("SHOAL_BENCH_LISTEN")
+                .unwrap_or("/ip4/127.0.0.1/tcp/0".into())
+                .parse()
+                .expect("addr"),
+        ],
         bootstrap: vec![],
         mdns: false,
         slots,
@@ -30,7 +35,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn raw_tcp_mbps(data: &[u8]) -> f64 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let reader = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
@@ -53,17 +60,40 @@ async fn raw_tcp_mbps(data: &[u8]) -> f64 {
 }
 
 fn main() {
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
     tokio.block_on(async {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let worker = Node::start(config(&root.path().join("worker"), 2)).await.expect("worker");
+        let worker = Node::start(config(&root.path().join("worker"), 2))
+            .await
+            .expect("worker");
         let addr = worker.net().listen_addrs().await.expect("addrs")[0].clone();
-        let client = Node::start(config(&root.path().join("client"), 0)).await.expect("client");
+        let client = Node::start(config(&root.path().join("client"), 0))
+            .await
+            .expect("client");
         let worker_id = client.net().dial(addr).await.expect("dial");
 
-        let module = client.put_path(shoal_task_artifacts::NOOP.into()).await.expect("put noop");
-        let spec = TaskSpec { module, task: None, inputs: vec![], args: vec![], limits: Default::default() };
-        assert!(client.submit(spec.clone(), Some(worker_id)).await.report.result.is_ok());
+        let module = client
+            .put_path(shoal_task_artifacts::NOOP.into())
+            .await
+            .expect("put noop");
+        let spec = TaskSpec {
+            module,
+            task: None,
+            inputs: vec![],
+            args: vec![],
+            limits: Default::default(),
+        };
+        assert!(
+            client
+                .submit(spec.clone(), Some(worker_id))
+                .await
+                .report
+                .result
+                .is_ok()
+        );
 
         // Latency: one task at a time.
         let mut lat: Vec<f64> = Vec::new();
@@ -81,7 +111,14 @@ fn main() {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..n {
             let (client, spec) = (client.clone(), spec.clone());
-            set.spawn(async move { client.submit(spec, Some(worker_id)).await.report.result.is_ok() });
+            set.spawn(async move {
+                client
+                    .submit(spec, Some(worker_id))
+                    .await
+                    .report
+                    .result
+                    .is_ok()
+            });
         }
         let mut ok = 0;
         while let Some(r) = set.join_next().await {
@@ -89,7 +126,11 @@ fn main() {
         }
         let tps = ok as f64 / start.elapsed().as_secs_f64();
         println!("remote noop tasks between 2 nodes on loopback (TCP+noise+yamux)");
-        println!("  submit->result latency: p50 {:.2} ms, p99 {:.2} ms (500 sequential)", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!(
+            "  submit->result latency: p50 {:.2} ms, p99 {:.2} ms (500 sequential)",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
         println!("  throughput: {tps:.0} tasks/s ({ok}/{n} ok, all in flight at once)");
 
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -107,9 +148,17 @@ fn main() {
         let manifest = worker.store().manifest(&cid).expect("manifest");
         let t = Instant::now();
         for c in manifest.chunks.iter().take(16) {
-            client.net().fetch_block(worker_id, shoal_p2p::BlockId(c.0)).await.expect("block").expect("found");
+            client
+                .net()
+                .fetch_block(worker_id, shoal_p2p::BlockId(c.0))
+                .await
+                .expect("block")
+                .expect("found");
         }
-        println!("  one 1 MiB block at a time: {:.1} ms each", t.elapsed().as_secs_f64() * 1e3 / 16.0);
+        println!(
+            "  one 1 MiB block at a time: {:.1} ms each",
+            t.elapsed().as_secs_f64() * 1e3 / 16.0
+        );
         let start = Instant::now();
         client.fetch_file(cid, &[worker_id]).await.expect("fetch");
         let mesh = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();

@@ -25,8 +25,21 @@ fn setup(slots: usize) -> (tempfile::TempDir, Runtime, TaskSpec) {
     let module = store
         .put_file(std::fs::File::open(shoal_task_artifacts::NOOP).expect("noop.wasm"))
         .expect("put");
-    let rt = Runtime::new(store, RuntimeConfig { slots, ..RuntimeConfig::default() }).expect("runtime");
-    let spec = TaskSpec { module, task: None, inputs: vec![], args: vec![], limits: Limits::default() };
+    let rt = Runtime::new(
+        store,
+        RuntimeConfig {
+            slots,
+            ..RuntimeConfig::default()
+        },
+    )
+    .expect("runtime");
+    let spec = TaskSpec {
+        module,
+        task: None,
+        inputs: vec![],
+        args: vec![],
+        limits: Limits::default(),
+    };
     assert!(rt.run_blocking(&spec).result.is_ok(), "noop runs");
     (dir, rt, spec)
 }
@@ -51,7 +64,10 @@ fn through_slots(rt: &Runtime, spec: &TaskSpec, tokio: &tokio::runtime::Runtime)
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
 
     // Per-task cost on the calling thread: p50 of each run_blocking.
     let (_d1, rt1, spec) = setup(1);
@@ -69,14 +85,26 @@ fn main() {
         direct.push(TASKS as f64 / started.elapsed().as_secs_f64());
         p50s.push(median(lat));
     }
-    let one_slot: Vec<f64> = (0..ROUNDS).map(|_| through_slots(&rt1, &spec, &tokio)).collect();
+    let one_slot: Vec<f64> = (0..ROUNDS)
+        .map(|_| through_slots(&rt1, &spec, &tokio))
+        .collect();
     let (_d2, rt_all, spec_all) = setup(cores);
-    let all_slots: Vec<f64> = (0..ROUNDS).map(|_| through_slots(&rt_all, &spec_all, &tokio)).collect();
+    let all_slots: Vec<f64> = (0..ROUNDS)
+        .map(|_| through_slots(&rt_all, &spec_all, &tokio))
+        .collect();
 
-    let (p50, direct, one, all) = (median(p50s), median(direct), median(one_slot), median(all_slots));
+    let (p50, direct, one, all) = (
+        median(p50s),
+        median(direct),
+        median(one_slot),
+        median(all_slots),
+    );
     println!("noop tasks, {TASKS} per round, median of {ROUNDS} rounds, {cores} cores");
     println!("  per-task cost p50 (instantiate + call + teardown): {p50:.1} us");
     println!("  run_blocking on the calling thread:  {direct:>9.0} tasks/s");
     println!("  Runtime::run, 1 slot:                {one:>9.0} tasks/s");
-    println!("  Runtime::run, {cores} slots:               {all:>9.0} tasks/s ({:.2}x one slot)", all / one);
+    println!(
+        "  Runtime::run, {cores} slots:               {all:>9.0} tasks/s ({:.2}x one slot)",
+        all / one
+    );
 }

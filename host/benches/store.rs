@@ -50,6 +50,12 @@ fn main() {
     let (hash, put, get) = (median(hash), median(put), median(get));
     println!("256 MiB file, median of {ROUNDS} rounds");
     println!("  blake3 hash alone: {hash:>7.0} MB/s");
-    println!("  put (chunk, hash, write, fsync, rename): {put:>7.0} MB/s ({:.2}x hashing)", put / hash);
-    println!("  get (read, verify every chunk):          {get:>7.0} MB/s ({:.2}x hashing)", get / hash);
+    println!(
+        "  put (chunk, hash, write, fsync, rename): {put:>7.0} MB/s ({:.2}x hashing)",
+        put / hash
+    );
+    println!(
+        "  get (read, verify every chunk):          {get:>7.0} MB/s ({:.2}x hashing)",
+        get / hash
+    );
 }

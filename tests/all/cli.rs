@@ -10,18 +10,34 @@ use shoal_task_artifacts as wasm;
 /// The `host` binary next to this test executable (`target/<profile>/host`).
 pub fn host_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target/<profile>/deps/..");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile>/deps/..");
     let bin = dir.join("host");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p shoal-host --bin host`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p shoal-host --bin host`",
+        bin.display()
+    );
     bin
 }
 
 fn host(data_dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(host_bin()).args(args).arg("--data-dir").arg(data_dir).output().expect("host runs")
+    Command::new(host_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("host runs")
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -40,10 +56,20 @@ fn put_get_round_trip_and_unknown_cid() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read(&back).unwrap(), data);
 
-    let out = host(&data_dir, &["get", &"ab".repeat(32), "-o", back.to_str().unwrap()]);
+    let out = host(
+        &data_dir,
+        &["get", &"ab".repeat(32), "-o", back.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("not in the local store"), "{}", text(&out));
-    let out = host(&data_dir, &["get", "not-a-cid", "-o", back.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("not in the local store"),
+        "{}",
+        text(&out)
+    );
+    let out = host(
+        &data_dir,
+        &["get", "not-a-cid", "-o", back.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
@@ -53,7 +79,10 @@ fn run_prints_outputs_logs_and_stats() {
     let name = dir.path().join("name.txt");
     std::fs::write(&name, "CLI").unwrap();
     let input = format!("name={}", name.display());
-    let out = host(dir.path(), &["run", wasm::HELLO, "--input", &input, "--arg", "punct=."]);
+    let out = host(
+        dir.path(),
+        &["run", wasm::HELLO, "--input", &input, "--arg", "punct=."],
+    );
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("output greeting "), "{shown}");
@@ -65,9 +94,16 @@ fn run_prints_outputs_logs_and_stats() {
 #[test]
 fn exit_codes_tell_failures_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let out = host(dir.path(), &["run", wasm::HOSTILE_LOOP, "--timeout", "500ms"]);
+    let out = host(
+        dir.path(),
+        &["run", wasm::HOSTILE_LOOP, "--timeout", "500ms"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("failed (Timeout): task exceeded its 500 ms wall-time limit"), "{}", text(&out));
+    assert!(
+        text(&out).contains("failed (Timeout): task exceeded its 500 ms wall-time limit"),
+        "{}",
+        text(&out)
+    );
 
     let not_wasm = dir.path().join("x.wasm");
     std::fs::write(&not_wasm, "hello").unwrap();

@@ -1,8 +1,8 @@
 //! Integration tests across Shoal's crates, one module per area.
 
 mod cli;
-mod mesh;
 mod compute;
+mod mesh;
 mod sandbox;
 mod tensor_abi;
 mod util;

@@ -33,7 +33,13 @@ impl Joined {
         let data_dir = root.join(name);
         let log = root.join(format!("{name}.log"));
         let mut child = Command::new(host_bin())
-            .args(["join", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .args([
+                "join",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .args(extra)
             .stdout(Stdio::piped())
@@ -49,7 +55,9 @@ impl Joined {
         });
         let (mut addr, mut peer_id) = (None, None);
         while addr.is_none() || peer_id.is_none() {
-            let line = rx.recv_timeout(Duration::from_secs(20)).expect("host join prints its peer id and address");
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("host join prints its peer id and address");
             if let Some(id) = line.strip_prefix("peer id: ") {
                 peer_id = Some(id.to_owned());
             }
@@ -57,11 +65,22 @@ impl Joined {
                 addr = Some(a.to_owned());
             }
         }
-        Self { child, data_dir, addr: addr.unwrap_or_default(), peer_id: peer_id.unwrap_or_default(), log }
+        Self {
+            child,
+            data_dir,
+            addr: addr.unwrap_or_default(),
+            peer_id: peer_id.unwrap_or_default(),
+            log,
+        }
     }
 
     fn host(&self, args: &[&str]) -> Output {
-        Command::new(host_bin()).args(args).arg("--data-dir").arg(&self.data_dir).output().expect("host runs")
+        Command::new(host_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("host runs")
     }
 
     fn log(&self) -> String {
@@ -70,7 +89,11 @@ impl Joined {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Waits until `node` sees `n` peers.
@@ -113,22 +136,43 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     let mut ran_on = std::collections::HashSet::new();
     for (i, item) in results.iter().enumerate() {
         let peer = item["peer"].as_str().unwrap().to_owned();
-        assert!(peer == b.peer_id || peer == c.peer_id, "item {i} ran on {peer}, not B or C");
+        assert!(
+            peer == b.peer_id || peer == c.peer_id,
+            "item {i} ran on {peer}, not B or C"
+        );
         ran_on.insert(peer);
         // In input order, with the right output, fetched by A from whichever peer ran it.
-        let cid = item["report"]["result"]["Ok"][0][1].as_str().expect("output cid").to_owned();
+        let cid = item["report"]["result"]["Ok"][0][1]
+            .as_str()
+            .expect("output cid")
+            .to_owned();
         let dest = root.path().join(format!("out{i}.txt"));
         let got = a.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
         assert!(got.status.success(), "{}", text(&got));
-        assert_eq!(std::fs::read_to_string(&dest).unwrap(), format!("Hello, item{i}!"));
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            format!("Hello, item{i}!")
+        );
     }
     assert_eq!(ran_on.len(), 2, "the map spread over both B and C");
     // The executing nodes' logs name the submitter.
-    let runs = |n: &Joined| n.log().matches(&format!("running a task for peer {}", a.peer_id)).count();
-    assert_eq!(runs(&b) + runs(&c), 6, "B log:\n{}\nC log:\n{}", b.log(), c.log());
+    let runs = |n: &Joined| {
+        n.log()
+            .matches(&format!("running a task for peer {}", a.peer_id))
+            .count()
+    };
+    assert_eq!(
+        runs(&b) + runs(&c),
+        6,
+        "B log:\n{}\nC log:\n{}",
+        b.log(),
+        c.log()
+    );
 
     // C fetches a 20 MiB file that only B holds, chunk by chunk, verified.
-    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let big_path = root.path().join("big.bin");
     std::fs::write(&big_path, &big).unwrap();
     let out = b.host(&["put", big_path.to_str().unwrap()]);
@@ -137,21 +181,42 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     let dest = root.path().join("big.out");
     let out = c.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(std::fs::read(&dest).unwrap() == big, "C got B's 20 MiB file intact");
+    assert!(
+        std::fs::read(&dest).unwrap() == big,
+        "C got B's 20 MiB file intact"
+    );
 
     // An unknown CID is a clear error after a bounded time.
     let started = std::time::Instant::now();
-    let out = a.host(&["get", &"cd".repeat(32), "-o", root.path().join("none").to_str().unwrap()]);
+    let out = a.host(&[
+        "get",
+        &"cd".repeat(32),
+        "-o",
+        root.path().join("none").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("not found in the mesh"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not found in the mesh"),
+        "{}",
+        text(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // A failing item names itself; the others are not lost.
     let bad = root.path().join("missing-input-name");
     std::fs::write(&bad, "x").unwrap();
-    let out = a.host(&["submit", wasm::HELLO, "--map", &format!("wrong={},{}", items[0], bad.display())]);
+    let out = a.host(&[
+        "submit",
+        wasm::HELLO,
+        "--map",
+        &format!("wrong={},{}", items[0], bad.display()),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("item 0") && text(&out).contains("failed on"), "{}", text(&out));
+    assert!(
+        text(&out).contains("item 0") && text(&out).contains("failed on"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -165,7 +230,12 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(node.log().contains("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/1"), "{}", node.log());
+    assert!(
+        node.log()
+            .contains("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/1"),
+        "{}",
+        node.log()
+    );
     let out = node.host(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&node.peer_id));
@@ -184,7 +254,10 @@ mod in_process {
         compute::DeviceChoice,
         node::{Node, NodeConfig},
     };
-    use shoal_p2p::{BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, PeerId, TaskOutcome, TaskSpec};
+    use shoal_p2p::{
+        BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, PeerId, TaskOutcome,
+        TaskSpec,
+    };
 
     fn config(dir: &std::path::Path, bootstrap: Vec<shoal_p2p::Multiaddr>) -> NodeConfig {
         NodeConfig {
@@ -215,14 +288,18 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_corrupt_provider_is_skipped_and_the_fetch_succeeds() {
         let root = tempfile::tempdir().unwrap();
-        let holder = Node::start(config(&root.path().join("holder"), vec![])).await.unwrap();
+        let holder = Node::start(config(&root.path().join("holder"), vec![]))
+            .await
+            .unwrap();
         let addr = holder.net().listen_addrs().await.unwrap()[0].clone();
         let mut liar_cfg = shoal_p2p::Config::new(Keypair::generate_ed25519(), Arc::new(Liar));
         liar_cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         liar_cfg.mdns = false;
         let (liar, _task) = Network::spawn(liar_cfg).unwrap();
         let liar_addr = liar.listen_addrs().await.unwrap()[0].clone();
-        let fetcher = Node::start(config(&root.path().join("fetcher"), vec![addr.clone()])).await.unwrap();
+        let fetcher = Node::start(config(&root.path().join("fetcher"), vec![addr.clone()]))
+            .await
+            .unwrap();
         let holder_id = fetcher.net().dial(addr).await.unwrap();
         let liar_id = fetcher.net().dial(liar_addr).await.unwrap();
 
@@ -232,21 +309,33 @@ mod in_process {
         let cid = holder.put_path(file).await.unwrap();
 
         // The liar is asked first for every block; each of its answers fails verification.
-        fetcher.fetch_file(cid, &[liar_id, holder_id]).await.expect("fetch succeeds from the honest peer");
+        fetcher
+            .fetch_file(cid, &[liar_id, holder_id])
+            .await
+            .expect("fetch succeeds from the honest peer");
         assert_eq!(fetcher.store().read_file(&cid).unwrap(), data);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_submit_on_a_chosen_peer() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![])).await.unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![]))
+            .await
+            .unwrap();
         let a_addr = a.net().listen_addrs().await.unwrap()[0].clone();
-        let b = Node::start(config(&root.path().join("b"), vec![a_addr.clone()])).await.unwrap();
-        let c = Node::start(config(&root.path().join("c"), vec![a_addr.clone()])).await.unwrap();
+        let b = Node::start(config(&root.path().join("b"), vec![a_addr.clone()]))
+            .await
+            .unwrap();
+        let c = Node::start(config(&root.path().join("c"), vec![a_addr.clone()]))
+            .await
+            .unwrap();
         for n in [&b, &c] {
             n.net().dial(a_addr.clone()).await.unwrap();
         }
-        let module = a.put_path(shoal_task_artifacts::HELLO.into()).await.unwrap();
+        let module = a
+            .put_path(shoal_task_artifacts::HELLO.into())
+            .await
+            .unwrap();
         let name = a.store().put_bytes(b"mesh").unwrap();
         let spec = shoal_host::runtime::TaskSpec {
             module,
@@ -259,7 +348,9 @@ mod in_process {
             let placed = a.submit(spec.clone(), Some(target.peer_id())).await;
             assert_eq!(placed.peer, target.peer_id());
             let outputs = placed.report.result.expect("runs remotely");
-            a.fetch_file(outputs[0].1, &[target.peer_id()]).await.unwrap();
+            a.fetch_file(outputs[0].1, &[target.peer_id()])
+                .await
+                .unwrap();
             assert_eq!(a.store().read_file(&outputs[0].1).unwrap(), b"Hello, mesh!");
         }
     }

@@ -12,7 +12,14 @@ use tempfile::TempDir;
 pub fn runtime(slots: usize) -> (TempDir, Runtime) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
-    let rt = Runtime::new(store, RuntimeConfig { slots, ..RuntimeConfig::default() }).expect("runtime");
+    let rt = Runtime::new(
+        store,
+        RuntimeConfig {
+            slots,
+            ..RuntimeConfig::default()
+        },
+    )
+    .expect("runtime");
     (dir, rt)
 }
 
@@ -21,21 +28,41 @@ pub fn spec(rt: &Runtime, path: &str, inputs: &[(&str, &[u8])]) -> TaskSpec {
     let module = put_file(rt.store(), Path::new(path));
     let inputs = inputs
         .iter()
-        .map(|(name, bytes)| (name.to_string(), rt.store().put_bytes(bytes).expect("put input")))
+        .map(|(name, bytes)| {
+            (
+                name.to_string(),
+                rt.store().put_bytes(bytes).expect("put input"),
+            )
+        })
         .collect();
-    TaskSpec { module, task: None, inputs, args: vec![], limits: Limits::default() }
+    TaskSpec {
+        module,
+        task: None,
+        inputs,
+        args: vec![],
+        limits: Limits::default(),
+    }
 }
 
 /// Stores a file from disk.
 pub fn put_file(store: &BlockStore, path: &Path) -> Cid {
-    store.put_file(std::fs::File::open(path).expect("artifact exists")).expect("put file")
+    store
+        .put_file(std::fs::File::open(path).expect("artifact exists"))
+        .expect("put file")
 }
 
 /// Runs the hello task and checks its greeting: proof the runtime is still healthy.
 pub fn assert_hello_works(rt: &Runtime) {
     let spec = spec(rt, shoal_task_artifacts::HELLO, &[("name", b"Shoal")]);
     let report = rt.run_blocking(&spec);
-    let outputs = report.result.unwrap_or_else(|f| panic!("hello failed: {f}\nlogs: {}", report.logs));
+    let outputs = report
+        .result
+        .unwrap_or_else(|f| panic!("hello failed: {f}\nlogs: {}", report.logs));
     assert_eq!(outputs[0].0, "greeting");
-    assert_eq!(rt.store().read_file(&outputs[0].1).expect("greeting stored"), b"Hello, Shoal!");
+    assert_eq!(
+        rt.store()
+            .read_file(&outputs[0].1)
+            .expect("greeting stored"),
+        b"Hello, Shoal!"
+    );
 }

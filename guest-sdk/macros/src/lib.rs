@@ -32,7 +32,10 @@ fn expand(name: Option<LitStr>, func: ItemFn) -> syn::Result<proc_macro2::TokenS
     let sig = &func.sig;
     let fail = |span: &dyn quote::ToTokens, msg: &str| Err(syn::Error::new_spanned(span, msg));
     if let Some(a) = &sig.asyncness {
-        return fail(a, "a shoal task cannot be async: write `fn name(ctx: &mut Ctx) -> Result<(), Error>`");
+        return fail(
+            a,
+            "a shoal task cannot be async: write `fn name(ctx: &mut Ctx) -> Result<(), Error>`",
+        );
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return fail(&sig.generics, "a shoal task cannot be generic");
@@ -42,17 +45,30 @@ fn expand(name: Option<LitStr>, func: ItemFn) -> syn::Result<proc_macro2::TokenS
     }
     if sig.inputs.len() != 1 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
         return Err(syn::Error::new(
-            sig.inputs.span().join(sig.ident.span()).unwrap_or(sig.ident.span()),
+            sig.inputs
+                .span()
+                .join(sig.ident.span())
+                .unwrap_or(sig.ident.span()),
             "a shoal task takes exactly one argument: `ctx: &mut shoal::Ctx`",
         ));
     }
     if let ReturnType::Default = sig.output {
-        return fail(&sig.ident, "a shoal task must return `Result<(), shoal::Error>`");
+        return fail(
+            &sig.ident,
+            "a shoal task must return `Result<(), shoal::Error>`",
+        );
     }
     let ident = &sig.ident;
     let export = name.map(|n| n.value()).unwrap_or_else(|| ident.to_string());
-    if export.is_empty() || !export.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return fail(ident, "a task name may only use ASCII letters, digits, `_` and `-`");
+    if export.is_empty()
+        || !export
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return fail(
+            ident,
+            "a task name may only use ASCII letters, digits, `_` and `-`",
+        );
     }
     let export_name = format!("shoal_task:{export}");
     let shim = format_ident!("__shoal_task_{}", ident);

@@ -31,7 +31,12 @@ pub(crate) fn input_count() -> usize {
 }
 
 pub(crate) fn input_find(name: &str) -> Result<usize, ErrorCode> {
-    with(|t| t.inputs.iter().position(|(n, _)| n == name).ok_or(ErrorCode::NotFound))
+    with(|t| {
+        t.inputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or(ErrorCode::NotFound)
+    })
 }
 
 pub(crate) fn input_name(i: usize) -> Result<String, ErrorCode> {
@@ -44,7 +49,9 @@ pub(crate) fn input_len(i: usize) -> Result<usize, ErrorCode> {
 
 pub(crate) fn input_read(i: usize, offset: u64, buf: &mut [u8]) -> Result<usize, ErrorCode> {
     input(i, |(_, bytes)| {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         let n = buf.len().min(bytes.len() - start);
         buf[..n].copy_from_slice(&bytes[start..start + n]);
         n

@@ -72,7 +72,9 @@ pub(crate) fn input_read(i: usize, offset: u64, buf: &mut [u8]) -> Result<usize,
 
 pub(crate) fn args() -> Vec<u8> {
     // SAFETY: takes no pointers.
-    let Ok(len) = check(unsafe { raw::args_len() }) else { return Vec::new() };
+    let Ok(len) = check(unsafe { raw::args_len() }) else {
+        return Vec::new();
+    };
     let mut buf = vec![0u8; len];
     // SAFETY: the pointer and length describe `buf`, writable and alive across the call.
     match check(unsafe { raw::args_read(buf.as_mut_ptr(), buf.len()) }) {
@@ -88,7 +90,13 @@ pub(crate) fn output_write(name: &str, bytes: &[u8]) -> Result<[u8; CID_LEN], Er
     let mut cid = [0u8; CID_LEN];
     // SAFETY: each pointer/length pair describes a live slice; `cid` has room for CID_LEN bytes.
     check(unsafe {
-        raw::output_write(name.as_ptr(), name.len(), bytes.as_ptr(), bytes.len(), cid.as_mut_ptr())
+        raw::output_write(
+            name.as_ptr(),
+            name.len(),
+            bytes.as_ptr(),
+            bytes.len(),
+            cid.as_mut_ptr(),
+        )
     })?;
     Ok(cid)
 }
@@ -141,7 +149,8 @@ pub(crate) fn tensor_read(handle: u32, out: &mut [f32]) -> Result<usize, ErrorCo
     let len = out.len().checked_mul(4).ok_or(ErrorCode::TooLarge)?;
     // SAFETY: the pointer and length describe `out`'s bytes, writable and alive across the
     // call; any bit pattern the host writes is a valid f32.
-    let bytes = check(unsafe { raw::tensor_read(raw_handle(handle), out.as_mut_ptr().cast::<u8>(), len) })?;
+    let bytes =
+        check(unsafe { raw::tensor_read(raw_handle(handle), out.as_mut_ptr().cast::<u8>(), len) })?;
     Ok(bytes / 4)
 }
 

@@ -10,24 +10,40 @@ use std::{
 
 use anyhow::Context;
 use shoal_host::{
-    runtime::{FailureKind, Limits, MAX_TASK_MEMORY, Runtime, RuntimeConfig, TaskReport, TaskSpec, limits::fmt_bytes},
+    runtime::{
+        FailureKind, Limits, MAX_TASK_MEMORY, Runtime, RuntimeConfig, TaskReport, TaskSpec,
+        limits::fmt_bytes,
+    },
     store::{BlockStore, Cid, StoreError},
 };
 
 use super::{CliError, Exit, GetArgs, PutArgs, RunArgs, TaskArgs, usage};
 
 fn open_store(dir: &Path) -> anyhow::Result<BlockStore> {
-    BlockStore::open(dir).map_err(|e| CliError { exit: Exit::Node, message: e.to_string() }.into())
+    BlockStore::open(dir).map_err(|e| {
+        CliError {
+            exit: Exit::Node,
+            message: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn store_err(e: StoreError) -> anyhow::Error {
-    CliError { exit: Exit::Node, message: e.to_string() }.into()
+    CliError {
+        exit: Exit::Node,
+        message: e.to_string(),
+    }
+    .into()
 }
 
 /// Stores a file named on the command line; a missing file is bad usage.
 pub(super) fn put_path(store: &BlockStore, path: &Path) -> anyhow::Result<Cid> {
-    let file = File::open(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-    store.put_file(io::BufReader::with_capacity(1 << 20, file)).map_err(store_err)
+    let file =
+        File::open(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    store
+        .put_file(io::BufReader::with_capacity(1 << 20, file))
+        .map_err(store_err)
 }
 
 /// Resolves `NAME=FILE|CID`: an existing file wins, else the value must be a CID.
@@ -36,13 +52,21 @@ pub(super) fn resolve_input(store: &BlockStore, name: &str, value: &str) -> anyh
     if path.exists() {
         return put_path(store, path);
     }
-    value.parse::<Cid>().map_err(|_| usage(format!("input `{name}`: `{value}` is neither a file nor a CID")))
+    value.parse::<Cid>().map_err(|_| {
+        usage(format!(
+            "input `{name}`: `{value}` is neither a file nor a CID"
+        ))
+    })
 }
 
 /// Builds a task spec from the command line, storing the module and file inputs.
 pub(super) fn task_spec(store: &BlockStore, args: &TaskArgs) -> anyhow::Result<TaskSpec> {
     if args.memory > MAX_TASK_MEMORY {
-        return Err(usage(format!("--memory {} is over the {} limit", fmt_bytes(args.memory), fmt_bytes(MAX_TASK_MEMORY))));
+        return Err(usage(format!(
+            "--memory {} is over the {} limit",
+            fmt_bytes(args.memory),
+            fmt_bytes(MAX_TASK_MEMORY)
+        )));
     }
     let module = put_path(store, &args.module)?;
     let inputs = args
@@ -55,7 +79,12 @@ pub(super) fn task_spec(store: &BlockStore, args: &TaskArgs) -> anyhow::Result<T
         task: args.task.clone(),
         inputs,
         args: args.args.clone(),
-        limits: Limits { memory_bytes: args.memory, timeout: args.timeout, cpu_budget: args.timeout, ..Limits::default() },
+        limits: Limits {
+            memory_bytes: args.memory,
+            timeout: args.timeout,
+            cpu_budget: args.timeout,
+            ..Limits::default()
+        },
     })
 }
 
@@ -89,7 +118,11 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
         s.wall.as_secs_f64() * 1e3,
         s.cpu.as_secs_f64() * 1e3,
         fmt_bytes(s.peak_memory),
-        if s.cached_module { "cached" } else { "compiled" },
+        if s.cached_module {
+            "cached"
+        } else {
+            "compiled"
+        },
     )?;
     match &report.result {
         Ok(_) => writeln!(out, "status: ok")?,
@@ -109,8 +142,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
         allow_software_gpu: args.device == super::Device::Gpu,
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::new(store, config)
-        .map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
+    let runtime = Runtime::new(store, config).map_err(|e| CliError {
+        exit: Exit::Node,
+        message: e.to_string(),
+    })?;
     let report = runtime.run_blocking(&spec);
     print_report(&report, args.json)
 }
@@ -129,7 +164,11 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
             return Err(usage(format!("cannot read {}", args.file.display())));
         }
         let result = super::mesh::call(&data_dir, &shoal_host::control::Request::Put { path })?;
-        result["cid"].as_str().unwrap_or_default().parse::<Cid>().map_err(|e| anyhow::anyhow!("{e}"))?
+        result["cid"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<Cid>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
         put_path(&open_store(&data_dir)?, &args.file)?
     };
@@ -147,18 +186,32 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let data_dir = args.data_dir.resolve();
     if node_running(&data_dir) {
         if args.output.as_os_str() == "-" {
-            return Err(usage("while a node runs on this data dir, `host get` needs -o FILE"));
+            return Err(usage(
+                "while a node runs on this data dir, `host get` needs -o FILE",
+            ));
         }
         let path = std::path::absolute(&args.output)?;
-        let result = super::mesh::call(&data_dir, &shoal_host::control::Request::Get { cid: cid.to_hex(), path })?;
-        eprintln!("wrote {} bytes to {}", result["bytes"], args.output.display());
+        let result = super::mesh::call(
+            &data_dir,
+            &shoal_host::control::Request::Get {
+                cid: cid.to_hex(),
+                path,
+            },
+        )?;
+        eprintln!(
+            "wrote {} bytes to {}",
+            result["bytes"],
+            args.output.display()
+        );
         return Ok(Exit::Ok);
     }
     let store = open_store(&data_dir)?;
     // Check it is a readable file before creating the output, so a bad CID leaves no file.
     store.manifest(&cid).map_err(store_err)?;
     if args.output.as_os_str() == "-" {
-        store.write_file(&cid, io::stdout().lock()).map_err(store_err)?;
+        store
+            .write_file(&cid, io::stdout().lock())
+            .map_err(store_err)?;
         return Ok(Exit::Ok);
     }
     let tmp = args.output.with_extension("shoal-partial");
@@ -166,7 +219,8 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let written = store.write_file(&cid, BufWriter::new(file));
     match written {
         Ok(len) => {
-            std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+            std::fs::rename(&tmp, &args.output)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
             eprintln!("wrote {len} bytes to {}", args.output.display());
             Ok(Exit::Ok)
         }

@@ -11,16 +11,24 @@ use shoal_host::{
     sched::MapProgress,
 };
 
-use super::{CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage};
+use super::{
+    CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage,
+};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
 pub(super) fn call(data_dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let client = Client::connect(data_dir).map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
+    let client = Client::connect(data_dir).map_err(|e| CliError {
+        exit: Exit::Node,
+        message: e.to_string(),
+    })?;
     let bar = progress_bar();
     let finished = std::cell::Cell::new(0);
     let reply = client
         .call(request, |p| show_progress(&bar, p, &finished))
-        .map_err(|e: ControlError| CliError { exit: Exit::Node, message: e.to_string() })?;
+        .map_err(|e: ControlError| CliError {
+            exit: Exit::Node,
+            message: e.to_string(),
+        })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -52,7 +60,11 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
 }
 
 /// Updates the bar on a terminal; otherwise prints a line each time an item finishes.
-fn show_progress(bar: &Option<indicatif::ProgressBar>, p: MapProgress, finished: &std::cell::Cell<usize>) {
+fn show_progress(
+    bar: &Option<indicatif::ProgressBar>,
+    p: MapProgress,
+    finished: &std::cell::Cell<usize>,
+) {
     match bar {
         Some(bar) => {
             bar.set_length(p.total as u64);
@@ -61,7 +73,10 @@ fn show_progress(bar: &Option<indicatif::ProgressBar>, p: MapProgress, finished:
         }
         None if p.done + p.failed != finished.get() => {
             finished.set(p.done + p.failed);
-            eprintln!("progress: {} done, {} running, {} failed of {}", p.done, p.running, p.failed, p.total);
+            eprintln!(
+                "progress: {} done, {} running, {} failed of {}",
+                p.done, p.running, p.failed, p.total
+            );
         }
         None => {}
     }
@@ -79,16 +94,26 @@ fn absolute(value: &str) -> String {
 /// `host submit`.
 pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
     let t = &args.task;
-    let module = std::path::absolute(&t.module).with_context(|| format!("bad path {}", t.module.display()))?;
+    let module = std::path::absolute(&t.module)
+        .with_context(|| format!("bad path {}", t.module.display()))?;
     if !module.is_file() {
         return Err(usage(format!("cannot read {}", t.module.display())));
     }
     let task = TaskRequest {
         module,
         task: t.task.clone(),
-        inputs: t.inputs.iter().map(|(n, v)| (n.clone(), absolute(v))).collect(),
+        inputs: t
+            .inputs
+            .iter()
+            .map(|(n, v)| (n.clone(), absolute(v)))
+            .collect(),
         args: t.args.clone(),
-        limits: Limits { memory_bytes: t.memory, timeout: t.timeout, cpu_budget: t.timeout, ..Limits::default() },
+        limits: Limits {
+            memory_bytes: t.memory,
+            timeout: t.timeout,
+            cpu_budget: t.timeout,
+            ..Limits::default()
+        },
         on: args.on.clone(),
     };
     let data_dir = args.data_dir.resolve();
@@ -110,12 +135,24 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
             .filter(|l| !l.is_empty())
             .map(absolute)
             .collect(),
-        None => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(absolute).collect(),
+        None => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(absolute)
+            .collect(),
     };
     if items.is_empty() {
         return Err(usage(format!("--map {name}= names no items")));
     }
-    let result = call(&data_dir, &Request::Map { task, name: name.clone(), items })?;
+    let result = call(
+        &data_dir,
+        &Request::Map {
+            task,
+            name: name.clone(),
+            items,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     }
@@ -133,12 +170,19 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
             Err(f) => {
                 failed += 1;
                 if !args.json {
-                    println!("item {i} ({what}) failed on {peer}: {}: {}", f.kind, f.message);
+                    println!(
+                        "item {i} ({what}) failed on {peer}: {}: {}",
+                        f.kind, f.message
+                    );
                 }
             }
         }
     }
-    Ok(if failed == 0 { Exit::Ok } else { Exit::TaskFailed })
+    Ok(if failed == 0 {
+        Exit::Ok
+    } else {
+        Exit::TaskFailed
+    })
 }
 
 /// `host peers`.
@@ -186,10 +230,15 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<Exit> {
 
 /// `host join`: runs a node until Ctrl-C or SIGTERM.
 pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     tokio.block_on(async move {
         let listen = if args.listen.is_empty() {
-            vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?]
+            vec![
+                "/ip4/0.0.0.0/tcp/0".parse()?,
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+            ]
         } else {
             args.listen.clone()
         };
@@ -198,10 +247,15 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
             listen,
             bootstrap: args.bootstrap.clone(),
             mdns: !args.no_mdns,
-            slots: args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            slots: args
+                .slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             device: args.device.choice(),
         };
-        let node = Node::start(config).await.map_err(|e| CliError { exit: Exit::Node, message: e.to_string() })?;
+        let node = Node::start(config).await.map_err(|e| CliError {
+            exit: Exit::Node,
+            message: e.to_string(),
+        })?;
         println!("peer id: {}", node.peer_id());
         let addrs = node.net().listen_addrs().await.unwrap_or_default();
         for addr in &addrs {
@@ -215,7 +269,9 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
             tokio::spawn(async move {
                 match net.dial(addr.clone()).await {
                     Ok(peer) => println!("connected to bootstrap peer {peer}"),
-                    Err(e) => eprintln!("warning: cannot reach bootstrap {addr}: {e}; the node keeps running"),
+                    Err(e) => eprintln!(
+                        "warning: cannot reach bootstrap {addr}: {e}; the node keeps running"
+                    ),
                 }
             });
         }
@@ -225,7 +281,9 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
             _ = term.recv() => {}
         }
         println!("shutting down");
-        tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await.ok();
+        tokio::time::timeout(Duration::from_secs(5), node.shutdown())
+            .await
+            .ok();
         Ok(Exit::Ok)
     })
 }

@@ -151,7 +151,9 @@ impl DataDirArg {
     /// The chosen data dir.
     pub fn resolve(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| {
-            dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("shoal")
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("shoal")
         })
     }
 }
@@ -244,7 +246,11 @@ pub struct CliError {
 
 /// Bad usage: exit 2.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    CliError { exit: Exit::Usage, message: message.into() }.into()
+    CliError {
+        exit: Exit::Usage,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// Runs a parsed command line.

@@ -125,16 +125,23 @@ impl Client {
     /// # Errors
     /// [`ControlError::NoNode`] when no node listens there.
     pub fn connect(data_dir: &Path) -> Result<Self, ControlError> {
-        let stream = UnixStream::connect(socket_path(data_dir)).map_err(|_| ControlError::NoNode(data_dir.to_path_buf()))?;
+        let stream = UnixStream::connect(socket_path(data_dir))
+            .map_err(|_| ControlError::NoNode(data_dir.to_path_buf()))?;
         stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Self { stream: BufReader::new(stream) })
+        Ok(Self {
+            stream: BufReader::new(stream),
+        })
     }
 
     /// Sends a request; calls `on_progress` for each progress line; returns the final reply.
     ///
     /// # Errors
     /// Socket or decoding failures.
-    pub fn call(mut self, request: &Request, mut on_progress: impl FnMut(MapProgress)) -> Result<Reply, ControlError> {
+    pub fn call(
+        mut self,
+        request: &Request,
+        mut on_progress: impl FnMut(MapProgress),
+    ) -> Result<Reply, ControlError> {
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
         self.stream.get_mut().write_all(&line)?;

@@ -27,7 +27,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// [`NodeError::Control`] when the socket cannot be bound.
 pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError> {
     let path = socket_path(&node.config().data_dir);
-    let io = |source| NodeError::Control { path: path.clone(), source };
+    let io = |source| NodeError::Control {
+        path: path.clone(),
+        source,
+    };
     // We hold the data dir's lock, so a socket file here is a stale one from a crash.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(io)?;
@@ -62,15 +65,24 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::i
 }
 
 fn error(message: impl Into<String>, exit: u8) -> Reply {
-    Reply::Error { message: message.into(), exit }
+    Reply::Error {
+        message: message.into(),
+        exit,
+    }
 }
 
 async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = Vec::new();
-    let n = BufReader::new(r.take(MAX_REQUEST_LEN as u64 + 1)).read_until(b'\n', &mut line).await?;
+    let n = BufReader::new(r.take(MAX_REQUEST_LEN as u64 + 1))
+        .read_until(b'\n', &mut line)
+        .await?;
     if n > MAX_REQUEST_LEN {
-        return send(&mut w, &error(format!("request over the {MAX_REQUEST_LEN}-byte limit"), 2)).await;
+        return send(
+            &mut w,
+            &error(format!("request over the {MAX_REQUEST_LEN}-byte limit"), 2),
+        )
+        .await;
     }
     let request: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
@@ -78,14 +90,18 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
     };
     let reply = match request {
         Request::Put { path } => match node.put_path(path).await {
-            Ok(cid) => Reply::Done { result: json!({ "cid": cid.to_hex() }) },
+            Ok(cid) => Reply::Done {
+                result: json!({ "cid": cid.to_hex() }),
+            },
             Err(e) => error(e.to_string(), 4),
         },
         Request::Get { cid, path } => get(&node, &cid, path).await,
         Request::Submit(task) => match resolve(&node, &task).await {
             Ok((spec, on)) => {
                 let placed = node.submit(spec, on).await;
-                Reply::Done { result: placed_json(&placed) }
+                Reply::Done {
+                    result: placed_json(&placed),
+                }
             }
             Err(reply) => reply,
         },
@@ -120,12 +136,18 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
                     Some(p) = rx.recv() => send(&mut w, &Reply::Progress(p)).await?,
                 }
             };
-            let items: Vec<_> = items.iter().zip(&results).map(|(item, placed)| {
-                let mut v = placed_json(placed);
-                v["item"] = json!(item);
-                v
-            }).collect();
-            Reply::Done { result: json!({ "items": items }) }
+            let items: Vec<_> = items
+                .iter()
+                .zip(&results)
+                .map(|(item, placed)| {
+                    let mut v = placed_json(placed);
+                    v["item"] = json!(item);
+                    v
+                })
+                .collect();
+            Reply::Done {
+                result: json!({ "items": items }),
+            }
         }
         Request::Peers => {
             let peers = node.net().connected_peers().await.unwrap_or_default();
@@ -136,12 +158,19 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
                     "free_slots": c.free_slots, "total_slots": c.total_slots, "has_gpu": c.has_gpu, "queue_len": c.queue_len,
                 })) }));
             }
-            Reply::Done { result: json!({ "peers": out }) }
+            Reply::Done {
+                result: json!({ "peers": out }),
+            }
         }
         Request::Status => {
             let cap = node.inner.capacity();
             let addrs = node.net().listen_addrs().await.unwrap_or_default();
-            let peers = node.net().connected_peers().await.map(|p| p.len()).unwrap_or(0);
+            let peers = node
+                .net()
+                .connected_peers()
+                .await
+                .map(|p| p.len())
+                .unwrap_or(0);
             Reply::Done {
                 result: json!({
                     "peer_id": node.peer_id().to_string(),
@@ -167,17 +196,23 @@ async fn get(node: &Node, cid: &str, path: PathBuf) -> Reply {
     let store = node.store().clone();
     let written = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let tmp = path.with_extension("shoal-partial");
-        let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let len = store.write_file(&cid, std::io::BufWriter::new(file)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            e.to_string()
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let len = store
+            .write_file(&cid, std::io::BufWriter::new(file))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                e.to_string()
+            })?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(len)
     })
     .await;
     match written {
-        Ok(Ok(len)) => Reply::Done { result: json!({ "bytes": len }) },
+        Ok(Ok(len)) => Reply::Done {
+            result: json!({ "bytes": len }),
+        },
         Ok(Err(e)) => error(e, 4),
         Err(e) => error(e.to_string(), 4),
     }
@@ -187,26 +222,40 @@ async fn get(node: &Node, cid: &str, path: PathBuf) -> Reply {
 async fn input_cid(node: &Node, value: &str) -> Result<Cid, Reply> {
     let path = PathBuf::from(value);
     if path.exists() {
-        return node.put_path(path).await.map_err(|e| error(e.to_string(), 4));
+        return node
+            .put_path(path)
+            .await
+            .map_err(|e| error(e.to_string(), 4));
     }
     Cid::from_str(value).map_err(|_| error(format!("`{value}` is neither a file nor a CID"), 2))
 }
 
 async fn resolve(node: &Node, task: &TaskRequest) -> Result<(TaskSpec, Option<PeerId>), Reply> {
     let on = match &task.on {
-        Some(p) => Some(PeerId::from_str(p).map_err(|e| error(format!("--on {p}: not a peer id ({e})"), 2))?),
+        Some(p) => Some(
+            PeerId::from_str(p).map_err(|e| error(format!("--on {p}: not a peer id ({e})"), 2))?,
+        ),
         None => None,
     };
     if !task.module.is_file() {
         return Err(error(format!("cannot read {}", task.module.display()), 2));
     }
-    let module = node.put_path(task.module.clone()).await.map_err(|e| error(e.to_string(), 4))?;
+    let module = node
+        .put_path(task.module.clone())
+        .await
+        .map_err(|e| error(e.to_string(), 4))?;
     let mut inputs = Vec::new();
     for (name, value) in &task.inputs {
         inputs.push((name.clone(), input_cid(node, value).await?));
     }
     Ok((
-        TaskSpec { module, task: task.task.clone(), inputs, args: task.args.clone(), limits: task.limits.clone() },
+        TaskSpec {
+            module,
+            task: task.task.clone(),
+            inputs,
+            args: task.args.clone(),
+            limits: task.limits.clone(),
+        },
         on,
     ))
 }

@@ -44,7 +44,10 @@ impl NodeInner {
         let store = self.store.clone();
         let missing = tokio::task::spawn_blocking(move || store.missing_blocks(&cid))
             .await
-            .map_err(|e| StoreError::Io { what: "listing chunks".into(), source: std::io::Error::other(e) })??;
+            .map_err(|e| StoreError::Io {
+                what: "listing chunks".into(),
+                source: std::io::Error::other(e),
+            })??;
         if missing.is_empty() {
             return Ok(());
         }
@@ -55,12 +58,17 @@ impl NodeInner {
             .map(|(i, chunk)| {
                 let mut providers = providers.clone();
                 let bad = bad.clone();
-                async move { self.fetch_block(chunk, &mut providers, &bad, i).await.map(|b| (chunk, b)) }
+                async move {
+                    self.fetch_block(chunk, &mut providers, &bad, i)
+                        .await
+                        .map(|b| (chunk, b))
+                }
             })
             .buffer_unordered(PARALLEL_CHUNKS)
             .ready_chunks(PARALLEL_CHUNKS);
         while let Some(batch) = fetched.next().await {
-            self.store_blocks(batch.into_iter().collect::<Result<_, _>>()?).await?;
+            self.store_blocks(batch.into_iter().collect::<Result<_, _>>()?)
+                .await?;
         }
         self.announce(cid).await;
         Ok(())
@@ -71,7 +79,10 @@ impl NodeInner {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.put_verified_batch(&blocks))
             .await
-            .map_err(|e| StoreError::Io { what: "storing blocks".into(), source: std::io::Error::other(e) })??;
+            .map_err(|e| StoreError::Io {
+                what: "storing blocks".into(),
+                source: std::io::Error::other(e),
+            })??;
         Ok(())
     }
 
@@ -106,7 +117,11 @@ impl NodeInner {
             let n = providers.len();
             for k in 0..n {
                 let peer = providers[(start + k) % n];
-                if bad.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
+                if bad
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&peer)
+                {
                     continue;
                 }
                 asked += 1;
@@ -114,12 +129,16 @@ impl NodeInner {
                     Ok(Some(bytes)) if Cid::of(&bytes) == cid => return Ok(bytes),
                     Ok(Some(_)) => {
                         tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
-                        bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
+                        bad.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(peer);
                     }
                     Ok(None) => {}
                     Err(shoal_p2p::Error::BlockMismatch { .. }) => {
                         tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
-                        bad.lock().unwrap_or_else(PoisonError::into_inner).insert(peer);
+                        bad.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(peer);
                     }
                     Err(e) => tracing::debug!(%peer, %cid, error = %e, "block fetch failed"),
                 }

@@ -112,7 +112,8 @@ impl Node {
             config: config.clone(),
             shutdown: shutdown.clone(),
         });
-        let mut net_config = shoal_p2p::Config::new(keypair, inner.clone() as Arc<dyn InboundHandler>);
+        let mut net_config =
+            shoal_p2p::Config::new(keypair, inner.clone() as Arc<dyn InboundHandler>);
         net_config.listen = config.listen.clone();
         net_config.bootstrap = config.bootstrap.clone();
         net_config.mdns = config.mdns;
@@ -168,7 +169,10 @@ impl Node {
             store.put_file(std::io::BufReader::with_capacity(1 << 20, file))
         })
         .await
-        .map_err(|e| StoreError::Io { what: "storing a file".into(), source: std::io::Error::other(e) })??;
+        .map_err(|e| StoreError::Io {
+            what: "storing a file".into(),
+            source: std::io::Error::other(e),
+        })??;
         self.inner.announce(cid).await;
         Ok(cid)
     }
@@ -182,7 +186,11 @@ impl Node {
     }
 
     /// Places and runs one task on the mesh (or on `on`), returning its outcome and where it ran.
-    pub async fn submit(&self, spec: crate::runtime::TaskSpec, on: Option<PeerId>) -> sched::Placed {
+    pub async fn submit(
+        &self,
+        spec: crate::runtime::TaskSpec,
+        on: Option<PeerId>,
+    ) -> sched::Placed {
         self.inner.scheduler.submit(&self.inner, spec, on).await
     }
 
@@ -210,9 +218,17 @@ impl NodeInner {
     /// This node's capacity as it advertises it.
     pub(crate) fn capacity(&self) -> Capacity {
         let rt = &self.runtime;
-        let total = if self.config.slots == 0 { 0 } else { rt.slots() };
+        let total = if self.config.slots == 0 {
+            0
+        } else {
+            rt.slots()
+        };
         Capacity {
-            free_slots: if total == 0 { 0 } else { rt.free_slots() as u32 },
+            free_slots: if total == 0 {
+                0
+            } else {
+                rt.free_slots() as u32
+            },
             total_slots: total as u32,
             has_gpu: self.config.device == DeviceChoice::Gpu,
             queue_len: rt.queue_len() as u32,
@@ -224,11 +240,18 @@ impl InboundHandler for NodeInner {
     fn block(&self, _from: PeerId, cid: BlockId) -> shoal_p2p::BoxFuture<'_, Option<Vec<u8>>> {
         Box::pin(async move {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.get_block(&Cid(cid.0)).ok()).await.ok().flatten()
+            tokio::task::spawn_blocking(move || store.get_block(&Cid(cid.0)).ok())
+                .await
+                .ok()
+                .flatten()
         })
     }
 
-    fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> shoal_p2p::BoxFuture<'_, TaskOutcome> {
+    fn task(
+        &self,
+        from: PeerId,
+        spec: shoal_p2p::TaskSpec,
+    ) -> shoal_p2p::BoxFuture<'_, TaskOutcome> {
         Box::pin(sched::run_for_peer(self, from, spec))
     }
 
@@ -241,7 +264,10 @@ impl InboundHandler for NodeInner {
 /// control socket.
 fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |source| NodeError::Control { path: dir.to_path_buf(), source };
+    let io = |source| NodeError::Control {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }

@@ -25,7 +25,9 @@ const MAX_ERROR_LEN: usize = 4096;
 pub(super) fn guest_range(ptr: i32, len: i32, mem_len: usize) -> Result<Range<usize>, ErrorCode> {
     // wasm32 pointers and lengths are unsigned; a "negative" length is a huge one.
     let start = ptr as u32 as usize;
-    let end = start.checked_add(len as u32 as usize).ok_or(ErrorCode::BadPointer)?;
+    let end = start
+        .checked_add(len as u32 as usize)
+        .ok_or(ErrorCode::BadPointer)?;
     if end > mem_len {
         return Err(ErrorCode::BadPointer);
     }
@@ -71,15 +73,27 @@ pub(super) fn check_clock(caller: &Call<'_>) -> wasmtime::Result<()> {
 }
 
 fn input_index(state: &TaskState, index: i32) -> Result<usize, ErrorCode> {
-    usize::try_from(index).ok().filter(|&i| i < state.inputs.len()).ok_or(ErrorCode::NotFound)
+    usize::try_from(index)
+        .ok()
+        .filter(|&i| i < state.inputs.len())
+        .ok_or(ErrorCode::NotFound)
 }
 
 /// Notes a host-side failure in the task's log, so the user sees the real cause.
 fn host_note(state: &TaskState, what: &str, err: &StoreError) {
-    state.logs.append(&[format!("[host] {what}: {err}\n").as_bytes()]);
+    state
+        .logs
+        .append(&[format!("[host] {what}: {err}\n").as_bytes()]);
 }
 
-fn input_read(state: &mut TaskState, data: &mut [u8], index: i32, offset: i64, ptr: i32, len: i32) -> GuestResult {
+fn input_read(
+    state: &mut TaskState,
+    data: &mut [u8],
+    index: i32,
+    offset: i64,
+    ptr: i32,
+    len: i32,
+) -> GuestResult {
     let index = input_index(state, index)?;
     let range = guest_range(ptr, len, data.len())?;
     let mut offset = u64::try_from(offset).map_err(|_| ErrorCode::InvalidArgument)?;
@@ -88,13 +102,19 @@ fn input_read(state: &mut TaskState, data: &mut [u8], index: i32, offset: i64, p
     while written < range.len() && offset < input.manifest.len {
         let chunk = (offset / CHUNK_SIZE as u64) as usize;
         if input.cached_chunk.as_ref().is_none_or(|(i, _)| *i != chunk) {
-            let bytes = store.read_chunk(&input.cid, &input.manifest, chunk).map_err(|e| {
-                state.logs.append(&[format!("[host] reading input `{}`: {e}\n", input.name).as_bytes()]);
-                ErrorCode::Unavailable
-            })?;
+            let bytes = store
+                .read_chunk(&input.cid, &input.manifest, chunk)
+                .map_err(|e| {
+                    state.logs.append(&[
+                        format!("[host] reading input `{}`: {e}\n", input.name).as_bytes()
+                    ]);
+                    ErrorCode::Unavailable
+                })?;
             input.cached_chunk = Some((chunk, bytes));
         }
-        let Some((_, bytes)) = &input.cached_chunk else { return Err(ErrorCode::Unavailable) };
+        let Some((_, bytes)) = &input.cached_chunk else {
+            return Err(ErrorCode::Unavailable);
+        };
         let within = (offset % CHUNK_SIZE as u64) as usize;
         let n = (bytes.len() - within).min(range.len() - written);
         let dst = range.start + written;
@@ -105,7 +125,13 @@ fn input_read(state: &mut TaskState, data: &mut [u8], index: i32, offset: i64, p
     len_result(written)
 }
 
-fn output_write(state: &mut TaskState, data: &mut [u8], name: (i32, i32), bytes: (i32, i32), cid_ptr: i32) -> GuestResult {
+fn output_write(
+    state: &mut TaskState,
+    data: &mut [u8],
+    name: (i32, i32),
+    bytes: (i32, i32),
+    cid_ptr: i32,
+) -> GuestResult {
     let name = guest_str(data, name.0, name.1)?;
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(ErrorCode::InvalidArgument);
@@ -148,18 +174,26 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         check_clock(&c)?;
         Ok(encode(with_memory(&mut c, |data, state| {
             let name = guest_str(data, ptr, len)?;
-            let index = state.inputs.iter().position(|i| i.name == name).ok_or(ErrorCode::NotFound)?;
+            let index = state
+                .inputs
+                .iter()
+                .position(|i| i.name == name)
+                .ok_or(ErrorCode::NotFound)?;
             len_result(index)
         })))
     })?;
 
-    linker.func_wrap(m, "input_name", |mut c: Call<'_>, index: i32, ptr: i32, len: i32| {
-        check_clock(&c)?;
-        Ok(encode(with_memory(&mut c, |data, state| {
-            let name = state.inputs[input_index(state, index)?].name.as_bytes();
-            copy_out(data, ptr, len, name)
-        })))
-    })?;
+    linker.func_wrap(
+        m,
+        "input_name",
+        |mut c: Call<'_>, index: i32, ptr: i32, len: i32| {
+            check_clock(&c)?;
+            Ok(encode(with_memory(&mut c, |data, state| {
+                let name = state.inputs[input_index(state, index)?].name.as_bytes();
+                copy_out(data, ptr, len, name)
+            })))
+        },
+    )?;
 
     linker.func_wrap(m, "input_len", |c: Call<'_>, index: i32| {
         check_clock(&c)?;
@@ -169,10 +203,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         })))
     })?;
 
-    linker.func_wrap(m, "input_read", |mut c: Call<'_>, index: i32, offset: i64, ptr: i32, len: i32| {
-        check_clock(&c)?;
-        Ok(encode(with_memory(&mut c, |data, state| input_read(state, data, index, offset, ptr, len))))
-    })?;
+    linker.func_wrap(
+        m,
+        "input_read",
+        |mut c: Call<'_>, index: i32, offset: i64, ptr: i32, len: i32| {
+            check_clock(&c)?;
+            Ok(encode(with_memory(&mut c, |data, state| {
+                input_read(state, data, index, offset, ptr, len)
+            })))
+        },
+    )?;
 
     linker.func_wrap(m, "args_len", |c: Call<'_>| {
         check_clock(&c)?;
@@ -181,7 +221,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
 
     linker.func_wrap(m, "args_read", |mut c: Call<'_>, ptr: i32, len: i32| {
         check_clock(&c)?;
-        Ok(encode(with_memory(&mut c, |data, state| copy_out(data, ptr, len, &state.args))))
+        Ok(encode(with_memory(&mut c, |data, state| {
+            copy_out(data, ptr, len, &state.args)
+        })))
     })?;
 
     linker.func_wrap(
@@ -195,21 +237,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         },
     )?;
 
-    linker.func_wrap(m, "log", |mut c: Call<'_>, level: i32, ptr: i32, len: i32| {
-        check_clock(&c)?;
-        Ok(encode(with_memory(&mut c, |data, state| {
-            let level = LogLevel::from_code(level).ok_or(ErrorCode::InvalidArgument)?;
-            let text = &data[guest_range(ptr, len, data.len())?];
-            let tag: &[u8] = match level {
-                LogLevel::Debug => b"[debug] ",
-                LogLevel::Info => b"[info] ",
-                LogLevel::Warn => b"[warn] ",
-                LogLevel::Error => b"[error] ",
-            };
-            state.logs.append(&[tag, text, b"\n"]);
-            Ok(0)
-        })))
-    })?;
+    linker.func_wrap(
+        m,
+        "log",
+        |mut c: Call<'_>, level: i32, ptr: i32, len: i32| {
+            check_clock(&c)?;
+            Ok(encode(with_memory(&mut c, |data, state| {
+                let level = LogLevel::from_code(level).ok_or(ErrorCode::InvalidArgument)?;
+                let text = &data[guest_range(ptr, len, data.len())?];
+                let tag: &[u8] = match level {
+                    LogLevel::Debug => b"[debug] ",
+                    LogLevel::Info => b"[info] ",
+                    LogLevel::Warn => b"[warn] ",
+                    LogLevel::Error => b"[error] ",
+                };
+                state.logs.append(&[tag, text, b"\n"]);
+                Ok(0)
+            })))
+        },
+    )?;
 
     linker.func_wrap(m, "set_error", |mut c: Call<'_>, ptr: i32, len: i32| {
         check_clock(&c)?;
@@ -234,6 +280,9 @@ mod tests {
         assert_eq!(guest_range(1, 4, 4), Err(ErrorCode::BadPointer));
         assert_eq!(guest_range(-1, 1, 1 << 20), Err(ErrorCode::BadPointer));
         assert_eq!(guest_range(4, -1, 1 << 20), Err(ErrorCode::BadPointer));
-        assert_eq!(guest_range(i32::MAX, i32::MAX, usize::MAX), Ok(i32::MAX as usize..(i32::MAX as usize) * 2));
+        assert_eq!(
+            guest_range(i32::MAX, i32::MAX, usize::MAX),
+            Ok(i32::MAX as usize..(i32::MAX as usize) * 2)
+        );
     }
 }

@@ -48,7 +48,11 @@ pub(crate) struct LogSink(Arc<Mutex<Buffer>>);
 
 impl LogSink {
     pub(crate) fn new(limit: usize) -> Self {
-        Self(Arc::new(Mutex::new(Buffer { bytes: Vec::new(), limit, dropped: 0 })))
+        Self(Arc::new(Mutex::new(Buffer {
+            bytes: Vec::new(),
+            limit,
+            dropped: 0,
+        })))
     }
 
     /// Appends `parts` as one record; whatever does not fit is counted, not stored.

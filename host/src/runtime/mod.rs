@@ -16,15 +16,18 @@ use std::{
     time::Duration,
 };
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
-
-pub use self::{
-    limits::{Limits, MAX_TASK_MEMORY, MIB},
-    logs::Logs,
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
+
 use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
     logs::LogSink,
+};
+pub use self::{
+    limits::{Limits, MAX_TASK_MEMORY, MIB},
+    logs::Logs,
 };
 use crate::{
     compute::{DeviceChoice, TensorTable},
@@ -120,7 +123,10 @@ pub struct TaskFailure {
 
 impl TaskFailure {
     fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -236,11 +242,14 @@ impl Runtime {
         let mut pool = PoolingAllocationConfig::default();
         // Room for every slot plus a few instantiations racing a finishing task.
         let pooled = u32::try_from(slots * 2 + 2).unwrap_or(u32::MAX);
-        pool.total_core_instances(pooled).total_memories(pooled).total_tables(pooled);
+        pool.total_core_instances(pooled)
+            .total_memories(pooled)
+            .total_tables(pooled);
         pool.max_memory_size(MAX_TASK_MEMORY as usize);
         // Reset a small task's memory with memset instead of madvise + page faults: most
         // tasks touch only their first MiBs, and this is the per-task cost that dominates.
-        pool.linear_memory_keep_resident(2 << 20).table_keep_resident(64 << 10);
+        pool.linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
@@ -250,7 +259,8 @@ impl Runtime {
         wasi::add_to_linker(&mut linker, |s: &mut TaskState| &mut s.wasi)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        tensor_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        tensor_fns::add_to_linker(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -277,7 +287,10 @@ impl Runtime {
                 queued: AtomicUsize::new(0),
                 max_wasm_stack: config.max_wasm_stack,
                 ticker_stop,
-                compute: Arc::new(tensor_fns::LazyBackend::new(config.device, config.allow_software_gpu)),
+                compute: Arc::new(tensor_fns::LazyBackend::new(
+                    config.device,
+                    config.allow_software_gpu,
+                )),
             }),
         };
         runtime.start_slots(slots, job_rx)?;
@@ -286,7 +299,11 @@ impl Runtime {
 
     /// One thread per slot pulls jobs off the shared queue. The threads hold the runtime only
     /// weakly, so dropping the last `Runtime` closes the queue and ends them.
-    fn start_slots(&self, slots: usize, job_rx: tokio::sync::mpsc::Receiver<Job>) -> Result<(), RuntimeError> {
+    fn start_slots(
+        &self,
+        slots: usize,
+        job_rx: tokio::sync::mpsc::Receiver<Job>,
+    ) -> Result<(), RuntimeError> {
         let job_rx = Arc::new(Mutex::new(job_rx));
         for slot in 0..slots {
             let (weak, job_rx) = (Arc::downgrade(&self.inner), job_rx.clone());
@@ -294,8 +311,13 @@ impl Runtime {
                 .name(format!("shoal-slot-{slot}"))
                 .spawn(move || {
                     loop {
-                        let job = job_rx.lock().unwrap_or_else(PoisonError::into_inner).blocking_recv();
-                        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else { return };
+                        let job = job_rx
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .blocking_recv();
+                        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else {
+                            return;
+                        };
                         let runtime = Runtime { inner };
                         runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
                         runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +343,9 @@ impl Runtime {
 
     /// Slots not running a task right now.
     pub fn free_slots(&self) -> usize {
-        self.inner.slot_count.saturating_sub(self.inner.busy.load(Ordering::Relaxed))
+        self.inner
+            .slot_count
+            .saturating_sub(self.inner.busy.load(Ordering::Relaxed))
     }
 
     /// Tasks waiting for a slot.
@@ -342,7 +366,9 @@ impl Runtime {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
             return lost("the runtime is shutting down".into());
         }
-        report.await.unwrap_or_else(|_| lost("the task's slot thread died".into()))
+        report
+            .await
+            .unwrap_or_else(|_| lost("the task's slot thread died".into()))
     }
 
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
@@ -353,7 +379,11 @@ impl Runtime {
         let result = self.execute(spec, &logs, clock, &mut stats);
         stats.wall = clock.started.elapsed();
         stats.cpu = clock.cpu_used();
-        TaskReport { result, logs: logs.finish(), stats }
+        TaskReport {
+            result,
+            logs: logs.finish(),
+            stats,
+        }
     }
 
     fn execute(
@@ -401,15 +431,23 @@ impl Runtime {
                         FailureKind::BadModule,
                         format!("cannot instantiate the module: {}", f.message),
                     ),
-                    other => other.err().unwrap_or_else(|| TaskFailure::new(FailureKind::BadModule, "exited during instantiation")),
+                    other => other.err().unwrap_or_else(|| {
+                        TaskFailure::new(FailureKind::BadModule, "exited during instantiation")
+                    }),
                 });
             }
         };
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        let entry = instance.get_typed_func::<(), i32>(&mut store, &export).map_err(bad)?;
+        let entry = instance
+            .get_typed_func::<(), i32>(&mut store, &export)
+            .map_err(bad)?;
         let init = match compiled.has_initialize {
-            true => Some(instance.get_typed_func::<(), ()>(&mut store, "_initialize").map_err(bad)?),
+            true => Some(
+                instance
+                    .get_typed_func::<(), ()>(&mut store, "_initialize")
+                    .map_err(bad)?,
+            ),
             false => None,
         };
         let outcome = match init.map(|f| f.call(&mut store, ())).transpose() {
@@ -418,12 +456,18 @@ impl Runtime {
         };
         let state = store.data();
         stats.peak_memory = state.limiter.peak_memory as u64;
-        stats.backend = state.tensors.as_ref().map(|t| t.backend().name().to_owned());
+        stats.backend = state
+            .tensors
+            .as_ref()
+            .map(|t| t.backend().name().to_owned());
         match outcome {
             Ok(shoal::abi::TASK_OK) => Ok(state.outputs.clone()),
             Ok(status) => Err(TaskFailure::new(
                 FailureKind::TaskError,
-                state.error_message.clone().unwrap_or_else(|| format!("task returned status {status}")),
+                state
+                    .error_message
+                    .clone()
+                    .unwrap_or_else(|| format!("task returned status {status}")),
             )),
             Err(e) => classify(e, state, self.inner.max_wasm_stack).map(|()| state.outputs.clone()),
         }
@@ -432,11 +476,19 @@ impl Runtime {
     /// Looks the module up in the compiled cache, or loads and compiles it.
     fn compiled(&self, cid: &Cid) -> Result<(Arc<Compiled>, bool), TaskFailure> {
         let cache = &self.inner.modules;
-        if let Some(hit) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(cid) {
+        if let Some(hit) = cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cid)
+        {
             return Ok((hit.clone(), true));
         }
         let bad = |m: String| TaskFailure::new(FailureKind::BadModule, m);
-        let manifest = self.inner.store.manifest(cid).map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
+        let manifest = self
+            .inner
+            .store
+            .manifest(cid)
+            .map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
         if manifest.len > MAX_MODULE_LEN {
             return Err(bad(format!(
                 "module is {} bytes, over the {} module size limit",
@@ -444,16 +496,32 @@ impl Runtime {
                 fmt_bytes(MAX_MODULE_LEN)
             )));
         }
-        let bytes = self.inner.store.read_file(cid).map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
+        let bytes = self
+            .inner
+            .store
+            .read_file(cid)
+            .map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
         let module = Module::from_binary(&self.inner.engine, &bytes)
             .map_err(|e| bad(format!("not a valid wasm module: {}", first_line(&e))))?;
-        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| bad(format!("{e}")))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| bad(format!("{e}")))?;
         let tasks = module
             .exports()
-            .filter_map(|e| e.name().strip_prefix(shoal::abi::TASK_EXPORT_PREFIX).map(str::to_owned))
+            .filter_map(|e| {
+                e.name()
+                    .strip_prefix(shoal::abi::TASK_EXPORT_PREFIX)
+                    .map(str::to_owned)
+            })
             .collect();
         let has_initialize = module.get_export("_initialize").is_some();
-        let compiled = Arc::new(Compiled { pre, tasks, has_initialize });
+        let compiled = Arc::new(Compiled {
+            pre,
+            tasks,
+            has_initialize,
+        });
         let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= MODULE_CACHE_LEN
             && let Some(evict) = cache.keys().next().copied()
@@ -471,7 +539,12 @@ impl Runtime {
                 let manifest = self.inner.store.manifest(cid).map_err(|e| {
                     TaskFailure::new(FailureKind::BadInput, format!("input `{name}`: {e}"))
                 })?;
-                Ok(Input { name: name.clone(), cid: *cid, manifest, cached_chunk: None })
+                Ok(Input {
+                    name: name.clone(),
+                    cid: *cid,
+                    manifest,
+                    cached_chunk: None,
+                })
             })
             .collect()
     }
@@ -485,13 +558,21 @@ fn encode_args(args: &[(String, String)]) -> Vec<u8> {
 }
 
 fn first_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_owned()
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Chooses the export to call for `--task NAME`, or the only task if none was named.
 fn pick_task(tasks: &[String], wanted: Option<&str>) -> Result<String, TaskFailure> {
     let prefix = shoal::abi::TASK_EXPORT_PREFIX;
-    let listed = if tasks.is_empty() { "none".to_owned() } else { tasks.join(", ") };
+    let listed = if tasks.is_empty() {
+        "none".to_owned()
+    } else {
+        tasks.join(", ")
+    };
     match wanted {
         Some(name) if tasks.iter().any(|t| t == name) => Ok(format!("{prefix}{name}")),
         Some(name) => Err(TaskFailure::new(
@@ -505,7 +586,10 @@ fn pick_task(tasks: &[String], wanted: Option<&str>) -> Result<String, TaskFailu
         None if tasks.len() == 1 => Ok(format!("{prefix}{}", tasks[0])),
         None => Err(TaskFailure::new(
             FailureKind::BadModule,
-            format!("module exports {} tasks ({listed}); choose one with --task", tasks.len()),
+            format!(
+                "module exports {} tasks ({listed}); choose one with --task",
+                tasks.len()
+            ),
         )),
     }
 }
@@ -519,7 +603,10 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
     if let Some(exit) = e.downcast_ref::<wasi_common::I32Exit>() {
         return match exit.0 {
             0 => Ok(()),
-            code => Err(TaskFailure::new(K::TaskError, format!("task exited with status {code}"))),
+            code => Err(TaskFailure::new(
+                K::TaskError,
+                format!("task exited with status {code}"),
+            )),
         };
     }
     if let Some(asked) = state.limiter.refused {
@@ -535,7 +622,10 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
     match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => Err(TaskFailure::new(
             K::Trap,
-            format!("stack overflow: the task exceeded its {} wasm stack", fmt_bytes(max_stack as u64)),
+            format!(
+                "stack overflow: the task exceeded its {} wasm stack",
+                fmt_bytes(max_stack as u64)
+            ),
         )),
         Some(Trap::Interrupt) => Err(TaskFailure::new(K::Timeout, "task was interrupted")),
         Some(trap) => Err(TaskFailure::new(K::Trap, format!("wasm trap: {trap}"))),

@@ -59,7 +59,9 @@ impl DeadlineSched {
             return Ok(());
         }
         std::thread::sleep(left);
-        Err(WasiError::trap(wasmtime::Error::new(Kill::Timeout(self.timeout))))
+        Err(WasiError::trap(wasmtime::Error::new(Kill::Timeout(
+            self.timeout,
+        ))))
     }
 }
 
@@ -67,7 +69,9 @@ impl DeadlineSched {
 impl WasiSched for DeadlineSched {
     async fn poll_oneoff<'a>(&self, poll: &mut Poll<'a>) -> Result<(), WasiError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
-        if let Some(wait) = poll.earliest_clock_deadline().and_then(|c| c.duration_until())
+        if let Some(wait) = poll
+            .earliest_clock_deadline()
+            .and_then(|c| c.duration_until())
             && wait >= left
         {
             return self.bounded_sleep(wait);

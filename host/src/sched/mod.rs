@@ -65,7 +65,10 @@ pub struct Scheduler {
 
 fn lost(message: String) -> TaskReport {
     TaskReport {
-        result: Err(TaskFailure { kind: FailureKind::Lost, message }),
+        result: Err(TaskFailure {
+            kind: FailureKind::Lost,
+            message,
+        }),
         logs: Logs::default(),
         stats: TaskStats::default(),
     }
@@ -73,7 +76,12 @@ fn lost(message: String) -> TaskReport {
 
 impl Scheduler {
     fn adjust(&self, peer: PeerId, by: i64) {
-        *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).entry(peer).or_default() += by;
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(peer)
+            .or_default() += by;
     }
 
     /// Capacities of the candidates, asked concurrently and cached briefly.
@@ -83,13 +91,20 @@ impl Scheduler {
             if peer == me {
                 return Some((peer, node.capacity()));
             }
-            if let Some((at, cap)) = self.capacities.lock().unwrap_or_else(PoisonError::into_inner).get(&peer)
+            if let Some((at, cap)) = self
+                .capacities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&peer)
                 && at.elapsed() < CAPACITY_TTL
             {
                 return Some((peer, *cap));
             }
             let cap = node.net().capacity(peer).await.ok()?;
-            self.capacities.lock().unwrap_or_else(PoisonError::into_inner).insert(peer, (Instant::now(), cap));
+            self.capacities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(peer, (Instant::now(), cap));
             Some((peer, cap))
         });
         join_all(asks).await.into_iter().flatten().collect()
@@ -97,7 +112,12 @@ impl Scheduler {
 
     /// Chooses a peer: the most free slots after counting our own tasks in flight, preferring
     /// peers that hold the task's inputs.
-    async fn pick(&self, node: &NodeInner, spec: &TaskSpec, exclude: &HashSet<PeerId>) -> Option<PeerId> {
+    async fn pick(
+        &self,
+        node: &NodeInner,
+        spec: &TaskSpec,
+        exclude: &HashSet<PeerId>,
+    ) -> Option<PeerId> {
         let me = node.net().local_peer_id();
         let mut candidates = node.net().connected_peers().await.unwrap_or_default();
         if node.config.slots > 0 {
@@ -116,7 +136,11 @@ impl Scheduler {
                 *holders.entry(me).or_default() += 1;
             }
         }
-        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         capacities
             .into_iter()
             .filter(|(_, cap)| cap.total_slots > 0)
@@ -130,10 +154,18 @@ impl Scheduler {
     }
 
     /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
-    pub(crate) async fn submit(&self, node: &NodeInner, spec: TaskSpec, on: Option<PeerId>) -> Placed {
+    pub(crate) async fn submit(
+        &self,
+        node: &NodeInner,
+        spec: TaskSpec,
+        on: Option<PeerId>,
+    ) -> Placed {
         let me = node.net().local_peer_id();
         let mut tried = HashSet::new();
-        let mut last = Placed { peer: me, report: lost("no peer in the mesh offers task slots".into()) };
+        let mut last = Placed {
+            peer: me,
+            report: lost("no peer in the mesh offers task slots".into()),
+        };
         for _ in 0..MAX_ATTEMPTS {
             let peer = match on {
                 Some(peer) => peer,
@@ -151,13 +183,17 @@ impl Scheduler {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .entry(peer)
-                    .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
+                    .or_insert_with(|| {
+                        std::sync::Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT))
+                    })
                     .clone();
                 let _permit = permits.acquire_owned().await;
                 match node.net().submit_task(peer, spec_to_wire(&spec)).await {
-                    Ok(TaskOutcome::Failed { kind: shoal_p2p::FailureKind::Busy, message, .. }) => {
-                        (lost(format!("peer {peer} is busy: {message}")), true)
-                    }
+                    Ok(TaskOutcome::Failed {
+                        kind: shoal_p2p::FailureKind::Busy,
+                        message,
+                        ..
+                    }) => (lost(format!("peer {peer} is busy: {message}")), true),
                     Ok(outcome) => (report_from_wire(outcome), false),
                     Err(e @ shoal_p2p::Error::Busy { .. }) => (lost(e.to_string()), true),
                     Err(e) => (lost(format!("peer {peer}: {e}")), false),
@@ -191,7 +227,10 @@ impl Scheduler {
         on: Option<PeerId>,
         progress: impl Fn(MapProgress),
     ) -> Vec<Placed> {
-        let state = Mutex::new(MapProgress { total: items.len(), ..MapProgress::default() });
+        let state = Mutex::new(MapProgress {
+            total: items.len(),
+            ..MapProgress::default()
+        });
         let update = |f: &dyn Fn(&mut MapProgress)| {
             let snapshot = {
                 let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -203,7 +242,12 @@ impl Scheduler {
         let peers = node.net().connected_peers().await.unwrap_or_default();
         let mut all = peers.clone();
         all.push(node.net().local_peer_id());
-        let slots: usize = self.capacities(node, &all).await.iter().map(|(_, c)| c.total_slots as usize).sum();
+        let slots: usize = self
+            .capacities(node, &all)
+            .await
+            .iter()
+            .map(|(_, c)| c.total_slots as usize)
+            .sum();
         let parallel = slots.clamp(1, MAX_MAP_PARALLEL);
         stream::iter(items)
             .map(|item| {
@@ -230,19 +274,30 @@ impl Scheduler {
 
 /// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
 /// run it sandboxed, announce its outputs, and report.
-pub(crate) async fn run_for_peer(node: &NodeInner, from: PeerId, spec: shoal_p2p::TaskSpec) -> TaskOutcome {
+pub(crate) async fn run_for_peer(
+    node: &NodeInner,
+    from: PeerId,
+    spec: shoal_p2p::TaskSpec,
+) -> TaskOutcome {
     let me = node.net().local_peer_id();
     if node.config.slots == 0 {
-        return TaskOutcome::failed(shoal_p2p::FailureKind::Busy, "this node runs no tasks (started with --slots 0)");
+        return TaskOutcome::failed(
+            shoal_p2p::FailureKind::Busy,
+            "this node runs no tasks (started with --slots 0)",
+        );
     }
     let spec = spec_from_wire(spec);
     let span = tracing::info_span!("task", peer = %from, module = %spec.module);
     let _enter = span.enter();
     tracing::info!("running a task for peer {from}");
-    let needed = std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
+    let needed =
+        std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
     for (name, cid) in needed {
         if let Err(e) = node.fetch_file(cid, &[from]).await {
-            return TaskOutcome::failed(shoal_p2p::FailureKind::Lost, format!("cannot fetch {name} {cid}: {e}"));
+            return TaskOutcome::failed(
+                shoal_p2p::FailureKind::Lost,
+                format!("cannot fetch {name} {cid}: {e}"),
+            );
         }
     }
     let report = node.runtime.run(spec).await;
@@ -251,6 +306,9 @@ pub(crate) async fn run_for_peer(node: &NodeInner, from: PeerId, spec: shoal_p2p
             node.announce(*cid).await;
         }
     }
-    tracing::info!(ok = report.result.is_ok(), "finished a task for peer {from}");
+    tracing::info!(
+        ok = report.result.is_ok(),
+        "finished a task for peer {from}"
+    );
     wire::report_to_wire(report, me)
 }

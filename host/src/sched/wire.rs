@@ -14,7 +14,11 @@ pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
     shoal_p2p::TaskSpec {
         module: BlockId(spec.module.0),
         entry: spec.task.clone().unwrap_or_default(),
-        inputs: spec.inputs.iter().map(|(n, c)| (n.clone(), BlockId(c.0))).collect(),
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|(n, c)| (n.clone(), BlockId(c.0)))
+            .collect(),
         args: spec.args.clone(),
         limits: TaskLimits {
             memory_bytes: spec.limits.memory_bytes,
@@ -31,10 +35,17 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
     TaskSpec {
         module: Cid(spec.module.0),
         task: (!spec.entry.is_empty()).then_some(spec.entry),
-        inputs: spec.inputs.into_iter().map(|(n, c)| (n, Cid(c.0))).collect(),
+        inputs: spec
+            .inputs
+            .into_iter()
+            .map(|(n, c)| (n, Cid(c.0)))
+            .collect(),
         args: spec.args,
         limits: Limits {
-            memory_bytes: spec.limits.memory_bytes.min(crate::runtime::MAX_TASK_MEMORY),
+            memory_bytes: spec
+                .limits
+                .memory_bytes
+                .min(crate::runtime::MAX_TASK_MEMORY),
             timeout,
             cpu_budget: timeout,
             ..defaults
@@ -47,7 +58,10 @@ pub(super) fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
     let logs = report.logs.to_string();
     match report.result {
         Ok(outputs) => TaskOutcome::Ok {
-            outputs: outputs.into_iter().map(|(n, c)| (n, BlockId(c.0))).collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|(n, c)| (n, BlockId(c.0)))
+                .collect(),
             logs,
             stats: shoal_p2p::TaskStats {
                 wall_ms: u64::try_from(report.stats.wall.as_millis()).unwrap_or(u64::MAX),
@@ -66,16 +80,28 @@ pub(super) fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
                 FailureKind::Lost | FailureKind::BadInput => WireKind::Lost,
                 _ => WireKind::Other,
             };
-            TaskOutcome::Failed { kind, message: f.message, logs }
+            TaskOutcome::Failed {
+                kind,
+                message: f.message,
+                logs,
+            }
         }
     }
 }
 
 /// A remote outcome as a local report.
 pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
-    let logs = |text: String| Logs { limit: text.len(), text, dropped_bytes: 0 };
+    let logs = |text: String| Logs {
+        limit: text.len(),
+        text,
+        dropped_bytes: 0,
+    };
     match outcome {
-        TaskOutcome::Ok { outputs, logs: text, stats } => TaskReport {
+        TaskOutcome::Ok {
+            outputs,
+            logs: text,
+            stats,
+        } => TaskReport {
             result: Ok(outputs.into_iter().map(|(n, c)| (n, Cid(c.0))).collect()),
             logs: logs(text),
             stats: TaskStats {
@@ -84,7 +110,11 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
                 ..TaskStats::default()
             },
         },
-        TaskOutcome::Failed { kind, message, logs: text } => {
+        TaskOutcome::Failed {
+            kind,
+            message,
+            logs: text,
+        } => {
             let kind = match kind {
                 WireKind::Trap => FailureKind::Trap,
                 WireKind::OutOfMemory => FailureKind::OutOfMemory,
@@ -94,7 +124,11 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
                 WireKind::Lost | WireKind::Busy => FailureKind::Lost,
                 _ => FailureKind::TaskError,
             };
-            TaskReport { result: Err(TaskFailure { kind, message }), logs: logs(text), stats: TaskStats::default() }
+            TaskReport {
+                result: Err(TaskFailure { kind, message }),
+                logs: logs(text),
+                stats: TaskStats::default(),
+            }
         }
     }
 }

@@ -59,7 +59,9 @@ impl FromStr for Cid {
     type Err = ParseCidError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseCidError { input: s.chars().take(80).collect() };
+        let err = || ParseCidError {
+            input: s.chars().take(80).collect(),
+        };
         let mut out = [0u8; 32];
         hex::decode_to_slice(s.trim(), &mut out).map_err(|_| err())?;
         Ok(Self(out))

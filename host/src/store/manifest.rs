@@ -72,15 +72,26 @@ impl Manifest {
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(ManifestError::NotAManifest);
         }
-        let len = u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| ManifestError::NotAManifest)?);
-        let count =
-            u32::from_le_bytes(bytes[16..20].try_into().map_err(|_| ManifestError::NotAManifest)?) as usize;
+        let len = u64::from_le_bytes(
+            bytes[8..16]
+                .try_into()
+                .map_err(|_| ManifestError::NotAManifest)?,
+        );
+        let count = u32::from_le_bytes(
+            bytes[16..20]
+                .try_into()
+                .map_err(|_| ManifestError::NotAManifest)?,
+        ) as usize;
         let body = &bytes[HEADER_LEN..];
         if count > MAX_CHUNKS || body.len() != count * 32 {
-            return Err(ManifestError::Inconsistent("chunk list length does not match its count"));
+            return Err(ManifestError::Inconsistent(
+                "chunk list length does not match its count",
+            ));
         }
         if len.div_ceil(CHUNK_SIZE as u64) != count as u64 {
-            return Err(ManifestError::Inconsistent("file length does not match the chunk count"));
+            return Err(ManifestError::Inconsistent(
+                "file length does not match the chunk count",
+            ));
         }
         let chunks = body
             .chunks_exact(32)
@@ -107,18 +118,30 @@ mod tests {
     #[test]
     fn rejects_raw_and_inconsistent_blocks() {
         assert_eq!(Manifest::decode(b"hello"), Err(ManifestError::NotAManifest));
-        let m = Manifest { len: 5, chunks: vec![Cid::of(b"hello")] };
+        let m = Manifest {
+            len: 5,
+            chunks: vec![Cid::of(b"hello")],
+        };
         let mut bytes = m.encode();
         assert_eq!(Manifest::decode(&bytes), Ok(m));
         bytes[8] = 0; // len 0 with one chunk
-        assert!(matches!(Manifest::decode(&bytes), Err(ManifestError::Inconsistent(_))));
-        let empty = Manifest { len: 0, chunks: vec![] };
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Inconsistent(_))
+        ));
+        let empty = Manifest {
+            len: 0,
+            chunks: vec![],
+        };
         assert_eq!(Manifest::decode(&empty.encode()), Ok(empty));
     }
 
     #[test]
     fn manifest_limits_fit_a_block() {
-        let m = Manifest { len: MAX_FILE_LEN, chunks: vec![Cid([7; 32]); MAX_CHUNKS] };
+        let m = Manifest {
+            len: MAX_FILE_LEN,
+            chunks: vec![Cid([7; 32]); MAX_CHUNKS],
+        };
         assert!(m.encode().len() <= MAX_BLOCK_LEN);
         assert_eq!(Manifest::decode(&m.encode()), Ok(m));
     }

@@ -28,7 +28,9 @@ pub use manifest::{CHUNK_SIZE, MAX_BLOCK_LEN, MAX_FILE_LEN, Manifest, ManifestEr
 #[non_exhaustive]
 pub enum StoreError {
     /// Another process holds the data dir.
-    #[error("data dir {path} is in use by another Shoal process (its lock file is held); use another --data-dir")]
+    #[error(
+        "data dir {path} is in use by another Shoal process (its lock file is held); use another --data-dir"
+    )]
     Locked {
         /// The data dir.
         path: PathBuf,
@@ -37,7 +39,9 @@ pub enum StoreError {
     #[error("block {0} is not in the local store")]
     NotFound(Cid),
     /// The block's bytes do not hash to its name.
-    #[error("block {cid} is corrupt on disk (its bytes hash to {actual}); it was quarantined and not returned")]
+    #[error(
+        "block {cid} is corrupt on disk (its bytes hash to {actual}); it was quarantined and not returned"
+    )]
     Corrupt {
         /// The name it was stored under.
         cid: Cid,
@@ -122,7 +126,9 @@ impl BlockStore {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked { path: data_dir.to_path_buf() });
+                return Err(StoreError::Locked {
+                    path: data_dir.to_path_buf(),
+                });
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(io_err(format!("locking {}", lock_path.display()))(e));
@@ -134,7 +140,13 @@ impl BlockStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Self { blocks, tmp, quarantine, tmp_counter: AtomicU64::new(0), _lock: lock })
+        Ok(Self {
+            blocks,
+            tmp,
+            quarantine,
+            tmp_counter: AtomicU64::new(0),
+            _lock: lock,
+        })
     }
 
     fn path_of(&self, cid: &Cid) -> PathBuf {
@@ -167,7 +179,10 @@ impl BlockStore {
     pub fn put_verified(&self, expected: &Cid, bytes: &[u8]) -> Result<(), StoreError> {
         let actual = Cid::of(bytes);
         if actual != *expected {
-            return Err(StoreError::Corrupt { cid: *expected, actual });
+            return Err(StoreError::Corrupt {
+                cid: *expected,
+                actual,
+            });
         }
         self.put_block(bytes).map(|_| ())
     }
@@ -190,11 +205,17 @@ impl BlockStore {
         }
         let cid = Cid::of(bytes);
         let path = self.path_of(&cid);
-        if batch.staged.iter().any(|(_, p)| *p == path) || (path.is_file() && self.get_block(&cid).is_ok()) {
+        if batch.staged.iter().any(|(_, p)| *p == path)
+            || (path.is_file() && self.get_block(&cid).is_ok())
+        {
             return Ok(cid);
         }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{}-{n}-{}", std::process::id(), &cid.to_hex()[..16]));
+        let tmp = self.tmp.join(format!(
+            "{}-{n}-{}",
+            std::process::id(),
+            &cid.to_hex()[..16]
+        ));
         let write = || -> io::Result<File> {
             let mut file = File::create(&tmp)?;
             file.write_all(bytes)?;
@@ -218,21 +239,31 @@ impl BlockStore {
     /// disk's flush latency, not its bandwidth, is what a chunked put waits on.
     fn commit(&self, batch: Batch, dirs: &mut BTreeSet<PathBuf>) -> Result<(), StoreError> {
         let Batch { files, staged } = batch;
-        let cleanup = |staged: &[(PathBuf, PathBuf)]| staged.iter().for_each(|(tmp, _)| drop(fs::remove_file(tmp)));
+        let cleanup = |staged: &[(PathBuf, PathBuf)]| {
+            staged
+                .iter()
+                .for_each(|(tmp, _)| drop(fs::remove_file(tmp)))
+        };
         let per_thread = files.len().div_ceil(SYNC_THREADS).max(1);
         let synced = std::thread::scope(|scope| {
             let workers: Vec<_> = files
                 .chunks(per_thread)
                 .map(|group| scope.spawn(move || group.iter().try_for_each(File::sync_data)))
                 .collect();
-            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))))
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+            })
         });
         if let Err(e) = synced {
             cleanup(&staged);
             return Err(io_err("syncing new blocks to disk")(e));
         }
         for (i, (tmp, path)) in staged.iter().enumerate() {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.blocks.clone());
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.blocks.clone());
             let moved = fs::create_dir_all(&dir).and_then(|()| fs::rename(tmp, path));
             if let Err(e) = moved {
                 cleanup(&staged[i..]);
@@ -281,7 +312,9 @@ impl BlockStore {
         let path = self.path_of(cid);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*cid)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*cid));
+            }
             Err(e) => return Err(io_err(format!("reading block {cid}"))(e)),
         };
         let actual = Cid::of(&bytes);
@@ -306,7 +339,8 @@ impl BlockStore {
         let mut buf = vec![0u8; CHUNK_SIZE];
         let mut batch = Batch::default();
         loop {
-            let n = read_full(&mut reader, &mut buf).map_err(io_err("reading the file to store"))?;
+            let n =
+                read_full(&mut reader, &mut buf).map_err(io_err("reading the file to store"))?;
             if n == 0 {
                 break;
             }
@@ -350,11 +384,21 @@ impl BlockStore {
     ///
     /// # Errors
     /// As [`BlockStore::get_block`], plus [`StoreError::ChunkLength`].
-    pub fn read_chunk(&self, file: &Cid, manifest: &Manifest, index: usize) -> Result<Vec<u8>, StoreError> {
+    pub fn read_chunk(
+        &self,
+        file: &Cid,
+        manifest: &Manifest,
+        index: usize,
+    ) -> Result<Vec<u8>, StoreError> {
         let bytes = self.get_block(&manifest.chunks[index])?;
         let expected = manifest.chunk_len(index);
         if bytes.len() != expected {
-            return Err(StoreError::ChunkLength { file: *file, index, expected, actual: bytes.len() });
+            return Err(StoreError::ChunkLength {
+                file: *file,
+                index,
+                expected,
+                actual: bytes.len(),
+            });
         }
         Ok(bytes)
     }
@@ -367,9 +411,13 @@ impl BlockStore {
         let manifest = self.manifest(cid)?;
         for index in 0..manifest.chunks.len() {
             let chunk = self.read_chunk(cid, &manifest, index)?;
-            writer.write_all(&chunk).map_err(io_err(format!("writing file {cid}")))?;
+            writer
+                .write_all(&chunk)
+                .map_err(io_err(format!("writing file {cid}")))?;
         }
-        writer.flush().map_err(io_err(format!("writing file {cid}")))?;
+        writer
+            .flush()
+            .map_err(io_err(format!("writing file {cid}")))?;
         Ok(manifest.len)
     }
 
@@ -390,7 +438,11 @@ impl BlockStore {
     /// As [`BlockStore::manifest`], except that a missing manifest is reported as missing.
     pub fn missing_blocks(&self, cid: &Cid) -> Result<Vec<Cid>, StoreError> {
         match self.manifest(cid) {
-            Ok(m) => Ok(m.chunks.into_iter().filter(|c| !self.has_block(c)).collect()),
+            Ok(m) => Ok(m
+                .chunks
+                .into_iter()
+                .filter(|c| !self.has_block(c))
+                .collect()),
             Err(StoreError::NotFound(_)) => Ok(vec![*cid]),
             Err(e) => Err(e),
         }
@@ -431,7 +483,9 @@ mod tests {
     use super::*;
 
     fn bytes_of(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     fn round_trip(store: &BlockStore, data: &[u8]) {
@@ -446,7 +500,14 @@ mod tests {
     fn chunk_boundaries_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path()).unwrap();
-        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 7] {
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE + 7,
+        ] {
             round_trip(&store, &bytes_of(len, len as u8));
         }
     }
@@ -480,14 +541,23 @@ mod tests {
         fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
+            .map(|e| {
+                if e.path().is_dir() {
+                    walk_files(&e.path())
+                } else {
+                    1
+                }
+            })
             .sum()
     }
 
     #[test]
     fn a_block_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let cid = BlockStore::open(dir.path()).unwrap().put_bytes(b"durable").unwrap();
+        let cid = BlockStore::open(dir.path())
+            .unwrap()
+            .put_bytes(b"durable")
+            .unwrap();
         let store = BlockStore::open(dir.path()).unwrap();
         assert_eq!(store.read_file(&cid).unwrap(), b"durable");
     }
@@ -500,7 +570,10 @@ mod tests {
         let chunk = store.manifest(&cid).unwrap().chunks[0];
         fs::write(store.path_of(&chunk), b"precious bytez").unwrap();
         let err = store.read_file(&cid).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { cid: c, .. } if c == chunk), "{err}");
+        assert!(
+            matches!(err, StoreError::Corrupt { cid: c, .. } if c == chunk),
+            "{err}"
+        );
         assert!(err.to_string().contains("corrupt"));
         assert!(!store.has_block(&chunk), "moved to quarantine");
         // Putting the file again heals it.
@@ -523,8 +596,17 @@ mod tests {
         let store = BlockStore::open(dir.path()).unwrap();
         let cid = store.put_bytes(b"abc").unwrap();
         let chunk = store.manifest(&cid).unwrap().chunks[0];
-        assert!(matches!(store.read_file(&chunk), Err(StoreError::NotAFile { .. })));
-        assert!(matches!(store.read_file(&Cid([1; 32])), Err(StoreError::NotFound(_))));
-        assert!(matches!(store.put_verified(&Cid([1; 32]), b"abc"), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.read_file(&chunk),
+            Err(StoreError::NotAFile { .. })
+        ));
+        assert!(matches!(
+            store.read_file(&Cid([1; 32])),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.put_verified(&Cid([1; 32]), b"abc"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

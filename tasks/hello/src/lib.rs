@@ -20,7 +20,11 @@ mod tests {
 
     #[test]
     fn greets_natively() {
-        let run = NativeHost::new().input("name", "Ada\n").arg("punct", "?").run(super::hello).unwrap();
+        let run = NativeHost::new()
+            .input("name", "Ada\n")
+            .arg("punct", "?")
+            .run(super::hello)
+            .unwrap();
         assert_eq!(run.output("greeting"), Some(&b"Hello, Ada?"[..]));
         assert!(run.logs[0].contains("greeted Ada"));
     }

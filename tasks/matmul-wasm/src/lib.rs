@@ -43,9 +43,15 @@ pub fn matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
 fn read_matrix(ctx: &Ctx, name: &str, n: usize) -> Result<Vec<f32>, Error> {
     let bytes = ctx.input(name)?;
     if bytes.len() != n * n * 4 {
-        return Err(Error::msg(format!("input `{name}` has {} bytes, expected {n}×{n} f32", bytes.len())));
+        return Err(Error::msg(format!(
+            "input `{name}` has {} bytes, expected {n}×{n} f32",
+            bytes.len()
+        )));
     }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// Multiplies two `n × n` matrices in wasm.
@@ -77,7 +83,9 @@ mod tests {
         let (a, b) = (seeded_matrix(n, 3), seeded_matrix(n, 4));
         let c = matmul(&a, &b, n);
         for (i, j) in [(0, 0), (13, 66), (66, 5)] {
-            let want: f64 = (0..n).map(|k| f64::from(a[i * n + k]) * f64::from(b[k * n + j])).sum();
+            let want: f64 = (0..n)
+                .map(|k| f64::from(a[i * n + k]) * f64::from(b[k * n + j]))
+                .sum();
             assert!((f64::from(c[i * n + j]) - want).abs() < 1e-4);
         }
     }

@@ -17,7 +17,12 @@ unsafe extern "C" {
 }
 
 /// Pairs that no guest memory can contain: past the end, wrapping, and huge.
-const BAD: [(u32, u32); 4] = [(u32::MAX - 3, 16), (0xFFFF_0000, 0x0002_0000), (16, u32::MAX), (u32::MAX, u32::MAX)];
+const BAD: [(u32, u32); 4] = [
+    (u32::MAX - 3, 16),
+    (0xFFFF_0000, 0x0002_0000),
+    (16, u32::MAX),
+    (u32::MAX, u32::MAX),
+];
 
 /// Runs every call with every bad pair.
 #[shoal::task]
@@ -37,7 +42,10 @@ fn badptr(_ctx: &mut Ctx) -> Result<(), Error> {
                 ("args_read", args_read(p, l)),
                 ("output_write(name)", output_write(p, l, ok, 1, 64)),
                 ("output_write(data)", output_write(ok, 1, p, l, 64)),
-                ("output_write(cid)", output_write(ok, 1, ok, 1, p | 0x8000_0000)),
+                (
+                    "output_write(cid)",
+                    output_write(ok, 1, ok, 1, p | 0x8000_0000),
+                ),
                 ("log", log(1, p, l)),
                 ("set_error", set_error(p, l)),
             ]
@@ -59,6 +67,9 @@ fn badptr(_ctx: &mut Ctx) -> Result<(), Error> {
         log!("host rejected all {calls} bad calls");
         Ok(())
     } else {
-        Err(Error::msg(format!("host accepted bad pointers: {}", accepted.join("; "))))
+        Err(Error::msg(format!(
+            "host accepted bad pointers: {}",
+            accepted.join("; ")
+        )))
     }
 }
