@@ -159,45 +159,6 @@ impl BlockStore {
         self.path_of(cid).is_file()
     }
 
-    /// Stores one block and returns its CID. Idempotent: a block already present and intact is
-    /// not written again; a present but corrupt one is replaced.
-    ///
-    /// # Errors
-    /// [`StoreError::BlockTooLarge`] past [`MAX_BLOCK_LEN`]; [`StoreError::Io`] on disk errors
-    /// (a full disk included), in which case nothing is left behind.
-    pub fn put_block(&self, bytes: &[u8]) -> Result<Cid, StoreError> {
-        let mut dirs = BTreeSet::new();
-        let cid = self.put_block_unsynced_dir(bytes, &mut dirs)?;
-        self.sync_dirs(&dirs)?;
-        Ok(cid)
-    }
-
-    /// Stores a block fetched under a CID someone named; refuses bytes that do not hash to it.
-    ///
-    /// # Errors
-    /// [`StoreError::Corrupt`] when `bytes` do not hash to `expected`.
-    pub fn put_verified(&self, expected: &Cid, bytes: &[u8]) -> Result<(), StoreError> {
-        let actual = Cid::of(bytes);
-        if actual != *expected {
-            return Err(StoreError::Corrupt {
-                cid: *expected,
-                actual,
-            });
-        }
-        self.put_block(bytes).map(|_| ())
-    }
-
-    fn put_block_unsynced_dir(
-        &self,
-        bytes: &[u8],
-        dirs: &mut BTreeSet<PathBuf>,
-    ) -> Result<Cid, StoreError> {
-        let mut batch = Batch::default();
-        let cid = self.stage(bytes, &mut batch)?;
-        self.commit(batch, dirs)?;
-        Ok(cid)
-    }
-
     /// Writes a block to a temp file, unsynced; [`BlockStore::commit`] makes it durable.
     fn stage(&self, bytes: &[u8], batch: &mut Batch) -> Result<Cid, StoreError> {
         if bytes.len() > MAX_BLOCK_LEN {
@@ -274,8 +235,8 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Stores blocks fetched under CIDs someone named, with one sync for the batch; refuses
-    /// (and stores none of) a batch where any block does not hash to its name.
+    /// Stores blocks fetched under CIDs someone named, idempotently, synced as one batch;
+    /// refuses (and stores none of) a batch where any block does not hash to its name.
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] for the first block that does not match; I/O errors.
@@ -605,7 +566,7 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
-            store.put_verified(&Cid([1; 32]), b"abc"),
+            store.put_verified_batch(&[(Cid([1; 32]), b"abc".to_vec())]),
             Err(StoreError::Corrupt { .. })
         ));
     }
