@@ -394,7 +394,8 @@ pub const fn reduce_param(op: ReduceOp, axis: ReduceAxis) -> i32 {
     op as i32 | (axis as i32) << REDUCE_AXIS_SHIFT
 }
 
-/// A decoded `tensor_op` call: the op and its parameters, without the operands.
+/// A decoded `tensor_op` call: the op and its parameters, without the operands. The host's
+/// backends execute this same type, so guest, ABI and kernels share one definition.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum TensorOp {
     /// See [`TensorOpCode::Matmul`].
@@ -483,6 +484,33 @@ impl TensorOp {
         (code as i32, param, alpha)
     }
 
+    /// The op's name, for errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Matmul { .. } => "matmul",
+            Self::Binary(BinaryOp::Add) => "add",
+            Self::Binary(BinaryOp::Sub) => "sub",
+            Self::Binary(BinaryOp::Mul) => "mul",
+            Self::Scale { .. } => "scale",
+            Self::Axpy { .. } => "axpy",
+            Self::Activation(UnaryOp::Relu) => "relu",
+            Self::Activation(UnaryOp::Sigmoid) => "sigmoid",
+            Self::Activation(UnaryOp::Tanh) => "tanh",
+            Self::ActivationGrad(UnaryOp::Relu) => "relu_grad",
+            Self::ActivationGrad(UnaryOp::Sigmoid) => "sigmoid_grad",
+            Self::ActivationGrad(UnaryOp::Tanh) => "tanh_grad",
+            Self::Reduce {
+                op: ReduceOp::Sum, ..
+            } => "sum",
+            Self::Reduce {
+                op: ReduceOp::Mean, ..
+            } => "mean",
+            Self::SoftmaxXent(_) => "softmax_xent",
+            Self::SoftmaxXentGrad => "softmax_xent_grad",
+            Self::Transpose => "transpose",
+        }
+    }
+
     /// How many tensors the op takes: 1 or 2.
     pub fn arity(self) -> usize {
         match self {
@@ -563,5 +591,38 @@ mod tensor_code_tests {
             TensorOp::decode(TensorOpCode::Transpose as i32, 1, 0.0),
             None
         );
+    }
+
+    #[test]
+    fn every_defined_op_decodes_under_its_own_name() {
+        let params = |code: TensorOpCode| -> Vec<i32> {
+            match code {
+                TensorOpCode::Matmul => vec![0, 1, 2, 3],
+                TensorOpCode::Binary => BinaryOp::ALL.iter().map(|&o| o as i32).collect(),
+                TensorOpCode::Activation | TensorOpCode::ActivationGrad => {
+                    UnaryOp::ALL.iter().map(|&o| o as i32).collect()
+                }
+                TensorOpCode::Reduce => ReduceOp::ALL
+                    .iter()
+                    .flat_map(|&o| {
+                        [ReduceAxis::Axis0, ReduceAxis::Axis1].map(|a| reduce_param(o, a))
+                    })
+                    .collect(),
+                TensorOpCode::SoftmaxXent => {
+                    vec![XentReduction::Mean as i32, XentReduction::PerRow as i32]
+                }
+                _ => vec![0],
+            }
+        };
+        let mut names = std::collections::HashSet::new();
+        for code in TensorOpCode::ALL {
+            for param in params(code) {
+                let op = TensorOp::decode(code as i32, param, 0.5).expect("defined op decodes");
+                assert!(matches!(op.arity(), 1 | 2), "{op:?}");
+                names.insert(op.name());
+            }
+        }
+        // Matmul's four transpose variants and the reductions' two axes share a name.
+        assert_eq!(names.len(), 17, "{names:?}");
     }
 }

@@ -108,7 +108,8 @@ impl Tensor {
         Ok(out)
     }
 
-    fn op(&self, op: TensorOp, other: Option<&Tensor>, what: &str) -> Result<Tensor, Error> {
+    fn op(&self, op: TensorOp, other: Option<&Tensor>) -> Result<Tensor, Error> {
+        let what = op.name();
         let b = other.map_or(self.handle, |t| t.handle);
         let handle = sys::tensor_op(op, self.handle, b).map_err(host_err(what))?;
         // The host knows the shape; asking keeps one source of truth for shape rules.
@@ -134,7 +135,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` when the inner dimensions differ.
     pub fn matmul_t(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor, Error> {
-        self.op(TensorOp::Matmul { trans_a, trans_b }, Some(other), "matmul")
+        self.op(TensorOp::Matmul { trans_a, trans_b }, Some(other))
     }
 
     /// `self + other` element-wise; `other` may be a `1 x cols` row, added to every row.
@@ -142,7 +143,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` for other shapes.
     pub fn add(&self, other: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::Binary(BinaryOp::Add), Some(other), "add")
+        self.op(TensorOp::Binary(BinaryOp::Add), Some(other))
     }
 
     /// `self - other` element-wise (broadcast as [`Tensor::add`]).
@@ -150,7 +151,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` for other shapes.
     pub fn sub(&self, other: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::Binary(BinaryOp::Sub), Some(other), "sub")
+        self.op(TensorOp::Binary(BinaryOp::Sub), Some(other))
     }
 
     /// `self * other` element-wise (broadcast as [`Tensor::add`]).
@@ -158,7 +159,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` for other shapes.
     pub fn mul(&self, other: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::Binary(BinaryOp::Mul), Some(other), "mul")
+        self.op(TensorOp::Binary(BinaryOp::Mul), Some(other))
     }
 
     /// `alpha * self`.
@@ -166,7 +167,7 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn scale(&self, alpha: f32) -> Result<Tensor, Error> {
-        self.op(TensorOp::Scale { alpha }, None, "scale")
+        self.op(TensorOp::Scale { alpha }, None)
     }
 
     /// `alpha * self + y`.
@@ -174,7 +175,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn axpy(&self, alpha: f32, y: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::Axpy { alpha }, Some(y), "axpy")
+        self.op(TensorOp::Axpy { alpha }, Some(y))
     }
 
     /// `max(self, 0)`.
@@ -182,7 +183,7 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn relu(&self) -> Result<Tensor, Error> {
-        self.op(TensorOp::Activation(UnaryOp::Relu), None, "relu")
+        self.op(TensorOp::Activation(UnaryOp::Relu), None)
     }
 
     /// `dy` where `self > 0`, else 0 (`self` is the pre-activation input).
@@ -190,11 +191,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn relu_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::ActivationGrad(UnaryOp::Relu),
-            Some(dy),
-            "relu_grad",
-        )
+        self.op(TensorOp::ActivationGrad(UnaryOp::Relu), Some(dy))
     }
 
     /// `1 / (1 + exp(-self))`.
@@ -202,7 +199,7 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn sigmoid(&self) -> Result<Tensor, Error> {
-        self.op(TensorOp::Activation(UnaryOp::Sigmoid), None, "sigmoid")
+        self.op(TensorOp::Activation(UnaryOp::Sigmoid), None)
     }
 
     /// `dy * s * (1 - s)` with `s = sigmoid(self)`.
@@ -210,11 +207,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn sigmoid_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::ActivationGrad(UnaryOp::Sigmoid),
-            Some(dy),
-            "sigmoid_grad",
-        )
+        self.op(TensorOp::ActivationGrad(UnaryOp::Sigmoid), Some(dy))
     }
 
     /// `tanh(self)`.
@@ -222,7 +215,7 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn tanh(&self) -> Result<Tensor, Error> {
-        self.op(TensorOp::Activation(UnaryOp::Tanh), None, "tanh")
+        self.op(TensorOp::Activation(UnaryOp::Tanh), None)
     }
 
     /// `dy * (1 - tanh(self)^2)`.
@@ -230,11 +223,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless both have one shape.
     pub fn tanh_grad(&self, dy: &Tensor) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::ActivationGrad(UnaryOp::Tanh),
-            Some(dy),
-            "tanh_grad",
-        )
+        self.op(TensorOp::ActivationGrad(UnaryOp::Tanh), Some(dy))
     }
 
     /// Sum along `axis`: `Axis0` gives `1 x cols`, `Axis1` gives `rows x 1`.
@@ -248,7 +237,6 @@ impl Tensor {
                 axis,
             },
             None,
-            "sum",
         )
     }
 
@@ -263,7 +251,6 @@ impl Tensor {
                 axis,
             },
             None,
-            "mean",
         )
     }
 
@@ -273,11 +260,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless `labels` is `r x 1`.
     pub fn softmax_xent(&self, labels: &Tensor) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::SoftmaxXent(XentReduction::Mean),
-            Some(labels),
-            "softmax_xent",
-        )
+        self.op(TensorOp::SoftmaxXent(XentReduction::Mean), Some(labels))
     }
 
     /// The per-row softmax cross-entropy loss (`r x 1`); see [`Tensor::softmax_xent`].
@@ -285,11 +268,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless `labels` is `r x 1`.
     pub fn softmax_xent_per_row(&self, labels: &Tensor) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::SoftmaxXent(XentReduction::PerRow),
-            Some(labels),
-            "softmax_xent",
-        )
+        self.op(TensorOp::SoftmaxXent(XentReduction::PerRow), Some(labels))
     }
 
     /// The gradient of [`Tensor::softmax_xent`] with respect to the logits:
@@ -298,7 +277,7 @@ impl Tensor {
     /// # Errors
     /// `ShapeMismatch` unless `labels` is `r x 1`.
     pub fn softmax_xent_grad(&self, labels: &Tensor) -> Result<Tensor, Error> {
-        self.op(TensorOp::SoftmaxXentGrad, Some(labels), "softmax_xent_grad")
+        self.op(TensorOp::SoftmaxXentGrad, Some(labels))
     }
 
     /// `self^T`.
@@ -306,7 +285,7 @@ impl Tensor {
     /// # Errors
     /// Quota and device errors.
     pub fn transpose(&self) -> Result<Tensor, Error> {
-        self.op(TensorOp::Transpose, None, "transpose")
+        self.op(TensorOp::Transpose, None)
     }
 }
 

@@ -1,26 +1,34 @@
-//! Matmul GFLOP/s through the guest ABI, in one table: the pure-wasm task (`matmul-wasm`),
-//! the same task with the product on the host (`matmul`, via `Tensor`) on the cpu backend
-//! and on wgpu, and the cpu kernel called natively. The last column is the native kernel's
-//! rate over the guest→host cpu rate: what the sandbox, the copies in and out, the seeded
-//! matrices and the output's hashing cost.
+//! Matmul GFLOP/s through the guest ABI, in one table and one run:
+//! - `pure wasm`: the `matmul-wasm` task, the product computed inside the sandbox;
+//! - `task cpu`: the `matmul` task, the product on the host's cpu backend via `Tensor`, counting
+//!   the whole task (seeding the matrices in wasm, copies in and out, storing the output);
+//! - `guest cpu`: the cost of one more product inside a running task, measured as
+//!   `(T(reps = R) - T(reps = 1)) / (R - 1)` on tasks that repeat the product on resident
+//!   tensors: what a training loop's step pays for a matmul through the sandbox;
+//! - `native cpu`: the same backend called directly, no sandbox;
+//! - `numpy`: `numpy.matmul` (OpenBLAS) in a child process, the reference the issue names;
+//! - `task gpu`: the `matmul` task on the wgpu backend (whatever adapter the machine has).
 //!
-//! Task rates count the whole task (`2 n^3` flops over its wall time): that is what a user
-//! pays. Each figure is the best of a few runs (one at the largest sizes).
+//! Every figure is `2 n^3` flops over the median of several timings.
 //!
 //! `cargo bench --profile dev -p shoal-host --bench guest_matmul`
+//! (`SHOAL_BENCH_PYTHON` names a python with numpy; default `python3`.)
 
 use std::{
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use shoal_host::{
-    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, Op, Shape},
+    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, Shape, TensorOp},
     runtime::{Limits, Runtime, RuntimeConfig, TaskSpec},
     store::BlockStore,
 };
 
 const SIZES: [usize; 4] = [256, 512, 1024, 2048];
+/// Products per task for the steady-state column.
+const REPS: u32 = 9;
 /// Pure wasm at 2048 is skipped when 1024 already took longer than this (2048 is 8x the work).
 const WASM_2048_BUDGET: Duration = Duration::from_millis(7_500);
 
@@ -29,7 +37,12 @@ fn gflops(n: usize, t: Duration) -> f64 {
 }
 
 fn runs(n: usize) -> usize {
-    if n >= 1024 { 1 } else { 3 }
+    if n >= 1024 { 3 } else { 7 }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }
 
 struct Bench {
@@ -52,51 +65,56 @@ impl Bench {
             ..RuntimeConfig::default()
         };
         let rt = Runtime::new(store, config).expect("runtime");
-        Self {
+        let bench = Self {
             _dir: dir,
             rt,
             module,
-        }
+        };
+        // Compiles the module and starts the backend.
+        bench.run(16, 1);
+        bench
     }
 
-    /// Best wall time of `runs` task runs at size `n` (after one warm-up that compiles the
-    /// module and starts the backend).
-    fn time(&self, n: usize, runs: usize) -> (Duration, Option<String>) {
-        let limits = Limits {
-            timeout: Duration::from_secs(300),
-            cpu_budget: Duration::from_secs(600),
-            ..Limits::default()
-        };
-        let spec = |n: usize| TaskSpec {
+    /// Runs the task once at size `n` with `reps` products; returns its wall time and backend.
+    fn run(&self, n: usize, reps: u32) -> (Duration, Option<String>) {
+        let spec = TaskSpec {
             module: self.module,
             task: None,
             inputs: vec![],
-            args: vec![("n".into(), n.to_string()), ("seed".into(), "1".into())],
-            limits: limits.clone(),
+            args: vec![
+                ("n".into(), n.to_string()),
+                ("seed".into(), "1".into()),
+                ("reps".into(), reps.to_string()),
+            ],
+            limits: Limits {
+                timeout: Duration::from_secs(300),
+                cpu_budget: Duration::from_secs(600),
+                ..Limits::default()
+            },
         };
-        let warm = self.rt.run_blocking(&spec(16));
+        let started = Instant::now();
+        let report = self.rt.run_blocking(&spec);
+        let took = started.elapsed();
         assert!(
-            warm.result.is_ok(),
-            "warm-up failed: {:?}\n{}",
-            warm.result,
-            warm.logs
+            report.result.is_ok(),
+            "n={n} failed: {:?}\n{}",
+            report.result,
+            report.logs
         );
-        let mut best = Duration::MAX;
+        (took, report.stats.backend)
+    }
+
+    /// Median wall time of `runs` tasks at size `n`.
+    fn time(&self, n: usize, reps: u32, runs: usize) -> (Duration, Option<String>) {
         let mut backend = None;
-        for _ in 0..runs {
-            let started = Instant::now();
-            let report = self.rt.run_blocking(&spec(n));
-            let took = started.elapsed();
-            assert!(
-                report.result.is_ok(),
-                "n={n} failed: {:?}\n{}",
-                report.result,
-                report.logs
-            );
-            best = best.min(took);
-            backend = report.stats.backend;
-        }
-        (best, backend)
+        let times = (0..runs)
+            .map(|_| {
+                let (t, name) = self.run(n, reps);
+                backend = name;
+                t
+            })
+            .collect();
+        (median(times), backend)
     }
 }
 
@@ -108,19 +126,56 @@ fn native(backend: &dyn Backend, n: usize, runs: usize) -> Duration {
         backend.upload(&a, shape).expect("upload"),
         backend.upload(&a, shape).expect("upload"),
     );
-    let op = Op::Matmul {
+    let op = TensorOp::Matmul {
         trans_a: false,
         trans_b: false,
     };
     drop(backend.execute(op, &[&a, &b]).expect("warm-up"));
-    (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            drop(backend.execute(op, &[&a, &b]).expect("matmul"));
-            started.elapsed()
+    median(
+        (0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                drop(backend.execute(op, &[&a, &b]).expect("matmul"));
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// numpy's matmul GFLOP/s at each size (median of 7), or why there is none.
+fn numpy() -> Result<Vec<f64>, String> {
+    let python = std::env::var("SHOAL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let sizes = SIZES.map(|n| n.to_string()).join(",");
+    let script = format!(
+        "import time, numpy as np\n\
+         for n in [{sizes}]:\n\
+         \x20   a = np.random.rand(n, n).astype(np.float32); b = a.copy(); a @ b\n\
+         \x20   ts = []\n\
+         \x20   for _ in range(7):\n\
+         \x20       t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n\
+         \x20   print(2 * n**3 / sorted(ts)[3] / 1e9)\n"
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{python} has no numpy ({}): pip install numpy, or set SHOAL_BENCH_PYTHON",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .map_err(|e| format!("bad numpy output {l:?}: {e}"))
         })
-        .min()
-        .unwrap_or_default()
+        .collect()
 }
 
 fn main() {
@@ -131,41 +186,61 @@ fn main() {
     let software_gpu = GpuBackend::new(true)
         .map(|g| g.is_software())
         .unwrap_or(true);
-    // A software adapter (llvmpipe) runs at ~0.2 GFLOP/s: only the small sizes finish.
+    // A software adapter (llvmpipe) runs at ~0.4 GFLOP/s: only the small sizes finish.
     let gpu_max = if software_gpu { 512 } else { usize::MAX };
+    let numpy = numpy();
 
-    println!("matmul GFLOP/s (2 n^3 / wall time; task columns include the whole task)");
+    println!("matmul GFLOP/s, 2 n^3 / median time");
     println!("native cpu kernel: {}", cpu.name());
+    if let Err(why) = &numpy {
+        println!("numpy column empty: {why}");
+    }
     println!(
-        "{:>6} | {:>10} | {:>14} | {:>10} | {:>14} | {:>16}",
-        "n", "pure wasm", "guest→host cpu", "native cpu", "guest→host gpu", "native/guest cpu"
+        "{:>5} | {:>9} | {:>8} | {:>9} | {:>10} | {:>6} | {:>8} | {:>12} | {:>12}",
+        "n",
+        "pure wasm",
+        "task cpu",
+        "guest cpu",
+        "native cpu",
+        "numpy",
+        "task gpu",
+        "guest/native",
+        "guest/numpy"
     );
     let mut wasm_1024 = Duration::ZERO;
     let mut gpu_name = None;
-    for n in SIZES {
+    for (i, n) in SIZES.into_iter().enumerate() {
         let wasm_col = if n == 2048 && wasm_1024 > WASM_2048_BUDGET {
-            format!("skipped ({:.1} s at 1024)", wasm_1024.as_secs_f64())
+            "skipped".to_owned()
         } else {
-            let (t, _) = wasm.time(n, runs(n));
+            let (t, _) = wasm.time(n, 1, 1);
             if n == 1024 {
                 wasm_1024 = t;
             }
             format!("{:.2}", gflops(n, t))
         };
-        let (host_t, _) = host_cpu.time(n, runs(n));
-        let native_t = native(&cpu, n, runs(n).max(3));
+        let (task_t, _) = host_cpu.time(n, 1, runs(n));
+        let (reps_t, _) = host_cpu.time(n, REPS, runs(n));
+        let guest = gflops(n, reps_t.saturating_sub(task_t) / (REPS - 1));
+        let native = gflops(n, native(&cpu, n, runs(n).max(5)));
         let gpu_col = if n <= gpu_max {
-            let (t, name) = host_gpu.time(n, 1);
+            let (t, name) = host_gpu.time(n, 1, 1);
             gpu_name = gpu_name.or(name);
             format!("{:.3}", gflops(n, t))
         } else {
             "-".to_owned()
         };
+        let (numpy_col, vs_numpy) = match &numpy {
+            Ok(rates) => (
+                format!("{:.1}", rates[i]),
+                format!("{:.2}", guest / rates[i]),
+            ),
+            Err(_) => ("-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "{n:>6} | {wasm_col:>10} | {:>14.2} | {:>10.2} | {gpu_col:>14} | {:>15.2}x",
-            gflops(n, host_t),
-            gflops(n, native_t),
-            host_t.as_secs_f64() / native_t.as_secs_f64()
+            "{n:>5} | {wasm_col:>9} | {:>8.2} | {guest:>9.2} | {native:>10.2} | {numpy_col:>6} | {gpu_col:>8} | {:>12.2} | {vs_numpy:>12}",
+            gflops(n, task_t),
+            guest / native,
         );
     }
     println!("gpu backend: {}", gpu_name.unwrap_or_else(|| "none".into()));

@@ -7,7 +7,7 @@
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use shoal_host::compute::{Backend, CpuBackend, GpuBackend, Op, Shape};
+use shoal_host::compute::{Backend, CpuBackend, GpuBackend, Shape, TensorOp};
 
 const CPU_SIZES: [u32; 4] = [256, 512, 1024, 2048];
 
@@ -26,7 +26,7 @@ fn operands(
 }
 
 fn bench_matmul(c: &mut Criterion) {
-    let matmul = Op::Matmul {
+    let matmul = TensorOp::Matmul {
         trans_a: false,
         trans_b: false,
     };

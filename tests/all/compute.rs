@@ -612,7 +612,7 @@ fn auto_picks_hardware_gpu_or_cpu() {
 fn tensors_from_another_backend_are_refused() {
     let (cpu, gpu) = (cpu(), gpu());
     let on_cpu = cpu.upload(&[1.0], Shape::new(1, 1)).unwrap();
-    let op = shoal_host::compute::Op::Scale { alpha: 1.0 };
+    let op = shoal_host::compute::TensorOp::Scale { alpha: 1.0 };
     let err = gpu.execute(op, &[&on_cpu]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
 }

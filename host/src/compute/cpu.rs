@@ -6,8 +6,8 @@ use std::{num::NonZeroUsize, thread};
 use gemm::Parallelism;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, Op, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
-    UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
+    TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Below this many multiply-adds a matmul runs on one thread: spawning costs more.
@@ -92,7 +92,7 @@ impl CpuBackend {
     }
 
     /// `op(A) @ op(B)` for host operands `lhs` (shaped `a`) and `rhs` (shaped `b`), whose
-    /// shapes `Op::output_shape` has already checked against `out`.
+    /// shapes `output_shape` has already checked against `out`.
     fn matmul(
         &self,
         lhs: &[f32],
@@ -120,7 +120,7 @@ impl CpuBackend {
         // the m x k operand op(A): untransposed A is m x k (stride k = a_cols, 1), transposed
         // A is stored k x m and read at strides (1, a_cols = m); both stay inside its
         // a.rows * a.cols values. The same holds for `rhs` (k x n). The shapes were checked by
-        // `Op::output_shape` before this call, and no pointer aliases another (dst is fresh).
+        // `output_shape` before this call, and no pointer aliases another (dst is fresh).
         unsafe {
             gemm::gemm(
                 m,
@@ -209,7 +209,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
+    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
         let shape = check_inputs(op, inputs)?;
         let len = shape.elements()?;
         let a = self.host(inputs[0])?;
@@ -219,7 +219,7 @@ impl Backend for CpuBackend {
         };
         let (rows, cols) = (inputs[0].shape.rows as usize, inputs[0].shape.cols as usize);
         let data = match op {
-            Op::Matmul { trans_a, trans_b } => self.matmul(
+            TensorOp::Matmul { trans_a, trans_b } => self.matmul(
                 a,
                 inputs[0].shape,
                 b,
@@ -227,7 +227,7 @@ impl Backend for CpuBackend {
                 (trans_a, trans_b),
                 shape,
             ),
-            Op::Binary(bop) => {
+            TensorOp::Binary(bop) => {
                 let f: fn(f32, f32) -> f32 = match bop {
                     BinaryOp::Add => |x, y| x + y,
                     BinaryOp::Sub => |x, y| x - y,
@@ -237,23 +237,23 @@ impl Backend for CpuBackend {
                 let b_len = b.len();
                 self.map_elems(len, |i| f(a[i], b[i % b_len]))
             }
-            Op::Scale { alpha } => self.map_elems(len, |i| alpha * a[i]),
-            Op::Axpy { alpha } => self.map_elems(len, |i| alpha * a[i] + b[i]),
-            Op::Activation(UnaryOp::Relu) => self.map_elems(len, |i| a[i].max(0.0)),
-            Op::Activation(UnaryOp::Sigmoid) => self.map_elems(len, |i| sigmoid(a[i])),
-            Op::Activation(UnaryOp::Tanh) => self.map_elems(len, |i| a[i].tanh()),
-            Op::ActivationGrad(UnaryOp::Relu) => {
+            TensorOp::Scale { alpha } => self.map_elems(len, |i| alpha * a[i]),
+            TensorOp::Axpy { alpha } => self.map_elems(len, |i| alpha * a[i] + b[i]),
+            TensorOp::Activation(UnaryOp::Relu) => self.map_elems(len, |i| a[i].max(0.0)),
+            TensorOp::Activation(UnaryOp::Sigmoid) => self.map_elems(len, |i| sigmoid(a[i])),
+            TensorOp::Activation(UnaryOp::Tanh) => self.map_elems(len, |i| a[i].tanh()),
+            TensorOp::ActivationGrad(UnaryOp::Relu) => {
                 self.map_elems(len, |i| if a[i] > 0.0 { b[i] } else { 0.0 })
             }
-            Op::ActivationGrad(UnaryOp::Sigmoid) => self.map_elems(len, |i| {
+            TensorOp::ActivationGrad(UnaryOp::Sigmoid) => self.map_elems(len, |i| {
                 let s = sigmoid(a[i]);
                 b[i] * s * (1.0 - s)
             }),
-            Op::ActivationGrad(UnaryOp::Tanh) => self.map_elems(len, |i| {
+            TensorOp::ActivationGrad(UnaryOp::Tanh) => self.map_elems(len, |i| {
                 let t = a[i].tanh();
                 b[i] * (1.0 - t * t)
             }),
-            Op::Reduce { op: rop, axis } => {
+            TensorOp::Reduce { op: rop, axis } => {
                 let count = match axis {
                     ReduceAxis::Axis0 => rows,
                     ReduceAxis::Axis1 => cols,
@@ -283,14 +283,14 @@ impl Backend for CpuBackend {
                     }
                 }
             }
-            Op::SoftmaxXent { reduction } => {
+            TensorOp::SoftmaxXent(reduction) => {
                 let loss = self.softmax_xent_rows(a, b, cols);
                 match reduction {
                     XentReduction::PerRow => loss,
                     XentReduction::Mean => vec![loss.iter().sum::<f32>() / rows as f32],
                 }
             }
-            Op::SoftmaxXentGrad => {
+            TensorOp::SoftmaxXentGrad => {
                 let mut grad = vec![0.0; len];
                 let inv_rows = 1.0 / rows as f32;
                 self.par_rows(&mut grad, cols, |r, out| {
@@ -312,7 +312,7 @@ impl Backend for CpuBackend {
                 });
                 grad
             }
-            Op::Transpose => {
+            TensorOp::Transpose => {
                 let mut out = vec![0.0; len];
                 // Output row j is input column j.
                 self.par_rows(&mut out, rows, |j, out_row| {
@@ -353,7 +353,7 @@ mod tests {
         ] {
             let c = cpu
                 .execute(
-                    Op::Matmul {
+                    TensorOp::Matmul {
                         trans_a: ta,
                         trans_b: tb,
                     },
@@ -373,9 +373,7 @@ mod tests {
         let labels = cpu.upload(&[1.0, 7.0], Shape::new(2, 1)).unwrap();
         let loss = cpu
             .execute(
-                Op::SoftmaxXent {
-                    reduction: XentReduction::PerRow,
-                },
+                TensorOp::SoftmaxXent(XentReduction::PerRow),
                 &[&logits, &labels],
             )
             .unwrap();

@@ -11,8 +11,8 @@ use std::{num::NonZeroU64, sync::mpsc};
 use wgpu::util::DeviceExt;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, Op, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
-    UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
+    TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Every shader file, by name, with its WGSL source (for validation in tests and tools).
@@ -450,7 +450,7 @@ impl GpuBackend {
     fn record(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        op: Op,
+        op: TensorOp,
         inputs: &[&Tensor],
         out: &wgpu::Buffer,
         out_shape: Shape,
@@ -479,7 +479,7 @@ impl GpuBackend {
             ..Params::default()
         };
         match op {
-            Op::Matmul { trans_a, trans_b } => {
+            TensorOp::Matmul { trans_a, trans_b } => {
                 let k = if trans_a { sa.rows } else { sa.cols };
                 let params = Params {
                     rows: out_shape.rows,
@@ -492,7 +492,7 @@ impl GpuBackend {
                     * u64::from(out_shape.cols.div_ceil(MATMUL_TILE));
                 self.dispatch(encoder, Kernel::Matmul, params, (a, b), out, tiles)
             }
-            Op::Binary(bop) => {
+            TensorOp::Binary(bop) => {
                 let kernel = match bop {
                     BinaryOp::Add => Kernel::Add,
                     BinaryOp::Sub => Kernel::Sub,
@@ -500,7 +500,7 @@ impl GpuBackend {
                 };
                 self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
             }
-            Op::Scale { alpha } => {
+            TensorOp::Scale { alpha } => {
                 let params = Params { alpha, ..base };
                 self.dispatch(
                     encoder,
@@ -511,7 +511,7 @@ impl GpuBackend {
                     elementwise_groups,
                 )
             }
-            Op::Axpy { alpha } => {
+            TensorOp::Axpy { alpha } => {
                 let params = Params { alpha, ..base };
                 self.dispatch(
                     encoder,
@@ -522,8 +522,8 @@ impl GpuBackend {
                     elementwise_groups,
                 )
             }
-            Op::Activation(u) | Op::ActivationGrad(u) => {
-                let grad = matches!(op, Op::ActivationGrad(_));
+            TensorOp::Activation(u) | TensorOp::ActivationGrad(u) => {
+                let grad = matches!(op, TensorOp::ActivationGrad(_));
                 let kernel = match (u, grad) {
                     (UnaryOp::Relu, false) => Kernel::Relu,
                     (UnaryOp::Relu, true) => Kernel::ReluGrad,
@@ -534,7 +534,7 @@ impl GpuBackend {
                 };
                 self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
             }
-            Op::Reduce { op: rop, axis } => {
+            TensorOp::Reduce { op: rop, axis } => {
                 let (kernel, count, groups) = match axis {
                     ReduceAxis::Axis0 => (
                         Kernel::SumAxis0,
@@ -550,9 +550,7 @@ impl GpuBackend {
                 let params = Params { alpha, ..base };
                 self.dispatch(encoder, kernel, params, (a, a), out, groups)
             }
-            Op::SoftmaxXent {
-                reduction: XentReduction::PerRow,
-            } => self.dispatch(
+            TensorOp::SoftmaxXent(XentReduction::PerRow) => self.dispatch(
                 encoder,
                 Kernel::XentForward,
                 base,
@@ -560,9 +558,7 @@ impl GpuBackend {
                 out,
                 sa.rows.into(),
             ),
-            Op::SoftmaxXent {
-                reduction: XentReduction::Mean,
-            } => {
+            TensorOp::SoftmaxXent(XentReduction::Mean) => {
                 let per_row = self.tensor_buffer(Shape::new(sa.rows, 1))?;
                 self.dispatch(
                     encoder,
@@ -588,7 +584,7 @@ impl GpuBackend {
                     1,
                 )
             }
-            Op::SoftmaxXentGrad => {
+            TensorOp::SoftmaxXentGrad => {
                 let params = Params {
                     alpha: 1.0 / sa.rows as f32,
                     ..base
@@ -602,7 +598,7 @@ impl GpuBackend {
                     sa.rows.into(),
                 )
             }
-            Op::Transpose => {
+            TensorOp::Transpose => {
                 let tiles = u64::from(sa.rows.div_ceil(TRANSPOSE_TILE))
                     * u64::from(sa.cols.div_ceil(TRANSPOSE_TILE));
                 self.dispatch(encoder, Kernel::Transpose, base, (a, a), out, tiles)
@@ -744,7 +740,7 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
+    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
         let shape = check_inputs(op, inputs)?;
         let out = self.tensor_buffer(shape)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -4,8 +4,8 @@
 //! between ops; reading one back is an explicit call. A task sees tensors only through its
 //! [`TensorTable`], which hands out `u32` handles and counts bytes against a quota.
 //!
-//! Every [`Op`] has the same semantics on every backend; [`Op::output_shape`] is the one place
-//! that decides which shapes fit an op.
+//! Every [`TensorOp`] (the ABI's own type) has the same semantics on every backend;
+//! [`output_shape`] is the one place that decides which shapes fit an op.
 //!
 //! ```no_run
 //! use shoal_host::compute::{DeviceChoice, Shape, TensorTable, select_backend};
@@ -23,7 +23,7 @@
 use std::{fmt, sync::Arc};
 
 use shoal::abi::ErrorCode;
-pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, UnaryOp, XentReduction};
+pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, TensorOp, UnaryOp, XentReduction};
 
 mod cpu;
 mod gpu;
@@ -245,169 +245,85 @@ impl ComputeError {
     }
 }
 
-/// One tensor operation. Inputs are passed in the order given for each variant.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum Op {
-    /// `op(A) @ op(B)`, inputs `[a, b]`, where `op(X)` is `X` or its transpose. `op(A)` is
-    /// `m x k`, `op(B)` is `k x n`, the result `m x n`.
-    Matmul {
-        /// Use A transposed (A stored `k x m`).
-        trans_a: bool,
-        /// Use B transposed (B stored `n x k`).
-        trans_b: bool,
-    },
-    /// `a op b`, inputs `[a, b]`; `b` is `a`'s shape or `1 x cols` (broadcast over rows).
-    Binary(BinaryOp),
-    /// `alpha * x`, inputs `[x]`.
-    Scale {
-        /// The factor.
-        alpha: f32,
-    },
-    /// `alpha * x + y`, inputs `[x, y]` of one shape.
-    Axpy {
-        /// The factor on `x`.
-        alpha: f32,
-    },
-    /// `f(x)`, inputs `[x]`.
-    Activation(UnaryOp),
-    /// `dy * f'(x)`, inputs `[x, dy]` of one shape (`x` is the pre-activation input).
-    ActivationGrad(UnaryOp),
-    /// Sum or mean along an axis, inputs `[x]`.
-    Reduce {
-        /// Sum or mean.
-        op: ReduceOp,
-        /// Which axis collapses.
-        axis: ReduceAxis,
-    },
-    /// Row softmax + cross-entropy loss, inputs `[logits (r x c), labels (r x 1)]`.
-    SoftmaxXent {
-        /// Mean loss (`1 x 1`) or per-row loss (`r x 1`).
-        reduction: XentReduction,
-    },
-    /// `(softmax(logits) - onehot(labels)) / r`, inputs `[logits, labels]`; the gradient of
-    /// the mean loss.
-    SoftmaxXentGrad,
-    /// `x^T`, inputs `[x]`.
-    Transpose,
-}
-
-impl Op {
-    /// The op's name, for errors and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Matmul { .. } => "matmul",
-            Self::Binary(BinaryOp::Add) => "add",
-            Self::Binary(BinaryOp::Sub) => "sub",
-            Self::Binary(BinaryOp::Mul) => "mul",
-            Self::Scale { .. } => "scale",
-            Self::Axpy { .. } => "axpy",
-            Self::Activation(UnaryOp::Relu) => "relu",
-            Self::Activation(UnaryOp::Sigmoid) => "sigmoid",
-            Self::Activation(UnaryOp::Tanh) => "tanh",
-            Self::ActivationGrad(UnaryOp::Relu) => "relu_grad",
-            Self::ActivationGrad(UnaryOp::Sigmoid) => "sigmoid_grad",
-            Self::ActivationGrad(UnaryOp::Tanh) => "tanh_grad",
-            Self::Reduce {
-                op: ReduceOp::Sum, ..
-            } => "sum",
-            Self::Reduce {
-                op: ReduceOp::Mean, ..
-            } => "mean",
-            Self::SoftmaxXent { .. } => "softmax_xent",
-            Self::SoftmaxXentGrad => "softmax_xent_grad",
-            Self::Transpose => "transpose",
-        }
+/// The shape of `op`'s result for inputs of these shapes: the one place that decides which
+/// shapes fit an op, on every backend.
+///
+/// # Errors
+///
+/// [`ComputeError::Arity`] for the wrong number of inputs, [`ComputeError::ShapeMismatch`]
+/// when the shapes do not fit the op.
+pub fn output_shape(op: TensorOp, inputs: &[Shape]) -> Result<Shape, ComputeError> {
+    let name = op.name();
+    if inputs.len() != op.arity() {
+        return Err(ComputeError::Arity {
+            op: name,
+            expected: op.arity(),
+            got: inputs.len(),
+        });
     }
-
-    /// How many input tensors the op takes.
-    pub fn arity(&self) -> usize {
-        match self {
-            Self::Scale { .. } | Self::Activation(_) | Self::Reduce { .. } | Self::Transpose => 1,
-            Self::Matmul { .. }
-            | Self::Binary(_)
-            | Self::Axpy { .. }
-            | Self::ActivationGrad(_)
-            | Self::SoftmaxXent { .. }
-            | Self::SoftmaxXentGrad => 2,
+    let a = inputs[0];
+    let b = inputs.get(1).copied().unwrap_or(a);
+    let mismatch = || ComputeError::ShapeMismatch {
+        op: name,
+        lhs: a,
+        rhs: b,
+    };
+    match op {
+        TensorOp::Matmul { trans_a, trans_b } => {
+            let (m, ka) = if trans_a {
+                (a.cols, a.rows)
+            } else {
+                (a.rows, a.cols)
+            };
+            let (kb, n) = if trans_b {
+                (b.cols, b.rows)
+            } else {
+                (b.rows, b.cols)
+            };
+            if ka != kb {
+                return Err(mismatch());
+            }
+            Ok(Shape::new(m, n))
         }
-    }
-
-    /// The shape of the op's result for inputs of these shapes.
-    ///
-    /// # Errors
-    ///
-    /// [`ComputeError::Arity`] for the wrong number of inputs, [`ComputeError::ShapeMismatch`]
-    /// when the shapes do not fit the op.
-    pub fn output_shape(&self, inputs: &[Shape]) -> Result<Shape, ComputeError> {
-        let op = self.name();
-        if inputs.len() != self.arity() {
-            return Err(ComputeError::Arity {
-                op,
-                expected: self.arity(),
-                got: inputs.len(),
-            });
-        }
-        let a = inputs[0];
-        let b = inputs.get(1).copied().unwrap_or(a);
-        let mismatch = || ComputeError::ShapeMismatch { op, lhs: a, rhs: b };
-        match *self {
-            Self::Matmul { trans_a, trans_b } => {
-                let (m, ka) = if trans_a {
-                    (a.cols, a.rows)
-                } else {
-                    (a.rows, a.cols)
-                };
-                let (kb, n) = if trans_b {
-                    (b.cols, b.rows)
-                } else {
-                    (b.rows, b.cols)
-                };
-                if ka != kb {
-                    return Err(mismatch());
-                }
-                Ok(Shape::new(m, n))
-            }
-            Self::Binary(_) => {
-                if b == a || (b.rows == 1 && b.cols == a.cols) {
-                    Ok(a)
-                } else {
-                    Err(mismatch())
-                }
-            }
-            Self::Axpy { .. } | Self::ActivationGrad(_) => {
-                if a == b {
-                    Ok(a)
-                } else {
-                    Err(mismatch())
-                }
-            }
-            Self::Scale { .. } | Self::Activation(_) => Ok(a),
-            Self::Reduce {
-                axis: ReduceAxis::Axis0,
-                ..
-            } => Ok(Shape::new(1, a.cols)),
-            Self::Reduce {
-                axis: ReduceAxis::Axis1,
-                ..
-            } => Ok(Shape::new(a.rows, 1)),
-            Self::SoftmaxXent { reduction } => {
-                if b != Shape::new(a.rows, 1) {
-                    return Err(mismatch());
-                }
-                Ok(match reduction {
-                    XentReduction::Mean => Shape::new(1, 1),
-                    XentReduction::PerRow => Shape::new(a.rows, 1),
-                })
-            }
-            Self::SoftmaxXentGrad => {
-                if b != Shape::new(a.rows, 1) {
-                    return Err(mismatch());
-                }
+        TensorOp::Binary(_) => {
+            if b == a || (b.rows == 1 && b.cols == a.cols) {
                 Ok(a)
+            } else {
+                Err(mismatch())
             }
-            Self::Transpose => Ok(a.transposed()),
         }
+        TensorOp::Axpy { .. } | TensorOp::ActivationGrad(_) => {
+            if a == b {
+                Ok(a)
+            } else {
+                Err(mismatch())
+            }
+        }
+        TensorOp::Scale { .. } | TensorOp::Activation(_) => Ok(a),
+        TensorOp::Reduce {
+            axis: ReduceAxis::Axis0,
+            ..
+        } => Ok(Shape::new(1, a.cols)),
+        TensorOp::Reduce {
+            axis: ReduceAxis::Axis1,
+            ..
+        } => Ok(Shape::new(a.rows, 1)),
+        TensorOp::SoftmaxXent(reduction) => {
+            if b != Shape::new(a.rows, 1) {
+                return Err(mismatch());
+            }
+            Ok(match reduction {
+                XentReduction::Mean => Shape::new(1, 1),
+                XentReduction::PerRow => Shape::new(a.rows, 1),
+            })
+        }
+        TensorOp::SoftmaxXentGrad => {
+            if b != Shape::new(a.rows, 1) {
+                return Err(mismatch());
+            }
+            Ok(a)
+        }
+        TensorOp::Transpose => Ok(a.transposed()),
     }
 }
 
@@ -477,9 +393,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// Shape errors from [`Op::output_shape`], [`ComputeError::WrongBackend`], size and device
+    /// Shape errors from [`output_shape`], [`ComputeError::WrongBackend`], size and device
     /// errors.
-    fn execute(&self, op: Op, inputs: &[&Tensor]) -> Result<Tensor, ComputeError>;
+    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError>;
 }
 
 /// Which device the node should compute on (`--device auto|gpu|cpu`).
@@ -523,9 +439,9 @@ pub fn select_backend(
 }
 
 /// Checks an op's inputs and returns its output shape: the shared prologue of every backend.
-fn check_inputs(op: Op, inputs: &[&Tensor]) -> Result<Shape, ComputeError> {
+fn check_inputs(op: TensorOp, inputs: &[&Tensor]) -> Result<Shape, ComputeError> {
     let shapes: Vec<Shape> = inputs.iter().map(|t| t.shape).collect();
-    op.output_shape(&shapes)
+    output_shape(op, &shapes)
 }
 
 #[cfg(test)]
@@ -551,11 +467,11 @@ mod tests {
     #[test]
     fn output_shapes() {
         let mm = |ta, tb, a, b| {
-            Op::Matmul {
+            let op = TensorOp::Matmul {
                 trans_a: ta,
                 trans_b: tb,
-            }
-            .output_shape(&[a, b])
+            };
+            output_shape(op, &[a, b])
         };
         assert_eq!(
             mm(false, false, Shape::new(3, 4), Shape::new(4, 5)).unwrap(),
@@ -577,38 +493,28 @@ mod tests {
         assert_eq!(err.to_string(), "shapes 3x4 and 5x6 do not fit matmul");
         assert_eq!(err.code(), ErrorCode::ShapeMismatch);
 
-        let add = Op::Binary(BinaryOp::Add);
+        let add = TensorOp::Binary(BinaryOp::Add);
         assert_eq!(
-            add.output_shape(&[Shape::new(3, 4), Shape::new(1, 4)])
-                .unwrap(),
+            output_shape(add, &[Shape::new(3, 4), Shape::new(1, 4)]).unwrap(),
             Shape::new(3, 4)
         );
-        assert!(
-            add.output_shape(&[Shape::new(3, 4), Shape::new(3, 1)])
-                .is_err()
-        );
+        assert!(output_shape(add, &[Shape::new(3, 4), Shape::new(3, 1)]).is_err());
         assert!(matches!(
-            add.output_shape(&[Shape::new(3, 4)]),
+            output_shape(add, &[Shape::new(3, 4)]),
             Err(ComputeError::Arity { .. })
         ));
-        let xent = Op::SoftmaxXent {
-            reduction: XentReduction::Mean,
-        };
+        let xent = TensorOp::SoftmaxXent(XentReduction::Mean);
         assert_eq!(
-            xent.output_shape(&[Shape::new(3, 4), Shape::new(3, 1)])
-                .unwrap(),
+            output_shape(xent, &[Shape::new(3, 4), Shape::new(3, 1)]).unwrap(),
             Shape::new(1, 1)
         );
-        assert!(
-            xent.output_shape(&[Shape::new(3, 4), Shape::new(4, 1)])
-                .is_err()
-        );
-        let sum0 = Op::Reduce {
+        assert!(output_shape(xent, &[Shape::new(3, 4), Shape::new(4, 1)]).is_err());
+        let sum0 = TensorOp::Reduce {
             op: ReduceOp::Sum,
             axis: ReduceAxis::Axis0,
         };
         assert_eq!(
-            sum0.output_shape(&[Shape::new(3, 4)]).unwrap(),
+            output_shape(sum0, &[Shape::new(3, 4)]).unwrap(),
             Shape::new(1, 4)
         );
     }

@@ -15,8 +15,8 @@ use std::{
 };
 
 use super::{
-    Backend, BinaryOp, ComputeError, Op, ReduceAxis, ReduceOp, Shape, Tensor, UnaryOp,
-    XentReduction,
+    Backend, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Tensor, TensorOp, UnaryOp,
+    XentReduction, output_shape,
 };
 
 /// Low bits of a handle: the slot, unique within a table.
@@ -163,20 +163,20 @@ impl TensorTable {
     ///
     /// # Errors
     ///
-    /// Bad or foreign handles, shape errors from [`Op::output_shape`], quota, size and device
+    /// Bad or foreign handles, shape errors from [`output_shape`], quota, size and device
     /// errors. Nothing is allocated when an error is returned.
-    pub fn run(&mut self, op: Op, inputs: &[u32]) -> Result<u32, ComputeError> {
+    pub fn run(&mut self, op: TensorOp, inputs: &[u32]) -> Result<u32, ComputeError> {
         let tensors = inputs
             .iter()
             .map(|&h| self.get(h))
             .collect::<Result<Vec<_>, _>>()?;
         let shapes: Vec<Shape> = tensors.iter().map(|t| t.shape()).collect();
-        let bytes = self.reserve(op.output_shape(&shapes)?)?;
+        let bytes = self.reserve(output_shape(op, &shapes)?)?;
         let out = self.backend.execute(op, &tensors)?;
         Ok(self.insert(out, bytes))
     }
 
-    /// `op(A) @ op(B)`; see [`Op::Matmul`].
+    /// `op(A) @ op(B)`; see [`TensorOp::Matmul`].
     ///
     /// # Errors
     ///
@@ -188,16 +188,16 @@ impl TensorTable {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<u32, ComputeError> {
-        self.run(Op::Matmul { trans_a, trans_b }, &[a, b])
+        self.run(TensorOp::Matmul { trans_a, trans_b }, &[a, b])
     }
 
-    /// `a op b`; see [`Op::Binary`].
+    /// `a op b`; see [`TensorOp::Binary`].
     ///
     /// # Errors
     ///
     /// As [`TensorTable::run`].
     pub fn binary(&mut self, op: BinaryOp, a: u32, b: u32) -> Result<u32, ComputeError> {
-        self.run(Op::Binary(op), &[a, b])
+        self.run(TensorOp::Binary(op), &[a, b])
     }
 
     /// `a + b` (`b` may be a `1 x cols` row, broadcast).
@@ -233,7 +233,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn scale(&mut self, x: u32, alpha: f32) -> Result<u32, ComputeError> {
-        self.run(Op::Scale { alpha }, &[x])
+        self.run(TensorOp::Scale { alpha }, &[x])
     }
 
     /// `alpha * x + y`.
@@ -242,7 +242,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn axpy(&mut self, alpha: f32, x: u32, y: u32) -> Result<u32, ComputeError> {
-        self.run(Op::Axpy { alpha }, &[x, y])
+        self.run(TensorOp::Axpy { alpha }, &[x, y])
     }
 
     /// `f(x)` for an activation `f`.
@@ -251,7 +251,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn activation(&mut self, op: UnaryOp, x: u32) -> Result<u32, ComputeError> {
-        self.run(Op::Activation(op), &[x])
+        self.run(TensorOp::Activation(op), &[x])
     }
 
     /// `dy * f'(x)` for an activation `f`, given its input `x`.
@@ -260,7 +260,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn activation_grad(&mut self, op: UnaryOp, x: u32, dy: u32) -> Result<u32, ComputeError> {
-        self.run(Op::ActivationGrad(op), &[x, dy])
+        self.run(TensorOp::ActivationGrad(op), &[x, dy])
     }
 
     /// `max(x, 0)`.
@@ -323,7 +323,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn reduce(&mut self, op: ReduceOp, axis: ReduceAxis, x: u32) -> Result<u32, ComputeError> {
-        self.run(Op::Reduce { op, axis }, &[x])
+        self.run(TensorOp::Reduce { op, axis }, &[x])
     }
 
     /// Sum along `axis`.
@@ -356,7 +356,7 @@ impl TensorTable {
         labels: u32,
         reduction: XentReduction,
     ) -> Result<u32, ComputeError> {
-        self.run(Op::SoftmaxXent { reduction }, &[logits, labels])
+        self.run(TensorOp::SoftmaxXent(reduction), &[logits, labels])
     }
 
     /// The gradient of the mean softmax cross-entropy loss with respect to the logits:
@@ -366,7 +366,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn softmax_xent_backward(&mut self, logits: u32, labels: u32) -> Result<u32, ComputeError> {
-        self.run(Op::SoftmaxXentGrad, &[logits, labels])
+        self.run(TensorOp::SoftmaxXentGrad, &[logits, labels])
     }
 
     /// `x^T`.
@@ -375,7 +375,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn transpose(&mut self, x: u32) -> Result<u32, ComputeError> {
-        self.run(Op::Transpose, &[x])
+        self.run(TensorOp::Transpose, &[x])
     }
 
     /// The tensor's shape.

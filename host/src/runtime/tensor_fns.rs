@@ -17,7 +17,7 @@ use super::{
     host_fns::{check_clock, encode, guest_range, len_result, with_memory},
     logs::LogSink,
 };
-use crate::compute::{Backend, ComputeError, DeviceChoice, Op, Shape, TensorTable, select_backend};
+use crate::compute::{Backend, ComputeError, DeviceChoice, Shape, TensorTable, select_backend};
 
 type Call<'a> = Caller<'a, TaskState>;
 type GuestResult = Result<i32, ErrorCode>;
@@ -76,22 +76,6 @@ fn table(state: &mut TaskState) -> Result<(&mut TensorTable, &LogSink), ErrorCod
 fn fail(logs: &LogSink, what: &str, err: &ComputeError) -> ErrorCode {
     logs.append(&[format!("[host] {what}: {err}\n").as_bytes()]);
     err.code()
-}
-
-/// The `compute` op for a decoded ABI op: the host half of the one decoder.
-fn compute_op(op: TensorOp) -> Op {
-    match op {
-        TensorOp::Matmul { trans_a, trans_b } => Op::Matmul { trans_a, trans_b },
-        TensorOp::Binary(op) => Op::Binary(op),
-        TensorOp::Scale { alpha } => Op::Scale { alpha },
-        TensorOp::Axpy { alpha } => Op::Axpy { alpha },
-        TensorOp::Activation(op) => Op::Activation(op),
-        TensorOp::ActivationGrad(op) => Op::ActivationGrad(op),
-        TensorOp::Reduce { op, axis } => Op::Reduce { op, axis },
-        TensorOp::SoftmaxXent(reduction) => Op::SoftmaxXent { reduction },
-        TensorOp::SoftmaxXentGrad => Op::SoftmaxXentGrad,
-        TensorOp::Transpose => Op::Transpose,
-    }
 }
 
 /// A handle as the table sees it; a negative `i32` becomes a value no table ever issues.
@@ -163,7 +147,6 @@ fn tensor_op(
         .as_bytes()]);
         return Err(ErrorCode::InvalidArgument);
     };
-    let op = compute_op(op);
     let inputs = [handle(a), handle(b)];
     let (table, logs) = table(state)?;
     match table.run(op, &inputs[..op.arity()]) {
@@ -274,48 +257,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
 
 #[cfg(test)]
 mod tests {
-    use shoal::abi::{
-        BinaryOp, ReduceAxis, ReduceOp, TensorOpCode, UnaryOp, XentReduction, reduce_param,
-    };
-
     use super::*;
-
-    #[test]
-    fn every_abi_op_decodes_to_the_compute_op_of_the_same_arity() {
-        let params = |code: TensorOpCode| -> Vec<i32> {
-            match code {
-                TensorOpCode::Matmul => vec![0, 1, 2, 3],
-                TensorOpCode::Binary => BinaryOp::ALL.iter().map(|&o| o as i32).collect(),
-                TensorOpCode::Activation | TensorOpCode::ActivationGrad => {
-                    UnaryOp::ALL.iter().map(|&o| o as i32).collect()
-                }
-                TensorOpCode::Reduce => ReduceOp::ALL
-                    .iter()
-                    .flat_map(|&o| {
-                        [ReduceAxis::Axis0, ReduceAxis::Axis1].map(|a| reduce_param(o, a))
-                    })
-                    .collect(),
-                TensorOpCode::SoftmaxXent => {
-                    vec![XentReduction::Mean as i32, XentReduction::PerRow as i32]
-                }
-                _ => vec![0],
-            }
-        };
-        let mut names = std::collections::HashSet::new();
-        for code in TensorOpCode::ALL {
-            for param in params(code) {
-                let abi = TensorOp::decode(code as i32, param, 0.5).expect("defined op decodes");
-                let op = compute_op(abi);
-                assert_eq!(op.arity(), abi.arity(), "{op:?}");
-                names.insert((op.name(), param));
-            }
-        }
-        assert_eq!(
-            compute_op(TensorOp::Scale { alpha: 0.5 }),
-            Op::Scale { alpha: 0.5 }
-        );
-        assert!(names.len() >= 20);
-    }
 
     #[test]
     fn negative_handles_are_never_issued() {

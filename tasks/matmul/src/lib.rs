@@ -4,6 +4,7 @@
 //!
 //! Inputs `a` and `b` (optional): `n × n` f32 little-endian, row-major. Without them the
 //! task makes its own deterministic matrices from `--arg seed=S`. Argument `n` (default 256).
+//! Argument `reps` (default 1) repeats the product on the resident tensors, for benchmarks.
 //! Output `c`: the product in the same format.
 
 use shoal::{Ctx, Error, Tensor, log};
@@ -35,11 +36,17 @@ fn read_matrix(ctx: &Ctx, name: &str, n: usize) -> Result<Vec<f32>, Error> {
         .collect())
 }
 
-/// `A × B` on the host.
-pub fn host_matmul(a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>, Error> {
+/// `A × B` on the host, `reps` times over the same resident tensors (the steady state of a
+/// training loop, which keeps its weights on the device); returns the last product.
+pub fn host_matmul(a: &[f32], b: &[f32], n: usize, reps: u32) -> Result<Vec<f32>, Error> {
     let a = Tensor::from_slice(n, n, a)?;
     let b = Tensor::from_slice(n, n, b)?;
-    a.matmul(&b)?.to_vec()
+    let mut c = a.matmul(&b)?;
+    for _ in 1..reps {
+        // Assigning frees the previous product's host tensor.
+        c = a.matmul(&b)?;
+    }
+    c.to_vec()
 }
 
 /// Multiplies two `n × n` matrices on the host.
@@ -47,13 +54,17 @@ pub fn host_matmul(a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>, Error> {
 fn matmul(ctx: &mut Ctx) -> Result<(), Error> {
     let n: usize = ctx.arg_or("n", 256)?;
     let seed: u64 = ctx.arg_or("seed", 1)?;
+    let reps: u32 = ctx.arg_or("reps", 1)?;
+    if reps == 0 {
+        return Err(Error::msg("argument `reps` must be at least 1"));
+    }
     let names = ctx.input_names();
     let (a, b) = if names.iter().any(|x| x == "a") {
         (read_matrix(ctx, "a", n)?, read_matrix(ctx, "b", n)?)
     } else {
         (seeded_matrix(n, seed), seeded_matrix(n, seed + 1))
     };
-    let c = host_matmul(&a, &b, n)?;
+    let c = host_matmul(&a, &b, n, reps)?;
     let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
     let trace: f64 = (0..n).map(|i| f64::from(c[i * n + i])).sum();
     let cid = ctx.output("c", &bytes)?;
@@ -69,7 +80,7 @@ mod tests {
     fn matches_a_naive_f64_product_natively() {
         let n = 37;
         let (a, b) = (seeded_matrix(n, 3), seeded_matrix(n, 4));
-        let c = host_matmul(&a, &b, n).expect("native tensors");
+        let c = host_matmul(&a, &b, n, 2).expect("native tensors");
         for (i, j) in [(0, 0), (13, 36), (36, 5)] {
             let want: f64 = (0..n)
                 .map(|k| f64::from(a[i * n + k]) * f64::from(b[k * n + j]))
