@@ -123,8 +123,8 @@ fn native(backend: &dyn Backend, n: usize, runs: usize) -> Duration {
     let a: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
     let shape = Shape::new(n as u32, n as u32);
     let (a, b) = (
-        backend.upload(&a, shape).expect("upload"),
-        backend.upload(&a, shape).expect("upload"),
+        backend.upload(a.clone(), shape).expect("upload"),
+        backend.upload(a, shape).expect("upload"),
     );
     let op = TensorOp::Matmul {
         trans_a: false,

@@ -19,7 +19,7 @@ fn operands(
     let a: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
     let b: Vec<f32> = (0..len).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
     let shape = Shape::new(n, n);
-    match (backend.upload(&a, shape), backend.upload(&b, shape)) {
+    match (backend.upload(a, shape), backend.upload(b, shape)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => panic!("uploading {n}x{n} operands: {e}"),
     }

@@ -130,8 +130,8 @@ fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, ta: bool, tb
     };
     let a = values(sa.elements().unwrap(), u64::from(m * 31 + k));
     let b = values(sb.elements().unwrap(), u64::from(k * 17 + n));
-    let ha = t.create(&a, sa).unwrap();
-    let hb = t.create(&b, sb).unwrap();
+    let ha = t.create(&a[..], sa).unwrap();
+    let hb = t.create(&b[..], sb).unwrap();
     let hc = t.matmul(ha, hb, ta, tb).unwrap();
     assert_eq!(t.shape(hc).unwrap(), Shape::new(m, n));
     let (want, mag) = matmul_ref(&a, sa, &b, sb, ta, tb);
@@ -165,8 +165,11 @@ fn elementwise(backend: Arc<dyn Backend>) {
         let len = shape.elements().unwrap();
         let (a, b) = (values(len, 1), values(len, 2));
         let bias = values(c as usize, 3);
-        let (ha, hb) = (t.create(&a, shape).unwrap(), t.create(&b, shape).unwrap());
-        let hbias = t.create(&bias, Shape::new(1, c)).unwrap();
+        let (ha, hb) = (
+            t.create(&a[..], shape).unwrap(),
+            t.create(&b[..], shape).unwrap(),
+        );
+        let hbias = t.create(&bias[..], Shape::new(1, c)).unwrap();
         let name = backend.name().to_owned();
         let check = |t: &TensorTable, h: u32, what: &str, f: &dyn Fn(usize) -> f64| {
             let want: Vec<f64> = (0..len).map(f).collect();
@@ -221,7 +224,10 @@ fn activations(backend: Arc<dyn Backend>) {
             x[2] = -90.0;
         }
         let dy = values(len, 5);
-        let (hx, hdy) = (t.create(&x, shape).unwrap(), t.create(&dy, shape).unwrap());
+        let (hx, hdy) = (
+            t.create(&x[..], shape).unwrap(),
+            t.create(&dy[..], shape).unwrap(),
+        );
         let cases: [ActivationCase; 3] = [
             (
                 UnaryOp::Relu,
@@ -270,7 +276,7 @@ fn reductions(backend: Arc<dyn Backend>) {
     ] {
         let shape = Shape::new(r, c);
         let x = values(shape.elements().unwrap(), 6);
-        let hx = t.create(&x, shape).unwrap();
+        let hx = t.create(&x[..], shape).unwrap();
         let (r, c) = (r as usize, c as usize);
         for axis in [ReduceAxis::Axis0, ReduceAxis::Axis1] {
             for op in [ReduceOp::Sum, ReduceOp::Mean] {
@@ -317,8 +323,8 @@ fn softmax_xent(backend: Arc<dyn Backend>) {
             .collect();
         logits[0] = 100.0;
         let labels: Vec<f32> = (0..r).map(|i| ((i * 7 + 3) % c) as f32).collect();
-        let hl = t.create(&logits, shape).unwrap();
-        let hy = t.create(&labels, Shape::new(r, 1)).unwrap();
+        let hl = t.create(&logits[..], shape).unwrap();
+        let hy = t.create(&labels[..], Shape::new(r, 1)).unwrap();
         let (r, c) = (r as usize, c as usize);
         let mut loss = vec![0.0f64; r];
         let mut grad = vec![0.0f64; r * c];
@@ -361,9 +367,9 @@ fn softmax_xent(backend: Arc<dyn Backend>) {
 fn bad_labels(backend: Arc<dyn Backend>) {
     let mut t = TensorTable::new(backend, QUOTA);
     let hl = t
-        .create(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], Shape::new(3, 2))
+        .create([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], Shape::new(3, 2))
         .unwrap();
-    let hy = t.create(&[1.0, 2.0, 0.5], Shape::new(3, 1)).unwrap();
+    let hy = t.create([1.0, 2.0, 0.5], Shape::new(3, 1)).unwrap();
     let h = t.softmax_xent(hl, hy, XentReduction::PerRow).unwrap();
     let loss = t.read(h).unwrap();
     assert!(
@@ -378,10 +384,10 @@ fn bad_labels(backend: Arc<dyn Backend>) {
 /// A chain of ops on resident tensors: one training step of a linear softmax classifier.
 fn resident_chain(backend: Arc<dyn Backend>) {
     let mut t = TensorTable::new(backend.clone(), QUOTA);
-    let x = t.create(&values(8 * 5, 8), Shape::new(8, 5)).unwrap();
-    let w = t.create(&values(5 * 3, 9), Shape::new(5, 3)).unwrap();
+    let x = t.create(values(8 * 5, 8), Shape::new(8, 5)).unwrap();
+    let w = t.create(values(5 * 3, 9), Shape::new(5, 3)).unwrap();
     let y = t
-        .create(&[0., 1., 2., 0., 1., 2., 0., 1.], Shape::new(8, 1))
+        .create([0., 1., 2., 0., 1., 2., 0., 1.], Shape::new(8, 1))
         .unwrap();
     let logits = t.matmul(x, w, false, false).unwrap();
     let loss0 = t.softmax_xent(logits, y, XentReduction::Mean).unwrap();
@@ -402,9 +408,9 @@ fn resident_chain(backend: Arc<dyn Backend>) {
 fn hostile(backend: Arc<dyn Backend>) {
     let mut t = TensorTable::new(backend.clone(), 1 << 20);
     let mut other = TensorTable::new(backend.clone(), 1 << 20);
-    let a = t.create(&values(12, 1), Shape::new(3, 4)).unwrap();
-    let b = t.create(&values(30, 2), Shape::new(5, 6)).unwrap();
-    let foreign = other.create(&[1.0], Shape::new(1, 1)).unwrap();
+    let a = t.create(values(12, 1), Shape::new(3, 4)).unwrap();
+    let b = t.create(values(30, 2), Shape::new(5, 6)).unwrap();
+    let foreign = other.create([1.0], Shape::new(1, 1)).unwrap();
 
     // Another task's handle.
     let err = t.read(foreign).unwrap_err();
@@ -455,7 +461,7 @@ fn hostile(backend: Arc<dyn Backend>) {
     ] {
         assert_eq!(res.unwrap_err().code(), ErrorCode::ShapeMismatch);
     }
-    let err = t.create(&[1.0; 5], Shape::new(2, 3)).unwrap_err();
+    let err = t.create([1.0; 5], Shape::new(2, 3)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -469,7 +475,7 @@ fn hostile(backend: Arc<dyn Backend>) {
     );
     assert_eq!(err.code(), ErrorCode::ShapeMismatch);
     assert_eq!(
-        t.create(&[], Shape::new(0, 3)).unwrap_err().code(),
+        t.create([], Shape::new(0, 3)).unwrap_err().code(),
         ErrorCode::InvalidArgument
     );
     let err = t.read_into(a, &mut [0.0; 11]).unwrap_err();
@@ -479,23 +485,23 @@ fn hostile(backend: Arc<dyn Backend>) {
     assert_eq!(big[12], 7.0, "read_into writes only rows * cols values");
 
     // Huge dimensions: the byte size overflows, or is past the quota, before any allocation.
-    let err = t.create(&[], Shape::new(u32::MAX, u32::MAX)).unwrap_err();
+    let err = t.create([], Shape::new(u32::MAX, u32::MAX)).unwrap_err();
     assert!(matches!(err, ComputeError::TooLarge { .. }), "{err}");
     assert_eq!(err.code(), ErrorCode::TooLarge);
-    let err = t.create(&[], Shape::new(1 << 20, 1 << 20)).unwrap_err();
+    let err = t.create([], Shape::new(1 << 20, 1 << 20)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::QuotaExceeded, "{err}");
-    let col = t.create(&[1.0; 3], Shape::new(3, 1)).unwrap();
-    let row = t.create(&[1.0; 3], Shape::new(1, 3)).unwrap();
+    let col = t.create([1.0; 3], Shape::new(3, 1)).unwrap();
+    let row = t.create([1.0; 3], Shape::new(1, 3)).unwrap();
     assert!(t.matmul(col, row, false, false).is_ok());
     let mut unlimited = TensorTable::new(backend.clone(), u64::MAX);
     let err = unlimited
-        .create(&[], Shape::new(u32::MAX, u32::MAX))
+        .create([], Shape::new(u32::MAX, u32::MAX))
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::TooLarge, "{err}");
     if backend.kind() == BackendKind::Gpu {
         // 64 GiB: no storage binding is that large, and the limit is checked before the data.
         let err = unlimited
-            .create(&[], Shape::new(1 << 17, 1 << 17))
+            .create([], Shape::new(1 << 17, 1 << 17))
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::TooLarge, "{err}");
     }
@@ -509,7 +515,7 @@ fn quota_bomb(backend: Arc<dyn Backend>) {
         let mut t = TensorTable::new(backend.clone(), quota);
         let mut made = 0;
         let err = loop {
-            match t.create(&block, Shape::new(256, 256)) {
+            match t.create(&block[..], Shape::new(256, 256)) {
                 Ok(_) => made += 1,
                 Err(err) => break err,
             }
@@ -536,7 +542,7 @@ fn quota_bomb(backend: Arc<dyn Backend>) {
     // Many small tensors hit the live-tensor cap rather than growing the table forever.
     let mut t = TensorTable::new(backend, u64::MAX);
     let err = loop {
-        if let Err(err) = t.create(&[1.0], Shape::new(1, 1)) {
+        if let Err(err) = t.create([1.0], Shape::new(1, 1)) {
             break err;
         }
     };
@@ -611,7 +617,7 @@ fn auto_picks_hardware_gpu_or_cpu() {
 #[test]
 fn tensors_from_another_backend_are_refused() {
     let (cpu, gpu) = (cpu(), gpu());
-    let on_cpu = cpu.upload(&[1.0], Shape::new(1, 1)).unwrap();
+    let on_cpu = cpu.upload(vec![1.0], Shape::new(1, 1)).unwrap();
     let op = shoal_host::compute::TensorOp::Scale { alpha: 1.0 };
     let err = gpu.execute(op, &[&on_cpu]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");

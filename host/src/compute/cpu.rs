@@ -181,7 +181,7 @@ impl Backend for CpuBackend {
         &self.name
     }
 
-    fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError> {
+    fn upload(&self, data: Vec<f32>, shape: Shape) -> Result<Tensor, ComputeError> {
         let expected = shape.elements()?;
         if data.len() != expected {
             return Err(ComputeError::DataLength {
@@ -192,7 +192,7 @@ impl Backend for CpuBackend {
         }
         Ok(Tensor {
             shape,
-            storage: Storage::Host(data.to_vec()),
+            storage: Storage::Host(data),
         })
     }
 
@@ -339,10 +339,10 @@ mod tests {
         let cpu = CpuBackend::new();
         // A = [[1,2,3],[4,5,6]] (2x3), B = A^T (3x2).
         let a = cpu
-            .upload(&[1., 2., 3., 4., 5., 6.], Shape::new(2, 3))
+            .upload([1., 2., 3., 4., 5., 6.].to_vec(), Shape::new(2, 3))
             .unwrap();
         let at = cpu
-            .upload(&[1., 4., 2., 5., 3., 6.], Shape::new(3, 2))
+            .upload([1., 4., 2., 5., 3., 6.].to_vec(), Shape::new(3, 2))
             .unwrap();
         let expect = [14., 32., 32., 77.];
         for (x, y, ta, tb) in [
@@ -369,8 +369,10 @@ mod tests {
     #[test]
     fn bad_labels_give_nan_rows() {
         let cpu = CpuBackend::new();
-        let logits = cpu.upload(&[0.0, 1.0, 2.0, 3.0], Shape::new(2, 2)).unwrap();
-        let labels = cpu.upload(&[1.0, 7.0], Shape::new(2, 1)).unwrap();
+        let logits = cpu
+            .upload([0.0, 1.0, 2.0, 3.0].to_vec(), Shape::new(2, 2))
+            .unwrap();
+        let labels = cpu.upload([1.0, 7.0].to_vec(), Shape::new(2, 1)).unwrap();
         let loss = cpu
             .execute(
                 TensorOp::SoftmaxXent(XentReduction::PerRow),
@@ -386,7 +388,7 @@ mod tests {
     #[test]
     fn read_into_short_buffer_is_an_error() {
         let cpu = CpuBackend::new();
-        let t = cpu.upload(&[1.0; 6], Shape::new(2, 3)).unwrap();
+        let t = cpu.upload([1.0; 6].to_vec(), Shape::new(2, 3)).unwrap();
         let err = cpu.read_into(&t, &mut [0.0; 5]).unwrap_err();
         assert!(matches!(
             err,

@@ -669,7 +669,7 @@ impl Backend for GpuBackend {
         &self.name
     }
 
-    fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError> {
+    fn upload(&self, data: Vec<f32>, shape: Shape) -> Result<Tensor, ComputeError> {
         // Size limits first: they say more about a huge shape than its data length does.
         self.checked_bytes(shape)?;
         let expected = shape.elements()?;
@@ -682,7 +682,7 @@ impl Backend for GpuBackend {
         }
         let buffer = self.tensor_buffer(shape)?;
         self.queue
-            .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(&data));
         Ok(Tensor {
             shape,
             storage: Storage::Device(buffer),

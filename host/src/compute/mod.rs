@@ -374,13 +374,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// A human-readable description, e.g. the adapter's name.
     fn name(&self) -> &str;
 
-    /// Copies `data` into a new tensor of `shape`.
+    /// Makes `data` a tensor of `shape`: the cpu backend keeps the buffer, the gpu backend
+    /// copies it to the device.
     ///
     /// # Errors
     ///
     /// [`ComputeError::DataLength`] if `data.len()` is not `rows * cols`; size and device
     /// errors.
-    fn upload(&self, data: &[f32], shape: Shape) -> Result<Tensor, ComputeError>;
+    fn upload(&self, data: Vec<f32>, shape: Shape) -> Result<Tensor, ComputeError>;
 
     /// Copies the tensor's values into the first `rows * cols` elements of `out`.
     ///

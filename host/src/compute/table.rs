@@ -153,9 +153,9 @@ impl TensorTable {
     ///
     /// [`ComputeError::DataLength`] if `data` does not fill `shape`; quota, size and device
     /// errors.
-    pub fn create(&mut self, data: &[f32], shape: Shape) -> Result<u32, ComputeError> {
+    pub fn create(&mut self, data: impl Into<Vec<f32>>, shape: Shape) -> Result<u32, ComputeError> {
         let bytes = self.reserve(shape)?;
-        let tensor = self.backend.upload(data, shape)?;
+        let tensor = self.backend.upload(data.into(), shape)?;
         Ok(self.insert(tensor, bytes))
     }
 
@@ -437,8 +437,8 @@ mod tests {
     fn handles_are_positive_i32_and_salted() {
         let mut t = table(1 << 20);
         let mut other = table(1 << 20);
-        let h = t.create(&[1.0], Shape::new(1, 1)).unwrap();
-        let g = other.create(&[2.0], Shape::new(1, 1)).unwrap();
+        let h = t.create([1.0], Shape::new(1, 1)).unwrap();
+        let g = other.create([2.0], Shape::new(1, 1)).unwrap();
         for x in [h, g] {
             assert!(i32::try_from(x).is_ok_and(|v| v > 0), "{x:#x}");
         }
@@ -457,9 +457,9 @@ mod tests {
     #[test]
     fn quota_is_charged_and_refunded() {
         let mut t = table(64);
-        let h = t.create(&[0.0; 16], Shape::new(4, 4)).unwrap();
+        let h = t.create([0.0; 16], Shape::new(4, 4)).unwrap();
         assert_eq!(t.used_bytes(), 64);
-        let err = t.create(&[0.0], Shape::new(1, 1)).unwrap_err();
+        let err = t.create([0.0], Shape::new(1, 1)).unwrap_err();
         assert!(matches!(
             err,
             ComputeError::QuotaExceeded {
@@ -476,6 +476,6 @@ mod tests {
         t.free(h).unwrap();
         assert_eq!(t.used_bytes(), 0);
         assert!(matches!(t.free(h), Err(ComputeError::BadHandle { .. })));
-        t.create(&[0.0; 16], Shape::new(4, 4)).unwrap();
+        t.create([0.0; 16], Shape::new(4, 4)).unwrap();
     }
 }

@@ -57,9 +57,9 @@ pub enum NodeError {
     /// The sandbox runtime.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
-    /// The network.
+    /// The network (boxed: it is by far the largest variant).
     #[error(transparent)]
-    Network(#[from] shoal_p2p::Error),
+    Network(Box<shoal_p2p::Error>),
     /// The control socket.
     #[error("control socket {path}: {source}")]
     Control {
@@ -68,6 +68,12 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+impl From<shoal_p2p::Error> for NodeError {
+    fn from(e: shoal_p2p::Error) -> Self {
+        Self::Network(Box::new(e))
+    }
 }
 
 /// A running node; cheap to clone.

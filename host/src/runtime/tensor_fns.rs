@@ -9,6 +9,10 @@
 
 use std::sync::{Arc, OnceLock};
 
+// Tensors cross the ABI as little-endian f32 bytes, copied as they lie in host memory.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the tensor ABI copies f32 values byte for byte: the host must be little-endian");
+
 use shoal::abi::{ErrorCode, IMPORT_MODULE, TensorOp};
 use wasmtime::{Caller, Linker};
 
@@ -121,12 +125,10 @@ fn tensor_create(
         };
         return Err(fail(logs, "tensor_create", &err));
     }
-    // Guest memory has no alignment promise: decode from bytes.
-    let values: Vec<f32> = data[range]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    match table.create(&values, shape) {
+    // Guest memory has no alignment promise: copy the bytes into an aligned buffer.
+    let mut values = vec![0.0f32; range.len() / 4];
+    bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(&data[range]);
+    match table.create(values, shape) {
         Ok(h) => len_result(h as usize),
         Err(e) => Err(fail(logs, "tensor_create", &e)),
     }
@@ -181,10 +183,9 @@ fn tensor_read(state: &mut TaskState, data: &mut [u8], h: i32, ptr: i32, len: i3
     let values = table
         .read(handle(h))
         .map_err(|e| fail(logs, "tensor_read", &e))?;
-    for (dst, v) in data[range].chunks_exact_mut(4).zip(&values) {
-        dst.copy_from_slice(&v.to_le_bytes());
-    }
-    len_result(values.len() * 4)
+    let bytes: &[u8] = bytemuck::cast_slice(&values);
+    data[range][..bytes.len()].copy_from_slice(bytes);
+    len_result(bytes.len())
 }
 
 fn tensor_free(state: &mut TaskState, h: i32) -> GuestResult {
