@@ -9,13 +9,16 @@
 //! - `numpy`: `numpy.matmul` (OpenBLAS) in a child process, the reference the issue names;
 //! - `task gpu`: the `matmul` task on the wgpu backend (whatever adapter the machine has).
 //!
-//! Every figure is `2 n^3` flops over the median of several timings.
+//! Every figure is `2 n^3` flops over a median. The machines these run on are noisy, so the
+//! cpu columns are timed in interleaved rounds (task, task with repeats, native, numpy), not
+//! one column after another. Pure wasm and gpu are timed once per size.
 //!
 //! `cargo bench --profile dev -p shoal-host --bench guest_matmul`
 //! (`SHOAL_BENCH_PYTHON` names a python with numpy; default `python3`.)
 
 use std::{
-    process::Command,
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,8 +39,9 @@ fn gflops(n: usize, t: Duration) -> f64 {
     2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9
 }
 
-fn runs(n: usize) -> usize {
-    if n >= 1024 { 3 } else { 7 }
+/// Interleaved rounds per size: one timing of each cpu column per round.
+fn rounds(n: usize) -> usize {
+    if n >= 2048 { 5 } else { 9 }
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -103,24 +107,13 @@ impl Bench {
         );
         (took, report.stats.backend)
     }
-
-    /// Median wall time of `runs` tasks at size `n`.
-    fn time(&self, n: usize, reps: u32, runs: usize) -> (Duration, Option<String>) {
-        let mut backend = None;
-        let times = (0..runs)
-            .map(|_| {
-                let (t, name) = self.run(n, reps);
-                backend = name;
-                t
-            })
-            .collect();
-        (median(times), backend)
-    }
 }
 
-fn native(backend: &dyn Backend, n: usize, runs: usize) -> Duration {
-    let len = n * n;
-    let a: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+/// One product of the cpu kernel called natively (after a warm-up on the same operands).
+fn native(backend: &dyn Backend, n: usize) -> Duration {
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+        .collect();
     let shape = Shape::new(n as u32, n as u32);
     let (a, b) = (
         backend.upload(a.clone(), shape).expect("upload"),
@@ -131,51 +124,59 @@ fn native(backend: &dyn Backend, n: usize, runs: usize) -> Duration {
         trans_b: false,
     };
     drop(backend.execute(op, &[&a, &b]).expect("warm-up"));
-    median(
-        (0..runs)
-            .map(|_| {
-                let started = Instant::now();
-                drop(backend.execute(op, &[&a, &b]).expect("matmul"));
-                started.elapsed()
-            })
-            .collect(),
-    )
+    let started = Instant::now();
+    drop(backend.execute(op, &[&a, &b]).expect("matmul"));
+    started.elapsed()
 }
 
-/// numpy's matmul GFLOP/s at each size (median of 7), or why there is none.
-fn numpy() -> Result<Vec<f64>, String> {
-    let python = std::env::var("SHOAL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let sizes = SIZES.map(|n| n.to_string()).join(",");
-    let script = format!(
-        "import time, numpy as np\n\
-         for n in [{sizes}]:\n\
-         \x20   a = np.random.rand(n, n).astype(np.float32); b = a.copy(); a @ b\n\
-         \x20   ts = []\n\
-         \x20   for _ in range(7):\n\
-         \x20       t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n\
-         \x20   print(2 * n**3 / sorted(ts)[3] / 1e9)\n"
-    );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{python} has no numpy ({}): pip install numpy, or set SHOAL_BENCH_PYTHON",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ));
+/// A python child that times one `numpy.matmul` of `n x n` f32 matrices per request, so its
+/// timings interleave with ours on this noisy machine.
+struct Numpy {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Numpy {
+    const SCRIPT: &str = "import sys, time, numpy as np\n\
+        m = {}\n\
+        print('ready', flush=True)\n\
+        for line in sys.stdin:\n\
+        \x20   n = int(line)\n\
+        \x20   if n not in m:\n\
+        \x20       a = np.random.rand(n, n).astype(np.float32); m[n] = (a, a.copy()); a @ a\n\
+        \x20   a, b = m[n]\n\
+        \x20   t = time.perf_counter(); a @ b; print(time.perf_counter() - t, flush=True)\n";
+
+    /// Starts the child, or says why there is no numpy.
+    fn start() -> Result<Self, String> {
+        let python = std::env::var("SHOAL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&python)
+            .args(["-c", Self::SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {python}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        match lines.next() {
+            Some(Ok(l)) if l == "ready" => Ok(Self { child, lines }),
+            _ => Err(format!(
+                "{python} has no numpy: pip install numpy, or set SHOAL_BENCH_PYTHON"
+            )),
+        }
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            l.trim()
-                .parse()
-                .map_err(|e| format!("bad numpy output {l:?}: {e}"))
-        })
-        .collect()
+
+    fn time(&mut self, n: usize) -> Duration {
+        let stdin = self.child.stdin.as_mut().expect("numpy stdin");
+        writeln!(stdin, "{n}").expect("numpy request");
+        let line = self
+            .lines
+            .next()
+            .expect("numpy answer")
+            .expect("numpy output");
+        Duration::from_secs_f64(line.trim().parse().expect("numpy seconds"))
+    }
 }
 
 fn main() {
@@ -188,15 +189,15 @@ fn main() {
         .unwrap_or(true);
     // A software adapter (llvmpipe) runs at ~0.4 GFLOP/s: only the small sizes finish.
     let gpu_max = if software_gpu { 512 } else { usize::MAX };
-    let numpy = numpy();
+    let mut numpy = Numpy::start();
 
-    println!("matmul GFLOP/s, 2 n^3 / median time");
+    println!("matmul GFLOP/s, 2 n^3 / median time; cpu columns interleaved, round by round");
     println!("native cpu kernel: {}", cpu.name());
     if let Err(why) = &numpy {
         println!("numpy column empty: {why}");
     }
     println!(
-        "{:>5} | {:>9} | {:>8} | {:>9} | {:>10} | {:>6} | {:>8} | {:>12} | {:>12}",
+        "{:>5} | {:>9} | {:>8} | {:>9} | {:>10} | {:>6} | {:>8} | {:>12} | {:>11}",
         "n",
         "pure wasm",
         "task cpu",
@@ -209,37 +210,45 @@ fn main() {
     );
     let mut wasm_1024 = Duration::ZERO;
     let mut gpu_name = None;
-    for (i, n) in SIZES.into_iter().enumerate() {
+    for n in SIZES {
         let wasm_col = if n == 2048 && wasm_1024 > WASM_2048_BUDGET {
             "skipped".to_owned()
         } else {
-            let (t, _) = wasm.time(n, 1, 1);
+            let (t, _) = wasm.run(n, 1);
             if n == 1024 {
                 wasm_1024 = t;
             }
             format!("{:.2}", gflops(n, t))
         };
-        let (task_t, _) = host_cpu.time(n, 1, runs(n));
-        let (reps_t, _) = host_cpu.time(n, REPS, runs(n));
-        let guest = gflops(n, reps_t.saturating_sub(task_t) / (REPS - 1));
-        let native = gflops(n, native(&cpu, n, runs(n).max(5)));
         let gpu_col = if n <= gpu_max {
-            let (t, name) = host_gpu.time(n, 1, 1);
+            let (t, name) = host_gpu.run(n, 1);
             gpu_name = gpu_name.or(name);
             format!("{:.3}", gflops(n, t))
         } else {
             "-".to_owned()
         };
-        let (numpy_col, vs_numpy) = match &numpy {
-            Ok(rates) => (
-                format!("{:.1}", rates[i]),
-                format!("{:.2}", guest / rates[i]),
-            ),
-            Err(_) => ("-".to_owned(), "-".to_owned()),
+        let (mut task, mut guest, mut native_t, mut numpy_t) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds(n) {
+            let (one, _) = host_cpu.run(n, 1);
+            let (many, _) = host_cpu.run(n, REPS);
+            task.push(one);
+            guest.push(many.saturating_sub(one) / (REPS - 1));
+            native_t.push(native(&cpu, n));
+            if let Ok(numpy) = &mut numpy {
+                numpy_t.push(numpy.time(n));
+            }
+        }
+        let guest = gflops(n, median(guest));
+        let native = gflops(n, median(native_t));
+        let (numpy_col, vs_numpy) = if numpy_t.is_empty() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            let rate = gflops(n, median(numpy_t));
+            (format!("{rate:.1}"), format!("{:.2}", guest / rate))
         };
         println!(
-            "{n:>5} | {wasm_col:>9} | {:>8.2} | {guest:>9.2} | {native:>10.2} | {numpy_col:>6} | {gpu_col:>8} | {:>12.2} | {vs_numpy:>12}",
-            gflops(n, task_t),
+            "{n:>5} | {wasm_col:>9} | {:>8.2} | {guest:>9.2} | {native:>10.2} | {numpy_col:>6} | {gpu_col:>8} | {:>12.2} | {vs_numpy:>11}",
+            gflops(n, median(task)),
             guest / native,
         );
     }
