@@ -66,24 +66,38 @@ impl NodeInner {
             })
             .buffer_unordered(PARALLEL_CHUNKS)
             .ready_chunks(PARALLEL_CHUNKS);
+        // Store each batch while the next one arrives: network and disk overlap, and at most
+        // two batches (32 MiB) are held in memory.
+        let mut storing = None;
         while let Some(batch) = fetched.next().await {
-            self.store_blocks(batch.into_iter().collect::<Result<_, _>>()?)
-                .await?;
+            let batch = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
+            if let Some(previous) = storing.take() {
+                previous.await?;
+            }
+            storing = Some(self.store_blocks(batch));
+        }
+        if let Some(last) = storing {
+            last.await?;
         }
         self.announce(cid).await;
         Ok(())
     }
 
-    /// Stores verified blocks with one disk sync for the lot.
-    async fn store_blocks(&self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), FetchError> {
+    /// Stores verified blocks with one disk sync for the lot. The work starts at once, on a
+    /// blocking thread; the returned future reports how it went.
+    fn store_blocks(
+        &self,
+        blocks: Vec<(Cid, Vec<u8>)>,
+    ) -> impl Future<Output = Result<(), FetchError>> + use<> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_verified_batch(&blocks))
-            .await
-            .map_err(|e| StoreError::Io {
+        let job = tokio::task::spawn_blocking(move || store.put_verified_batch(&blocks));
+        async move {
+            job.await.map_err(|e| StoreError::Io {
                 what: "storing blocks".into(),
                 source: std::io::Error::other(e),
             })??;
-        Ok(())
+            Ok(())
+        }
     }
 
     async fn find_providers(&self, cid: Cid) -> Vec<PeerId> {
@@ -125,14 +139,9 @@ impl NodeInner {
                     continue;
                 }
                 asked += 1;
+                // The network client checks the bytes against the id before returning them.
                 match self.net().fetch_block(peer, BlockId(cid.0)).await {
-                    Ok(Some(bytes)) if Cid::of(&bytes) == cid => return Ok(bytes),
-                    Ok(Some(_)) => {
-                        tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
-                        bad.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(peer);
-                    }
+                    Ok(Some(bytes)) => return Ok(bytes),
                     Ok(None) => {}
                     Err(shoal_p2p::Error::BlockMismatch { .. }) => {
                         tracing::warn!(%peer, %cid, "peer served a corrupt block; asking another provider");
