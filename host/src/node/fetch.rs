@@ -66,8 +66,8 @@ impl NodeInner {
             })
             .buffer_unordered(PARALLEL_CHUNKS)
             .ready_chunks(PARALLEL_CHUNKS);
-        // Store each batch while the next one arrives: network and disk overlap, and at most
-        // two batches (32 MiB) are held in memory.
+        // Store each batch while the next one arrives, so network and disk overlap; this loop
+        // holds at most two batches (32 MiB).
         let mut storing = None;
         while let Some(batch) = fetched.next().await {
             let batch = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
