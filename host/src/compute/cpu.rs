@@ -339,10 +339,10 @@ mod tests {
         let cpu = CpuBackend::new();
         // A = [[1,2,3],[4,5,6]] (2x3), B = A^T (3x2).
         let a = cpu
-            .upload([1., 2., 3., 4., 5., 6.].to_vec(), Shape::new(2, 3))
+            .upload(vec![1., 2., 3., 4., 5., 6.], Shape::new(2, 3))
             .unwrap();
         let at = cpu
-            .upload([1., 4., 2., 5., 3., 6.].to_vec(), Shape::new(3, 2))
+            .upload(vec![1., 4., 2., 5., 3., 6.], Shape::new(3, 2))
             .unwrap();
         let expect = [14., 32., 32., 77.];
         for (x, y, ta, tb) in [
@@ -370,9 +370,9 @@ mod tests {
     fn bad_labels_give_nan_rows() {
         let cpu = CpuBackend::new();
         let logits = cpu
-            .upload([0.0, 1.0, 2.0, 3.0].to_vec(), Shape::new(2, 2))
+            .upload(vec![0.0, 1.0, 2.0, 3.0], Shape::new(2, 2))
             .unwrap();
-        let labels = cpu.upload([1.0, 7.0].to_vec(), Shape::new(2, 1)).unwrap();
+        let labels = cpu.upload(vec![1.0, 7.0], Shape::new(2, 1)).unwrap();
         let loss = cpu
             .execute(
                 TensorOp::SoftmaxXent(XentReduction::PerRow),
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn read_into_short_buffer_is_an_error() {
         let cpu = CpuBackend::new();
-        let t = cpu.upload([1.0; 6].to_vec(), Shape::new(2, 3)).unwrap();
+        let t = cpu.upload(vec![1.0; 6], Shape::new(2, 3)).unwrap();
         let err = cpu.read_into(&t, &mut [0.0; 5]).unwrap_err();
         assert!(matches!(
             err,
