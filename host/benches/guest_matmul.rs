@@ -24,7 +24,7 @@ use std::{
 };
 
 use shoal_host::{
-    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, Shape, TensorOp},
+    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, Shape, Tensor, TensorOp},
     runtime::{Limits, Runtime, RuntimeConfig, TaskSpec},
     store::BlockStore,
 };
@@ -109,24 +109,40 @@ impl Bench {
     }
 }
 
-/// One product of the cpu kernel called natively (after a warm-up on the same operands).
-fn native(backend: &dyn Backend, n: usize) -> Duration {
-    let a: Vec<f32> = (0..n * n)
-        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
-        .collect();
-    let shape = Shape::new(n as u32, n as u32);
-    let (a, b) = (
-        backend.upload(a.clone(), shape).expect("upload"),
-        backend.upload(a, shape).expect("upload"),
-    );
-    let op = TensorOp::Matmul {
+/// The cpu kernel called natively on one pair of `n x n` operands, made and warmed up once.
+struct Native<'b> {
+    backend: &'b dyn Backend,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl<'b> Native<'b> {
+    const OP: TensorOp = TensorOp::Matmul {
         trans_a: false,
         trans_b: false,
     };
-    drop(backend.execute(op, &[&a, &b]).expect("warm-up"));
-    let started = Instant::now();
-    drop(backend.execute(op, &[&a, &b]).expect("matmul"));
-    started.elapsed()
+
+    fn new(backend: &'b dyn Backend, n: usize) -> Self {
+        let values: Vec<f32> = (0..n * n)
+            .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let shape = Shape::new(n as u32, n as u32);
+        let a = backend.upload(values.clone(), shape).expect("upload");
+        let b = backend.upload(values, shape).expect("upload");
+        drop(backend.execute(Self::OP, &[&a, &b]).expect("warm-up"));
+        Self { backend, a, b }
+    }
+
+    /// One product's wall time.
+    fn time(&self) -> Duration {
+        let started = Instant::now();
+        drop(
+            self.backend
+                .execute(Self::OP, &[&self.a, &self.b])
+                .expect("matmul"),
+        );
+        started.elapsed()
+    }
 }
 
 /// A python child that times one `numpy.matmul` of `n x n` f32 matrices per request, so its
@@ -227,13 +243,14 @@ fn main() {
         } else {
             "-".to_owned()
         };
+        let native_kernel = Native::new(&cpu, n);
         let (mut task, mut guest, mut native_t, mut numpy_t) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds(n) {
             let (one, _) = host_cpu.run(n, 1);
             let (many, _) = host_cpu.run(n, REPS);
             task.push(one);
             guest.push(many.saturating_sub(one) / (REPS - 1));
-            native_t.push(native(&cpu, n));
+            native_t.push(native_kernel.time());
             if let Ok(numpy) = &mut numpy {
                 numpy_t.push(numpy.time(n));
             }
