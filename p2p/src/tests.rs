@@ -1,33 +1,59 @@
 //! Multi-node tests: in-process peers on 127.0.0.1, mDNS off, explicit bootstrap.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    future::Future,
+    io,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{
-    StreamProtocol, SwarmBuilder, noise,
-    request_response::{self, ProtocolSupport},
+    StreamProtocol, Swarm, SwarmBuilder, noise,
+    request_response::{self, OutboundFailure, ProtocolSupport},
     swarm::SwarmEvent,
     tcp, yamux,
 };
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{sync::Semaphore, task::JoinHandle};
 
 use crate::{
-    BLOCK_PROTOCOL, BlockId, BoxFuture, Capacity, Config, Error, FailureKind, InboundHandler,
-    Keypair, Multiaddr, Network, NetworkClient, PeerId, TaskLimits, TaskOutcome, TaskSpec,
-    TaskStats,
+    BLOCK_LIMITS, BLOCK_PROTOCOL, BlockId, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity,
+    Config, Error, FailureKind, InboundHandler, Keypair, Multiaddr, Network, NetworkClient, PeerId,
+    TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+    codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
+    messages::{BlockRequest, BlockResponse, CapacityRequest},
 };
 
+/// How long a local peer may take to refuse a bad frame or reach a handler. Far below every
+/// protocol and raw-peer timeout, so that only a prompt answer passes.
+const PROMPT: Duration = Duration::from_secs(3);
+/// Bound for work that is not itself under test (connecting, a good request).
+const SETTLE: Duration = Duration::from_secs(10);
+/// How often [`eventually`] polls a condition that no event announces.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// The inbound task limit that [`Config::max_inbound_tasks`] and the README document.
+const DOCUMENTED_MAX_INBOUND_TASKS: usize = 32;
+
 /// A peer that serves blocks from a map, echoes tasks and reports a fixed capacity.
-#[derive(Default)]
 struct TestHandler {
     blocks: Mutex<HashMap<BlockId, Vec<u8>>>,
-    /// Tasks with entry `"wait"` block until this is notified.
-    gate: Notify,
+    /// Each task with entry `"wait"` adds a permit here once it is in the handler...
+    entered: Semaphore,
+    /// ...and then takes one permit from here before it completes.
+    gate: Semaphore,
     me: Mutex<Option<PeerId>>,
+}
+
+impl Default for TestHandler {
+    fn default() -> Self {
+        Self {
+            blocks: Mutex::default(),
+            entered: Semaphore::new(0),
+            gate: Semaphore::new(0),
+            me: Mutex::default(),
+        }
+    }
 }
 
 const CAPACITY: Capacity = Capacity {
@@ -43,6 +69,16 @@ impl TestHandler {
         self.blocks.lock().unwrap().insert(cid, bytes.to_vec());
         cid
     }
+
+    /// Waits until `n` more `"wait"` tasks are inside the handler.
+    async fn entered(&self, n: usize) {
+        let n = u32::try_from(n).unwrap();
+        tokio::time::timeout(PROMPT, self.entered.acquire_many(n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} waiting tasks did not reach the handler"))
+            .unwrap()
+            .forget();
+    }
 }
 
 impl InboundHandler for TestHandler {
@@ -54,7 +90,8 @@ impl InboundHandler for TestHandler {
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome> {
         async move {
             if spec.entry == "wait" {
-                self.gate.notified().await;
+                self.entered.add_permits(1);
+                self.gate.acquire().await.unwrap().forget();
             }
             if spec.entry == "panic" {
                 panic!("handler panics on purpose");
@@ -142,11 +179,75 @@ fn spec(entry: &str) -> TaskSpec {
     }
 }
 
+/// `future`'s output, or a test failure naming `what` after `bound`.
+async fn within<T>(bound: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(bound, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {bound:?}"))
+}
+
+/// Polls `probe` until it yields `Some`, for conditions that no event announces (such as a
+/// provider record spreading through Kademlia); fails the test after `bound`.
+async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Aborts a helper task when the test that started it ends, however it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A TCP address where no libp2p peer will ever answer: a listener the test owns, which
+/// accepts each connection and drops it at once. Unlike a port guessed to be closed, nothing
+/// else can be listening there, and a dial fails at once instead of timing out.
+struct DeadEnd {
+    addr: Multiaddr,
+    _acceptor: AbortOnDrop,
+}
+
+impl DeadEnd {
+    async fn new() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        Self {
+            addr: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
+            _acceptor: AbortOnDrop(acceptor),
+        }
+    }
+}
+
+/// Every reported address, TCP and QUIC alike, is dialable and reaches this very peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_addrs_are_real_and_dialable() {
     let a = spawn_node(vec![], |_| {}).await;
     let addrs = a.client.listen_addrs().await.unwrap();
     assert_eq!(addrs.len(), 2, "{addrs:?}");
+    for transport in ["tcp", "quic-v1"] {
+        assert!(
+            addrs.iter().any(|a| a.iter().any(|p| p.tag() == transport)),
+            "no {transport} address in {addrs:?}"
+        );
+    }
     for addr in &addrs {
         let s = addr.to_string();
         assert!(s.ends_with(&format!("/p2p/{}", a.id())), "{s}");
@@ -154,6 +255,11 @@ async fn listen_addrs_are_real_and_dialable() {
             !s.contains("/tcp/0/") && !s.contains("/udp/0/"),
             "port 0 left in {s}"
         );
+        // A fresh dialer for each address: a peer already connected would answer at once
+        // without dialing. The `/p2p` suffix makes the remote prove it is A.
+        let b = spawn_node(vec![], |_| {}).await;
+        assert_eq!(b.client.dial(addr.clone()).await.unwrap(), a.id(), "{s}");
+        assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY, "{s}");
     }
 }
 
@@ -169,16 +275,17 @@ async fn three_nodes_find_providers_and_fetch_block() {
     let cid = b.handler.put(&data);
     b.client.start_providing(cid).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let providers = loop {
-        let found = c.client.find_providers(cid).await.unwrap();
-        if found.contains(&b.id()) || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(providers.contains(&b.id()), "providers: {providers:?}");
-    assert!(!providers.contains(&c.id()));
+    // Nothing announces that the record has reached A, or that C's routing table holds A.
+    let providers = eventually(
+        Duration::from_secs(20),
+        "C finds B as a provider",
+        || async {
+            let found = c.client.find_providers(cid).await.unwrap();
+            found.contains(&b.id()).then_some(found)
+        },
+    )
+    .await;
+    assert!(!providers.contains(&c.id()), "{providers:?}");
 
     // C has never been given B's address: the swarm gets it from Kademlia.
     let fetched = c.client.fetch_block(b.id(), cid).await.unwrap();
@@ -252,21 +359,22 @@ async fn block_with_wrong_bytes_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialing_a_dead_address_is_a_clear_error_and_the_node_keeps_working() {
+    let dead = DeadEnd::new().await;
     // A dead bootstrap peer: spawn succeeds, the node keeps running.
     let ghost = Keypair::generate_ed25519().public().to_peer_id();
-    let dead: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{ghost}").parse().unwrap();
-    let a = spawn_node(vec![dead], |_| {}).await;
+    let a = spawn_node(vec![dead.addr.clone().with_p2p(ghost).unwrap()], |_| {}).await;
     let b = spawn_node(vec![], |_| {}).await;
 
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
-    let err = a.client.dial(addr.clone()).await.unwrap_err();
+    let err = within(PROMPT, "dial a dead end", a.client.dial(dead.addr.clone()))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&err, Error::Unreachable { addr: a, .. } if *a == addr),
+        matches!(&err, Error::Unreachable { addr, .. } if *addr == dead.addr),
         "{err}"
     );
     let text = err.to_string();
     assert!(
-        text.contains("/ip4/127.0.0.1/tcp/1") && text.contains("unreachable"),
+        text.contains(&dead.addr.to_string()) && text.contains("unreachable"),
         "{text}"
     );
 
@@ -296,50 +404,84 @@ async fn quic_transport_works() {
     assert_eq!(a.client.capacity(b.id()).await.unwrap(), CAPACITY);
 }
 
+/// Under the documented default of 32 task slots: a panicking handler fails only its own
+/// request and gives its slot back, 32 tasks run at once, the 33rd is answered Busy without
+/// reaching the handler, and the 32 held tasks all complete once released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request() {
-    let a = spawn_node(vec![], |c| c.max_inbound_tasks = 1).await;
+    let a = spawn_node(vec![], |_| {}).await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
-
-    let first = {
-        let client = b.client.clone();
-        let peer = a.id();
-        tokio::spawn(async move { client.submit_task(peer, spec("wait")).await })
+    let hold = |n: usize| -> Vec<JoinHandle<Result<TaskOutcome, Error>>> {
+        (0..n)
+            .map(|_| {
+                let client = b.client.clone();
+                let peer = a.id();
+                tokio::spawn(async move { client.submit_task(peer, spec("wait")).await })
+            })
+            .collect()
     };
-    // Let the first task take the only slot.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = b.client.submit_task(a.id(), spec("echo")).await.unwrap();
+
+    // Every slot but one is taken by a task waiting in the handler.
+    let mut held = hold(DOCUMENTED_MAX_INBOUND_TASKS - 1);
+    a.handler.entered(DOCUMENTED_MAX_INBOUND_TASKS - 1).await;
+
+    // A panicking handler fails its own request: the stream closes without an answer...
+    let err = within(
+        PROMPT,
+        "panicking task",
+        b.client.submit_task(a.id(), spec("panic")),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Stream { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof),
+        "{err}"
+    );
+    // ...and gives its slot back: the last slot can still be taken.
+    held.extend(hold(1));
+    a.handler.entered(1).await;
+
+    // All 32 are taken: one more is Busy, at once.
+    let extra = within(
+        PROMPT,
+        "task past the limit",
+        b.client.submit_task(a.id(), spec("echo")),
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(
-            second,
+            extra,
             TaskOutcome::Failed {
                 kind: FailureKind::Busy,
                 ..
             }
         ),
-        "{second:?}"
+        "{extra:?}"
     );
-    a.handler.gate.notify_one();
-    let first = first.await.unwrap().unwrap();
-    assert!(matches!(first, TaskOutcome::Ok { .. }), "{first:?}");
 
-    let err = b
-        .client
-        .submit_task(a.id(), spec("panic"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Stream { .. } | Error::ConnectionClosed { .. }),
-        "{err}"
-    );
-    // The slot came back and the node still works.
+    // Released, every held task completes: the panic and the refusal cost them nothing.
+    a.handler.gate.add_permits(DOCUMENTED_MAX_INBOUND_TASKS);
+    for task in held {
+        let outcome = within(SETTLE, "released task", task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+    }
     let again = b.client.submit_task(a.id(), spec("echo")).await.unwrap();
     assert!(matches!(again, TaskOutcome::Ok { .. }), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_actor_and_later_calls_fail() {
-    let a = spawn_node(vec![], |_| {}).await;
+    // TCP only: a redial of A's closed TCP port is refused at once, where one of its QUIC
+    // port would wait out the handshake timeout (5 s).
+    let a = spawn_node(vec![], |c| {
+        c.listen
+            .retain(|addr| addr.iter().any(|p| p.tag() == "tcp"));
+    })
+    .await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
     assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY);
     let a_id = a.id();
@@ -352,8 +494,18 @@ async fn shutdown_stops_the_actor_and_later_calls_fail() {
         a.client.connected_peers().await,
         Err(Error::Shutdown)
     ));
-    // The other side notices the peer is gone.
-    assert!(b.client.capacity(a_id).await.is_err());
+    // The other side notices the peer is gone: the connection closes under the request, or
+    // B sees it closed first and the redial fails.
+    let err = within(PROMPT, "B notices", b.client.capacity(a_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ConnectionClosed { .. } | Error::PeerUnreachable { .. }
+        ),
+        "{err}"
+    );
     b.client.shutdown().await;
     tokio::time::timeout(Duration::from_secs(10), b.handle)
         .await
@@ -363,78 +515,136 @@ async fn shutdown_stops_the_actor_and_later_calls_fail() {
 
 #[tokio::test]
 async fn bootstrap_without_peer_id_is_rejected() {
+    let dead = DeadEnd::new().await;
     let keypair = Keypair::generate_ed25519();
     let mut config = Config::new(keypair, Arc::new(TestHandler::default()));
     config.mdns = false;
-    config.bootstrap = vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()];
+    config.bootstrap = vec![dead.addr.clone()];
     let err = Network::spawn(config).unwrap_err();
     assert!(matches!(err, Error::BootstrapWithoutPeerId { .. }), "{err}");
 }
+
+/// What a raw peer writes on one stream.
+#[derive(Debug, Clone)]
+struct RawFrame {
+    bytes: Vec<u8>,
+    /// Keep the stream open after `bytes` instead of closing it, so that the other side can
+    /// refuse it only by looking at what arrived, not by reaching the end of the stream.
+    hold: bool,
+}
+
+impl RawFrame {
+    /// `bytes`, then the stream held open.
+    fn held(bytes: Vec<u8>) -> Self {
+        Self { bytes, hold: true }
+    }
+
+    /// Just a header declaring `len` payload bytes, none of which ever follow.
+    fn header_only(len: usize) -> Self {
+        Self::held(u32::try_from(len).unwrap().to_be_bytes().to_vec())
+    }
+
+    /// A frame with a truthful header around `payload`, then the stream held open.
+    fn held_payload(payload: &[u8]) -> Self {
+        let mut bytes = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        Self::held(bytes)
+    }
+}
+
+/// More than any one response of any protocol, header included.
+const RAW_READ_MAX: usize =
+    FRAME_HEADER_BYTES + TASK_LIMITS.response + BLOCK_LIMITS.response + CAPACITY_LIMITS.response;
+/// How often a held stream is probed for a reset.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// A raw peer's request and idle timeouts: long enough that none fires within a test.
+const RAW_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A codec that writes whatever bytes it is given, to play a hostile peer.
 #[derive(Clone, Default)]
 struct RawCodec;
 
+/// Writes `frame`; if it is held, probes the stream with empty writes until the other side
+/// resets it. An empty write adds no byte, so the promised frame never completes; once the
+/// reset arrives, yamux fails the write with `WriteZero`.
+async fn write_raw<T>(io: &mut T, frame: RawFrame) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    io.write_all(&frame.bytes).await?;
+    io.flush().await?;
+    if frame.hold {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            assert_eq!(io.write(&[]).await?, 0);
+        }
+    }
+    Ok(())
+}
+
+async fn read_raw<T>(io: &mut T) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut buf = Vec::new();
+    io.take(RAW_READ_MAX as u64).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
+    type Request = RawFrame;
+    type Response = RawFrame;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RawFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut buf = Vec::new();
-        io.take(1 << 16).read_to_end(&mut buf).await?;
-        Ok(buf)
+        let bytes = read_raw(io).await?;
+        Ok(RawFrame { bytes, hold: false })
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RawFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut buf = Vec::new();
-        io.take(1 << 16).read_to_end(&mut buf).await?;
-        if buf.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let bytes = read_raw(io).await?;
+        if bytes.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        Ok(buf)
+        Ok(RawFrame { bytes, hold: false })
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
+        req: RawFrame,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&req).await
+        write_raw(io, req).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
+        res: RawFrame,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&res).await
+        write_raw(io, res).await
     }
 }
 
-/// A real libp2p peer sends oversized and malformed frames on `/shoal/block/1`: each stream
-/// is dropped without an answer, and the node keeps serving everyone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_peer_frames_are_dropped_without_a_panic() {
-    let a = spawn_node(vec![], |_| {}).await;
-    let cid = a.handler.put(b"served to honest peers");
-    let target = a.tcp_addr().await;
+type RawPeer = Swarm<request_response::Behaviour<RawCodec>>;
 
-    let mut hostile = SwarmBuilder::with_new_identity()
+/// A libp2p peer over TCP that speaks only `protocol`, with whatever bytes it is told to.
+fn raw_peer(protocol: StreamProtocol, support: ProtocolSupport) -> RawPeer {
+    SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -445,51 +655,265 @@ async fn hostile_peer_frames_are_dropped_without_a_panic() {
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
                 RawCodec,
-                [(BLOCK_PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                [(protocol, support)],
+                request_response::Config::default().with_request_timeout(RAW_PATIENCE),
             )
         })
         .unwrap()
-        .build();
-    hostile.dial(target).unwrap();
+        .with_swarm_config(|c| c.with_idle_connection_timeout(RAW_PATIENCE))
+        .build()
+}
 
-    let mut oversized = u32::MAX.to_be_bytes().to_vec();
-    oversized.extend_from_slice(&[0; 64]);
-    let mut malformed = 3u32.to_be_bytes().to_vec();
-    malformed.extend_from_slice(&[0xff, 0xff, 0xff]);
-    let mut trailing = 40u32.to_be_bytes().to_vec();
-    trailing.extend_from_slice(&[0; 40]);
-    let frames = [oversized, malformed, trailing];
-
-    let mut sent = false;
-    let mut failures = 0;
-    let deadline = tokio::time::sleep(Duration::from_secs(20));
-    tokio::pin!(deadline);
-    while failures < frames.len() {
-        tokio::select! {
-            () = &mut deadline => panic!("hostile requests neither failed nor were answered"),
-            event = hostile.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if !sent => {
-                    assert_eq!(peer_id, a.id());
-                    for frame in &frames {
-                        hostile.behaviour_mut().send_request(&peer_id, frame.clone());
-                    }
-                    sent = true;
+/// Has a raw peer send each of `bad` to `victim` on `protocol` and checks that the victim
+/// resets every one of those streams within [`PROMPT`], without an answer and without
+/// closing the connection; then that `good`, sent on the same connection, is answered.
+/// Returns the answer's bytes.
+async fn refused_then_served(
+    victim: &Node,
+    protocol: StreamProtocol,
+    bad: Vec<RawFrame>,
+    good: Vec<u8>,
+) -> Vec<u8> {
+    let mut raw = raw_peer(protocol.clone(), ProtocolSupport::Outbound);
+    raw.dial(victim.tcp_addr().await).unwrap();
+    let connection = within(SETTLE, "raw peer connects", async {
+        loop {
+            match raw.select_next_some().await {
+                SwarmEvent::ConnectionEstablished {
+                    peer_id,
+                    connection_id,
+                    ..
+                } => {
+                    assert_eq!(peer_id, victim.id());
+                    break connection_id;
                 }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
-                    failures += 1;
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+
+    let mut unrefused: HashSet<_> = bad
+        .into_iter()
+        .map(|frame| raw.behaviour_mut().send_request(&victim.id(), frame))
+        .collect();
+    let refusals = async {
+        while !unrefused.is_empty() {
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) => {
+                    assert!(unrefused.remove(&request_id), "{request_id} failed twice");
+                    assert!(
+                        matches!(&error, OutboundFailure::Io(e) if e.kind() == io::ErrorKind::WriteZero),
+                        "{protocol}: expected the stream to be reset, got {error:?}"
+                    );
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
-                    panic!("a hostile frame got an answer: {message:?}");
+                    panic!("{protocol}: a bad frame got an answer: {message:?}");
+                }
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    panic!("{protocol}: the victim closed the connection: {cause:?}");
                 }
                 _ => {}
             }
         }
-    }
+    };
+    within(PROMPT, &format!("{protocol}: bad frames refused"), refusals).await;
 
-    // The node survived and still serves honest peers.
+    let good = RawFrame {
+        bytes: good,
+        hold: false,
+    };
+    let id = raw.behaviour_mut().send_request(&victim.id(), good);
+    within(
+        SETTLE,
+        &format!("{protocol}: good request answered"),
+        async {
+            loop {
+                match raw.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        connection_id,
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    }) if request_id == id => {
+                        assert_eq!(connection_id, connection, "answered on another connection");
+                        break response.bytes;
+                    }
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => panic!("{protocol}: good request failed: {error}"),
+                    SwarmEvent::ConnectionClosed { cause, .. } => {
+                        panic!("{protocol}: the victim closed the connection: {cause:?}");
+                    }
+                    _ => {}
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Decodes a frame the way the victim's codec would have sent it.
+async fn decode<M: serde::de::DeserializeOwned>(bytes: Vec<u8>, max: usize) -> M {
+    read_frame(&mut futures::io::Cursor::new(bytes), max)
+        .await
+        .unwrap()
+}
+
+/// A real libp2p peer sends oversized and malformed frames on `/shoal/block/1`: each stream is
+/// reset promptly, without an answer and without waiting for bytes that were promised but
+/// never sent; the connection stays up and the node keeps serving on it and to others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_frames_are_dropped_without_a_panic() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let data = b"served to honest peers";
+    let cid = a.handler.put(data);
+
+    let mut trailing = postcard::to_allocvec(&BlockRequest { cid }).unwrap();
+    trailing.extend_from_slice(&[0; 8]);
+    let bad = vec![
+        // 4 GiB declared: refused on the header alone.
+        RawFrame::header_only(u32::MAX as usize),
+        RawFrame::header_only(BLOCK_LIMITS.request + 1),
+        // Within the limit, but a block id cut short.
+        RawFrame::held_payload(&[0xff; 3]),
+        // A valid request with bytes left over.
+        RawFrame::held_payload(&trailing),
+    ];
+    let good = encode_frame(BLOCK_LIMITS.request, &BlockRequest { cid }).unwrap();
+    let answer = refused_then_served(&a, BLOCK_PROTOCOL, bad, good).await;
+    let answer: BlockResponse = decode(answer, BLOCK_LIMITS.response).await;
+    assert_eq!(answer, BlockResponse::Found(data.to_vec()));
+
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
     let got = b.client.fetch_block(a.id(), cid).await.unwrap();
-    assert_eq!(got.as_deref(), Some(&b"served to honest peers"[..]));
+    assert_eq!(got.as_deref(), Some(&data[..]));
     assert!(!a.handle.is_finished());
+}
+
+/// A spec whose payload is exactly `TASK_LIMITS.request` bytes.
+fn largest_spec() -> TaskSpec {
+    let size = |s: &TaskSpec| postcard::experimental::serialized_size(s).unwrap();
+    let mut spec = spec("");
+    // The entry's length varint grows from 1 byte to 3 as it fills the frame.
+    let fill = TASK_LIMITS.request - size(&spec) - 2;
+    spec.entry = "e".repeat(fill);
+    assert_eq!(size(&spec), TASK_LIMITS.request);
+    spec
+}
+
+/// The request limits of `/shoal/task/1` and `/shoal/capacity/1` hold over libp2p: one byte
+/// over the limit is refused on the header, promptly, while a request of exactly the limit is
+/// still served, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_and_capacity_request_limits_hold_over_libp2p() {
+    let a = spawn_node(vec![], |_| {}).await;
+
+    let largest = largest_spec();
+    let bad = vec![
+        RawFrame::header_only(TASK_LIMITS.request + 1),
+        RawFrame::header_only(u32::MAX as usize),
+    ];
+    let good = encode_frame(TASK_LIMITS.request, &largest).unwrap();
+    let answer = refused_then_served(&a, TASK_PROTOCOL, bad, good).await;
+    match decode(answer, TASK_LIMITS.response).await {
+        TaskOutcome::Ok { outputs, logs, .. } => {
+            assert_eq!(outputs, largest.inputs);
+            assert!(logs.starts_with(&largest.entry), "the whole spec arrived");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let bad = vec![RawFrame::header_only(CAPACITY_LIMITS.request + 1)];
+    let good = encode_frame(CAPACITY_LIMITS.request, &CapacityRequest).unwrap();
+    let answer = refused_then_served(&a, CAPACITY_PROTOCOL, bad, good).await;
+    assert_eq!(
+        decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
+        CAPACITY
+    );
+    assert!(!a.handle.is_finished());
+}
+
+/// A raw peer that answers every request on `protocol` with `answer`. Returns its address,
+/// ending in `/p2p/<id>`, and the task that runs it.
+async fn raw_server(protocol: StreamProtocol, answer: RawFrame) -> (Multiaddr, AbortOnDrop) {
+    let mut raw = raw_peer(protocol, ProtocolSupport::Inbound);
+    raw.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = within(SETTLE, "raw peer listens", async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = raw.select_next_some().await {
+                break address;
+            }
+        }
+    })
+    .await;
+    let addr = addr.with_p2p(*raw.local_peer_id()).unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = raw.select_next_some().await
+            {
+                let _ = raw.behaviour_mut().send_response(channel, answer.clone());
+            }
+        }
+    });
+    (addr, AbortOnDrop(server))
+}
+
+/// Whether `err` is the requester's frame-limit check refusing a response.
+fn is_over_limit(err: &Error) -> bool {
+    matches!(err, Error::Stream { source, .. }
+        if source.kind() == io::ErrorKind::InvalidData
+            && source.to_string().contains("exceeds the limit"))
+}
+
+/// The response limits hold over libp2p too: a peer answering with a header one byte over a
+/// protocol's response limit fails the request at once, instead of leaving the requester
+/// waiting for a body that never comes; the requester keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_responses_fail_the_request_promptly() {
+    let a = spawn_node(vec![], |_| {}).await;
+
+    let over = |limit: usize| RawFrame::header_only(limit + 1);
+    let (addr, _task) = raw_server(TASK_PROTOCOL, over(TASK_LIMITS.response)).await;
+    let peer = a.client.dial(addr).await.unwrap();
+    let err = within(PROMPT, "task", a.client.submit_task(peer, spec("echo")))
+        .await
+        .unwrap_err();
+    assert!(is_over_limit(&err), "{err}");
+
+    let (addr, _capacity) = raw_server(CAPACITY_PROTOCOL, over(CAPACITY_LIMITS.response)).await;
+    let peer = a.client.dial(addr).await.unwrap();
+    let err = within(PROMPT, "capacity", a.client.capacity(peer))
+        .await
+        .unwrap_err();
+    assert!(is_over_limit(&err), "{err}");
+
+    let (addr, _block) = raw_server(BLOCK_PROTOCOL, over(BLOCK_LIMITS.response)).await;
+    let peer = a.client.dial(addr).await.unwrap();
+    let err = within(
+        PROMPT,
+        "block",
+        a.client.fetch_block(peer, BlockId::of(b"x")),
+    )
+    .await
+    .unwrap_err();
+    assert!(is_over_limit(&err), "{err}");
+
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    // B knows A's address; A answers B, then asks B back over that connection.
+    assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY);
+    assert_eq!(a.client.capacity(b.id()).await.unwrap(), CAPACITY);
 }

@@ -113,6 +113,16 @@ fn exit_codes_tell_failures_apart() {
     let out = host(dir.path(), &["run", wasm::NOOP, "--memory", "lots"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not a size"), "{}", text(&out));
+    // The 4 GiB memory ceiling is refused before anything runs, by `run` and `submit` alike.
+    for verb in ["run", "submit"] {
+        let out = host(dir.path(), &[verb, wasm::NOOP, "--memory", "5GiB"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains("5120 MiB is over the 4096 MiB task memory limit"),
+            "{}",
+            text(&out)
+        );
+    }
     let out = host(dir.path(), &["run", "/nonexistent.wasm"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = host(dir.path(), &["frobnicate"]);

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use shoal::abi::ErrorCode;
 use shoal_host::compute::{
-    Backend, BackendKind, ComputeError, DeviceChoice, ReduceAxis, ReduceOp, Shape, TensorTable,
-    UnaryOp, XentReduction, select_backend,
+    Backend, BackendKind, ComputeError, DeviceChoice, GpuBackend, ReduceAxis, ReduceOp, Shape,
+    TensorTable, UnaryOp, XentReduction, select_backend,
 };
 
 const QUOTA: u64 = 1 << 30;
@@ -507,8 +507,18 @@ fn hostile(backend: Arc<dyn Backend>) {
     }
 }
 
-/// Allocate until the quota refuses; dropping the table frees everything for the next task.
+/// Allocate until the quota refuses; dropping the table gives every byte back to the
+/// backend, which the next task's table then gets in full.
+///
+/// The backend's live bytes are its own: nextest runs each test in its own process, so no
+/// other test's tensors are counted.
 fn quota_bomb(backend: Arc<dyn Backend>) {
+    assert_eq!(
+        backend.live_bytes(),
+        0,
+        "{}: a fresh backend",
+        backend.name()
+    );
     let quota = 4 << 20;
     let block = vec![0.5f32; 64 * 1024]; // 256 KiB
     for _ in 0..2 {
@@ -535,12 +545,25 @@ fn quota_bomb(backend: Arc<dyn Backend>) {
         assert_eq!(err.code(), ErrorCode::QuotaExceeded);
         assert_eq!(t.used_bytes(), quota);
         assert_eq!(t.len(), 16);
+        assert_eq!(
+            backend.live_bytes(),
+            quota,
+            "{}: the backend holds the table's tensors, and nothing for the refusal",
+            backend.name()
+        );
+        drop(t);
+        assert_eq!(
+            backend.live_bytes(),
+            0,
+            "{}: a dropped table leaves memory behind",
+            backend.name()
+        );
     }
     if backend.kind() != BackendKind::Cpu {
         return; // 65536 device buffers would take a while on a software adapter
     }
     // Many small tensors hit the live-tensor cap rather than growing the table forever.
-    let mut t = TensorTable::new(backend, u64::MAX);
+    let mut t = TensorTable::new(backend.clone(), u64::MAX);
     let err = loop {
         if let Err(err) = t.create([1.0], Shape::new(1, 1)) {
             break err;
@@ -548,6 +571,13 @@ fn quota_bomb(backend: Arc<dyn Backend>) {
     };
     assert!(matches!(err, ComputeError::TooManyTensors { .. }), "{err}");
     assert_eq!(err.code(), ErrorCode::QuotaExceeded);
+    assert_eq!(backend.live_bytes(), 4 * t.len() as u64);
+    drop(t);
+    assert_eq!(
+        backend.live_bytes(),
+        0,
+        "a dropped table leaves memory behind"
+    );
 }
 
 macro_rules! backend_tests {
@@ -607,11 +637,35 @@ fn gpu_backend_is_a_gpu() {
     assert_eq!(gpu().kind(), BackendKind::Gpu);
 }
 
+/// `auto` takes a hardware GPU if there is one, else the native CPU kernels: never the
+/// software adapter, far slower than they are. On CI (lavapipe only) that is the cpu backend.
+/// Whatever it takes computes.
 #[test]
 fn auto_picks_hardware_gpu_or_cpu() {
-    let backend = select_backend(DeviceChoice::Auto, false).unwrap();
-    // `auto` never settles for a software rasterizer.
-    assert!(!backend.name().contains("llvmpipe"), "{}", backend.name());
+    // The best adapter there is, software allowed: a software one only if nothing better.
+    let best = GpuBackend::new(true).unwrap_or_else(|err| {
+        panic!("GPU tests need a wgpu adapter (Debian: mesa-vulkan-drivers): {err}")
+    });
+    let auto = select_backend(DeviceChoice::Auto, false).unwrap();
+    if best.is_software() {
+        assert_eq!(
+            auto.kind(),
+            BackendKind::Cpu,
+            "only the software adapter {} here, and auto took {}",
+            best.name(),
+            auto.name()
+        );
+    } else {
+        assert_eq!(
+            auto.kind(),
+            BackendKind::Gpu,
+            "auto ignored {}",
+            best.name()
+        );
+        assert_eq!(auto.name(), best.name(), "auto took another adapter");
+    }
+    check_matmul(&auto, 5, 7, 3, false, false);
+    check_matmul(&auto, 5, 7, 3, true, true);
 }
 
 #[test]

@@ -109,6 +109,18 @@ fn wait_for_peers(node: &Joined, n: usize) {
     panic!("node never saw {n} peers");
 }
 
+/// A loopback TCP port that nothing listens on: the OS picked it free, and we let it go.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("bound address").port()
+}
+
+/// The JSON a `--json` verb printed, or a panic that shows what it printed instead.
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
 #[test]
 fn three_processes_map_fetch_and_fail_cleanly() {
     let root = tempfile::tempdir().unwrap();
@@ -135,7 +147,11 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     assert_eq!(results.len(), 6);
     let mut ran_on = std::collections::HashSet::new();
     for (i, item) in results.iter().enumerate() {
-        let peer = item["peer"].as_str().unwrap().to_owned();
+        let peer = item["report"]["stats"]["executed_by"]
+            .as_str()
+            .expect("the report names its executor")
+            .to_owned();
+        assert_eq!(item["peer"], peer.as_str(), "ran where it was placed");
         assert!(
             peer == b.peer_id || peer == c.peer_id,
             "item {i} ran on {peer}, not B or C"
@@ -202,28 +218,122 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 
-    // A failing item names itself; the others are not lost.
-    let bad = root.path().join("missing-input-name");
-    std::fs::write(&bad, "x").unwrap();
-    let out = a.host(&[
-        "submit",
-        wasm::HELLO,
-        "--map",
-        &format!("wrong={},{}", items[0], bad.display()),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("item 0") && text(&out).contains("failed on"),
-        "{}",
-        text(&out)
+    // A failing item names itself; the others are not lost. matmul-wasm with n = 2 wants a
+    // 16-byte matrix `a`: item 0 is the identity, item 1 is 3 bytes.
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (id, b_mat, short) = (
+        root.path().join("id.bin"),
+        root.path().join("b.bin"),
+        root.path().join("short.bin"),
     );
+    std::fs::write(&id, f32s(&[1.0, 0.0, 0.0, 1.0])).unwrap();
+    std::fs::write(&b_mat, f32s(&[1.0, 2.0, 3.0, 4.0])).unwrap();
+    std::fs::write(&short, b"abc").unwrap();
+    let map = format!("a={},{}", id.display(), short.display());
+    let b_input = format!("b={}", b_mat.display());
+    let args = ["submit", wasm::MATMUL_WASM, "--arg", "n=2", "--input", &b_input, "--map", &map];
+    let out = a.host(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = text(&out);
+    let line = |i: usize| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("item {i} (")))
+            .unwrap_or_else(|| panic!("no line for item {i}:\n{shown}"))
+    };
+    assert!(line(0).contains(" ran on "), "{shown}");
+    assert!(line(1).contains(" failed on "), "{shown}");
+    let out = a.host(&[&args[..], &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    let good = &result["items"][0]["report"]["result"]["Ok"][0][1];
+    let dest = root.path().join("product.bin");
+    let got = a.host(&["get", good.as_str().expect("item 0 ran"), "-o", dest.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", text(&got));
+    assert_eq!(std::fs::read(&dest).unwrap(), f32s(&[1.0, 2.0, 3.0, 4.0]), "I × B = B");
+    let bad = &result["items"][1]["report"]["result"]["Err"];
+    assert_eq!(bad["kind"], "TaskError", "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap_or("").contains("input `a` has 3 bytes"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn a_task_on_a_peer_killed_mid_task_is_retried_elsewhere() {
+    let root = tempfile::tempdir().unwrap();
+    let b = Joined::start(root.path(), "b", &["--slots", "1"]);
+    let c = Joined::start(root.path(), "c", &["--slots", "1", "--bootstrap", &b.addr]);
+    let a = Joined::start(root.path(), "a", &["--slots", "0", "--bootstrap", &b.addr]);
+    wait_for_peers(&a, 2);
+    let mut peers = [Some(b), Some(c)];
+
+    // The task waits 2 s, long enough to kill its peer while it runs.
+    let submit = Command::new(host_bin())
+        .args(["submit", wasm::WAIT, "--arg", "ms=2000", "--arg", "tag=survived", "--json"])
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("host submit starts");
+    // The victim is the peer whose one slot is busy: the task is in its sandbox now.
+    let busy = |p: &Joined| json(&p.host(&["status", "--json"]))["free_slots"] == 0;
+    let victim = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            peers.iter().position(|p| p.as_ref().is_some_and(busy))
+        })
+        .expect("the task starts on B or C");
+    let running = format!("running a task for peer {}", a.peer_id);
+    let killed = peers[victim].take().expect("victim is alive");
+    let killed_id = killed.peer_id.clone();
+    drop(killed); // SIGKILL, mid-task
+    let survivor = peers[1 - victim].as_ref().expect("the other peer lives");
+
+    let out = submit.wait_with_output().expect("host submit ends");
+    let result = json(&out);
+    assert_eq!(
+        result["stats"]["executed_by"], survivor.peer_id.as_str(),
+        "retried on the surviving peer, not {killed_id}: {result}"
+    );
+    let cid = result["result"]["Ok"][0][1]
+        .as_str()
+        .expect("the retry succeeded");
+    let dest = root.path().join("done.txt");
+    let got = a.host(&["get", cid, "-o", dest.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", text(&got));
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "survived");
+    assert!(survivor.log().contains(&running), "{}", survivor.log());
+}
+
+#[test]
+fn a_second_process_cannot_share_a_data_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let node = Joined::start(root.path(), "shared", &[]);
+    let second = Command::new(host_bin())
+        .args(["join", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(&node.data_dir)
+        .output()
+        .expect("host join runs");
+    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
+    assert!(
+        text(&second).contains("is in use by another Shoal process"),
+        "{}",
+        text(&second)
+    );
+    // The first node is untouched.
+    let out = node.host(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
 fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
     let root = tempfile::tempdir().unwrap();
-    let dead = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWSgDPqFuztk4vkjXBewRP28EQvM1aNsT2aLaUSCxNAZVy";
-    let node = Joined::start(root.path(), "lonely", &["--bootstrap", dead]);
+    let port = closed_port();
+    let dead =
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWSgDPqFuztk4vkjXBewRP28EQvM1aNsT2aLaUSCxNAZVy");
+    let node = Joined::start(root.path(), "lonely", &["--bootstrap", &dead]);
     for _ in 0..150 {
         if node.log().contains("cannot reach bootstrap") {
             break;
@@ -232,7 +342,7 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
     }
     assert!(
         node.log()
-            .contains("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/1"),
+            .contains(&format!("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/{port}")),
         "{}",
         node.log()
     );
@@ -246,18 +356,23 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
 }
 
 mod in_process {
-    //! Nodes in one process on 127.0.0.1, for what needs a hostile peer.
+    //! Nodes in one process on 127.0.0.1, for what needs a hostile or scripted peer.
 
-    use std::sync::Arc;
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     use shoal_host::{
         compute::DeviceChoice,
         node::{Node, NodeConfig},
+        runtime::{FailureKind, TaskSpec},
     };
     use shoal_p2p::{
-        BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, PeerId, TaskOutcome,
-        TaskSpec,
+        BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, NetworkClient, PeerId,
+        TaskOutcome,
     };
+    use tokio::sync::{Notify, watch};
 
     fn config(dir: &std::path::Path, bootstrap: Vec<shoal_p2p::Multiaddr>) -> NodeConfig {
         NodeConfig {
@@ -270,15 +385,51 @@ mod in_process {
         }
     }
 
-    /// A peer that answers every block request with the wrong bytes.
-    struct Liar;
+    /// A bare p2p peer on 127.0.0.1 that answers with `handler`.
+    async fn scripted_peer(
+        handler: Arc<dyn InboundHandler>,
+        tune: impl FnOnce(&mut shoal_p2p::Config),
+    ) -> (NetworkClient, shoal_p2p::Multiaddr) {
+        let mut cfg = shoal_p2p::Config::new(Keypair::generate_ed25519(), handler);
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.mdns = false;
+        tune(&mut cfg);
+        let (client, _task) = Network::spawn(cfg).unwrap();
+        let addr = client.listen_addrs().await.unwrap()[0].clone();
+        (client, addr)
+    }
+
+    /// A hello spec whose module and input are in `node`'s store.
+    async fn hello_spec(node: &Node) -> TaskSpec {
+        let module = node
+            .put_path(shoal_task_artifacts::HELLO.into())
+            .await
+            .unwrap();
+        let name = node.store().put_bytes(b"mesh").unwrap();
+        TaskSpec {
+            module,
+            task: None,
+            inputs: vec![("name".into(), name)],
+            args: vec![],
+            limits: Default::default(),
+        }
+    }
+
+    /// A peer that answers every block request with the wrong bytes, and counts the requests.
+    #[derive(Default)]
+    struct Liar {
+        asked: AtomicUsize,
+    }
 
     impl InboundHandler for Liar {
         fn block(&self, _: PeerId, _: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Some(vec![0xEE; 1 << 20]) })
         }
-        fn task(&self, _: PeerId, _: TaskSpec) -> BoxFuture<'_, TaskOutcome> {
-            Box::pin(async { TaskOutcome::failed(shoal_p2p::FailureKind::Denied, "liar") })
+        fn task(&self, _: PeerId, _: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+            Box::pin(async {
+                TaskOutcome::failed(shoal_p2p::FailureKind::Denied, "liar denies everyone")
+            })
         }
         fn capacity(&self) -> BoxFuture<'_, Capacity> {
             Box::pin(async { Capacity::default() })
@@ -292,28 +443,32 @@ mod in_process {
             .await
             .unwrap();
         let addr = holder.net().listen_addrs().await.unwrap()[0].clone();
-        let mut liar_cfg = shoal_p2p::Config::new(Keypair::generate_ed25519(), Arc::new(Liar));
-        liar_cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        liar_cfg.mdns = false;
-        let (liar, _task) = Network::spawn(liar_cfg).unwrap();
-        let liar_addr = liar.listen_addrs().await.unwrap()[0].clone();
+        let liar = Arc::new(Liar::default());
+        let (_liar_net, liar_addr) = scripted_peer(liar.clone(), |_| {}).await;
         let fetcher = Node::start(config(&root.path().join("fetcher"), vec![addr.clone()]))
             .await
             .unwrap();
         let holder_id = fetcher.net().dial(addr).await.unwrap();
         let liar_id = fetcher.net().dial(liar_addr).await.unwrap();
 
+        // A manifest and 5 chunks: without the skip, the liar would be asked for about half.
         let data: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
         let file = root.path().join("data.bin");
         std::fs::write(&file, &data).unwrap();
         let cid = holder.put_path(file).await.unwrap();
 
-        // The liar is asked first for every block; each of its answers fails verification.
+        // The liar is listed first, so it is asked for the manifest, fails verification, and
+        // is never asked again during this fetch.
         fetcher
             .fetch_file(cid, &[liar_id, holder_id])
             .await
             .expect("fetch succeeds from the honest peer");
         assert_eq!(fetcher.store().read_file(&cid).unwrap(), data);
+        assert_eq!(
+            liar.asked.load(Ordering::SeqCst),
+            1,
+            "the corrupt provider is asked once, then skipped"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,26 +487,174 @@ mod in_process {
         for n in [&b, &c] {
             n.net().dial(a_addr.clone()).await.unwrap();
         }
-        let module = a
-            .put_path(shoal_task_artifacts::HELLO.into())
-            .await
-            .unwrap();
-        let name = a.store().put_bytes(b"mesh").unwrap();
-        let spec = shoal_host::runtime::TaskSpec {
-            module,
-            task: None,
-            inputs: vec![("name".into(), name)],
-            args: vec![],
-            limits: Default::default(),
-        };
+        let spec = hello_spec(&a).await;
         for target in [&b, &c] {
             let placed = a.submit(spec.clone(), Some(target.peer_id())).await;
-            assert_eq!(placed.peer, target.peer_id());
+            // The executor's own report names it, and it really has the output.
+            assert_eq!(
+                placed.report.stats.executed_by,
+                Some(target.peer_id().to_string()),
+                "the report names the node that ran the task"
+            );
             let outputs = placed.report.result.expect("runs remotely");
+            assert!(target.store().has_block(&outputs[0].1), "the executor stored the output");
             a.fetch_file(outputs[0].1, &[target.peer_id()])
                 .await
                 .unwrap();
             assert_eq!(a.store().read_file(&outputs[0].1).unwrap(), b"Hello, mesh!");
         }
+        let local = a.submit(spec, Some(a.peer_id())).await;
+        assert_eq!(local.report.stats.executed_by, Some(a.peer_id().to_string()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_refuses_is_reported_denied() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![]))
+            .await
+            .unwrap();
+        let (_liar_net, liar_addr) = scripted_peer(Arc::new(Liar::default()), |_| {}).await;
+        let liar_id = a.net().dial(liar_addr).await.unwrap();
+        let placed = a.submit(hello_spec(&a).await, Some(liar_id)).await;
+        let failure = placed.report.result.expect_err("the peer refuses");
+        assert_eq!(failure.kind, FailureKind::Denied, "{failure}");
+        assert!(failure.message.contains("liar denies everyone"), "{failure}");
+    }
+
+    /// A peer that holds every task until released, counting how many it holds at once.
+    struct Gate {
+        held: AtomicUsize,
+        peak: AtomicUsize,
+        /// Sends the number held each time it changes.
+        count: watch::Sender<usize>,
+        open: Notify,
+        released: std::sync::atomic::AtomicBool,
+        /// Peer ids of the senders, to check they are who we think.
+        from: Mutex<Vec<PeerId>>,
+    }
+
+    impl Gate {
+        fn new() -> Self {
+            Self {
+                held: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                count: watch::channel(0).0,
+                open: Notify::new(),
+                released: false.into(),
+                from: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl InboundHandler for Gate {
+        fn block(&self, _: PeerId, _: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+            Box::pin(async { None })
+        }
+        fn task(&self, from: PeerId, _: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+            Box::pin(async move {
+                self.from.lock().unwrap().push(from);
+                let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(now, Ordering::SeqCst);
+                self.count.send_replace(now);
+                let opened = self.open.notified();
+                if !self.released.load(Ordering::SeqCst) {
+                    opened.await;
+                }
+                let now = self.held.fetch_sub(1, Ordering::SeqCst) - 1;
+                self.count.send_replace(now);
+                TaskOutcome::Ok {
+                    outputs: vec![],
+                    logs: String::new(),
+                    stats: shoal_p2p::TaskStats {
+                        wall_ms: 0,
+                        peak_memory_bytes: 0,
+                        backend: String::new(),
+                        executed_by: String::new(),
+                    },
+                }
+            })
+        }
+        fn capacity(&self) -> BoxFuture<'_, Capacity> {
+            Box::pin(async {
+                Capacity {
+                    free_slots: 1000,
+                    total_slots: 1000,
+                    has_gpu: false,
+                    queue_len: 0,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submitter_keeps_at_most_32_tasks_in_flight_on_one_peer() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![]))
+            .await
+            .unwrap();
+        // The gate would take far more than 32 at once: only the submitter's own bound holds.
+        let gate = Arc::new(Gate::new());
+        let (_gate_net, gate_addr) =
+            scripted_peer(gate.clone(), |c| c.max_inbound_tasks = 1000).await;
+        let gate_id = a.net().dial(gate_addr).await.unwrap();
+        let spec = hello_spec(&a).await;
+        let submits: Vec<_> = (0..40)
+            .map(|_| {
+                let (a, spec) = (a.clone(), spec.clone());
+                tokio::spawn(async move { a.submit(spec, Some(gate_id)).await })
+            })
+            .collect();
+        let mut count = gate.count.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            count.wait_for(|n| *n >= 32),
+        )
+        .await
+        .expect("32 tasks reach the peer")
+        .unwrap();
+        // Nothing more may arrive while those 32 are held: watch for a while.
+        let more = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            count.wait_for(|n| *n > 32),
+        )
+        .await;
+        assert!(
+            more.is_err() && gate.peak.load(Ordering::SeqCst) == 32,
+            "a 33rd task reached the peer (peak {})",
+            gate.peak.load(Ordering::SeqCst)
+        );
+        gate.released.store(true, Ordering::SeqCst);
+        gate.open.notify_waiters();
+        for submit in submits {
+            let placed = submit.await.unwrap();
+            assert!(placed.report.result.is_ok(), "{:?}", placed.report.result);
+        }
+        assert_eq!(gate.peak.load(Ordering::SeqCst), 32);
+        assert_eq!(gate.from.lock().unwrap().len(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_vanishes_mid_task_is_reported_lost() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![]))
+            .await
+            .unwrap();
+        let gate = Arc::new(Gate::new());
+        let (gate_net, gate_addr) = scripted_peer(gate.clone(), |_| {}).await;
+        let gate_id = a.net().dial(gate_addr).await.unwrap();
+        let spec = hello_spec(&a).await;
+        let submit = tokio::spawn({
+            let a = a.clone();
+            async move { a.submit(spec, Some(gate_id)).await }
+        });
+        gate.count.subscribe().wait_for(|n| *n == 1).await.unwrap();
+        gate_net.shutdown().await;
+        // Pinned to that peer, the task cannot move: it ends Lost, promptly.
+        let placed = tokio::time::timeout(std::time::Duration::from_secs(20), submit)
+            .await
+            .expect("a lost peer is noticed")
+            .unwrap();
+        let failure = placed.report.result.expect_err("the peer is gone");
+        assert_eq!(failure.kind, FailureKind::Lost, "{failure}");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use shoal::abi::ErrorCode;
 use shoal_host::{
-    compute::DeviceChoice,
+    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend},
     runtime::{FailureKind, Limits, MIB, Runtime, RuntimeConfig, TaskReport, TaskSpec},
     store::BlockStore,
 };
@@ -71,8 +71,8 @@ fn assert_close(host: &[f32], wasm: &[f32], n: usize) {
 }
 
 /// The host product equals the wasm product for seeded matrices of awkward sizes, and for
-/// matrices given as inputs.
-fn host_matches_wasm(rt: &Runtime, backend_contains: &str) {
+/// matrices given as inputs; every tensor task reports that it ran on `backend`.
+fn host_matches_wasm(rt: &Runtime, backend: &str) {
     for (n, seed) in [("1", "3"), ("67", "5"), ("128", "9")] {
         let args = [("n", n), ("seed", seed)];
         let (want, wasm_report) = product(rt, &with_args(spec(rt, wasm::MATMUL_WASM, &[]), &args));
@@ -82,14 +82,10 @@ fn host_matches_wasm(rt: &Runtime, backend_contains: &str) {
             wasm_report.stats.backend, None,
             "matmul-wasm uses no tensors"
         );
-        let backend = report
-            .stats
-            .backend
-            .clone()
-            .expect("matmul reports its backend");
-        assert!(
-            backend.contains(backend_contains),
-            "backend `{backend}` is not `{backend_contains}`"
+        assert_eq!(
+            report.stats.backend.as_deref(),
+            Some(backend),
+            "matmul ran on another backend"
         );
     }
     let n = 5;
@@ -104,26 +100,39 @@ fn host_matches_wasm(rt: &Runtime, backend_contains: &str) {
         rt,
         &with_args(spec(rt, wasm::MATMUL_WASM, &inputs), &[("n", "5")]),
     );
-    let (got, _) = product(
+    let (got, report) = product(
         rt,
         &with_args(spec(rt, wasm::MATMUL, &inputs), &[("n", "5")]),
     );
     assert_close(&got, &want, n);
+    assert_eq!(report.stats.backend.as_deref(), Some(backend));
     assert_hello_works(rt);
 }
 
+/// `--device cpu`: the native kernels, named as the cpu backend names itself.
 #[test]
 fn matmul_task_matches_wasm_on_cpu() {
     let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
-    host_matches_wasm(&rt, "cpu");
+    host_matches_wasm(&rt, CpuBackend::new().name());
 }
 
+/// `--device gpu` with software allowed: the tasks run the shaders on wgpu over the software
+/// adapter (lavapipe), the same one a `GpuBackend` opened here finds.
 #[test]
 fn matmul_task_matches_wasm_on_software_gpu() {
+    let expected = GpuBackend::new(true).unwrap_or_else(|e| {
+        panic!("this test needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
+    });
+    assert!(
+        expected.is_software(),
+        "{} is a hardware GPU: this test is for the software adapter",
+        expected.name()
+    );
+    assert!(expected.name().starts_with("wgpu "), "{}", expected.name());
     let (_dir, rt) = runtime_on(DeviceChoice::Gpu, true);
     // The first tensor call starts the device; with no adapter the task fails with
     // `Unavailable`, and so does this test, naming the reason from the task's log.
-    host_matches_wasm(&rt, "");
+    host_matches_wasm(&rt, expected.name());
 }
 
 fn run_hostile(task: &str, limits: Limits) -> TaskReport {

@@ -2,31 +2,21 @@
 //! holds the data dir.
 
 use std::{
-    fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::Path,
     sync::Arc,
 };
 
-use anyhow::Context;
 use shoal_host::{
-    runtime::{
-        FailureKind, Limits, MAX_TASK_MEMORY, Runtime, RuntimeConfig, TaskReport, TaskSpec,
-        limits::fmt_bytes,
-    },
+    control::{self, BuildError, Get, Put},
+    runtime::{Runtime, RuntimeConfig, TaskReport, limits::fmt_bytes},
     store::{BlockStore, Cid, StoreError},
 };
 
-use super::{CliError, Exit, GetArgs, PutArgs, RunArgs, TaskArgs, usage};
+use super::{CliError, Exit, GetArgs, PutArgs, RunArgs, usage};
 
 fn open_store(dir: &Path) -> anyhow::Result<BlockStore> {
-    BlockStore::open(dir).map_err(|e| {
-        CliError {
-            exit: Exit::Node,
-            message: e.to_string(),
-        }
-        .into()
-    })
+    BlockStore::open(dir).map_err(store_err)
 }
 
 fn store_err(e: StoreError) -> anyhow::Error {
@@ -37,64 +27,17 @@ fn store_err(e: StoreError) -> anyhow::Error {
     .into()
 }
 
-/// Stores a file named on the command line; a missing file is bad usage.
-pub(super) fn put_path(store: &BlockStore, path: &Path) -> anyhow::Result<Cid> {
-    let file =
-        File::open(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-    store
-        .put_file(io::BufReader::with_capacity(1 << 20, file))
-        .map_err(store_err)
-}
-
-/// Resolves `NAME=FILE|CID`: an existing file wins, else the value must be a CID.
-pub(super) fn resolve_input(store: &BlockStore, name: &str, value: &str) -> anyhow::Result<Cid> {
-    let path = Path::new(value);
-    if path.exists() {
-        return put_path(store, path);
+fn build_err(e: BuildError) -> anyhow::Error {
+    CliError {
+        exit: e.exit(),
+        message: e.to_string(),
     }
-    value.parse::<Cid>().map_err(|_| {
-        usage(format!(
-            "input `{name}`: `{value}` is neither a file nor a CID"
-        ))
-    })
-}
-
-/// Builds a task spec from the command line, storing the module and file inputs.
-pub(super) fn task_spec(store: &BlockStore, args: &TaskArgs) -> anyhow::Result<TaskSpec> {
-    if args.memory > MAX_TASK_MEMORY {
-        return Err(usage(format!(
-            "--memory {} is over the {} limit",
-            fmt_bytes(args.memory),
-            fmt_bytes(MAX_TASK_MEMORY)
-        )));
-    }
-    let module = put_path(store, &args.module)?;
-    let inputs = args
-        .inputs
-        .iter()
-        .map(|(name, value)| Ok((name.clone(), resolve_input(store, name, value)?)))
-        .collect::<anyhow::Result<_>>()?;
-    Ok(TaskSpec {
-        module,
-        task: args.task.clone(),
-        inputs,
-        args: args.args.clone(),
-        limits: Limits {
-            memory_bytes: args.memory,
-            timeout: args.timeout,
-            cpu_budget: args.timeout,
-            ..Limits::default()
-        },
-    })
+    .into()
 }
 
 /// Prints a task report for people (or as JSON) and returns the exit code it implies.
 pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Exit> {
-    let exit = match &report.result {
-        Ok(_) => Exit::Ok,
-        Err(f) if f.kind == FailureKind::BadModule => Exit::BadModule,
-        Err(_) => Exit::TaskFailed,
-    };
+    let exit = Exit::of(report);
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, report)?;
@@ -134,7 +77,7 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
 /// `host run`.
 pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let store = Arc::new(open_store(&args.data_dir.resolve())?);
-    let spec = task_spec(&store, &args.task)?;
+    let spec = args.task.request().build(&store).map_err(build_err)?;
     // Asking for a GPU by name accepts a software Vulkan adapter too; `auto` never does.
     let config = RuntimeConfig {
         slots: 1,
@@ -163,17 +106,12 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
         if !path.is_file() {
             return Err(usage(format!("cannot read {}", args.file.display())));
         }
-        let result = super::mesh::call(&data_dir, &shoal_host::control::Request::Put { path })?;
-        result["cid"]
-            .as_str()
-            .unwrap_or_default()
-            .parse::<Cid>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        super::mesh::call(&data_dir, Put { path })?.cid
     } else {
-        put_path(&open_store(&data_dir)?, &args.file)?
+        control::store_file(&open_store(&data_dir)?, &args.file).map_err(build_err)?
     };
     if args.json {
-        println!("{}", serde_json::json!({ "cid": cid.to_hex() }));
+        println!("{}", serde_json::json!({ "cid": cid }));
     } else {
         println!("{cid}");
     }
@@ -184,49 +122,27 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
 pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let cid: Cid = args.cid.parse().map_err(|e| usage(format!("{e}")))?;
     let data_dir = args.data_dir.resolve();
-    if node_running(&data_dir) {
-        if args.output.as_os_str() == "-" {
+    let to_stdout = args.output.as_os_str() == "-";
+    let bytes = if node_running(&data_dir) {
+        if to_stdout {
             return Err(usage(
                 "while a node runs on this data dir, `host get` needs -o FILE",
             ));
         }
         let path = std::path::absolute(&args.output)?;
-        let result = super::mesh::call(
-            &data_dir,
-            &shoal_host::control::Request::Get {
-                cid: cid.to_hex(),
-                path,
-            },
-        )?;
-        eprintln!(
-            "wrote {} bytes to {}",
-            result["bytes"],
-            args.output.display()
-        );
-        return Ok(Exit::Ok);
-    }
-    let store = open_store(&data_dir)?;
-    // Check it is a readable file before creating the output, so a bad CID leaves no file.
-    store.manifest(&cid).map_err(store_err)?;
-    if args.output.as_os_str() == "-" {
+        super::mesh::call(&data_dir, Get { cid, path })?.bytes
+    } else if to_stdout {
+        let store = open_store(&data_dir)?;
+        store.manifest(&cid).map_err(store_err)?;
         store
             .write_file(&cid, io::stdout().lock())
             .map_err(store_err)?;
         return Ok(Exit::Ok);
-    }
-    let tmp = args.output.with_extension("shoal-partial");
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let written = store.write_file(&cid, BufWriter::new(file));
-    match written {
-        Ok(len) => {
-            std::fs::rename(&tmp, &args.output)
-                .with_context(|| format!("cannot write {}", args.output.display()))?;
-            eprintln!("wrote {len} bytes to {}", args.output.display());
-            Ok(Exit::Ok)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(store_err(e))
-        }
-    }
+    } else {
+        open_store(&data_dir)?
+            .export(&cid, &args.output)
+            .map_err(store_err)?
+    };
+    eprintln!("wrote {bytes} bytes to {}", args.output.display());
+    Ok(Exit::Ok)
 }

@@ -3,49 +3,30 @@
 
 use std::{io::IsTerminal, path::Path, time::Duration};
 
-use anyhow::Context;
 use shoal_host::{
-    control::{Client, ControlError, Reply, Request, TaskRequest},
+    control::{self, Call, Client, Map, Peers, Status, Submit, TaskRequest},
     node::{Node, NodeConfig},
-    runtime::{Limits, TaskReport},
     sched::MapProgress,
 };
 
-use super::{
-    CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage,
-};
+use super::{CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
-pub(super) fn call(data_dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let client = Client::connect(data_dir).map_err(|e| CliError {
-        exit: Exit::Node,
+pub(super) fn call<C: Call>(data_dir: &Path, request: C) -> anyhow::Result<C::Reply> {
+    let failed = |e: control::ControlError| CliError {
+        exit: e.exit(),
         message: e.to_string(),
-    })?;
+    };
+    let client = Client::connect(data_dir).map_err(failed)?;
     let bar = progress_bar();
     let finished = std::cell::Cell::new(0);
     let reply = client
         .call(request, |p| show_progress(&bar, p, &finished))
-        .map_err(|e: ControlError| CliError {
-            exit: Exit::Node,
-            message: e.to_string(),
-        })?;
+        .map_err(failed)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    match reply {
-        Reply::Done { result } => Ok(result),
-        Reply::Error { message, exit } => Err(CliError {
-            exit: match exit {
-                2 => Exit::Usage,
-                3 => Exit::BadModule,
-                1 => Exit::TaskFailed,
-                _ => Exit::Node,
-            },
-            message,
-        }
-        .into()),
-        Reply::Progress(_) => Err(anyhow::anyhow!("the node ended on a progress line")),
-    }
+    Ok(reply)
 }
 
 fn progress_bar() -> Option<indicatif::ProgressBar> {
@@ -82,86 +63,56 @@ fn show_progress(
     }
 }
 
-/// Absolute paths for files (the node has its own working directory); CIDs pass through.
-fn absolute(value: &str) -> String {
-    let path = Path::new(value);
-    match path.exists().then(|| std::path::absolute(path)) {
-        Some(Ok(abs)) => abs.display().to_string(),
-        _ => value.to_owned(),
-    }
-}
-
 /// `host submit`.
 pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
-    let t = &args.task;
-    let module = std::path::absolute(&t.module)
-        .with_context(|| format!("bad path {}", t.module.display()))?;
-    if !module.is_file() {
-        return Err(usage(format!("cannot read {}", t.module.display())));
+    let task: TaskRequest = args.task.request().absolute();
+    if !task.module.is_file() {
+        return Err(usage(format!("cannot read {}", args.task.module.display())));
     }
-    let task = TaskRequest {
-        module,
-        task: t.task.clone(),
-        inputs: t
-            .inputs
-            .iter()
-            .map(|(n, v)| (n.clone(), absolute(v)))
-            .collect(),
-        args: t.args.clone(),
-        limits: Limits {
-            memory_bytes: t.memory,
-            timeout: t.timeout,
-            cpu_budget: t.timeout,
-            ..Limits::default()
-        },
-        on: args.on.clone(),
-    };
     let data_dir = args.data_dir.resolve();
-    let Some(map) = &args.map else {
-        let result = call(&data_dir, &Request::Submit(task))?;
-        let report: TaskReport = serde_json::from_value(result["report"].clone())?;
-        let exit = print_report(&report, args.json)?;
+    let on = args.on.clone();
+    let Some((name, list)) = &args.map else {
+        let ran = call(&data_dir, Submit { task, on })?;
+        let exit = print_report(&ran.report, args.json)?;
         if !args.json {
-            println!("ran on {}", result["peer"].as_str().unwrap_or("?"));
+            println!("ran on {}", ran.peer);
         }
         return Ok(exit);
     };
-    let (name, list) = map;
     let items: Vec<String> = match list.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file)
             .map_err(|e| usage(format!("--map {name}=@{file}: {e}")))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(absolute)
+            .map(control::absolute)
             .collect(),
         None => list
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(absolute)
+            .map(control::absolute)
             .collect(),
     };
     if items.is_empty() {
         return Err(usage(format!("--map {name}= names no items")));
     }
-    let result = call(
+    let mapped = call(
         &data_dir,
-        &Request::Map {
+        Map {
             task,
+            on,
             name: name.clone(),
             items,
         },
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", serde_json::to_string_pretty(&mapped)?);
     }
     let mut failed = 0;
-    for (i, item) in result["items"].as_array().into_iter().flatten().enumerate() {
-        let report: TaskReport = serde_json::from_value(item["report"].clone())?;
-        let peer = item["peer"].as_str().unwrap_or("?");
-        let what = item["item"].as_str().unwrap_or("?");
-        match &report.result {
+    for (i, item) in mapped.items.iter().enumerate() {
+        let (peer, what) = (&item.ran.peer, &item.item);
+        match &item.ran.report.result {
             Ok(outputs) if !args.json => {
                 let outs: Vec<String> = outputs.iter().map(|(n, c)| format!("{n} {c}")).collect();
                 println!("item {i} ({what}) ran on {peer}: {}", outs.join(", "));
@@ -187,43 +138,40 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
 
 /// `host peers`.
 pub(super) fn peers(args: PeersArgs) -> anyhow::Result<Exit> {
-    let result = call(&args.data_dir.resolve(), &Request::Peers)?;
+    let list = call(&args.data_dir.resolve(), Peers)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(Exit::Ok);
     }
-    let peers = result["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
+    if list.peers.is_empty() {
         println!("no peers connected");
     }
-    for p in peers {
-        let c = &p["capacity"];
-        println!(
-            "{}  slots {}/{} free, queue {}, gpu {}",
-            p["peer"].as_str().unwrap_or("?"),
-            c["free_slots"],
-            c["total_slots"],
-            c["queue_len"],
-            c["has_gpu"]
-        );
+    for p in list.peers {
+        match p.capacity {
+            Some(c) => println!(
+                "{}  slots {}/{} free, queue {}, gpu {}",
+                p.peer, c.free_slots, c.total_slots, c.queue_len, c.has_gpu
+            ),
+            None => println!("{}  (did not answer)", p.peer),
+        }
     }
     Ok(Exit::Ok)
 }
 
 /// `host status`.
 pub(super) fn status(args: StatusArgs) -> anyhow::Result<Exit> {
-    let result = call(&args.data_dir.resolve(), &Request::Status)?;
+    let s = call(&args.data_dir.resolve(), Status)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(Exit::Ok);
     }
-    println!("peer id: {}", result["peer_id"].as_str().unwrap_or("?"));
-    for addr in result["listen"].as_array().into_iter().flatten() {
-        println!("listening on {}", addr.as_str().unwrap_or("?"));
+    println!("peer id: {}", s.peer_id);
+    for addr in &s.listen {
+        println!("listening on {addr}");
     }
     println!(
         "slots: {} free of {}, {} queued; {} peer(s) connected",
-        result["free_slots"], result["slots"], result["queue_len"], result["connected_peers"]
+        s.free_slots, s.slots, s.queue_len, s.connected_peers
     );
     Ok(Exit::Ok)
 }

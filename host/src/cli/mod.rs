@@ -7,6 +7,8 @@ mod parse;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+pub use shoal_host::control::Exit;
+use shoal_host::control::TaskRequest;
 
 /// Exit codes, documented in `--help`.
 pub const EXIT_CODES: &str = "\
@@ -173,11 +175,25 @@ pub struct TaskArgs {
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse::pair)]
     pub args: Vec<(String, String)>,
     /// Linear memory limit, e.g. 64MiB (at most 4GiB).
-    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse::size)]
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse::task_memory)]
     pub memory: u64,
     /// Wall-time limit, e.g. 30s or 500ms; also the CPU budget.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse::duration)]
     pub timeout: std::time::Duration,
+}
+
+impl TaskArgs {
+    /// The task as the node's library describes it.
+    pub fn request(&self) -> TaskRequest {
+        TaskRequest {
+            module: self.module.clone(),
+            task: self.task.clone(),
+            inputs: self.inputs.clone(),
+            args: self.args.clone(),
+            memory: self.memory,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// `host run`.
@@ -217,21 +233,6 @@ pub struct GetArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub data_dir: DataDirArg,
-}
-
-/// How a command ended, as a process exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// 0.
-    Ok = 0,
-    /// 1.
-    TaskFailed = 1,
-    /// 2.
-    Usage = 2,
-    /// 3.
-    BadModule = 3,
-    /// 4.
-    Node = 4,
 }
 
 /// A failure the CLI reports with a specific exit code.

@@ -25,6 +25,11 @@ pub fn size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
+/// Parses a task's `--memory`: a size no larger than the runtime's ceiling.
+pub fn task_memory(s: &str) -> Result<u64, String> {
+    shoal_host::control::check_memory(size(s)?).map_err(|e| e.to_string())
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -69,6 +74,8 @@ mod tests {
         assert_eq!(size("4096"), Ok(4096));
         assert!(size("lots").is_err());
         assert!(size("3 parsecs").is_err());
+        assert_eq!(task_memory("4GiB"), Ok(4 << 30));
+        assert!(task_memory("5GiB").unwrap_err().contains("5120 MiB is over the 4096 MiB task memory limit"));
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
         assert!(duration("0s").is_err());

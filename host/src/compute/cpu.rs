@@ -6,8 +6,8 @@ use std::{num::NonZeroUsize, thread};
 use gemm::Parallelism;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
-    TensorOp, UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, ReduceAxis, ReduceOp, Shape, Storage,
+    Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Below this many multiply-adds a matmul runs on one thread: spawning costs more.
@@ -20,6 +20,7 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 17;
 pub struct CpuBackend {
     name: String,
     threads: usize,
+    live: LiveBytes,
 }
 
 impl Default for CpuBackend {
@@ -35,6 +36,7 @@ impl CpuBackend {
         Self {
             name: format!("cpu (gemm, {threads} threads)"),
             threads,
+            live: LiveBytes::default(),
         }
     }
 
@@ -181,6 +183,10 @@ impl Backend for CpuBackend {
         &self.name
     }
 
+    fn live_bytes(&self) -> u64 {
+        self.live.get()
+    }
+
     fn upload(&self, data: Vec<f32>, shape: Shape) -> Result<Tensor, ComputeError> {
         let expected = shape.elements()?;
         if data.len() != expected {
@@ -190,10 +196,7 @@ impl Backend for CpuBackend {
                 got: data.len(),
             });
         }
-        Ok(Tensor {
-            shape,
-            storage: Storage::Host(data),
-        })
+        Ok(self.live.tensor(shape, Storage::Host(data)))
     }
 
     fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError> {
@@ -323,10 +326,7 @@ impl Backend for CpuBackend {
                 out
             }
         };
-        Ok(Tensor {
-            shape,
-            storage: Storage::Host(data),
-        })
+        Ok(self.live.tensor(shape, Storage::Host(data)))
     }
 }
 

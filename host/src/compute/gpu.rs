@@ -11,8 +11,8 @@ use std::{num::NonZeroU64, sync::mpsc};
 use wgpu::util::DeviceExt;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Storage, Tensor,
-    TensorOp, UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, ReduceAxis, ReduceOp, Shape, Storage,
+    Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Every shader file, by name, with its WGSL source (for validation in tests and tools).
@@ -37,8 +37,8 @@ pub const SHADERS: [(&str, &str); 6] = [
     ),
 ];
 
-/// The uniform every kernel reads; mirrors `struct Params` in each shader.
-const PARAMS_SIZE: u64 = 32;
+/// The size of the uniform every kernel reads: the Rust [`Params`].
+const PARAMS_SIZE: u64 = std::mem::size_of::<Params>() as u64;
 /// Invocations per workgroup in the 1-D kernels.
 const WORKGROUP_1D: u32 = 256;
 /// Output tile of one matmul workgroup (`TM`, `TN` in matmul.wgsl).
@@ -115,8 +115,10 @@ impl Kernel {
     }
 }
 
-/// The values of one kernel's `Params` uniform.
+/// The values of one kernel's `Params` uniform, laid out as `struct Params` is in every
+/// shader (a test checks it against naga's layout of each).
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 struct Params {
     len: u32,
     rows: u32,
@@ -124,82 +126,70 @@ struct Params {
     k: u32,
     alpha: f32,
     flags: u32,
+    /// Workgroups along x in the dispatch grid, set by [`GpuBackend::dispatch`]: shaders
+    /// flatten the grid with it.
+    groups_x: u32,
     aux: u32,
 }
 
 impl Params {
-    fn bytes(self, groups_x: u32) -> [u8; PARAMS_SIZE as usize] {
-        let words = [
-            self.len,
-            self.rows,
-            self.cols,
-            self.k,
-            self.alpha.to_bits(),
-            self.flags,
-            groups_x,
-            self.aux,
+    /// The uniform's bytes: each field little-endian at its offset in the `repr(C)` struct.
+    fn bytes(self) -> [u8; PARAMS_SIZE as usize] {
+        use std::mem::offset_of;
+        let fields = [
+            (offset_of!(Params, len), self.len),
+            (offset_of!(Params, rows), self.rows),
+            (offset_of!(Params, cols), self.cols),
+            (offset_of!(Params, k), self.k),
+            (offset_of!(Params, alpha), self.alpha.to_bits()),
+            (offset_of!(Params, flags), self.flags),
+            (offset_of!(Params, groups_x), self.groups_x),
+            (offset_of!(Params, aux), self.aux),
         ];
         let mut out = [0u8; PARAMS_SIZE as usize];
-        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
-            chunk.copy_from_slice(&w.to_le_bytes());
+        for (offset, word) in fields {
+            out[offset..offset + 4].copy_from_slice(&word.to_le_bytes());
         }
         out
     }
 }
 
-/// wgpu compute shaders on one adapter. Cheap to share behind an `Arc`; all methods take
-/// `&self` and may be called from several threads.
-#[derive(Debug)]
-pub struct GpuBackend {
-    name: String,
+/// What choosing an adapter needs to know of one: its info, and whether it runs compute
+/// shaders at all.
+#[derive(Clone, Debug)]
+struct Candidate {
     info: wgpu::AdapterInfo,
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    layout: wgpu::BindGroupLayout,
-    pipelines: Vec<wgpu::ComputePipeline>,
-    /// The largest tensor buffer, in bytes: the smaller of the buffer and binding limits.
-    max_tensor_bytes: u64,
-    max_groups_per_dim: u32,
+    compute: bool,
 }
 
-impl GpuBackend {
-    /// Opens the best Vulkan adapter: discrete, then integrated, then virtual GPUs; software
-    /// adapters (llvmpipe, lavapipe) only if `allow_software`.
-    ///
-    /// # Errors
-    ///
-    /// [`ComputeError::NoAdapter`] when no adapter fits (the message says what was found),
-    /// [`ComputeError::Device`] when the device or a pipeline cannot be made.
-    pub fn new(allow_software: bool) -> Result<Self, ComputeError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::VULKAN,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-        let rank = |t: wgpu::DeviceType| match t {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Other => 3,
-            wgpu::DeviceType::Cpu => 4,
-        };
-        let found: Vec<String> = adapters
-            .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?})", i.name, i.device_type)
-            })
-            .collect();
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu)
-            .filter(|a| {
-                a.get_downlevel_capabilities()
-                    .flags
-                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-            })
-            .min_by_key(|a| rank(a.get_info().device_type))
-            .ok_or_else(|| ComputeError::NoAdapter {
+/// The index of the adapter to open: the best of discrete, integrated, virtual and other
+/// GPUs with compute shaders; software adapters (wgpu's `DeviceType::Cpu`: llvmpipe,
+/// lavapipe) only if `allow_software`, and then last.
+///
+/// # Errors
+///
+/// [`ComputeError::NoAdapter`], saying what was found.
+fn pick_adapter(candidates: &[Candidate], allow_software: bool) -> Result<usize, ComputeError> {
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| allow_software || c.info.device_type != wgpu::DeviceType::Cpu)
+        .filter(|(_, c)| c.compute)
+        .min_by_key(|(_, c)| rank(c.info.device_type))
+        .map(|(i, _)| i)
+        .ok_or_else(|| {
+            let found: Vec<String> = candidates
+                .iter()
+                .map(|c| format!("{} ({:?})", c.info.name, c.info.device_type))
+                .collect();
+            ComputeError::NoAdapter {
                 reason: if found.is_empty() {
                     "no Vulkan adapter found (is a Vulkan driver installed? for the software \
                      one, install Debian's mesa-vulkan-drivers)"
@@ -216,7 +206,51 @@ impl GpuBackend {
                         found.join(", ")
                     )
                 },
-            })?;
+            }
+        })
+}
+
+/// wgpu compute shaders on one adapter. Cheap to share behind an `Arc`; all methods take
+/// `&self` and may be called from several threads.
+#[derive(Debug)]
+pub struct GpuBackend {
+    name: String,
+    info: wgpu::AdapterInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    layout: wgpu::BindGroupLayout,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// The largest tensor buffer, in bytes: the smaller of the buffer and binding limits.
+    max_tensor_bytes: u64,
+    max_groups_per_dim: u32,
+    live: LiveBytes,
+}
+
+impl GpuBackend {
+    /// Opens the best Vulkan adapter: discrete, then integrated, then virtual GPUs; software
+    /// adapters (llvmpipe, lavapipe) only if `allow_software`.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::NoAdapter`] when no adapter fits (the message says what was found),
+    /// [`ComputeError::Device`] when the device or a pipeline cannot be made.
+    pub fn new(allow_software: bool) -> Result<Self, ComputeError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+        let candidates: Vec<Candidate> = adapters
+            .iter()
+            .map(|a| Candidate {
+                info: a.get_info(),
+                compute: a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+            })
+            .collect();
+        let adapter = &adapters[pick_adapter(&candidates, allow_software)?];
         let info = adapter.get_info();
         let limits = adapter.limits();
         check_limits(&info, &limits)?;
@@ -318,6 +352,7 @@ impl GpuBackend {
             pipelines,
             max_tensor_bytes,
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            live: LiveBytes::default(),
         })
     }
 
@@ -411,7 +446,11 @@ impl GpuBackend {
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
-                contents: &params.bytes(x),
+                contents: &Params {
+                    groups_x: x,
+                    ..params
+                }
+                .bytes(),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -669,6 +708,10 @@ impl Backend for GpuBackend {
         &self.name
     }
 
+    fn live_bytes(&self) -> u64 {
+        self.live.get()
+    }
+
     fn upload(&self, data: Vec<f32>, shape: Shape) -> Result<Tensor, ComputeError> {
         // Size limits first: they say more about a huge shape than its data length does.
         self.checked_bytes(shape)?;
@@ -683,10 +726,7 @@ impl Backend for GpuBackend {
         let buffer = self.tensor_buffer(shape)?;
         self.queue
             .write_buffer(&buffer, 0, bytemuck::cast_slice(&data));
-        Ok(Tensor {
-            shape,
-            storage: Storage::Device(buffer),
-        })
+        Ok(self.live.tensor(shape, Storage::Device(buffer)))
     }
 
     fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError> {
@@ -759,10 +799,7 @@ impl Backend for GpuBackend {
             });
         }
         recorded?;
-        Ok(Tensor {
-            shape,
-            storage: Storage::Device(out),
-        })
+        Ok(self.live.tensor(shape, Storage::Device(out)))
     }
 }
 
@@ -798,6 +835,48 @@ mod tests {
         }
     }
 
+    /// A Rust field type and the WGSL scalar it stands for in `Params`.
+    trait WgslScalar {
+        const SCALAR: naga::Scalar;
+    }
+    impl WgslScalar for u32 {
+        const SCALAR: naga::Scalar = naga::Scalar::U32;
+    }
+    impl WgslScalar for f32 {
+        const SCALAR: naga::Scalar = naga::Scalar::F32;
+    }
+    fn scalar_of<T: WgslScalar>(_: &T) -> naga::Scalar {
+        T::SCALAR
+    }
+
+    /// The Rust side of `Params.name`: offset, WGSL scalar, and the word `p` holds there.
+    fn rust_field(p: &Params, name: &str) -> Option<(usize, naga::Scalar, u32)> {
+        use std::mem::offset_of;
+        Some(match name {
+            "len" => (offset_of!(Params, len), scalar_of(&p.len), p.len),
+            "rows" => (offset_of!(Params, rows), scalar_of(&p.rows), p.rows),
+            "cols" => (offset_of!(Params, cols), scalar_of(&p.cols), p.cols),
+            "k" => (offset_of!(Params, k), scalar_of(&p.k), p.k),
+            "alpha" => (
+                offset_of!(Params, alpha),
+                scalar_of(&p.alpha),
+                p.alpha.to_bits(),
+            ),
+            "flags" => (offset_of!(Params, flags), scalar_of(&p.flags), p.flags),
+            "groups_x" => (
+                offset_of!(Params, groups_x),
+                scalar_of(&p.groups_x),
+                p.groups_x,
+            ),
+            "aux" => (offset_of!(Params, aux), scalar_of(&p.aux), p.aux),
+            _ => return None,
+        })
+    }
+
+    /// The uniform at binding 0 of every shader is `struct Params`, and naga lays it out
+    /// exactly as the Rust struct is (member by member: name, offset, scalar type; and the
+    /// size), and [`Params::bytes`] puts each value where the shader reads it. Editing
+    /// either side alone fails here, not as wrong numbers on a GPU.
     #[test]
     fn params_layout_matches_the_shaders() {
         let p = Params {
@@ -807,12 +886,106 @@ mod tests {
             k: 4,
             alpha: 0.5,
             flags: 6,
+            groups_x: 7,
             aux: 8,
         };
-        let bytes = p.bytes(7);
-        let word = |i: usize| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
-        assert_eq!([word(0), word(1), word(2), word(3)], [1, 2, 3, 4]);
-        assert_eq!(f32::from_bits(word(4)), 0.5);
-        assert_eq!([word(5), word(6), word(7)], [6, 7, 8]);
+        let bytes = p.bytes();
+        for (name, src) in SHADERS {
+            let module = naga::front::wgsl::parse_str(src).unwrap();
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(module.to_ctx()).unwrap();
+            let (_, uniform) = module
+                .global_variables
+                .iter()
+                .find(|(_, g)| {
+                    g.binding
+                        .as_ref()
+                        .is_some_and(|b| b.group == 0 && b.binding == 0)
+                })
+                .unwrap_or_else(|| panic!("{name} binds nothing at group 0, binding 0"));
+            assert_eq!(uniform.space, naga::AddressSpace::Uniform, "{name}");
+            let ty = &module.types[uniform.ty];
+            assert_eq!(ty.name.as_deref(), Some("Params"), "{name}");
+            let naga::TypeInner::Struct { members, .. } = &ty.inner else {
+                panic!("{name}: Params is not a struct");
+            };
+            assert_eq!(
+                layouter[uniform.ty].size as usize,
+                std::mem::size_of::<Params>(),
+                "{name}: size of Params"
+            );
+            let mut covered = 0;
+            for m in members {
+                let member = m.name.as_deref().unwrap_or("?");
+                let (offset, scalar, word) = rust_field(&p, member)
+                    .unwrap_or_else(|| panic!("{name}: Params.{member} has no Rust field"));
+                assert_eq!(
+                    m.offset as usize, offset,
+                    "{name}: offset of Params.{member}"
+                );
+                assert_eq!(
+                    module.types[m.ty].inner,
+                    naga::TypeInner::Scalar(scalar),
+                    "{name}: type of Params.{member}"
+                );
+                let at = &bytes[offset..offset + 4];
+                assert_eq!(
+                    u32::from_le_bytes(at.try_into().unwrap()),
+                    word,
+                    "{name}: Params::bytes() puts {member} where the shader reads it"
+                );
+                covered += layouter[m.ty].size as usize;
+            }
+            assert_eq!(
+                covered,
+                std::mem::size_of::<Params>(),
+                "{name}: Params has fields the shader lacks, or padding"
+            );
+        }
+    }
+
+    fn adapter(name: &str, device_type: wgpu::DeviceType, compute: bool) -> Candidate {
+        Candidate {
+            info: wgpu::AdapterInfo {
+                name: name.into(),
+                ..wgpu::AdapterInfo::new(device_type, wgpu::Backend::Vulkan)
+            },
+            compute,
+        }
+    }
+
+    /// `auto` (no software) never takes a software adapter; a hardware GPU wins over one
+    /// even when software is allowed; adapters without compute shaders are never taken.
+    #[test]
+    fn adapter_choice() {
+        use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, VirtualGpu};
+        let lavapipe = adapter("llvmpipe (LLVM 19)", Cpu, true);
+        let h100 = adapter("NVIDIA H100", DiscreteGpu, true);
+        let igpu = adapter("Intel UHD", IntegratedGpu, true);
+
+        let only_software = [lavapipe.clone()];
+        let err = pick_adapter(&only_software, false).unwrap_err();
+        assert!(matches!(err, ComputeError::NoAdapter { .. }), "{err}");
+        assert!(
+            err.to_string().contains("llvmpipe (LLVM 19) (Cpu)"),
+            "{err}"
+        );
+        assert_eq!(pick_adapter(&only_software, true).unwrap(), 0);
+
+        for allow_software in [false, true] {
+            let both = [lavapipe.clone(), h100.clone()];
+            assert_eq!(pick_adapter(&both, allow_software).unwrap(), 1);
+            let three = [igpu.clone(), lavapipe.clone(), h100.clone()];
+            assert_eq!(pick_adapter(&three, allow_software).unwrap(), 2);
+            let virt = [lavapipe.clone(), adapter("virtio", VirtualGpu, true)];
+            assert_eq!(pick_adapter(&virt, allow_software).unwrap(), 1);
+        }
+
+        let no_compute = [adapter("old", DiscreteGpu, false), lavapipe.clone()];
+        assert!(pick_adapter(&no_compute, false).is_err());
+        assert_eq!(pick_adapter(&no_compute, true).unwrap(), 1);
+
+        let err = pick_adapter(&[], true).unwrap_err();
+        assert!(err.to_string().contains("mesa-vulkan-drivers"), "{err}");
     }
 }

@@ -20,7 +20,13 @@
 //! # }
 //! ```
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use shoal::abi::ErrorCode;
 pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, TensorOp, UnaryOp, XentReduction};
@@ -342,12 +348,56 @@ pub enum BackendKind {
 pub struct Tensor {
     shape: Shape,
     storage: Storage,
+    /// Its bytes in its backend's [`Backend::live_bytes`], given back when it is dropped.
+    _charge: Charge,
 }
 
 #[derive(Debug)]
 enum Storage {
     Host(Vec<f32>),
     Device(wgpu::Buffer),
+}
+
+/// The bytes of tensor data a backend holds now, over every table: each [`Tensor`] adds its
+/// storage's size when it is made and takes it back when it is dropped, so a leaked tensor
+/// shows as bytes that never come back.
+#[derive(Debug, Default)]
+struct LiveBytes(Arc<AtomicU64>);
+
+impl LiveBytes {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A tensor of `shape` held in `storage`, counted until it is dropped.
+    fn tensor(&self, shape: Shape, storage: Storage) -> Tensor {
+        let bytes = match &storage {
+            Storage::Host(data) => std::mem::size_of_val(data.as_slice()) as u64,
+            Storage::Device(buffer) => buffer.size(),
+        };
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+        Tensor {
+            shape,
+            storage,
+            _charge: Charge {
+                bytes,
+                live: self.0.clone(),
+            },
+        }
+    }
+}
+
+/// One tensor's share of its backend's [`LiveBytes`].
+#[derive(Debug)]
+struct Charge {
+    bytes: u64,
+    live: Arc<AtomicU64>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Tensor {
@@ -397,6 +447,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Shape errors from [`output_shape`], [`ComputeError::WrongBackend`], size and device
     /// errors.
     fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError>;
+
+    /// Bytes of tensor data this backend holds now, over every table: host memory for the
+    /// cpu backend, device buffers for the gpu one. Once every tensor it made is dropped it
+    /// is back to 0, so tests (and operators) can see a leak.
+    fn live_bytes(&self) -> u64;
 }
 
 /// Which device the node should compute on (`--device auto|gpu|cpu`).

@@ -1,21 +1,23 @@
 //! The node side of the control socket.
 
-use std::{os::unix::fs::PermissionsExt, path::PathBuf, str::FromStr, sync::Arc};
+use std::{os::unix::fs::PermissionsExt, str::FromStr, sync::Arc};
 
-use serde_json::json;
+use serde::Serialize;
 use shoal_p2p::PeerId;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     sync::Semaphore,
 };
 
-use super::{MAX_REQUEST_LEN, Reply, Request, TaskRequest, socket_path};
+use super::{
+    BuildError, Exit, Frame, Get, MAX_REQUEST_LEN, Map, MapItem, Mapped, NodeStatus, PeerInfo,
+    PeerList, Put, Ran, Request, Stored, Submit, TaskRequest, Written, socket_path,
+};
 use crate::{
     node::{Node, NodeError},
-    runtime::{FailureKind, TaskSpec},
+    runtime::TaskSpec,
     sched::Placed,
-    store::Cid,
 };
 
 /// Control connections served at once.
@@ -58,16 +60,27 @@ pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError>
     }))
 }
 
-async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+/// A failed request: what to tell the user and the exit code.
+type Failure = (String, Exit);
+
+fn fail(message: impl Into<String>, exit: Exit) -> Failure {
+    (message.into(), exit)
+}
+
+async fn send<R: Serialize>(w: &mut OwnedWriteHalf, frame: &Frame<R>) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(frame).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
 }
 
-fn error(message: impl Into<String>, exit: u8) -> Reply {
-    Reply::Error {
-        message: message.into(),
-        exit,
+/// Sends the final line for a request's outcome.
+async fn finish<R: Serialize>(
+    w: &mut OwnedWriteHalf,
+    outcome: Result<R, Failure>,
+) -> std::io::Result<()> {
+    match outcome {
+        Ok(reply) => send(w, &Frame::Done(reply)).await,
+        Err((message, exit)) => send::<()>(w, &Frame::Error { message, exit }).await,
     }
 }
 
@@ -78,193 +91,170 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
         .read_until(b'\n', &mut line)
         .await?;
     if n > MAX_REQUEST_LEN {
-        return send(
-            &mut w,
-            &error(format!("request over the {MAX_REQUEST_LEN}-byte limit"), 2),
-        )
-        .await;
+        let too_long = fail(
+            format!("request over the {MAX_REQUEST_LEN}-byte limit"),
+            Exit::Usage,
+        );
+        return finish::<()>(&mut w, Err(too_long)).await;
     }
     let request: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
-        Err(e) => return send(&mut w, &error(format!("malformed request: {e}"), 2)).await,
-    };
-    let reply = match request {
-        Request::Put { path } => match node.put_path(path).await {
-            Ok(cid) => Reply::Done {
-                result: json!({ "cid": cid.to_hex() }),
-            },
-            Err(e) => error(e.to_string(), 4),
-        },
-        Request::Get { cid, path } => get(&node, &cid, path).await,
-        Request::Submit(task) => match resolve(&node, &task).await {
-            Ok((spec, on)) => {
-                let placed = node.submit(spec, on).await;
-                Reply::Done {
-                    result: placed_json(&placed),
-                }
-            }
-            Err(reply) => reply,
-        },
-        Request::Map { task, name, items } => {
-            let (spec, on) = match resolve(&node, &task).await {
-                Ok(r) => r,
-                Err(reply) => return send(&mut w, &reply).await,
-            };
-            let mut cids = Vec::with_capacity(items.len());
-            for item in &items {
-                match input_cid(&node, item).await {
-                    Ok(cid) => cids.push(cid),
-                    Err(reply) => return send(&mut w, &reply).await,
-                }
-            }
-            let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-            let run = {
-                let node = node.clone();
-                async move {
-                    node.inner
-                        .scheduler
-                        .map(&node.inner, spec, &name, cids, on, |p| {
-                            let _ = tx.try_send(p);
-                        })
-                        .await
-                }
-            };
-            tokio::pin!(run);
-            let results = loop {
-                tokio::select! {
-                    results = &mut run => break results,
-                    Some(p) = rx.recv() => send(&mut w, &Reply::Progress(p)).await?,
-                }
-            };
-            let items: Vec<_> = items
-                .iter()
-                .zip(&results)
-                .map(|(item, placed)| {
-                    let mut v = placed_json(placed);
-                    v["item"] = json!(item);
-                    v
-                })
-                .collect();
-            Reply::Done {
-                result: json!({ "items": items }),
-            }
-        }
-        Request::Peers => {
-            let peers = node.net().connected_peers().await.unwrap_or_default();
-            let mut out = Vec::new();
-            for peer in peers {
-                let cap = node.net().capacity(peer).await.ok();
-                out.push(json!({ "peer": peer.to_string(), "capacity": cap.map(|c| json!({
-                    "free_slots": c.free_slots, "total_slots": c.total_slots, "has_gpu": c.has_gpu, "queue_len": c.queue_len,
-                })) }));
-            }
-            Reply::Done {
-                result: json!({ "peers": out }),
-            }
-        }
-        Request::Status => {
-            let cap = node.inner.capacity();
-            let addrs = node.net().listen_addrs().await.unwrap_or_default();
-            let peers = node
-                .net()
-                .connected_peers()
-                .await
-                .map(|p| p.len())
-                .unwrap_or(0);
-            Reply::Done {
-                result: json!({
-                    "peer_id": node.peer_id().to_string(),
-                    "listen": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "connected_peers": peers,
-                    "slots": cap.total_slots, "free_slots": cap.free_slots, "queue_len": cap.queue_len,
-                    "data_dir": node.config().data_dir,
-                }),
-            }
+        Err(e) => {
+            let malformed = fail(format!("malformed request: {e}"), Exit::Usage);
+            return finish::<()>(&mut w, Err(malformed)).await;
         }
     };
-    send(&mut w, &reply).await
-}
-
-async fn get(node: &Node, cid: &str, path: PathBuf) -> Reply {
-    let cid = match Cid::from_str(cid) {
-        Ok(c) => c,
-        Err(e) => return error(e.to_string(), 2),
-    };
-    if let Err(e) = node.fetch_file(cid, &[]).await {
-        return error(format!("{e}"), 4);
-    }
-    let store = node.store().clone();
-    let written = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-        let tmp = path.with_extension("shoal-partial");
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let len = store
-            .write_file(&cid, std::io::BufWriter::new(file))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                e.to_string()
-            })?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(len)
-    })
-    .await;
-    match written {
-        Ok(Ok(len)) => Reply::Done {
-            result: json!({ "bytes": len }),
-        },
-        Ok(Err(e)) => error(e, 4),
-        Err(e) => error(e.to_string(), 4),
+    match request {
+        Request::Put(r) => finish(&mut w, put(&node, r).await).await,
+        Request::Get(r) => finish(&mut w, get(&node, r).await).await,
+        Request::Submit(r) => finish(&mut w, submit(&node, r).await).await,
+        Request::Map(r) => {
+            let outcome = map(&node, r, &mut w).await?;
+            finish(&mut w, outcome).await
+        }
+        Request::Peers(_) => finish(&mut w, Ok(peers(&node).await)).await,
+        Request::Status(_) => finish(&mut w, Ok(status(&node).await)).await,
     }
 }
 
-/// A file path is stored (and announced); anything else must be a CID.
-async fn input_cid(node: &Node, value: &str) -> Result<Cid, Reply> {
-    let path = PathBuf::from(value);
-    if path.exists() {
-        return node
-            .put_path(path)
-            .await
-            .map_err(|e| error(e.to_string(), 4));
-    }
-    Cid::from_str(value).map_err(|_| error(format!("`{value}` is neither a file nor a CID"), 2))
-}
-
-async fn resolve(node: &Node, task: &TaskRequest) -> Result<(TaskSpec, Option<PeerId>), Reply> {
-    let on = match &task.on {
-        Some(p) => Some(
-            PeerId::from_str(p).map_err(|e| error(format!("--on {p}: not a peer id ({e})"), 2))?,
-        ),
-        None => None,
-    };
-    if !task.module.is_file() {
-        return Err(error(format!("cannot read {}", task.module.display()), 2));
-    }
-    let module = node
-        .put_path(task.module.clone())
+async fn put(node: &Node, r: Put) -> Result<Stored, Failure> {
+    let cid = node
+        .put_path(r.path)
         .await
-        .map_err(|e| error(e.to_string(), 4))?;
-    let mut inputs = Vec::new();
-    for (name, value) in &task.inputs {
-        inputs.push((name.clone(), input_cid(node, value).await?));
-    }
-    Ok((
-        TaskSpec {
-            module,
-            task: task.task.clone(),
-            inputs,
-            args: task.args.clone(),
-            limits: task.limits.clone(),
-        },
-        on,
-    ))
+        .map_err(|e| fail(e.to_string(), Exit::Node))?;
+    Ok(Stored { cid })
 }
 
-fn placed_json(placed: &Placed) -> serde_json::Value {
-    let exit = match &placed.report.result {
-        Ok(_) => 0,
-        Err(f) if f.kind == FailureKind::BadModule => 3,
-        Err(_) => 1,
+async fn get(node: &Node, r: Get) -> Result<Written, Failure> {
+    node.fetch_file(r.cid, &[])
+        .await
+        .map_err(|e| fail(e.to_string(), Exit::Node))?;
+    let store = node.store().clone();
+    let bytes = tokio::task::spawn_blocking(move || store.export(&r.cid, &r.path))
+        .await
+        .map_err(|e| fail(e.to_string(), Exit::Node))?
+        .map_err(|e| fail(e.to_string(), Exit::Node))?;
+    Ok(Written { bytes })
+}
+
+/// Builds the task (storing its files), announces what it stored, and parses `on`.
+async fn resolve(
+    node: &Node,
+    task: TaskRequest,
+    on: Option<&str>,
+) -> Result<(TaskSpec, Option<PeerId>), Failure> {
+    let on = on
+        .map(|p| {
+            PeerId::from_str(p)
+                .map_err(|e| fail(format!("--on {p}: not a peer id ({e})"), Exit::Usage))
+        })
+        .transpose()?;
+    let store = node.store().clone();
+    let spec = tokio::task::spawn_blocking(move || task.build(&store))
+        .await
+        .map_err(|e| fail(e.to_string(), Exit::Node))?
+        .map_err(|e: BuildError| fail(e.to_string(), e.exit()))?;
+    node.announce_spec(&spec).await;
+    Ok((spec, on))
+}
+
+fn ran(placed: Placed) -> Ran {
+    Ran {
+        peer: placed.peer.to_string(),
+        report: placed.report,
+    }
+}
+
+async fn submit(node: &Node, r: Submit) -> Result<Ran, Failure> {
+    let (spec, on) = resolve(node, r.task, r.on.as_deref()).await?;
+    Ok(ran(node.submit(spec, on).await))
+}
+
+/// Runs a map, sending a progress line each time an item starts or ends.
+async fn map(
+    node: &Node,
+    r: Map,
+    w: &mut OwnedWriteHalf,
+) -> std::io::Result<Result<Mapped, Failure>> {
+    let items = r.items.clone();
+    // Each item is a task input: a file to store, or a CID. Building them as inputs of one
+    // request stores every file through the same path as any other input.
+    let mut task = r.task;
+    task.inputs
+        .extend(items.iter().map(|item| (r.name.clone(), item.clone())));
+    let (mut spec, on) = match resolve(node, task, r.on.as_deref()).await {
+        Ok(resolved) => resolved,
+        Err(failure) => return Ok(Err(failure)),
     };
-    json!({ "peer": placed.peer.to_string(), "report": placed.report, "exit": exit })
+    let cids = spec.inputs.split_off(spec.inputs.len() - items.len());
+    let cids = cids.into_iter().map(|(_, cid)| cid).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let run = node.map(spec, &r.name, cids, on, |p| {
+        let _ = tx.try_send(p);
+    });
+    tokio::pin!(run);
+    let results = loop {
+        tokio::select! {
+            results = &mut run => break results,
+            Some(p) = rx.recv() => send::<()>(w, &Frame::Progress(p)).await?,
+        }
+    };
+    let items = items
+        .into_iter()
+        .zip(results)
+        .map(|(item, placed)| MapItem {
+            item,
+            ran: ran(placed),
+        })
+        .collect();
+    Ok(Ok(Mapped { items }))
+}
+
+async fn peers(node: &Node) -> PeerList {
+    let connected = node.net().connected_peers().await.unwrap_or_default();
+    let mut peers = Vec::with_capacity(connected.len());
+    for peer in connected {
+        peers.push(PeerInfo {
+            peer: peer.to_string(),
+            capacity: node.net().capacity(peer).await.ok(),
+        });
+    }
+    PeerList { peers }
+}
+
+async fn status(node: &Node) -> NodeStatus {
+    let cap = node.capacity();
+    let listen = node.net().listen_addrs().await.unwrap_or_default();
+    let connected = node.net().connected_peers().await.map_or(0, |p| p.len());
+    NodeStatus {
+        peer_id: node.peer_id().to_string(),
+        listen: listen.iter().map(ToString::to_string).collect(),
+        connected_peers: connected,
+        slots: cap.total_slots,
+        free_slots: cap.free_slots,
+        queue_len: cap.queue_len,
+        data_dir: node.config().data_dir.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_line_is_tagged_and_typed() {
+        let done = serde_json::to_string(&Frame::Done(Written { bytes: 3 })).unwrap();
+        assert_eq!(done, r#"{"reply":"done","bytes":3}"#);
+        let back: Frame<Written> = serde_json::from_str(&done).unwrap();
+        assert!(matches!(back, Frame::Done(Written { bytes: 3 })));
+        let error = serde_json::to_string(&Frame::<()>::Error {
+            message: "no".into(),
+            exit: Exit::Usage,
+        })
+        .unwrap();
+        let back: Frame<Written> = serde_json::from_str(&error).unwrap();
+        assert!(matches!(back, Frame::Error { exit: Exit::Usage, .. }));
+        let request = serde_json::to_string(&Request::from(super::super::Status)).unwrap();
+        assert_eq!(request, r#"{"op":"status"}"#);
+    }
 }

@@ -200,6 +200,37 @@ impl Node {
         self.inner.scheduler.submit(&self.inner, spec, on).await
     }
 
+    /// Runs `base` once per item, with input `name` set to each, spread over the mesh (or on
+    /// `on`); results in item order, and `progress` sees every change.
+    pub async fn map(
+        &self,
+        base: crate::runtime::TaskSpec,
+        name: &str,
+        items: Vec<Cid>,
+        on: Option<PeerId>,
+        progress: impl Fn(sched::MapProgress),
+    ) -> Vec<sched::Placed> {
+        self.inner
+            .scheduler
+            .map(&self.inner, base, name, items, on, progress)
+            .await
+    }
+
+    /// Announces the task's module and inputs that this node holds, so the peer that runs
+    /// it can find them.
+    pub async fn announce_spec(&self, spec: &crate::runtime::TaskSpec) {
+        for cid in std::iter::once(spec.module).chain(spec.inputs.iter().map(|(_, c)| *c)) {
+            if self.inner.store.has_block(&cid) {
+                self.inner.announce(cid).await;
+            }
+        }
+    }
+
+    /// This node's capacity as it advertises it.
+    pub fn capacity(&self) -> Capacity {
+        self.inner.capacity()
+    }
+
     /// Stops the network and the control socket.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();

@@ -137,16 +137,19 @@ pub(crate) struct TaskLimiter {
 
 impl TaskLimiter {
     pub(crate) fn new(limits: &Limits) -> Self {
+        // A spec may ask for more, but no task gets more: past 4 GiB the pool refuses the
+        // growth itself, which would end the task as a bare trap, not as out of memory.
+        let memory_bytes = limits.memory_bytes.min(MAX_TASK_MEMORY);
         Self {
-            memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            memory_limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
             peak_memory: 0,
             refused: None,
         }
     }
 }
 
-/// Tables, instances and memories a task module may have.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The most elements a task's table may hold (the pool reserves room for this many).
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for TaskLimiter {
     fn memory_growing(

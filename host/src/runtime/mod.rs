@@ -143,6 +143,10 @@ pub struct TaskStats {
     pub cached_module: bool,
     /// The compute backend's name, if the task used tensors.
     pub backend: Option<String>,
+    /// The peer id of the node that ran it, filled in by the node (the runtime has no
+    /// identity of its own); remote reports carry the executor's word for it.
+    #[serde(default)]
+    pub executed_by: Option<String>,
 }
 
 /// Everything a task run produced.
@@ -245,7 +249,8 @@ impl Runtime {
         pool.total_core_instances(pooled)
             .total_memories(pooled)
             .total_tables(pooled);
-        pool.max_memory_size(MAX_TASK_MEMORY as usize);
+        pool.max_memory_size(MAX_TASK_MEMORY as usize)
+            .table_elements(limits::MAX_TABLE_ELEMENTS);
         // Reset a task's memory with memset instead of madvise + page faults, up to 16 MiB:
         // a page fault costs ~4 µs in a VM (16 ms for 16 MiB) where memset costs ~1.5 ms. The
         // pool holds `pooled` memories, so this keeps at most `pooled` x 16 MiB resident.
@@ -399,22 +404,7 @@ impl Runtime {
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let state = TaskState {
-            wasi: wasi::task_ctx(logs, clock.deadline, clock.timeout),
-            limiter: TaskLimiter::new(&spec.limits),
-            clock,
-            memory: None,
-            store: self.inner.store.clone(),
-            inputs,
-            args: encode_args(&spec.args),
-            outputs: Vec::new(),
-            output_bytes: 0,
-            limits: spec.limits.clone(),
-            logs: logs.clone(),
-            error_message: None,
-            compute: self.inner.compute.clone(),
-            tensors: None,
-        };
+        let state = self.task_state(&spec.limits, logs, clock, inputs, encode_args(&spec.args));
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -472,6 +462,56 @@ impl Runtime {
             )),
             Err(e) => classify(e, state, self.inner.max_wasm_stack).map(|()| state.outputs.clone()),
         }
+    }
+
+    /// A fresh task's state in its `Store`.
+    fn task_state(
+        &self,
+        limits: &Limits,
+        logs: &LogSink,
+        clock: TaskClock,
+        inputs: Vec<Input>,
+        args: Vec<u8>,
+    ) -> TaskState {
+        TaskState {
+            wasi: wasi::task_ctx(logs, clock.deadline, clock.timeout),
+            limiter: TaskLimiter::new(limits),
+            clock,
+            memory: None,
+            store: self.inner.store.clone(),
+            inputs,
+            args,
+            outputs: Vec::new(),
+            output_bytes: 0,
+            limits: limits.clone(),
+            logs: logs.clone(),
+            error_message: None,
+            compute: self.inner.compute.clone(),
+            tensors: None,
+        }
+    }
+
+    /// The names of the `shoal_v1` functions a task may import, sorted: the host's side of
+    /// the ABI, so that tests can check they cover every call.
+    pub fn host_imports(&self) -> Vec<String> {
+        let limits = Limits::default();
+        let state = self.task_state(
+            &limits,
+            &LogSink::new(0),
+            TaskClock::start(&limits),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut store = Store::new(&self.inner.engine, state);
+        let mut names: Vec<String> = self
+            .inner
+            .linker
+            .iter(&mut store)
+            .filter(|(module, _, _)| *module == shoal::abi::IMPORT_MODULE)
+            .map(|(_, name, _)| name.to_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Looks the module up in the compiled cache, or loads and compiles it.
@@ -615,7 +655,7 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
             K::OutOfMemory,
             format!(
                 "task exceeded its {} memory limit (it asked for {})",
-                fmt_bytes(state.limits.memory_bytes),
+                fmt_bytes(state.limiter.memory_limit as u64),
                 fmt_bytes(asked as u64)
             ),
         ));

@@ -258,11 +258,131 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::HashMap;
 
+    use super::*;
+    use crate::{
+        compute::{BinaryOp, MAX_TENSOR_ALLOCATIONS},
+        runtime::{
+            limits::{Limits, TaskClock, TaskLimiter},
+            wasi,
+        },
+        store::BlockStore,
+    };
+
+    /// A task's state as the runtime makes it, with tensors on the cpu backend.
+    fn task_state(store_dir: &std::path::Path) -> TaskState {
+        let limits = Limits::default();
+        let logs = LogSink::new(limits.log_bytes);
+        let clock = TaskClock::start(&limits);
+        TaskState {
+            wasi: wasi::task_ctx(&logs, clock.deadline, clock.timeout),
+            limiter: TaskLimiter::new(&limits),
+            clock,
+            memory: None,
+            store: Arc::new(BlockStore::open(store_dir).unwrap()),
+            inputs: Vec::new(),
+            args: Vec::new(),
+            outputs: Vec::new(),
+            output_bytes: 0,
+            limits,
+            logs,
+            error_message: None,
+            compute: Arc::new(LazyBackend::new(DeviceChoice::Cpu, false)),
+            tensors: None,
+        }
+    }
+
+    /// A 1x1 tensor holding `value`, made as the guest makes one.
+    fn create(state: &mut TaskState, value: f32) -> GuestResult {
+        tensor_create(state, &value.to_le_bytes(), (1, 1), 0, 4)
+    }
+
+    /// The value of the 1x1 tensor `h`, read as the guest reads one.
+    fn read(state: &mut TaskState, h: i32) -> f32 {
+        let mut out = [0u8; 4];
+        assert_eq!(tensor_read(state, &mut out, h, 0, 4), Ok(4), "read {h:#x}");
+        f32::from_le_bytes(out)
+    }
+
+    /// `h` is a positive i32 that names no other live tensor; it becomes live with `value`.
+    fn issued(live: &mut HashMap<i32, f32>, h: GuestResult, value: f32) -> i32 {
+        let h = h.unwrap_or_else(|e| panic!("tensor {value} refused: {e}"));
+        assert!(
+            h > 0,
+            "handle {h:#x} for tensor {value} is not a positive i32"
+        );
+        if let Some(old) = live.insert(h, value) {
+            panic!("handle {h:#x} issued for {value} while still naming {old}");
+        }
+        h
+    }
+
+    /// Every handle the tensor calls give a guest is a positive i32 that names its own tensor
+    /// and no other live one: over creates, ops and frees, in 300 tables (so the table salts
+    /// wrap), and up to the last slot one table has. Negative handles are refused.
     #[test]
     fn negative_handles_are_never_issued() {
-        assert!(handle(-1) >= 1 << 31);
-        assert_eq!(handle(0x0010_0001), 0x0010_0001);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = task_state(dir.path());
+
+        // A fresh table per round, as for a new task: every salt, then around again.
+        for round in 0..300u32 {
+            state.tensors = None;
+            let mut live = HashMap::new();
+            let base = round as f32 * 10.0;
+            let a = issued(&mut live, create(&mut state, base), base);
+            let b = issued(&mut live, create(&mut state, base + 1.0), base + 1.0);
+            let (code, param, alpha) = TensorOp::Binary(BinaryOp::Add).encode();
+            let sum = tensor_op(&mut state, code, param, alpha, a, b);
+            let sum = issued(&mut live, sum, 2.0 * base + 1.0);
+            assert_eq!(tensor_free(&mut state, a), Ok(0));
+            live.remove(&a);
+            issued(&mut live, create(&mut state, base + 2.0), base + 2.0);
+            for (&h, &value) in &live {
+                assert_eq!(read(&mut state, h), value, "round {round}, handle {h:#x}");
+            }
+            assert_eq!(tensor_free(&mut state, a), Err(ErrorCode::BadHandle));
+            assert_eq!(read(&mut state, sum), 2.0 * base + 1.0);
+        }
+
+        // One table until it has issued every slot, freeing as it goes (slots are never
+        // reused, so the live cap is never the limit).
+        state.tensors = None;
+        let mut live = HashMap::new();
+        let mut order = std::collections::VecDeque::new();
+        let mut made = 0u32;
+        let refusal = loop {
+            let value = made as f32; // exact: made < 2^24
+            let h = match create(&mut state, value) {
+                Ok(h) => h,
+                Err(e) => break e,
+            };
+            order.push_back(issued(&mut live, Ok(h), value));
+            made += 1;
+            if order.len() > 64 {
+                let old = order.pop_front().unwrap();
+                let value = live.remove(&old).unwrap();
+                if made.is_multiple_of(4096) {
+                    assert_eq!(read(&mut state, old), value, "handle {old:#x}");
+                }
+                assert_eq!(tensor_free(&mut state, old), Ok(0));
+            }
+        };
+        assert_eq!(refusal, ErrorCode::TooLarge);
+        assert_eq!(made, MAX_TENSOR_ALLOCATIONS);
+        for (&h, &value) in &live {
+            assert_eq!(read(&mut state, h), value, "handle {h:#x}");
+        }
+
+        // A negative handle from the guest names nothing.
+        let mut out = [0u8; 8];
+        for h in [-1, i32::MIN, -(live.keys().next().copied().unwrap())] {
+            assert_eq!(tensor_free(&mut state, h), Err(ErrorCode::BadHandle));
+            assert_eq!(
+                tensor_shape(&mut state, &mut out, h, 0),
+                Err(ErrorCode::BadHandle)
+            );
+        }
     }
 }

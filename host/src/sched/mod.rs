@@ -176,7 +176,9 @@ impl Scheduler {
             };
             self.adjust(peer, 1);
             let (report, busy) = if peer == me {
-                (node.runtime.run(spec.clone()).await, false)
+                let mut report = node.runtime.run(spec.clone()).await;
+                report.stats.executed_by = Some(me.to_string());
+                (report, false)
             } else {
                 let permits = self
                     .remote_permits

@@ -66,7 +66,7 @@ pub(super) fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
             stats: shoal_p2p::TaskStats {
                 wall_ms: u64::try_from(report.stats.wall.as_millis()).unwrap_or(u64::MAX),
                 peak_memory_bytes: report.stats.peak_memory,
-                backend: String::new(),
+                backend: report.stats.backend.unwrap_or_default(),
                 executed_by: me.to_string(),
             },
         },
@@ -107,6 +107,8 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
             stats: TaskStats {
                 wall: Duration::from_millis(stats.wall_ms),
                 peak_memory: stats.peak_memory_bytes,
+                backend: (!stats.backend.is_empty()).then_some(stats.backend),
+                executed_by: Some(stats.executed_by),
                 ..TaskStats::default()
             },
         },
@@ -130,5 +132,58 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
                 stats: TaskStats::default(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::MAX_TASK_MEMORY;
+
+    #[test]
+    fn a_remote_report_keeps_outputs_logs_and_stats() {
+        let me = PeerId::random();
+        let report = TaskReport {
+            result: Ok(vec![("out".into(), Cid([7; 32]))]),
+            logs: Logs {
+                text: "[info] hi\n".into(),
+                limit: 1024,
+                dropped_bytes: 0,
+            },
+            stats: TaskStats {
+                wall: Duration::from_millis(12),
+                peak_memory: 1 << 20,
+                backend: Some("cpu".into()),
+                ..TaskStats::default()
+            },
+        };
+        let back = report_from_wire(report_to_wire(report.clone(), me));
+        assert_eq!(back.result, report.result);
+        assert_eq!(back.logs.text, report.logs.text);
+        assert_eq!(back.stats.wall, report.stats.wall);
+        assert_eq!(back.stats.peak_memory, report.stats.peak_memory);
+        assert_eq!(back.stats.backend, report.stats.backend);
+        assert_eq!(back.stats.executed_by, Some(me.to_string()));
+    }
+
+    #[test]
+    fn limits_from_the_wire_are_clamped_to_the_nodes_caps() {
+        let mut spec = spec_to_wire(&TaskSpec {
+            module: Cid([1; 32]),
+            task: None,
+            inputs: vec![],
+            args: vec![],
+            limits: Limits::default(),
+        });
+        spec.limits.memory_bytes = 64 * MAX_TASK_MEMORY;
+        spec.limits.timeout_ms = u64::MAX;
+        let limits = spec_from_wire(spec.clone()).limits;
+        assert_eq!(limits.memory_bytes, MAX_TASK_MEMORY, "4 GiB at most");
+        assert_eq!(limits.timeout, Duration::from_secs(3600), "an hour at most");
+        spec.limits.timeout_ms = 0;
+        assert_eq!(
+            spec_from_wire(spec).limits.timeout,
+            Duration::from_millis(1)
+        );
     }
 }

@@ -382,6 +382,30 @@ impl BlockStore {
         Ok(manifest.len)
     }
 
+    /// Writes a whole file to `dest` atomically: into a temp file beside it, then renamed over
+    /// it, so `dest` is either untouched or complete. A CID that is not a readable file fails
+    /// before anything is created.
+    ///
+    /// # Errors
+    /// As [`BlockStore::write_file`], plus [`StoreError::Io`] when `dest` cannot be written.
+    pub fn export(&self, cid: &Cid, dest: &Path) -> Result<u64, StoreError> {
+        self.manifest(cid)?;
+        let tmp = dest.with_extension("shoal-partial");
+        let file = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        let written = self
+            .write_file(cid, io::BufWriter::new(&file))
+            .and_then(|len| {
+                file.sync_data()
+                    .map_err(io_err(format!("writing {}", tmp.display())))?;
+                fs::rename(&tmp, dest).map_err(io_err(format!("writing {}", dest.display())))?;
+                Ok(len)
+            });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
     /// Reads a whole file into memory.
     ///
     /// # Errors
@@ -536,10 +560,54 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("corrupt"));
-        assert!(!store.has_block(&chunk), "moved to quarantine");
+        assert!(!store.has_block(&chunk), "moved out of blocks/");
+        let quarantined: Vec<Vec<u8>> = fs::read_dir(&store.quarantine)
+            .unwrap()
+            .flatten()
+            .map(|e| fs::read(e.path()).unwrap())
+            .collect();
+        assert_eq!(
+            quarantined,
+            vec![b"precious bytez".to_vec()],
+            "the bad copy is kept in quarantine/ for inspection"
+        );
         // Putting the file again heals it.
         store.put_bytes(b"precious bytes").unwrap();
         assert_eq!(store.read_file(&cid).unwrap(), b"precious bytes");
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cid = BlockStore::open(dir.path())
+            .unwrap()
+            .put_bytes(b"kept")
+            .unwrap();
+        // What a crash between write and rename leaves behind.
+        fs::write(dir.path().join("tmp").join("4242-0-deadbeef"), b"torn").unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(walk_files(&store.tmp), 0, "tmp/ is emptied on open");
+        assert_eq!(store.read_file(&cid).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_failed_put_exposes_no_block_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let bytes = b"never half-written";
+        let chunk_path = store.path_of(&Cid::of(bytes));
+        // A file where the block's fan-out directory must go: the rename into place fails
+        // after the data was written and synced (root ignores permissions, so no chmod).
+        let fan_out = chunk_path.parent().unwrap();
+        fs::write(fan_out, b"in the way").unwrap();
+        let err = store.put_bytes(bytes).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert!(!store.has_block(&Cid::of(bytes)));
+        assert_eq!(walk_files(&store.tmp), 0, "the staged temp file is removed");
+        fs::remove_file(fan_out).unwrap();
+        let cid = store.put_bytes(bytes).unwrap();
+        assert_eq!(store.read_file(&cid).unwrap(), bytes);
+        assert_eq!(walk_files(&store.tmp), 0);
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! A task as a user describes it (a module file, inputs as files or CIDs, sizes and
+//! durations), and the one function that turns it into a runnable [`TaskSpec`]: `host run`,
+//! `host submit` and the node's control server all build tasks here.
+
+use std::{
+    fs::File,
+    io::BufReader,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::Exit;
+use crate::{
+    runtime::{Limits, MAX_TASK_MEMORY, TaskSpec, limits::fmt_bytes},
+    store::{BlockStore, Cid, StoreError},
+};
+
+/// A task as the command line gives it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// The module file.
+    pub module: PathBuf,
+    /// The entry to call, when the module has several.
+    pub task: Option<String>,
+    /// `NAME` and a file path or a CID.
+    pub inputs: Vec<(String, String)>,
+    /// Arguments.
+    pub args: Vec<(String, String)>,
+    /// Linear memory limit in bytes.
+    pub memory: u64,
+    /// Wall-time limit, also the CPU budget.
+    pub timeout: Duration,
+}
+
+/// Why a task request cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Something the user gave is wrong: an unreadable module, an input that is neither a
+    /// file nor a CID, a limit over the node's ceiling.
+    #[error("{0}")]
+    Usage(String),
+    /// Storing the module or an input failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BuildError {
+    /// The exit code it implies.
+    pub fn exit(&self) -> Exit {
+        match self {
+            BuildError::Usage(_) => Exit::Usage,
+            BuildError::Store(_) => Exit::Node,
+        }
+    }
+}
+
+impl TaskRequest {
+    /// The limits the task runs under: the one place user-given limits become [`Limits`].
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory,
+            timeout: self.timeout,
+            cpu_budget: self.timeout,
+            ..Limits::default()
+        }
+    }
+
+    /// Paths made absolute, so that a node with another working directory finds the files.
+    #[must_use]
+    pub fn absolute(mut self) -> Self {
+        self.module = std::path::absolute(&self.module).unwrap_or(self.module);
+        for (_, value) in &mut self.inputs {
+            *value = absolute(value);
+        }
+        self
+    }
+
+    /// Stores the module and the file inputs, and builds the spec. Blocking (file I/O).
+    ///
+    /// # Errors
+    /// [`BuildError::Usage`] for a bad module path, input or limit; [`BuildError::Store`]
+    /// when storing fails.
+    pub fn build(&self, store: &BlockStore) -> Result<TaskSpec, BuildError> {
+        check_memory(self.memory)?;
+        let module = store_file(store, &self.module)?;
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), input(store, name, value)?)))
+            .collect::<Result<_, BuildError>>()?;
+        Ok(TaskSpec {
+            module,
+            task: self.task.clone(),
+            inputs,
+            args: self.args.clone(),
+            limits: self.limits(),
+        })
+    }
+}
+
+/// An input value with an existing file's path made absolute; anything else (a CID) as is.
+pub fn absolute(value: &str) -> String {
+    let path = Path::new(value);
+    match path.exists().then(|| std::path::absolute(path)) {
+        Some(Ok(abs)) => abs.display().to_string(),
+        _ => value.to_owned(),
+    }
+}
+
+/// Refuses a memory limit over the runtime's ceiling, naming both.
+///
+/// # Errors
+/// [`BuildError::Usage`] over [`MAX_TASK_MEMORY`].
+pub fn check_memory(bytes: u64) -> Result<u64, BuildError> {
+    if bytes > MAX_TASK_MEMORY {
+        return Err(BuildError::Usage(format!(
+            "--memory {} is over the {} task memory limit",
+            fmt_bytes(bytes),
+            fmt_bytes(MAX_TASK_MEMORY)
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Stores a file named by the user; a missing or unreadable file is bad usage.
+///
+/// # Errors
+/// [`BuildError::Usage`] when the file cannot be read; [`BuildError::Store`] when storing fails.
+pub fn store_file(store: &BlockStore, path: &Path) -> Result<Cid, BuildError> {
+    let file = File::open(path)
+        .map_err(|e| BuildError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(store.put_file(BufReader::with_capacity(1 << 20, file))?)
+}
+
+/// `NAME=FILE|CID`: an existing file wins, else the value must be a CID.
+fn input(store: &BlockStore, name: &str, value: &str) -> Result<Cid, BuildError> {
+    let path = Path::new(value);
+    if path.exists() {
+        return store_file(store, path);
+    }
+    value.parse::<Cid>().map_err(|_| {
+        BuildError::Usage(format!(
+            "input `{name}`: `{value}` is neither a file nor a CID"
+        ))
+    })
+}
