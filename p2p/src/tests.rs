@@ -71,7 +71,7 @@ impl TestHandler {
     }
 
     /// Waits until `n` more `"wait"` tasks are inside the handler.
-    async fn entered(&self, n: usize) {
+    async fn until_entered(&self, n: usize) {
         let n = u32::try_from(n).unwrap();
         tokio::time::timeout(PROMPT, self.entered.acquire_many(n))
             .await
@@ -423,7 +423,9 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
 
     // Every slot but one is taken by a task waiting in the handler.
     let mut held = hold(DOCUMENTED_MAX_INBOUND_TASKS - 1);
-    a.handler.entered(DOCUMENTED_MAX_INBOUND_TASKS - 1).await;
+    a.handler
+        .until_entered(DOCUMENTED_MAX_INBOUND_TASKS - 1)
+        .await;
 
     // A panicking handler fails its own request: the stream closes without an answer...
     let err = within(
@@ -439,7 +441,7 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
     );
     // ...and gives its slot back: the last slot can still be taken.
     held.extend(hold(1));
-    a.handler.entered(1).await;
+    a.handler.until_entered(1).await;
 
     // All 32 are taken: one more is Busy, at once.
     let extra = within(

@@ -7,20 +7,9 @@ use std::{
 
 use shoal_task_artifacts as wasm;
 
-/// The `host` binary next to this test executable (`target/<profile>/host`).
+/// The `host` binary cargo built for this test run.
 pub fn host_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target/<profile>/deps/..");
-    let bin = dir.join("host");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p shoal-host --bin host`",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_host"))
 }
 
 fn host(data_dir: &std::path::Path, args: &[&str]) -> Output {
