@@ -94,8 +94,6 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// Answers inbound requests.
-    pub handler: Arc<dyn InboundHandler>,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
     /// Longest wait for a `/shoal/task/1` outcome. Default 10 minutes.
@@ -127,13 +125,12 @@ pub struct Config {
 
 impl Config {
     /// A config with no listen or bootstrap addresses, mDNS on, and the documented defaults.
-    pub fn new(keypair: Keypair, handler: Arc<dyn InboundHandler>) -> Self {
+    pub fn new(keypair: Keypair) -> Self {
         Self {
             keypair,
             listen: Vec::new(),
             bootstrap: Vec::new(),
             mdns: true,
-            handler,
             shutdown: CancellationToken::new(),
             task_timeout: Duration::from_secs(600),
             block_timeout: Duration::from_secs(30),
@@ -325,6 +322,10 @@ impl Network {
     /// Builds the swarm, binds the listen addresses, dials the bootstrap peers and spawns the
     /// event loop on the current tokio runtime.
     ///
+    /// `handler` makes the [`InboundHandler`] that answers other peers. It gets this network's
+    /// client first, so a handler that needs the network (to fetch what a task needs) owns a
+    /// client of its own instead of reaching for it later.
+    ///
     /// An unreachable bootstrap peer is not an error: it is logged as a warning and the node
     /// keeps running.
     ///
@@ -337,7 +338,10 @@ impl Network {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn spawn(config: Config) -> Result<(NetworkClient, JoinHandle<()>), Error> {
+    pub fn spawn(
+        config: Config,
+        handler: impl FnOnce(NetworkClient) -> Arc<dyn InboundHandler>,
+    ) -> Result<(NetworkClient, JoinHandle<()>), Error> {
         let local_peer_id = config.keypair.public().to_peer_id();
         let mut bootstrap = Vec::with_capacity(config.bootstrap.len());
         for addr in &config.bootstrap {
@@ -416,7 +420,7 @@ impl Network {
             commands: command_rx,
             reply_tx,
             reply_rx,
-            handler: config.handler,
+            handler: handler(client.clone()),
             task_permits: Arc::new(Semaphore::new(config.max_inbound_tasks)),
             request_permits: Arc::new(Semaphore::new(config.max_inbound_requests)),
             inbound: JoinSet::new(),

@@ -149,7 +149,7 @@ async fn spawn_node(bootstrap: Vec<Multiaddr>, tune: impl FnOnce(&mut Config)) -
     let handler = Arc::new(TestHandler::default());
     let keypair = Keypair::generate_ed25519();
     *handler.me.lock().unwrap() = Some(keypair.public().to_peer_id());
-    let mut config = Config::new(keypair, handler.clone());
+    let mut config = Config::new(keypair);
     config.listen = vec![
         "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
         "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
@@ -158,7 +158,8 @@ async fn spawn_node(bootstrap: Vec<Multiaddr>, tune: impl FnOnce(&mut Config)) -
     config.mdns = false;
     config.query_timeout = Duration::from_secs(5);
     tune(&mut config);
-    let (client, handle) = Network::spawn(config).unwrap();
+    let serving: Arc<dyn InboundHandler> = handler.clone();
+    let (client, handle) = Network::spawn(config, |_| serving).unwrap();
     Node {
         client,
         handle,
@@ -519,10 +520,10 @@ async fn shutdown_stops_the_actor_and_later_calls_fail() {
 async fn bootstrap_without_peer_id_is_rejected() {
     let dead = DeadEnd::new().await;
     let keypair = Keypair::generate_ed25519();
-    let mut config = Config::new(keypair, Arc::new(TestHandler::default()));
+    let mut config = Config::new(keypair);
     config.mdns = false;
     config.bootstrap = vec![dead.addr.clone()];
-    let err = Network::spawn(config).unwrap_err();
+    let err = Network::spawn(config, |_| Arc::new(TestHandler::default())).unwrap_err();
     assert!(matches!(err, Error::BootstrapWithoutPeerId { .. }), "{err}");
 }
 

@@ -390,11 +390,11 @@ mod in_process {
         handler: Arc<dyn InboundHandler>,
         tune: impl FnOnce(&mut shoal_p2p::Config),
     ) -> (NetworkClient, shoal_p2p::Multiaddr) {
-        let mut cfg = shoal_p2p::Config::new(Keypair::generate_ed25519(), handler);
+        let mut cfg = shoal_p2p::Config::new(Keypair::generate_ed25519());
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         cfg.mdns = false;
         tune(&mut cfg);
-        let (client, _task) = Network::spawn(cfg).unwrap();
+        let (client, _task) = Network::spawn(cfg, |_| handler).unwrap();
         let addr = client.listen_addrs().await.unwrap()[0].clone();
         (client, addr)
     }

@@ -200,10 +200,12 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             device: args.device.choice(),
         };
-        let node = Node::start(config).await.map_err(|e| CliError {
+        let node_err = |e: shoal_host::node::NodeError| CliError {
             exit: Exit::Node,
             message: e.to_string(),
-        })?;
+        };
+        let node = Node::start(config).await.map_err(node_err)?;
+        control::serve(node.clone()).await.map_err(node_err)?;
         println!("peer id: {}", node.peer_id());
         let addrs = node.net().listen_addrs().await.unwrap_or_default();
         for addr in &addrs {

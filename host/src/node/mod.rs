@@ -1,17 +1,17 @@
-//! The node: ties the block store, the sandbox runtime, the network and the control socket
-//! together, and answers other peers' requests.
+//! The node: ties the block store, the sandbox runtime, the network and the scheduler
+//! together, and answers other peers' requests (see `executor`). The control socket is a
+//! layer above: `host join` starts it once the node runs.
 
+mod executor;
 mod fetch;
 mod identity;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::Arc,
 };
 
-use shoal_p2p::{
-    BlockId, Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId, TaskOutcome,
-};
+use shoal_p2p::{BlockId, Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
 use tokio_util::sync::CancellationToken;
 
 pub use self::fetch::FetchError;
@@ -79,16 +79,17 @@ impl From<shoal_p2p::Error> for NodeError {
 /// A running node; cheap to clone.
 #[derive(Clone)]
 pub struct Node {
-    pub(crate) inner: Arc<NodeInner>,
+    inner: Arc<NodeInner>,
+    scheduler: Arc<Scheduler>,
+    shutdown: CancellationToken,
 }
 
+/// The node's own parts, shared with the network as the handler of other peers' requests.
 pub(crate) struct NodeInner {
-    pub(crate) runtime: Runtime,
-    pub(crate) store: Arc<BlockStore>,
-    pub(crate) net: OnceLock<NetworkClient>,
-    pub(crate) scheduler: Scheduler,
-    pub(crate) config: NodeConfig,
-    pub(crate) shutdown: CancellationToken,
+    net: NetworkClient,
+    store: Arc<BlockStore>,
+    runtime: Runtime,
+    config: NodeConfig,
 }
 
 impl Node {
@@ -110,30 +111,38 @@ impl Node {
             },
         )?;
         let shutdown = CancellationToken::new();
-        let inner = Arc::new(NodeInner {
-            runtime,
-            store,
-            net: OnceLock::new(),
-            scheduler: Scheduler::default(),
-            config: config.clone(),
-            shutdown: shutdown.clone(),
-        });
-        let mut net_config =
-            shoal_p2p::Config::new(keypair, inner.clone() as Arc<dyn InboundHandler>);
+        let mut net_config = shoal_p2p::Config::new(keypair);
         net_config.listen = config.listen.clone();
         net_config.bootstrap = config.bootstrap.clone();
         net_config.mdns = config.mdns;
         net_config.shutdown = shutdown.child_token();
-        let (client, _actor) = Network::spawn(net_config)?;
-        let _ = inner.net.set(client);
-        let node = Self { inner };
-        crate::control::serve(node.clone()).await?;
-        Ok(node)
+        let mut inner = None;
+        let (net, _actor) = Network::spawn(net_config, |net| {
+            let made = Arc::new(NodeInner {
+                net,
+                store: store.clone(),
+                runtime: runtime.clone(),
+                config: config.clone(),
+            });
+            inner = Some(made.clone());
+            made as Arc<dyn InboundHandler>
+        })?;
+        let inner = inner.ok_or_else(|| {
+            NodeError::Network(Box::new(shoal_p2p::Error::Build(
+                "the network made no handler".into(),
+            )))
+        })?;
+        let scheduler = Arc::new(Scheduler::new(net, runtime, store, config.slots));
+        Ok(Self {
+            inner,
+            scheduler,
+            shutdown,
+        })
     }
 
     /// The network client.
     pub fn net(&self) -> &NetworkClient {
-        self.inner.net()
+        &self.inner.net
     }
 
     /// This node's peer id.
@@ -158,7 +167,7 @@ impl Node {
 
     /// Cancelled when the node shuts down.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.shutdown.clone()
+        self.shutdown.clone()
     }
 
     /// Stores a file from disk and announces it to the mesh.
@@ -197,7 +206,7 @@ impl Node {
         spec: crate::runtime::TaskSpec,
         on: Option<PeerId>,
     ) -> sched::Placed {
-        self.inner.scheduler.submit(&self.inner, spec, on).await
+        self.scheduler.submit(spec, on).await
     }
 
     /// Runs `base` once per item, with input `name` set to each, spread over the mesh (or on
@@ -210,10 +219,7 @@ impl Node {
         on: Option<PeerId>,
         progress: impl Fn(sched::MapProgress),
     ) -> Vec<sched::Placed> {
-        self.inner
-            .scheduler
-            .map(&self.inner, base, name, items, on, progress)
-            .await
+        self.scheduler.map(base, name, items, on, progress).await
     }
 
     /// Announces the task's module and inputs that this node holds, so the peer that runs
@@ -231,69 +237,25 @@ impl Node {
         self.inner.capacity()
     }
 
-    /// Stops the network and the control socket.
+    /// Stops the network (and so whatever serves on top of the node, like the control socket).
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.shutdown.cancel();
         self.net().shutdown().await;
     }
 }
 
 impl NodeInner {
-    pub(crate) fn net(&self) -> &NetworkClient {
-        // Set in `Node::start` before the node is handed out; the handler cannot be called
-        // before the network exists.
-        self.net.get().expect("network is set at start")
-    }
-
     /// Publishes a provider record so other peers can find the file.
     pub(crate) async fn announce(&self, cid: Cid) {
-        if let Err(e) = self.net().start_providing(BlockId(cid.0)).await {
+        if let Err(e) = self.net.start_providing(BlockId(cid.0)).await {
             tracing::warn!(%cid, error = %e, "cannot announce block");
         }
     }
 
     /// This node's capacity as it advertises it.
     pub(crate) fn capacity(&self) -> Capacity {
-        let rt = &self.runtime;
-        let total = if self.config.slots == 0 {
-            0
-        } else {
-            rt.slots()
-        };
-        Capacity {
-            free_slots: if total == 0 {
-                0
-            } else {
-                rt.free_slots() as u32
-            },
-            total_slots: total as u32,
-            has_gpu: self.config.device == DeviceChoice::Gpu,
-            queue_len: rt.queue_len() as u32,
-        }
-    }
-}
-
-impl InboundHandler for NodeInner {
-    fn block(&self, _from: PeerId, cid: BlockId) -> shoal_p2p::BoxFuture<'_, Option<Vec<u8>>> {
-        Box::pin(async move {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.get_block(&Cid(cid.0)).ok())
-                .await
-                .ok()
-                .flatten()
-        })
-    }
-
-    fn task(
-        &self,
-        from: PeerId,
-        spec: shoal_p2p::TaskSpec,
-    ) -> shoal_p2p::BoxFuture<'_, TaskOutcome> {
-        Box::pin(sched::run_for_peer(self, from, spec))
-    }
-
-    fn capacity(&self) -> shoal_p2p::BoxFuture<'_, Capacity> {
-        Box::pin(async move { NodeInner::capacity(self) })
+        let has_gpu = self.config.device == DeviceChoice::Gpu;
+        sched::capacity(&self.runtime, self.config.slots, has_gpu)
     }
 }
 

@@ -1,26 +1,25 @@
-//! Placement and execution across the mesh: picks a peer by advertised capacity (preferring
-//! peers that already hold the inputs), runs the task there, retries elsewhere when a peer is
-//! lost or busy, and fans a `--map` out over the mesh with results in input order.
+//! Placement across the mesh: picks a peer by advertised capacity (preferring peers that
+//! already hold the inputs), runs the task there, retries elsewhere when a peer is lost or
+//! busy, and fans a `--map` out over the mesh with results in input order.
 //!
-//! The executor side lives here too: [`run_for_peer`] fetches a remote task's module and
-//! inputs (verified, chunk by chunk) and runs it in the local sandbox.
+//! The scheduler owns what it uses: a network client, the local runtime and store. The other
+//! side, running a task another peer sent, is the node's.
 
 mod wire;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use futures::{StreamExt, future::join_all, stream};
-use shoal_p2p::{BlockId, Capacity, PeerId, TaskOutcome};
+use shoal_p2p::{BlockId, Capacity, NetworkClient, PeerId, TaskOutcome};
 
-pub use self::wire::{report_from_wire, spec_from_wire, spec_to_wire};
+pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
 use crate::{
-    node::NodeInner,
-    runtime::{FailureKind, Logs, TaskFailure, TaskReport, TaskSpec, TaskStats},
-    store::Cid,
+    runtime::{FailureKind, Logs, Runtime, TaskFailure, TaskReport, TaskSpec, TaskStats},
+    store::{BlockStore, Cid},
 };
 
 /// Tries per task before giving up on a lost or busy peer.
@@ -55,12 +54,32 @@ pub struct MapProgress {
     pub total: usize,
 }
 
+/// The capacity a node with this runtime advertises; `slots` 0 means it runs no tasks for the
+/// mesh.
+pub fn capacity(runtime: &Runtime, slots: usize, has_gpu: bool) -> Capacity {
+    let total = if slots == 0 { 0 } else { runtime.slots() };
+    Capacity {
+        free_slots: if total == 0 {
+            0
+        } else {
+            runtime.free_slots() as u32
+        },
+        total_slots: total as u32,
+        has_gpu,
+        queue_len: runtime.queue_len() as u32,
+    }
+}
+
 /// The submitting side's view of the mesh: cached capacities and its own tasks in flight.
-#[derive(Default)]
 pub struct Scheduler {
+    net: NetworkClient,
+    runtime: Runtime,
+    store: Arc<BlockStore>,
+    /// This node's own slots for the mesh: 0 keeps every task off it.
+    local_slots: usize,
     capacities: Mutex<HashMap<PeerId, (Instant, Capacity)>>,
     in_flight: Mutex<HashMap<PeerId, i64>>,
-    remote_permits: Mutex<HashMap<PeerId, std::sync::Arc<tokio::sync::Semaphore>>>,
+    remote_permits: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
 }
 
 fn lost(message: String) -> TaskReport {
@@ -75,6 +94,24 @@ fn lost(message: String) -> TaskReport {
 }
 
 impl Scheduler {
+    /// A scheduler that places tasks through `net`, running local ones on `runtime`.
+    pub fn new(
+        net: NetworkClient,
+        runtime: Runtime,
+        store: Arc<BlockStore>,
+        local_slots: usize,
+    ) -> Self {
+        Self {
+            net,
+            runtime,
+            store,
+            local_slots,
+            capacities: Mutex::default(),
+            in_flight: Mutex::default(),
+            remote_permits: Mutex::default(),
+        }
+    }
+
     fn adjust(&self, peer: PeerId, by: i64) {
         *self
             .in_flight
@@ -85,11 +122,11 @@ impl Scheduler {
     }
 
     /// Capacities of the candidates, asked concurrently and cached briefly.
-    async fn capacities(&self, node: &NodeInner, peers: &[PeerId]) -> Vec<(PeerId, Capacity)> {
-        let me = node.net().local_peer_id();
+    async fn capacities(&self, peers: &[PeerId]) -> Vec<(PeerId, Capacity)> {
+        let me = self.net.local_peer_id();
         let asks = peers.iter().map(|&peer| async move {
             if peer == me {
-                return Some((peer, node.capacity()));
+                return Some((peer, capacity(&self.runtime, self.local_slots, false)));
             }
             if let Some((at, cap)) = self
                 .capacities
@@ -100,7 +137,7 @@ impl Scheduler {
             {
                 return Some((peer, *cap));
             }
-            let cap = node.net().capacity(peer).await.ok()?;
+            let cap = self.net.capacity(peer).await.ok()?;
             self.capacities
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -112,27 +149,22 @@ impl Scheduler {
 
     /// Chooses a peer: the most free slots after counting our own tasks in flight, preferring
     /// peers that hold the task's inputs.
-    async fn pick(
-        &self,
-        node: &NodeInner,
-        spec: &TaskSpec,
-        exclude: &HashSet<PeerId>,
-    ) -> Option<PeerId> {
-        let me = node.net().local_peer_id();
-        let mut candidates = node.net().connected_peers().await.unwrap_or_default();
-        if node.config.slots > 0 {
+    async fn pick(&self, spec: &TaskSpec, exclude: &HashSet<PeerId>) -> Option<PeerId> {
+        let me = self.net.local_peer_id();
+        let mut candidates = self.net.connected_peers().await.unwrap_or_default();
+        if self.local_slots > 0 {
             candidates.push(me);
         }
         candidates.retain(|p| !exclude.contains(p));
-        let capacities = self.capacities(node, &candidates).await;
+        let capacities = self.capacities(&candidates).await;
         let mut holders: HashMap<PeerId, usize> = HashMap::new();
         for (_, cid) in &spec.inputs {
-            if let Ok(found) = node.net().find_providers(BlockId(cid.0)).await {
+            if let Ok(found) = self.net.find_providers(BlockId(cid.0)).await {
                 for peer in found {
                     *holders.entry(peer).or_default() += 1;
                 }
             }
-            if node.store.has_block(cid) {
+            if self.store.has_block(cid) {
                 *holders.entry(me).or_default() += 1;
             }
         }
@@ -154,13 +186,8 @@ impl Scheduler {
     }
 
     /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
-    pub(crate) async fn submit(
-        &self,
-        node: &NodeInner,
-        spec: TaskSpec,
-        on: Option<PeerId>,
-    ) -> Placed {
-        let me = node.net().local_peer_id();
+    pub async fn submit(&self, spec: TaskSpec, on: Option<PeerId>) -> Placed {
+        let me = self.net.local_peer_id();
         let mut tried = HashSet::new();
         let mut last = Placed {
             peer: me,
@@ -169,14 +196,14 @@ impl Scheduler {
         for _ in 0..MAX_ATTEMPTS {
             let peer = match on {
                 Some(peer) => peer,
-                None => match self.pick(node, &spec, &tried).await {
+                None => match self.pick(&spec, &tried).await {
                     Some(peer) => peer,
                     None => return last,
                 },
             };
             self.adjust(peer, 1);
             let (report, busy) = if peer == me {
-                let mut report = node.runtime.run(spec.clone()).await;
+                let mut report = self.runtime.run(spec.clone()).await;
                 report.stats.executed_by = Some(me.to_string());
                 (report, false)
             } else {
@@ -186,11 +213,11 @@ impl Scheduler {
                     .unwrap_or_else(PoisonError::into_inner)
                     .entry(peer)
                     .or_insert_with(|| {
-                        std::sync::Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT))
+                        Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT))
                     })
                     .clone();
                 let _permit = permits.acquire_owned().await;
-                match node.net().submit_task(peer, spec_to_wire(&spec)).await {
+                match self.net.submit_task(peer, spec_to_wire(&spec)).await {
                     Ok(TaskOutcome::Failed {
                         kind: shoal_p2p::FailureKind::Busy,
                         message,
@@ -220,9 +247,8 @@ impl Scheduler {
 
     /// Runs `base` once per item, with input `name` set to the item, spread over the mesh.
     /// Results come back in input order; `progress` sees every change.
-    pub(crate) async fn map(
+    pub async fn map(
         &self,
-        node: &NodeInner,
         base: TaskSpec,
         name: &str,
         items: Vec<Cid>,
@@ -241,11 +267,10 @@ impl Scheduler {
             };
             progress(snapshot);
         };
-        let peers = node.net().connected_peers().await.unwrap_or_default();
-        let mut all = peers.clone();
-        all.push(node.net().local_peer_id());
+        let mut all = self.net.connected_peers().await.unwrap_or_default();
+        all.push(self.net.local_peer_id());
         let slots: usize = self
-            .capacities(node, &all)
+            .capacities(&all)
             .await
             .iter()
             .map(|(_, c)| c.total_slots as usize)
@@ -259,7 +284,7 @@ impl Scheduler {
                 let update = &update;
                 async move {
                     update(&|p| p.running += 1);
-                    let placed = self.submit(node, spec, on).await;
+                    let placed = self.submit(spec, on).await;
                     let ok = placed.report.result.is_ok();
                     update(&|p| {
                         p.running -= 1;
@@ -272,45 +297,4 @@ impl Scheduler {
             .collect()
             .await
     }
-}
-
-/// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
-/// run it sandboxed, announce its outputs, and report.
-pub(crate) async fn run_for_peer(
-    node: &NodeInner,
-    from: PeerId,
-    spec: shoal_p2p::TaskSpec,
-) -> TaskOutcome {
-    let me = node.net().local_peer_id();
-    if node.config.slots == 0 {
-        return TaskOutcome::failed(
-            shoal_p2p::FailureKind::Busy,
-            "this node runs no tasks (started with --slots 0)",
-        );
-    }
-    let spec = spec_from_wire(spec);
-    let span = tracing::info_span!("task", peer = %from, module = %spec.module);
-    let _enter = span.enter();
-    tracing::info!("running a task for peer {from}");
-    let needed =
-        std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
-    for (name, cid) in needed {
-        if let Err(e) = node.fetch_file(cid, &[from]).await {
-            return TaskOutcome::failed(
-                shoal_p2p::FailureKind::Lost,
-                format!("cannot fetch {name} {cid}: {e}"),
-            );
-        }
-    }
-    let report = node.runtime.run(spec).await;
-    if let Ok(outputs) = &report.result {
-        for (_, cid) in outputs {
-            node.announce(*cid).await;
-        }
-    }
-    tracing::info!(
-        ok = report.result.is_ok(),
-        "finished a task for peer {from}"
-    );
-    wire::report_to_wire(report, me)
 }

@@ -54,7 +54,7 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
 }
 
 /// A local report as sent back to the submitter.
-pub(super) fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
+pub fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
     let logs = report.logs.to_string();
     match report.result {
         Ok(outputs) => TaskOutcome::Ok {

@@ -1,0 +1,69 @@
+//! The node's answers to other peers: it serves the blocks it holds, reports its capacity,
+//! and runs the tasks they send (fetching module and inputs first, verified, from the
+//! sender).
+
+use shoal_p2p::{BlockId, BoxFuture, Capacity, InboundHandler, PeerId, TaskOutcome};
+use tracing::Instrument;
+
+use super::NodeInner;
+use crate::{
+    sched::{report_to_wire, spec_from_wire},
+    store::Cid,
+};
+
+impl InboundHandler for NodeInner {
+    fn block(&self, _from: PeerId, cid: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.get_block(&Cid(cid.0)).ok())
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+        let span = tracing::info_span!("task", peer = %from, module = %spec.module);
+        Box::pin(self.run_for_peer(from, spec).instrument(span))
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, Capacity> {
+        Box::pin(async move { NodeInner::capacity(self) })
+    }
+}
+
+impl NodeInner {
+    /// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
+    /// run it sandboxed, announce its outputs, and report.
+    async fn run_for_peer(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> TaskOutcome {
+        if self.config.slots == 0 {
+            return TaskOutcome::failed(
+                shoal_p2p::FailureKind::Busy,
+                "this node runs no tasks (started with --slots 0)",
+            );
+        }
+        let spec = spec_from_wire(spec);
+        tracing::info!("running a task for peer {from}");
+        let needed =
+            std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
+        for (name, cid) in needed {
+            if let Err(e) = self.fetch_file(cid, &[from]).await {
+                return TaskOutcome::failed(
+                    shoal_p2p::FailureKind::Lost,
+                    format!("cannot fetch {name} {cid}: {e}"),
+                );
+            }
+        }
+        let report = self.runtime.run(spec).await;
+        if let Ok(outputs) = &report.result {
+            for (_, cid) in outputs {
+                self.announce(*cid).await;
+            }
+        }
+        tracing::info!(
+            ok = report.result.is_ok(),
+            "finished a task for peer {from}"
+        );
+        report_to_wire(report, self.net.local_peer_id())
+    }
+}
