@@ -1,5 +1,6 @@
 //! Integration tests across Shoal's crates, one module per area.
 
+mod architecture;
 mod cli;
 mod compute;
 mod mesh;
