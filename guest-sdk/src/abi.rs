@@ -11,8 +11,7 @@ pub const IMPORT_MODULE: &str = "shoal_v1";
 /// `memory` and friends from ever being mistaken for tasks.
 pub const TASK_EXPORT_PREFIX: &str = "shoal_task:";
 
-/// Length of a content identifier (a blake3 hash) in bytes.
-pub const CID_LEN: usize = 32;
+pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError};
 
 /// Guest-visible error codes. Recoverable conditions come back as one of these; fatal ones
 /// (memory, time, quota exhaustion of the sandbox itself) end the task with a typed failure.

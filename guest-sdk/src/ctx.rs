@@ -2,27 +2,7 @@
 
 use std::{fmt, io, str::FromStr};
 
-use crate::{
-    Error,
-    abi::{self, CID_LEN},
-    sys,
-};
-
-/// A block's content identifier (blake3), as the host returns it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cid(pub [u8; CID_LEN]);
-
-impl fmt::Display for Cid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for Cid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cid({self})")
-    }
-}
+use crate::{Cid, Error, abi, sys};
 
 /// The task's view of its invocation.
 pub struct Ctx {

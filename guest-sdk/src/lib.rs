@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+mod cid;
 mod ctx;
 mod error;
 mod sys;
@@ -38,7 +39,8 @@ pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use ctx::{Cid, Ctx, InputReader};
+pub use cid::Cid;
+pub use ctx::{Ctx, InputReader};
 pub use error::Error;
 /// Marks a function as a task entry point: `#[shoal::task] fn name(ctx: &mut Ctx) -> Result<(), Error>`.
 ///

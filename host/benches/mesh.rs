@@ -150,7 +150,7 @@ fn main() {
         for c in manifest.chunks.iter().take(16) {
             client
                 .net()
-                .fetch_block(worker_id, shoal_p2p::BlockId(c.0))
+                .fetch_block(worker_id, *c)
                 .await
                 .expect("block")
                 .expect("found");

@@ -14,7 +14,7 @@ use libp2p::{StreamProtocol, request_response};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::messages::{
-    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_BYTES, TaskOutcome, TaskSpec,
+    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_LEN, TaskOutcome, TaskSpec,
 };
 
 /// `/shoal/block/1`: fetch a block by id.
@@ -50,7 +50,7 @@ pub struct FrameLimits {
 /// varint out.
 pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
     request: 64,
-    response: MAX_BLOCK_BYTES + 64,
+    response: MAX_BLOCK_LEN + 64,
 };
 /// `/shoal/task/1`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
@@ -261,7 +261,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::messages::{BlockId, FailureKind, TaskLimits, TaskStats};
+    use crate::messages::{Cid, FailureKind, TaskLimits, TaskStats};
 
     fn round_trip<M>(msg: &M, max: usize) -> M
     where
@@ -289,8 +289,8 @@ mod tests {
         v
     }
 
-    fn block_id() -> impl Strategy<Value = BlockId> {
-        any::<[u8; 32]>().prop_map(BlockId)
+    fn block_id() -> impl Strategy<Value = Cid> {
+        any::<[u8; 32]>().prop_map(Cid)
     }
 
     fn failure_kind() -> impl Strategy<Value = FailureKind> {
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn full_size_block_fits_the_block_limit() {
-        let msg = BlockResponse::Found(vec![7u8; MAX_BLOCK_BYTES]);
+        let msg = BlockResponse::Found(vec![7u8; MAX_BLOCK_LEN]);
         assert_eq!(round_trip(&msg, BLOCK_LIMITS.response), msg);
     }
 
@@ -523,7 +523,7 @@ mod tests {
 
     #[test]
     fn oversized_block_is_refused_by_the_writer() {
-        let msg = BlockResponse::Found(vec![0u8; MAX_BLOCK_BYTES + 100]);
+        let msg = BlockResponse::Found(vec![0u8; MAX_BLOCK_LEN + 100]);
         let mut wire = Cursor::new(Vec::new());
         let err = block_on(write_frame(&mut wire, BLOCK_LIMITS.response, &msg)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);

@@ -4,7 +4,7 @@
 //! The crate moves opaque typed messages and knows nothing of wasm. A node embeds it by
 //! implementing [`InboundHandler`] and calling [`Network::spawn`]:
 //!
-//! - `/shoal/block/1` — fetch a block by [`BlockId`] ([`NetworkClient::fetch_block`]);
+//! - `/shoal/block/1` — fetch a block by [`Cid`] ([`NetworkClient::fetch_block`]);
 //! - `/shoal/task/1` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
@@ -32,7 +32,7 @@ pub use crate::{
         KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
     },
     messages::{
-        BlockId, BlockResponse, Capacity, FailureKind, MAX_BLOCK_BYTES, ParseBlockIdError,
+        Cid, BlockResponse, Capacity, FailureKind, MAX_BLOCK_LEN,
         TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     },
     network::{Config, Error, InboundHandler, Network, NetworkClient},

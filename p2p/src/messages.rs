@@ -4,92 +4,21 @@
 //! each whole frame (see [`crate::codec`]), so no `String` or `Vec` in a message can outgrow
 //! the frame it arrived in.
 
-use std::{fmt, str::FromStr};
-
 use serde::{Deserialize, Serialize};
 
-/// The largest block a peer stores or serves: 1 MiB. Larger data is chunked by the host.
-pub const MAX_BLOCK_BYTES: usize = 1 << 20;
-
-/// A block's name: the blake3 hash of its bytes. Shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BlockId(pub [u8; 32]);
-
-impl BlockId {
-    /// The id of `bytes`, i.e. their blake3 hash.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// The raw 32 hash bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Whether `bytes` hash to this id.
-    pub fn matches(&self, bytes: &[u8]) -> bool {
-        // blake3::Hash compares in constant time; not needed here, but free.
-        blake3::Hash::from_bytes(self.0) == blake3::hash(bytes)
-    }
-}
-
-impl fmt::Display for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlockId({self})")
-    }
-}
-
-/// Why a string is not a [`BlockId`].
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ParseBlockIdError {
-    /// The string is not 64 characters long.
-    #[error("a block id is 64 hex digits, got {len} characters")]
-    Length {
-        /// The length that was given.
-        len: usize,
-    },
-    /// The string holds a character that is not a hex digit.
-    #[error("a block id is 64 hex digits: {0}")]
-    Hex(#[from] hex::FromHexError),
-}
-
-impl FromStr for BlockId {
-    type Err = ParseBlockIdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 64 {
-            return Err(ParseBlockIdError::Length { len: s.len() });
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)?;
-        Ok(Self(out))
-    }
-}
-
-impl From<[u8; 32]> for BlockId {
-    fn from(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
+pub use shoal::abi::{Cid, MAX_BLOCK_LEN};
 
 /// `/shoal/block/1` request: send me the block named `cid`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRequest {
     /// The block wanted.
-    pub cid: BlockId,
+    pub cid: Cid,
 }
 
 /// `/shoal/block/1` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlockResponse {
-    /// The block's bytes (at most [`MAX_BLOCK_BYTES`]). The requester checks them against the
+    /// The block's bytes (at most [`MAX_BLOCK_LEN`]). The requester checks them against the
     /// cid it asked for.
     Found(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The peer does not hold the block.
@@ -114,11 +43,11 @@ pub struct TaskLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The wasm module, as a block.
-    pub module: BlockId,
+    pub module: Cid,
     /// The exported entry point to call.
     pub entry: String,
     /// Named input blocks.
-    pub inputs: Vec<(String, BlockId)>,
+    pub inputs: Vec<(String, Cid)>,
     /// Named string arguments.
     pub args: Vec<(String, String)>,
     /// Sandbox limits.
@@ -165,7 +94,7 @@ pub enum TaskOutcome {
     /// The task ran to completion.
     Ok {
         /// Named output blocks, held by the executing peer.
-        outputs: Vec<(String, BlockId)>,
+        outputs: Vec<(String, Cid)>,
         /// Captured guest logs (bounded by the executor and by the frame limit).
         logs: String,
         /// Cost and placement.
@@ -210,31 +139,3 @@ pub struct Capacity {
     pub queue_len: u32,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn block_id_hex_round_trip() {
-        let id = BlockId::of(b"hello");
-        let s = id.to_string();
-        assert_eq!(s.len(), 64);
-        assert_eq!(s, s.to_lowercase());
-        assert_eq!(s.parse::<BlockId>().unwrap(), id);
-        assert!(id.matches(b"hello"));
-        assert!(!id.matches(b"hellp"));
-    }
-
-    #[test]
-    fn block_id_parse_rejects_bad_input() {
-        assert!(matches!(
-            "abc".parse::<BlockId>(),
-            Err(ParseBlockIdError::Length { len: 3 })
-        ));
-        let bad = "g".repeat(64);
-        assert!(matches!(
-            bad.parse::<BlockId>(),
-            Err(ParseBlockIdError::Hex(_))
-        ));
-    }
-}

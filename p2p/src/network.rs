@@ -49,8 +49,8 @@ use crate::{
         KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL, TASK_PROTOCOL_NAME,
     },
     messages::{
-        BlockId, BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind,
-        MAX_BLOCK_BYTES, TaskOutcome, TaskSpec,
+        Cid, BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind,
+        MAX_BLOCK_LEN, TaskOutcome, TaskSpec,
     },
 };
 
@@ -71,9 +71,9 @@ const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// capacity calls at a time; beyond that it answers `Busy` without calling them. A method that
 /// panics drops its request (the requester sees the stream close), nothing more.
 pub trait InboundHandler: Send + Sync + 'static {
-    /// The bytes of block `cid` if this peer holds it. Blocks over [`MAX_BLOCK_BYTES`] are
+    /// The bytes of block `cid` if this peer holds it. Blocks over [`MAX_BLOCK_LEN`] are
     /// never sent: the requester gets `NotFound`.
-    fn block(&self, from: PeerId, cid: BlockId) -> BoxFuture<'_, Option<Vec<u8>>>;
+    fn block(&self, from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>>;
 
     /// Run `spec` for `from` and report its outcome. May take as long as the task does.
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome>;
@@ -269,7 +269,7 @@ pub enum Error {
         /// The peer.
         peer: PeerId,
         /// The block asked for.
-        cid: BlockId,
+        cid: Cid,
         /// How many bytes came back.
         len: usize,
     },
@@ -283,7 +283,7 @@ pub enum Error {
     #[error("cannot record block {cid} as provided: {reason}")]
     ProviderStore {
         /// The block.
-        cid: BlockId,
+        cid: Cid,
         /// Why.
         reason: String,
     },
@@ -299,12 +299,12 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, Reply<PeerId>),
-    FetchBlock(PeerId, BlockId, Reply<BlockResponse>),
+    FetchBlock(PeerId, Cid, Reply<BlockResponse>),
     SubmitTask(PeerId, TaskSpec, Reply<TaskOutcome>),
     Capacity(PeerId, Reply<Capacity>),
-    StartProviding(BlockId, Reply<()>),
-    StopProviding(BlockId),
-    FindProviders(BlockId, Reply<HashSet<PeerId>>),
+    StartProviding(Cid, Reply<()>),
+    StopProviding(Cid),
+    FindProviders(Cid, Reply<HashSet<PeerId>>),
 }
 
 /// An answer to an inbound request, computed on a spawned task.
@@ -536,7 +536,7 @@ impl NetworkClient {
     /// [`Error::ConnectionClosed`], [`Error::Timeout`] (after [`Config::block_timeout`]),
     /// [`Error::Shutdown`].
     #[tracing::instrument(skip(self), fields(%peer, %cid))]
-    pub async fn fetch_block(&self, peer: PeerId, cid: BlockId) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn fetch_block(&self, peer: PeerId, cid: Cid) -> Result<Option<Vec<u8>>, Error> {
         let response = self
             .call("fetch_block", self.timeouts.block, |tx| {
                 Command::FetchBlock(peer, cid, tx)
@@ -592,7 +592,7 @@ impl NetworkClient {
     /// [`Error::ProviderStore`] if [`Config::max_provided_keys`] is reached;
     /// [`Error::Timeout`]; [`Error::Shutdown`].
     #[tracing::instrument(skip(self), fields(%cid))]
-    pub async fn start_providing(&self, cid: BlockId) -> Result<(), Error> {
+    pub async fn start_providing(&self, cid: Cid) -> Result<(), Error> {
         self.call("start_providing", self.timeouts.query, |tx| {
             Command::StartProviding(cid, tx)
         })
@@ -604,7 +604,7 @@ impl NetworkClient {
     /// # Errors
     ///
     /// [`Error::Timeout`], [`Error::Shutdown`].
-    pub async fn stop_providing(&self, cid: BlockId) -> Result<(), Error> {
+    pub async fn stop_providing(&self, cid: Cid) -> Result<(), Error> {
         self.send(LOCAL_TIMEOUT, "stop_providing", Command::StopProviding(cid))
             .await
     }
@@ -616,7 +616,7 @@ impl NetworkClient {
     ///
     /// [`Error::Timeout`], [`Error::TooManyInFlight`], [`Error::Shutdown`].
     #[tracing::instrument(skip(self), fields(%cid))]
-    pub async fn find_providers(&self, cid: BlockId) -> Result<HashSet<PeerId>, Error> {
+    pub async fn find_providers(&self, cid: Cid) -> Result<HashSet<PeerId>, Error> {
         self.call("find_providers", self.timeouts.query, |tx| {
             Command::FindProviders(cid, tx)
         })
@@ -1177,7 +1177,7 @@ impl EventLoop {
         self.inbound.spawn(
             async move {
                 let response = match handler.block(peer, request.cid).await {
-                    Some(bytes) if bytes.len() <= MAX_BLOCK_BYTES => BlockResponse::Found(bytes),
+                    Some(bytes) if bytes.len() <= MAX_BLOCK_LEN => BlockResponse::Found(bytes),
                     Some(bytes) => {
                         warn!(
                             len = bytes.len(),
@@ -1341,7 +1341,7 @@ mod unit_tests {
     fn oversized_outcome_keeps_the_tail_of_its_logs() {
         let logs = format!("{}é end", "x".repeat(TASK_LIMITS.response));
         let outcome = fit_outcome(TaskOutcome::Ok {
-            outputs: vec![("out".into(), BlockId::of(b"o"))],
+            outputs: vec![("out".into(), Cid::of(b"o"))],
             logs,
             stats: TaskStats {
                 wall_ms: 1,

@@ -18,7 +18,7 @@ use libp2p::{
 use tokio::{sync::Semaphore, task::JoinHandle};
 
 use crate::{
-    BLOCK_LIMITS, BLOCK_PROTOCOL, BlockId, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity,
+    BLOCK_LIMITS, BLOCK_PROTOCOL, Cid, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity,
     Config, Error, FailureKind, InboundHandler, Keypair, Multiaddr, Network, NetworkClient, PeerId,
     TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
@@ -37,7 +37,7 @@ const DOCUMENTED_MAX_INBOUND_TASKS: usize = 32;
 
 /// A peer that serves blocks from a map, echoes tasks and reports a fixed capacity.
 struct TestHandler {
-    blocks: Mutex<HashMap<BlockId, Vec<u8>>>,
+    blocks: Mutex<HashMap<Cid, Vec<u8>>>,
     /// Each task with entry `"wait"` adds a permit here once it is in the handler...
     entered: Semaphore,
     /// ...and then takes one permit from here before it completes.
@@ -64,8 +64,8 @@ const CAPACITY: Capacity = Capacity {
 };
 
 impl TestHandler {
-    fn put(&self, bytes: &[u8]) -> BlockId {
-        let cid = BlockId::of(bytes);
+    fn put(&self, bytes: &[u8]) -> Cid {
+        let cid = Cid::of(bytes);
         self.blocks.lock().unwrap().insert(cid, bytes.to_vec());
         cid
     }
@@ -82,7 +82,7 @@ impl TestHandler {
 }
 
 impl InboundHandler for TestHandler {
-    fn block(&self, _from: PeerId, cid: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+    fn block(&self, _from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
         let found = self.blocks.lock().unwrap().get(&cid).cloned();
         async move { found }.boxed()
     }
@@ -169,9 +169,9 @@ async fn spawn_node(bootstrap: Vec<Multiaddr>, tune: impl FnOnce(&mut Config)) -
 
 fn spec(entry: &str) -> TaskSpec {
     TaskSpec {
-        module: BlockId::of(b"module"),
+        module: Cid::of(b"module"),
         entry: entry.into(),
-        inputs: vec![("x".into(), BlockId::of(b"x"))],
+        inputs: vec![("x".into(), Cid::of(b"x"))],
         args: vec![("k".into(), "v".into())],
         limits: TaskLimits {
             memory_bytes: 1 << 20,
@@ -330,14 +330,14 @@ async fn unknown_block_is_none_within_bounded_time() {
     let started = Instant::now();
     let got = b
         .client
-        .fetch_block(a.id(), BlockId::of(b"nobody has this"))
+        .fetch_block(a.id(), Cid::of(b"nobody has this"))
         .await
         .unwrap();
     assert_eq!(got, None);
     assert!(started.elapsed() < Duration::from_secs(5));
     let providers = b
         .client
-        .find_providers(BlockId::of(b"nobody has this"))
+        .find_providers(Cid::of(b"nobody has this"))
         .await
         .unwrap();
     assert!(providers.is_empty());
@@ -348,7 +348,7 @@ async fn unknown_block_is_none_within_bounded_time() {
 async fn block_with_wrong_bytes_is_rejected() {
     let a = spawn_node(vec![], |_| {}).await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
-    let cid = BlockId::of(b"the real bytes");
+    let cid = Cid::of(b"the real bytes");
     a.handler
         .blocks
         .lock()
@@ -909,7 +909,7 @@ async fn oversized_responses_fail_the_request_promptly() {
     let err = within(
         PROMPT,
         "block",
-        a.client.fetch_block(peer, BlockId::of(b"x")),
+        a.client.fetch_block(peer, Cid::of(b"x")),
     )
     .await
     .unwrap_err();

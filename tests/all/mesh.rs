@@ -369,7 +369,7 @@ mod in_process {
         runtime::{FailureKind, TaskSpec},
     };
     use shoal_p2p::{
-        BlockId, BoxFuture, Capacity, InboundHandler, Keypair, Network, NetworkClient, PeerId,
+        Cid, BoxFuture, Capacity, InboundHandler, Keypair, Network, NetworkClient, PeerId,
         TaskOutcome,
     };
     use tokio::sync::{Notify, watch};
@@ -422,7 +422,7 @@ mod in_process {
     }
 
     impl InboundHandler for Liar {
-        fn block(&self, _: PeerId, _: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+        fn block(&self, _: PeerId, _: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Some(vec![0xEE; 1 << 20]) })
         }
@@ -547,7 +547,7 @@ mod in_process {
     }
 
     impl InboundHandler for Gate {
-        fn block(&self, _: PeerId, _: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+        fn block(&self, _: PeerId, _: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
             Box::pin(async { None })
         }
         fn task(&self, from: PeerId, _: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {

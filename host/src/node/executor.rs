@@ -2,7 +2,7 @@
 //! and runs the tasks they send (fetching module and inputs first, verified, from the
 //! sender).
 
-use shoal_p2p::{BlockId, BoxFuture, Capacity, InboundHandler, PeerId, TaskOutcome};
+use shoal_p2p::{BoxFuture, Capacity, InboundHandler, PeerId, TaskOutcome};
 use tracing::Instrument;
 
 use super::NodeInner;
@@ -12,10 +12,10 @@ use crate::{
 };
 
 impl InboundHandler for NodeInner {
-    fn block(&self, _from: PeerId, cid: BlockId) -> BoxFuture<'_, Option<Vec<u8>>> {
+    fn block(&self, _from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
         Box::pin(async move {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.get_block(&Cid(cid.0)).ok())
+            tokio::task::spawn_blocking(move || store.get_block(&cid).ok())
                 .await
                 .ok()
                 .flatten()

@@ -8,7 +8,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use shoal_p2p::{BlockId, PeerId};
+use shoal_p2p::PeerId;
 
 use super::NodeInner;
 use crate::store::{Cid, StoreError};
@@ -102,7 +102,7 @@ impl NodeInner {
 
     async fn find_providers(&self, cid: Cid) -> Vec<PeerId> {
         let me = self.net.local_peer_id();
-        match self.net.find_providers(BlockId(cid.0)).await {
+        match self.net.find_providers(cid).await {
             Ok(found) => found.into_iter().filter(|p| *p != me).collect(),
             Err(e) => {
                 tracing::debug!(%cid, error = %e, "provider lookup failed");
@@ -140,7 +140,7 @@ impl NodeInner {
                 }
                 asked += 1;
                 // The network client checks the bytes against the id before returning them.
-                match self.net.fetch_block(peer, BlockId(cid.0)).await {
+                match self.net.fetch_block(peer, cid).await {
                     Ok(Some(bytes)) => return Ok(bytes),
                     Ok(None) => {}
                     Err(shoal_p2p::Error::BlockMismatch { .. }) => {

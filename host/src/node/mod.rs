@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use shoal_p2p::{BlockId, Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
+use shoal_p2p::{Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
 use tokio_util::sync::CancellationToken;
 
 pub use self::fetch::FetchError;
@@ -247,7 +247,7 @@ impl Node {
 impl NodeInner {
     /// Publishes a provider record so other peers can find the file.
     pub(crate) async fn announce(&self, cid: Cid) {
-        if let Err(e) = self.net.start_providing(BlockId(cid.0)).await {
+        if let Err(e) = self.net.start_providing(cid).await {
             tracing::warn!(%cid, error = %e, "cannot announce block");
         }
     }

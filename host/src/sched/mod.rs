@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::{StreamExt, future::join_all, stream};
-use shoal_p2p::{BlockId, Capacity, NetworkClient, PeerId, TaskOutcome};
+use shoal_p2p::{Capacity, NetworkClient, PeerId, TaskOutcome};
 
 pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
 use crate::{
@@ -159,7 +159,7 @@ impl Scheduler {
         let capacities = self.capacities(&candidates).await;
         let mut holders: HashMap<PeerId, usize> = HashMap::new();
         for (_, cid) in &spec.inputs {
-            if let Ok(found) = self.net.find_providers(BlockId(cid.0)).await {
+            if let Ok(found) = self.net.find_providers(*cid).await {
                 for peer in found {
                     *holders.entry(peer).or_default() += 1;
                 }

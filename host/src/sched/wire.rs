@@ -2,23 +2,16 @@
 
 use std::time::Duration;
 
-use shoal_p2p::{BlockId, FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome};
+use shoal_p2p::{FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome};
 
-use crate::{
-    runtime::{FailureKind, Limits, Logs, TaskFailure, TaskReport, TaskSpec, TaskStats},
-    store::Cid,
-};
+use crate::runtime::{FailureKind, Limits, Logs, TaskFailure, TaskReport, TaskSpec, TaskStats};
 
 /// A task spec as sent to another peer.
 pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
     shoal_p2p::TaskSpec {
-        module: BlockId(spec.module.0),
+        module: spec.module,
         entry: spec.task.clone().unwrap_or_default(),
-        inputs: spec
-            .inputs
-            .iter()
-            .map(|(n, c)| (n.clone(), BlockId(c.0)))
-            .collect(),
+        inputs: spec.inputs.clone(),
         args: spec.args.clone(),
         limits: TaskLimits {
             memory_bytes: spec.limits.memory_bytes,
@@ -33,13 +26,9 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
     let defaults = Limits::default();
     let timeout = Duration::from_millis(spec.limits.timeout_ms.clamp(1, 3_600_000));
     TaskSpec {
-        module: Cid(spec.module.0),
+        module: spec.module,
         task: (!spec.entry.is_empty()).then_some(spec.entry),
-        inputs: spec
-            .inputs
-            .into_iter()
-            .map(|(n, c)| (n, Cid(c.0)))
-            .collect(),
+        inputs: spec.inputs,
         args: spec.args,
         limits: Limits {
             memory_bytes: spec
@@ -58,10 +47,7 @@ pub fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
     let logs = report.logs.to_string();
     match report.result {
         Ok(outputs) => TaskOutcome::Ok {
-            outputs: outputs
-                .into_iter()
-                .map(|(n, c)| (n, BlockId(c.0)))
-                .collect(),
+            outputs,
             logs,
             stats: shoal_p2p::TaskStats {
                 wall_ms: u64::try_from(report.stats.wall.as_millis()).unwrap_or(u64::MAX),
@@ -102,7 +88,7 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
             logs: text,
             stats,
         } => TaskReport {
-            result: Ok(outputs.into_iter().map(|(n, c)| (n, Cid(c.0))).collect()),
+            result: Ok(outputs),
             logs: logs(text),
             stats: TaskStats {
                 wall: Duration::from_millis(stats.wall_ms),
@@ -138,7 +124,7 @@ pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::MAX_TASK_MEMORY;
+    use crate::{runtime::MAX_TASK_MEMORY, store::Cid};
 
     #[test]
     fn a_remote_report_keeps_outputs_logs_and_stats() {

@@ -17,12 +17,10 @@
 //! (1..=CHUNK_SIZE bytes); `count == len.div_ceil(CHUNK_SIZE)`. A manifest is itself a block,
 //! so it is at most [`MAX_BLOCK_LEN`]: that caps a file at [`MAX_FILE_LEN`].
 
-use super::Cid;
+use super::{Cid, MAX_BLOCK_LEN};
 
 /// Size of every chunk but the last.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// The largest block the store (and the mesh) accepts.
-pub const MAX_BLOCK_LEN: usize = 1 << 20;
 const MAGIC: &[u8; 8] = b"SHOALMF1";
 const HEADER_LEN: usize = 20;
 /// The most chunks one manifest can list.

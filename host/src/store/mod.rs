@@ -9,7 +9,6 @@
 //!   and reported, never returned, so a later fetch from the mesh can replace it.
 //! - The data dir is locked for the life of the store: two nodes never share one.
 
-mod cid;
 pub mod manifest;
 
 use std::{
@@ -20,8 +19,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-pub use cid::{Cid, ParseCidError};
-pub use manifest::{CHUNK_SIZE, MAX_BLOCK_LEN, MAX_FILE_LEN, Manifest, ManifestError};
+pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
+pub use manifest::{CHUNK_SIZE, MAX_FILE_LEN, Manifest, ManifestError};
 
 /// What can go wrong in the block store.
 #[derive(Debug, thiserror::Error)]
