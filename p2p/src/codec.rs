@@ -19,14 +19,14 @@ use crate::messages::{
 
 /// `/shoal/block/1`: fetch a block by id.
 pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
-/// `/shoal/task/1`: submit a task, get its outcome.
+/// `/shoal/task/2`: submit a task, get its outcome.
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
 pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
 /// The name of [`BLOCK_PROTOCOL`].
 pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/1";
 /// The name of [`TASK_PROTOCOL`].
-pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/1";
+pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/2";
 /// The name of [`CAPACITY_PROTOCOL`].
 pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
 /// Shoal's private Kademlia DHT.
@@ -52,7 +52,7 @@ pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
     request: 64,
     response: MAX_BLOCK_LEN + 64,
 };
-/// `/shoal/task/1`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+/// `/shoal/task/2`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
     request: 1 << 20,
     response: 4 << 20,
@@ -202,7 +202,7 @@ impl<Req, Resp> std::fmt::Debug for FramedCodec<Req, Resp> {
 
 /// The codec of `/shoal/block/1`.
 pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
-/// The codec of `/shoal/task/1`.
+/// The codec of `/shoal/task/2`.
 pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
 /// The codec of `/shoal/capacity/1`.
 pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
@@ -299,6 +299,8 @@ mod tests {
             Just(FailureKind::OutOfMemory),
             Just(FailureKind::Timeout),
             Just(FailureKind::BadModule),
+            Just(FailureKind::BadInput),
+            Just(FailureKind::TaskError),
             Just(FailureKind::Denied),
             Just(FailureKind::Lost),
             Just(FailureKind::Busy),
@@ -312,10 +314,29 @@ mod tests {
             entry in ".{0,40}",
             inputs in prop::collection::vec((".{0,20}", block_id()), 0..8),
             args in prop::collection::vec((".{0,20}", ".{0,40}"), 0..8),
-            memory_bytes in any::<u64>(),
-            timeout_ms in any::<u64>(),
+            limits in task_limits(),
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits: TaskLimits { memory_bytes, timeout_ms } }
+            TaskSpec { module, entry, inputs, args, limits }
+        }
+    }
+
+    prop_compose! {
+        fn task_limits()(
+            (memory_bytes, timeout_ms, cpu_budget_ms) in any::<(u64, u64, u64)>(),
+        ) -> TaskLimits {
+            TaskLimits { memory_bytes, timeout_ms, cpu_budget_ms }
+        }
+    }
+
+    prop_compose! {
+        fn task_stats()(
+            (wall_us, cpu_us, peak_memory_bytes) in any::<(u64, u64, u64)>(),
+            cached_module in any::<bool>(),
+            backend in ".{0,10}",
+            limits in task_limits(),
+            executed_by in ".{0,60}",
+        ) -> TaskStats {
+            TaskStats { wall_us, cpu_us, peak_memory_bytes, cached_module, backend, limits, executed_by }
         }
     }
 
@@ -324,31 +345,21 @@ mod tests {
             (
                 prop::collection::vec((".{0,20}", block_id()), 0..8),
                 ".{0,200}",
-                any::<(u64, u64)>(),
-                ".{0,10}",
-                ".{0,60}"
+                task_stats(),
             )
-                .prop_map(
-                    |(outputs, logs, (wall_ms, peak_memory_bytes), backend, by)| {
-                        TaskOutcome::Ok {
-                            outputs,
-                            logs,
-                            stats: TaskStats {
-                                wall_ms,
-                                peak_memory_bytes,
-                                backend,
-                                executed_by: by,
-                            },
-                        }
-                    }
-                ),
-            (failure_kind(), ".{0,80}", ".{0,200}").prop_map(|(kind, message, logs)| {
-                TaskOutcome::Failed {
+                .prop_map(|(outputs, logs, stats)| TaskOutcome::Ok {
+                    outputs,
+                    logs,
+                    stats
+                }),
+            (failure_kind(), ".{0,80}", ".{0,200}", task_stats()).prop_map(
+                |(kind, message, logs, stats)| TaskOutcome::Failed {
                     kind,
                     message,
                     logs,
+                    stats,
                 }
-            }),
+            ),
         ]
     }
 

@@ -5,7 +5,7 @@
 //! implementing [`InboundHandler`] and calling [`Network::spawn`]:
 //!
 //! - `/shoal/block/1` — fetch a block by [`Cid`] ([`NetworkClient::fetch_block`]);
-//! - `/shoal/task/1` — submit a [`TaskSpec`], get its [`TaskOutcome`]
+//! - `/shoal/task/2` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
 //! - Kademlia (`/shoal/kad/1.0.0`) for provider records, identify, ping, and optional mDNS.
@@ -32,8 +32,8 @@ pub use crate::{
         KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
     },
     messages::{
-        Cid, BlockResponse, Capacity, FailureKind, MAX_BLOCK_LEN,
-        TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+        BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, TaskLimits, TaskOutcome,
+        TaskSpec, TaskStats,
     },
-    network::{Config, Error, InboundHandler, Network, NetworkClient},
+    network::{Config, DEFAULT_MAX_INBOUND_TASKS, Error, InboundHandler, Network, NetworkClient},
 };

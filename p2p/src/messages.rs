@@ -27,16 +27,19 @@ pub enum BlockResponse {
     Busy,
 }
 
-/// Resource limits a task runs under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Resource limits a task runs under: what the submitter may choose, within the executing
+/// node's own caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskLimits {
     /// The most linear memory the task may use, in bytes.
     pub memory_bytes: u64,
     /// Wall-clock limit, in milliseconds.
     pub timeout_ms: u64,
+    /// CPU time the task may use, in milliseconds.
+    pub cpu_budget_ms: u64,
 }
 
-/// `/shoal/task/1` request: run this task and send back its outcome.
+/// `/shoal/task/2` request: run this task and send back its outcome.
 ///
 /// The executing peer fetches the module and inputs it lacks from the submitter, whose
 /// `PeerId` it knows from the connection (or from providers found through Kademlia).
@@ -54,15 +57,21 @@ pub struct TaskSpec {
     pub limits: TaskLimits,
 }
 
-/// What a successful run cost and where it ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a run cost, under which limits, and where it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskStats {
-    /// Wall time of the run, in milliseconds.
-    pub wall_ms: u64,
+    /// Wall time of the run, in microseconds.
+    pub wall_us: u64,
+    /// CPU time of the run, in microseconds.
+    pub cpu_us: u64,
     /// Peak linear memory, in bytes.
     pub peak_memory_bytes: u64,
-    /// The compute backend used, e.g. `"wgpu"` or `"cpu"`.
+    /// Whether the executor had the module compiled already.
+    pub cached_module: bool,
+    /// The compute backend used, e.g. `"wgpu …"` or `"cpu …"`; empty if none was.
     pub backend: String,
+    /// The limits the executor applied.
+    pub limits: TaskLimits,
     /// The peer that ran the task (its `PeerId` as a string).
     pub executed_by: String,
 }
@@ -78,6 +87,10 @@ pub enum FailureKind {
     Timeout,
     /// The module is not valid wasm or lacks the entry point / imports it needs.
     BadModule,
+    /// The task's inputs are missing or unreadable where it ran.
+    BadInput,
+    /// The task's own code returned an error.
+    TaskError,
     /// The task was not allowed (quota, capability, tenant policy).
     Denied,
     /// The task or one of its inputs was lost (peer gone, block unavailable).
@@ -88,7 +101,7 @@ pub enum FailureKind {
     Other,
 }
 
-/// `/shoal/task/1` response: what became of a task.
+/// `/shoal/task/2` response: what became of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskOutcome {
     /// The task ran to completion.
@@ -108,6 +121,8 @@ pub enum TaskOutcome {
         message: String,
         /// Guest logs captured before the failure.
         logs: String,
+        /// What the run cost before it failed (zero where it never started).
+        stats: TaskStats,
     },
 }
 
@@ -118,6 +133,7 @@ impl TaskOutcome {
             kind,
             message: message.into(),
             logs: String::new(),
+            stats: TaskStats::default(),
         }
     }
 }
@@ -138,4 +154,3 @@ pub struct Capacity {
     /// Tasks waiting for a slot.
     pub queue_len: u32,
 }
-

@@ -49,8 +49,8 @@ use crate::{
         KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL, TASK_PROTOCOL_NAME,
     },
     messages::{
-        Cid, BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind,
-        MAX_BLOCK_LEN, TaskOutcome, TaskSpec,
+        BlockRequest, BlockResponse, Capacity, CapacityRequest, Cid, FailureKind, MAX_BLOCK_LEN,
+        TaskOutcome, TaskSpec,
     },
 };
 
@@ -63,6 +63,10 @@ const MAX_LISTEN_WAITERS: usize = 64;
 const CLIENT_SLACK: Duration = Duration::from_secs(5);
 /// How long a local query of the actor (addresses, peers) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Inbound task requests a peer handles at once by default; past that it answers `Busy`.
+/// Submitters keep at most this many of their tasks in flight on one peer.
+pub const DEFAULT_MAX_INBOUND_TASKS: usize = 32;
 
 /// Answers to inbound requests, supplied by the node that embeds the network.
 ///
@@ -96,7 +100,7 @@ pub struct Config {
     pub mdns: bool,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
-    /// Longest wait for a `/shoal/task/1` outcome. Default 10 minutes.
+    /// Longest wait for a `/shoal/task/2` outcome. Default 10 minutes.
     pub task_timeout: Duration,
     /// Longest wait for a `/shoal/block/1` response. Default 30 s.
     pub block_timeout: Duration,
@@ -138,7 +142,7 @@ impl Config {
             dial_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(60),
-            max_inbound_tasks: 32,
+            max_inbound_tasks: DEFAULT_MAX_INBOUND_TASKS,
             max_inbound_requests: 64,
             max_concurrent_streams: 64,
             max_pending_outbound: 1024,
@@ -716,10 +720,12 @@ fn fit_outcome(outcome: TaskOutcome) -> TaskOutcome {
             kind,
             message,
             logs,
+            stats,
         } => TaskOutcome::Failed {
             kind,
             message: log_tail(&message, LOG_TAIL),
             logs: log_tail(&logs, LOG_TAIL),
+            stats,
         },
     };
     if fits(&shrunk) {
@@ -1344,10 +1350,9 @@ mod unit_tests {
             outputs: vec![("out".into(), Cid::of(b"o"))],
             logs,
             stats: TaskStats {
-                wall_ms: 1,
-                peak_memory_bytes: 1,
                 backend: "cpu".into(),
                 executed_by: "p".into(),
+                ..TaskStats::default()
             },
         });
         match outcome {

@@ -18,7 +18,7 @@ use libp2p::{
 use tokio::{sync::Semaphore, task::JoinHandle};
 
 use crate::{
-    BLOCK_LIMITS, BLOCK_PROTOCOL, Cid, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity,
+    BLOCK_LIMITS, BLOCK_PROTOCOL, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity, Cid,
     Config, Error, FailureKind, InboundHandler, Keypair, Multiaddr, Network, NetworkClient, PeerId,
     TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
@@ -106,10 +106,11 @@ impl InboundHandler for TestHandler {
                 outputs: spec.inputs.clone(),
                 logs: format!("{} for {from}", spec.entry),
                 stats: TaskStats {
-                    wall_ms: 1,
+                    wall_us: 1000,
                     peak_memory_bytes: 64 << 10,
                     backend: "cpu".into(),
                     executed_by: me,
+                    ..TaskStats::default()
                 },
             }
         }
@@ -176,6 +177,7 @@ fn spec(entry: &str) -> TaskSpec {
         limits: TaskLimits {
             memory_bytes: 1 << 20,
             timeout_ms: 1000,
+            cpu_budget_ms: 1000,
         },
     }
 }
@@ -814,7 +816,7 @@ fn largest_spec() -> TaskSpec {
     spec
 }
 
-/// The request limits of `/shoal/task/1` and `/shoal/capacity/1` hold over libp2p: one byte
+/// The request limits of `/shoal/task/2` and `/shoal/capacity/1` hold over libp2p: one byte
 /// over the limit is refused on the header, promptly, while a request of exactly the limit is
 /// still served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -906,13 +908,9 @@ async fn oversized_responses_fail_the_request_promptly() {
 
     let (addr, _block) = raw_server(BLOCK_PROTOCOL, over(BLOCK_LIMITS.response)).await;
     let peer = a.client.dial(addr).await.unwrap();
-    let err = within(
-        PROMPT,
-        "block",
-        a.client.fetch_block(peer, Cid::of(b"x")),
-    )
-    .await
-    .unwrap_err();
+    let err = within(PROMPT, "block", a.client.fetch_block(peer, Cid::of(b"x")))
+        .await
+        .unwrap_err();
     assert!(is_over_limit(&err), "{err}");
 
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;

@@ -22,7 +22,10 @@ fn layer_of(module: &str) -> Option<usize> {
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("readable source dir").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("readable source dir")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             rust_files(&path, out);
@@ -38,7 +41,12 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src).expect("file under src");
     let mut parts: Vec<String> = rel
         .components()
-        .map(|c| c.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned())
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned()
+        })
         .collect();
     if parts.last().is_some_and(|p| p == "mod") {
         parts.pop();
@@ -133,7 +141,11 @@ fn host_modules_name_only_the_layers_below_them() {
         }
     }
     assert!(checked > 20, "only {checked} files checked");
-    assert!(wrong.is_empty(), "upward dependencies:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "upward dependencies:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

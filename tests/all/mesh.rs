@@ -231,7 +231,16 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     std::fs::write(&short, b"abc").unwrap();
     let map = format!("a={},{}", id.display(), short.display());
     let b_input = format!("b={}", b_mat.display());
-    let args = ["submit", wasm::MATMUL_WASM, "--arg", "n=2", "--input", &b_input, "--map", &map];
+    let args = [
+        "submit",
+        wasm::MATMUL_WASM,
+        "--arg",
+        "n=2",
+        "--input",
+        &b_input,
+        "--map",
+        &map,
+    ];
     let out = a.host(&args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let shown = text(&out);
@@ -248,13 +257,25 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
     let good = &result["items"][0]["report"]["result"]["Ok"][0][1];
     let dest = root.path().join("product.bin");
-    let got = a.host(&["get", good.as_str().expect("item 0 ran"), "-o", dest.to_str().unwrap()]);
+    let got = a.host(&[
+        "get",
+        good.as_str().expect("item 0 ran"),
+        "-o",
+        dest.to_str().unwrap(),
+    ]);
     assert!(got.status.success(), "{}", text(&got));
-    assert_eq!(std::fs::read(&dest).unwrap(), f32s(&[1.0, 2.0, 3.0, 4.0]), "I × B = B");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        f32s(&[1.0, 2.0, 3.0, 4.0]),
+        "I × B = B"
+    );
     let bad = &result["items"][1]["report"]["result"]["Err"];
     assert_eq!(bad["kind"], "TaskError", "{bad}");
     assert!(
-        bad["message"].as_str().unwrap_or("").contains("input `a` has 3 bytes"),
+        bad["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("input `a` has 3 bytes"),
         "{bad}"
     );
 }
@@ -270,7 +291,15 @@ fn a_task_on_a_peer_killed_mid_task_is_retried_elsewhere() {
 
     // The task waits 2 s, long enough to kill its peer while it runs.
     let submit = Command::new(host_bin())
-        .args(["submit", wasm::WAIT, "--arg", "ms=2000", "--arg", "tag=survived", "--json"])
+        .args([
+            "submit",
+            wasm::WAIT,
+            "--arg",
+            "ms=2000",
+            "--arg",
+            "tag=survived",
+            "--json",
+        ])
         .arg("--data-dir")
         .arg(&a.data_dir)
         .stdout(Stdio::piped())
@@ -294,7 +323,8 @@ fn a_task_on_a_peer_killed_mid_task_is_retried_elsewhere() {
     let out = submit.wait_with_output().expect("host submit ends");
     let result = json(&out);
     assert_eq!(
-        result["stats"]["executed_by"], survivor.peer_id.as_str(),
+        result["stats"]["executed_by"],
+        survivor.peer_id.as_str(),
         "retried on the surviving peer, not {killed_id}: {result}"
     );
     let cid = result["result"]["Ok"][0][1]
@@ -312,7 +342,13 @@ fn a_second_process_cannot_share_a_data_dir() {
     let root = tempfile::tempdir().unwrap();
     let node = Joined::start(root.path(), "shared", &[]);
     let second = Command::new(host_bin())
-        .args(["join", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .args([
+            "join",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+        ])
         .arg(&node.data_dir)
         .output()
         .expect("host join runs");
@@ -331,8 +367,9 @@ fn a_second_process_cannot_share_a_data_dir() {
 fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
     let root = tempfile::tempdir().unwrap();
     let port = closed_port();
-    let dead =
-        format!("/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWSgDPqFuztk4vkjXBewRP28EQvM1aNsT2aLaUSCxNAZVy");
+    let dead = format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWSgDPqFuztk4vkjXBewRP28EQvM1aNsT2aLaUSCxNAZVy"
+    );
     let node = Joined::start(root.path(), "lonely", &["--bootstrap", &dead]);
     for _ in 0..150 {
         if node.log().contains("cannot reach bootstrap") {
@@ -341,8 +378,9 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        node.log()
-            .contains(&format!("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/{port}")),
+        node.log().contains(&format!(
+            "warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/{port}"
+        )),
         "{}",
         node.log()
     );
@@ -369,7 +407,7 @@ mod in_process {
         runtime::{FailureKind, TaskSpec},
     };
     use shoal_p2p::{
-        Cid, BoxFuture, Capacity, InboundHandler, Keypair, Network, NetworkClient, PeerId,
+        BoxFuture, Capacity, Cid, InboundHandler, Keypair, Network, NetworkClient, PeerId,
         TaskOutcome,
     };
     use tokio::sync::{Notify, watch};
@@ -497,14 +535,109 @@ mod in_process {
                 "the report names the node that ran the task"
             );
             let outputs = placed.report.result.expect("runs remotely");
-            assert!(target.store().has_block(&outputs[0].1), "the executor stored the output");
+            assert!(
+                target.store().has_block(&outputs[0].1),
+                "the executor stored the output"
+            );
             a.fetch_file(outputs[0].1, &[target.peer_id()])
                 .await
                 .unwrap();
             assert_eq!(a.store().read_file(&outputs[0].1).unwrap(), b"Hello, mesh!");
         }
         let local = a.submit(spec, Some(a.peer_id())).await;
-        assert_eq!(local.report.stats.executed_by, Some(a.peer_id().to_string()));
+        assert_eq!(
+            local.report.stats.executed_by,
+            Some(a.peer_id().to_string())
+        );
+    }
+
+    /// Runs `spec` on `a` itself and on `b`, and checks that the two reports agree on every
+    /// deterministic field.
+    async fn same_report_local_and_remote(a: &Node, b: &Node, spec: TaskSpec) {
+        let local = a.submit(spec.clone(), Some(a.peer_id())).await.report;
+        let remote = a.submit(spec, Some(b.peer_id())).await.report;
+        assert_eq!(local.result, remote.result, "outputs or failure");
+        assert_eq!(local.logs.text, remote.logs.text);
+        let (l, r) = (&local.stats, &remote.stats);
+        assert_eq!(l.backend, r.backend, "backend");
+        assert_eq!(l.limits, r.limits, "limits applied");
+        assert_eq!(l.peak_memory, r.peak_memory, "peak memory");
+        assert_eq!(l.executed_by, Some(a.peer_id().to_string()));
+        assert_eq!(r.executed_by, Some(b.peer_id().to_string()));
+        for stats in [l, r] {
+            assert!(!stats.wall.is_zero() && !stats.cpu.is_zero(), "{stats:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_report_carries_what_a_local_one_does() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Node::start(config(&root.path().join("a"), vec![]))
+            .await
+            .unwrap();
+        let b = Node::start(config(&root.path().join("b"), vec![]))
+            .await
+            .unwrap();
+        b.net()
+            .dial(a.net().listen_addrs().await.unwrap()[0].clone())
+            .await
+            .unwrap();
+        let limits = shoal_host::runtime::Limits {
+            memory_bytes: 96 << 20,
+            timeout: std::time::Duration::from_secs(30),
+            cpu_budget: std::time::Duration::from_secs(20),
+            ..Default::default()
+        };
+        // A tensor task (so a backend is named), then one that fails its own way.
+        let matmul = a
+            .put_path(shoal_task_artifacts::MATMUL.into())
+            .await
+            .unwrap();
+        let spec = TaskSpec {
+            module: matmul,
+            task: None,
+            inputs: vec![],
+            args: vec![("n".into(), "16".into())],
+            limits: limits.clone(),
+        };
+        same_report_local_and_remote(&a, &b, spec).await;
+        let trap = a
+            .put_path(shoal_task_artifacts::HOSTILE_TRAP.into())
+            .await
+            .unwrap();
+        let spec = TaskSpec {
+            module: trap,
+            task: None,
+            inputs: vec![],
+            args: vec![],
+            limits,
+        };
+        same_report_local_and_remote(&a, &b, spec).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_input_is_reported_as_such_not_retried_as_lost() {
+        let root = tempfile::tempdir().unwrap();
+        let mut only_submits = config(&root.path().join("a"), vec![]);
+        only_submits.slots = 0;
+        let a = Node::start(only_submits).await.unwrap();
+        let b = Node::start(config(&root.path().join("b"), vec![]))
+            .await
+            .unwrap();
+        b.net()
+            .dial(a.net().listen_addrs().await.unwrap()[0].clone())
+            .await
+            .unwrap();
+        // A chunk is a block but no file: whoever runs the task, the input is wrong.
+        let mut spec = hello_spec(&a).await;
+        let file = spec.inputs[0].1;
+        let chunk = a.store().manifest(&file).unwrap().chunks[0];
+        spec.inputs[0].1 = chunk;
+        let placed = a.submit(spec, None).await;
+        let failure = placed.report.result.expect_err("a chunk is not a file");
+        assert_eq!(failure.kind, FailureKind::BadInput, "{failure}");
+        assert!(failure.message.contains("input `name`"), "{failure}");
+        assert_eq!(placed.peer, b.peer_id());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,7 +651,10 @@ mod in_process {
         let placed = a.submit(hello_spec(&a).await, Some(liar_id)).await;
         let failure = placed.report.result.expect_err("the peer refuses");
         assert_eq!(failure.kind, FailureKind::Denied, "{failure}");
-        assert!(failure.message.contains("liar denies everyone"), "{failure}");
+        assert!(
+            failure.message.contains("liar denies everyone"),
+            "{failure}"
+        );
     }
 
     /// A peer that holds every task until released, counting how many it holds at once.
@@ -565,12 +701,7 @@ mod in_process {
                 TaskOutcome::Ok {
                     outputs: vec![],
                     logs: String::new(),
-                    stats: shoal_p2p::TaskStats {
-                        wall_ms: 0,
-                        peak_memory_bytes: 0,
-                        backend: String::new(),
-                        executed_by: String::new(),
-                    },
+                    stats: shoal_p2p::TaskStats::default(),
                 }
             })
         }

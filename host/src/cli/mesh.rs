@@ -9,7 +9,9 @@ use shoal_host::{
     sched::MapProgress,
 };
 
-use super::{CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage};
+use super::{
+    CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage,
+};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
 pub(super) fn call<C: Call>(data_dir: &Path, request: C) -> anyhow::Result<C::Reply> {

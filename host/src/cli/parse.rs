@@ -75,7 +75,11 @@ mod tests {
         assert!(size("lots").is_err());
         assert!(size("3 parsecs").is_err());
         assert_eq!(task_memory("4GiB"), Ok(4 << 30));
-        assert!(task_memory("5GiB").unwrap_err().contains("5120 MiB is over the 4096 MiB task memory limit"));
+        assert!(
+            task_memory("5GiB")
+                .unwrap_err()
+                .contains("5120 MiB is over the 4096 MiB task memory limit")
+        );
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
         assert!(duration("0s").is_err());

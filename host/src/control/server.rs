@@ -253,7 +253,13 @@ mod tests {
         })
         .unwrap();
         let back: Frame<Written> = serde_json::from_str(&error).unwrap();
-        assert!(matches!(back, Frame::Error { exit: Exit::Usage, .. }));
+        assert!(matches!(
+            back,
+            Frame::Error {
+                exit: Exit::Usage,
+                ..
+            }
+        ));
         let request = serde_json::to_string(&Request::from(super::super::Status)).unwrap();
         assert_eq!(request, r#"{"op":"status"}"#);
     }

@@ -5,10 +5,10 @@
 use shoal_p2p::{BoxFuture, Capacity, InboundHandler, PeerId, TaskOutcome};
 use tracing::Instrument;
 
-use super::NodeInner;
+use super::{FetchError, NodeInner};
 use crate::{
     sched::{report_to_wire, spec_from_wire},
-    store::Cid,
+    store::{Cid, StoreError},
 };
 
 impl InboundHandler for NodeInner {
@@ -44,14 +44,23 @@ impl NodeInner {
         }
         let spec = spec_from_wire(spec);
         tracing::info!("running a task for peer {from}");
-        let needed =
-            std::iter::once(("module".to_owned(), spec.module)).chain(spec.inputs.iter().cloned());
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|(n, c)| (format!("input `{n}`"), *c));
+        let needed = std::iter::once(("the module".to_owned(), spec.module)).chain(inputs);
         for (name, cid) in needed {
             if let Err(e) = self.fetch_file(cid, &[from]).await {
-                return TaskOutcome::failed(
-                    shoal_p2p::FailureKind::Lost,
-                    format!("cannot fetch {name} {cid}: {e}"),
-                );
+                // A block that is there but is no file is the spec's fault, wherever it runs.
+                // Anything else may pass (a provider went away, this disk is full): lost, so
+                // the submitter tries another peer.
+                let not_a_file = matches!(e, FetchError::Store(StoreError::NotAFile { .. }));
+                let kind = match (not_a_file, name.as_str()) {
+                    (false, _) => shoal_p2p::FailureKind::Lost,
+                    (true, "the module") => shoal_p2p::FailureKind::BadModule,
+                    (true, _) => shoal_p2p::FailureKind::BadInput,
+                };
+                return TaskOutcome::failed(kind, format!("cannot fetch {name} {cid}: {e}"));
             }
         }
         let report = self.runtime.run(spec).await;

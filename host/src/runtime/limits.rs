@@ -29,6 +29,19 @@ pub struct Limits {
     pub tensor_bytes: u64,
 }
 
+impl Limits {
+    /// The limits a task really gets: a spec may ask for more memory than the runtime's
+    /// ceiling, but no task gets more (past 4 GiB the pool refuses the growth itself, which
+    /// would end the task as a bare trap, not as out of memory).
+    #[must_use]
+    pub fn applied(&self) -> Self {
+        Self {
+            memory_bytes: self.memory_bytes.min(MAX_TASK_MEMORY),
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -137,9 +150,7 @@ pub(crate) struct TaskLimiter {
 
 impl TaskLimiter {
     pub(crate) fn new(limits: &Limits) -> Self {
-        // A spec may ask for more, but no task gets more: past 4 GiB the pool refuses the
-        // growth itself, which would end the task as a bare trap, not as out of memory.
-        let memory_bytes = limits.memory_bytes.min(MAX_TASK_MEMORY);
+        let memory_bytes = limits.applied().memory_bytes;
         Self {
             memory_limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
             peak_memory: 0,

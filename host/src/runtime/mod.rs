@@ -143,6 +143,9 @@ pub struct TaskStats {
     pub cached_module: bool,
     /// The compute backend's name, if the task used tensors.
     pub backend: Option<String>,
+    /// The limits it ran under, as applied (clamped to the runtime's ceilings).
+    #[serde(default)]
+    pub limits: Limits,
     /// The peer id of the node that ran it, filled in by the node (the runtime has no
     /// identity of its own); remote reports carry the executor's word for it.
     #[serde(default)]
@@ -381,7 +384,10 @@ impl Runtime {
     pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
         let logs = LogSink::new(spec.limits.log_bytes);
         let clock = TaskClock::start(&spec.limits);
-        let mut stats = TaskStats::default();
+        let mut stats = TaskStats {
+            limits: spec.limits.applied(),
+            ..TaskStats::default()
+        };
         let result = self.execute(spec, &logs, clock, &mut stats);
         stats.wall = clock.started.elapsed();
         stats.cpu = clock.cpu_used();

@@ -26,7 +26,7 @@ use crate::{
 const MAX_ATTEMPTS: usize = 5;
 /// Our tasks in flight on one remote peer: its default inbound task limit, so that one
 /// submitter alone never makes a peer answer "busy".
-const REMOTE_IN_FLIGHT: usize = 32;
+const REMOTE_IN_FLIGHT: usize = shoal_p2p::DEFAULT_MAX_INBOUND_TASKS;
 /// How long advertised capacities are trusted.
 const CAPACITY_TTL: Duration = Duration::from_secs(2);
 /// The most map items in flight at once, whatever the mesh's size.
@@ -212,9 +212,7 @@ impl Scheduler {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .entry(peer)
-                    .or_insert_with(|| {
-                        Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT))
-                    })
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
                     .clone();
                 let _permit = permits.acquire_owned().await;
                 match self.net.submit_task(peer, spec_to_wire(&spec)).await {

@@ -1,10 +1,105 @@
-//! Conversions between the runtime's task types and the `/shoal/task/1` messages.
+//! The one place where the runtime's task types meet their `/shoal/task/2` mirrors. The p2p
+//! crate knows nothing of the host, so the wire keeps its own copy of a spec, a report and a
+//! failure kind; each converts here, both ways, and the tests below prove it lossless.
 
 use std::time::Duration;
 
 use shoal_p2p::{FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome};
 
-use crate::runtime::{FailureKind, Limits, Logs, TaskFailure, TaskReport, TaskSpec, TaskStats};
+use crate::runtime::{
+    FailureKind, Limits, Logs, MAX_TASK_MEMORY, TaskFailure, TaskReport, TaskSpec, TaskStats,
+};
+
+/// The longest wall time or CPU budget a peer may ask of this node.
+const MAX_REMOTE_TIME: Duration = Duration::from_secs(3600);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn limits_to_wire(limits: &Limits) -> TaskLimits {
+    TaskLimits {
+        memory_bytes: limits.memory_bytes,
+        timeout_ms: millis(limits.timeout),
+        cpu_budget_ms: millis(limits.cpu_budget),
+    }
+}
+
+/// What a sender may choose, within this node's caps; everything else is this node's default.
+fn limits_from_wire(limits: TaskLimits) -> Limits {
+    let time = |ms: u64| Duration::from_millis(ms).clamp(Duration::from_millis(1), MAX_REMOTE_TIME);
+    Limits {
+        memory_bytes: limits.memory_bytes.min(MAX_TASK_MEMORY),
+        timeout: time(limits.timeout_ms),
+        cpu_budget: time(limits.cpu_budget_ms),
+        ..Limits::default()
+    }
+}
+
+fn kind_to_wire(kind: FailureKind) -> WireKind {
+    match kind {
+        FailureKind::Trap => WireKind::Trap,
+        FailureKind::OutOfMemory => WireKind::OutOfMemory,
+        FailureKind::Timeout => WireKind::Timeout,
+        FailureKind::BadModule => WireKind::BadModule,
+        FailureKind::BadInput => WireKind::BadInput,
+        FailureKind::Denied => WireKind::Denied,
+        FailureKind::TaskError => WireKind::TaskError,
+        FailureKind::Lost => WireKind::Lost,
+    }
+}
+
+/// `Busy` is the scheduler's to retry before it gets here; as a result it means the task was
+/// never run, so it reads as lost. `Other` (the protocol's own failure) reads as an error.
+fn kind_from_wire(kind: WireKind) -> FailureKind {
+    match kind {
+        WireKind::Trap => FailureKind::Trap,
+        WireKind::OutOfMemory => FailureKind::OutOfMemory,
+        WireKind::Timeout => FailureKind::Timeout,
+        WireKind::BadModule => FailureKind::BadModule,
+        WireKind::BadInput => FailureKind::BadInput,
+        WireKind::Denied => FailureKind::Denied,
+        WireKind::TaskError | WireKind::Other => FailureKind::TaskError,
+        WireKind::Lost | WireKind::Busy => FailureKind::Lost,
+    }
+}
+
+fn stats_to_wire(stats: TaskStats, me: PeerId) -> shoal_p2p::TaskStats {
+    shoal_p2p::TaskStats {
+        wall_us: micros(stats.wall),
+        cpu_us: micros(stats.cpu),
+        peak_memory_bytes: stats.peak_memory,
+        cached_module: stats.cached_module,
+        backend: stats.backend.unwrap_or_default(),
+        limits: limits_to_wire(&stats.limits),
+        executed_by: me.to_string(),
+    }
+}
+
+fn stats_from_wire(stats: shoal_p2p::TaskStats) -> TaskStats {
+    TaskStats {
+        wall: Duration::from_micros(stats.wall_us),
+        cpu: Duration::from_micros(stats.cpu_us),
+        peak_memory: stats.peak_memory_bytes,
+        cached_module: stats.cached_module,
+        backend: (!stats.backend.is_empty()).then_some(stats.backend),
+        limits: limits_from_wire(stats.limits),
+        executed_by: (!stats.executed_by.is_empty()).then_some(stats.executed_by),
+    }
+}
+
+/// Logs as received: the executor already capped them.
+fn logs_from_wire(text: String) -> Logs {
+    Logs {
+        limit: text.len(),
+        text,
+        dropped_bytes: 0,
+    }
+}
 
 /// A task spec as sent to another peer.
 pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
@@ -13,143 +108,143 @@ pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
         entry: spec.task.clone().unwrap_or_default(),
         inputs: spec.inputs.clone(),
         args: spec.args.clone(),
-        limits: TaskLimits {
-            memory_bytes: spec.limits.memory_bytes,
-            timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
-        },
+        limits: limits_to_wire(&spec.limits),
     }
 }
 
-/// A task spec received from another peer. The sender chooses memory and time within the
-/// node's own caps; everything else gets this node's defaults.
+/// A task spec received from another peer.
 pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
-    let defaults = Limits::default();
-    let timeout = Duration::from_millis(spec.limits.timeout_ms.clamp(1, 3_600_000));
     TaskSpec {
         module: spec.module,
         task: (!spec.entry.is_empty()).then_some(spec.entry),
         inputs: spec.inputs,
         args: spec.args,
-        limits: Limits {
-            memory_bytes: spec
-                .limits
-                .memory_bytes
-                .min(crate::runtime::MAX_TASK_MEMORY),
-            timeout,
-            cpu_budget: timeout,
-            ..defaults
-        },
+        limits: limits_from_wire(spec.limits),
     }
 }
 
 /// A local report as sent back to the submitter.
 pub fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
     let logs = report.logs.to_string();
+    let stats = stats_to_wire(report.stats, me);
     match report.result {
         Ok(outputs) => TaskOutcome::Ok {
             outputs,
             logs,
-            stats: shoal_p2p::TaskStats {
-                wall_ms: u64::try_from(report.stats.wall.as_millis()).unwrap_or(u64::MAX),
-                peak_memory_bytes: report.stats.peak_memory,
-                backend: report.stats.backend.unwrap_or_default(),
-                executed_by: me.to_string(),
-            },
+            stats,
         },
-        Err(f) => {
-            let kind = match f.kind {
-                FailureKind::Trap => WireKind::Trap,
-                FailureKind::OutOfMemory => WireKind::OutOfMemory,
-                FailureKind::Timeout => WireKind::Timeout,
-                FailureKind::BadModule => WireKind::BadModule,
-                FailureKind::Denied => WireKind::Denied,
-                FailureKind::Lost | FailureKind::BadInput => WireKind::Lost,
-                _ => WireKind::Other,
-            };
-            TaskOutcome::Failed {
-                kind,
-                message: f.message,
-                logs,
-            }
-        }
+        Err(f) => TaskOutcome::Failed {
+            kind: kind_to_wire(f.kind),
+            message: f.message,
+            logs,
+            stats,
+        },
     }
 }
 
 /// A remote outcome as a local report.
 pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
-    let logs = |text: String| Logs {
-        limit: text.len(),
-        text,
-        dropped_bytes: 0,
-    };
     match outcome {
         TaskOutcome::Ok {
             outputs,
-            logs: text,
+            logs,
             stats,
         } => TaskReport {
             result: Ok(outputs),
-            logs: logs(text),
-            stats: TaskStats {
-                wall: Duration::from_millis(stats.wall_ms),
-                peak_memory: stats.peak_memory_bytes,
-                backend: (!stats.backend.is_empty()).then_some(stats.backend),
-                executed_by: Some(stats.executed_by),
-                ..TaskStats::default()
-            },
+            logs: logs_from_wire(logs),
+            stats: stats_from_wire(stats),
         },
         TaskOutcome::Failed {
             kind,
             message,
-            logs: text,
-        } => {
-            let kind = match kind {
-                WireKind::Trap => FailureKind::Trap,
-                WireKind::OutOfMemory => FailureKind::OutOfMemory,
-                WireKind::Timeout => FailureKind::Timeout,
-                WireKind::BadModule => FailureKind::BadModule,
-                WireKind::Denied => FailureKind::Denied,
-                WireKind::Lost | WireKind::Busy => FailureKind::Lost,
-                _ => FailureKind::TaskError,
-            };
-            TaskReport {
-                result: Err(TaskFailure { kind, message }),
-                logs: logs(text),
-                stats: TaskStats::default(),
-            }
-        }
+            logs,
+            stats,
+        } => TaskReport {
+            result: Err(TaskFailure {
+                kind: kind_from_wire(kind),
+                message,
+            }),
+            logs: logs_from_wire(logs),
+            stats: stats_from_wire(stats),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{runtime::MAX_TASK_MEMORY, store::Cid};
+    use crate::store::Cid;
 
-    #[test]
-    fn a_remote_report_keeps_outputs_logs_and_stats() {
-        let me = PeerId::random();
-        let report = TaskReport {
-            result: Ok(vec![("out".into(), Cid([7; 32]))]),
+    const KINDS: [FailureKind; 8] = [
+        FailureKind::Trap,
+        FailureKind::OutOfMemory,
+        FailureKind::Timeout,
+        FailureKind::BadModule,
+        FailureKind::BadInput,
+        FailureKind::Denied,
+        FailureKind::TaskError,
+        FailureKind::Lost,
+    ];
+
+    fn report(result: Result<Vec<(String, Cid)>, TaskFailure>) -> TaskReport {
+        TaskReport {
+            result,
             logs: Logs {
                 text: "[info] hi\n".into(),
-                limit: 1024,
+                limit: 10,
                 dropped_bytes: 0,
             },
             stats: TaskStats {
-                wall: Duration::from_millis(12),
+                wall: Duration::from_micros(12_345),
+                cpu: Duration::from_micros(6_789),
                 peak_memory: 1 << 20,
-                backend: Some("cpu".into()),
-                ..TaskStats::default()
+                cached_module: true,
+                backend: Some("cpu (gemm, 2 threads)".into()),
+                limits: Limits {
+                    memory_bytes: 64 << 20,
+                    timeout: Duration::from_secs(5),
+                    cpu_budget: Duration::from_secs(2),
+                    ..Limits::default()
+                },
+                executed_by: None,
             },
+        }
+    }
+
+    /// Every field survives the wire, and the executor names itself.
+    fn assert_round_trips(sent: TaskReport) {
+        let me = PeerId::random();
+        let back = report_from_wire(report_to_wire(sent.clone(), me));
+        let expected = TaskStats {
+            executed_by: Some(me.to_string()),
+            ..sent.stats
         };
-        let back = report_from_wire(report_to_wire(report.clone(), me));
-        assert_eq!(back.result, report.result);
-        assert_eq!(back.logs.text, report.logs.text);
-        assert_eq!(back.stats.wall, report.stats.wall);
-        assert_eq!(back.stats.peak_memory, report.stats.peak_memory);
-        assert_eq!(back.stats.backend, report.stats.backend);
-        assert_eq!(back.stats.executed_by, Some(me.to_string()));
+        assert_eq!(back.result, sent.result);
+        assert_eq!(back.logs, sent.logs);
+        assert_eq!(back.stats, expected);
+    }
+
+    #[test]
+    fn reports_and_every_failure_kind_round_trip() {
+        assert_round_trips(report(Ok(vec![("out".into(), Cid([7; 32]))])));
+        for kind in KINDS {
+            assert_round_trips(report(Err(TaskFailure {
+                kind,
+                message: format!("{kind} happened"),
+            })));
+        }
+    }
+
+    #[test]
+    fn specs_round_trip() {
+        let spec = TaskSpec {
+            module: Cid([1; 32]),
+            task: Some("train".into()),
+            inputs: vec![("x".into(), Cid([2; 32]))],
+            args: vec![("lr".into(), "0.1".into())],
+            limits: report(Ok(vec![])).stats.limits,
+        };
+        assert_eq!(spec_from_wire(spec_to_wire(&spec)), spec);
     }
 
     #[test]
@@ -161,15 +256,14 @@ mod tests {
             args: vec![],
             limits: Limits::default(),
         });
-        spec.limits.memory_bytes = 64 * MAX_TASK_MEMORY;
-        spec.limits.timeout_ms = u64::MAX;
-        let limits = spec_from_wire(spec.clone()).limits;
+        spec.limits = TaskLimits {
+            memory_bytes: 64 * MAX_TASK_MEMORY,
+            timeout_ms: u64::MAX,
+            cpu_budget_ms: 0,
+        };
+        let limits = spec_from_wire(spec).limits;
         assert_eq!(limits.memory_bytes, MAX_TASK_MEMORY, "4 GiB at most");
-        assert_eq!(limits.timeout, Duration::from_secs(3600), "an hour at most");
-        spec.limits.timeout_ms = 0;
-        assert_eq!(
-            spec_from_wire(spec).limits.timeout,
-            Duration::from_millis(1)
-        );
+        assert_eq!(limits.timeout, MAX_REMOTE_TIME, "an hour at most");
+        assert_eq!(limits.cpu_budget, Duration::from_millis(1));
     }
 }

@@ -19,8 +19,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
 pub use manifest::{CHUNK_SIZE, MAX_FILE_LEN, Manifest, ManifestError};
+pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
 
 /// What can go wrong in the block store.
 #[derive(Debug, thiserror::Error)]
