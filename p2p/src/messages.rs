@@ -57,6 +57,14 @@ pub struct TaskSpec {
     pub limits: TaskLimits,
 }
 
+impl TaskSpec {
+    /// The task's id: the hash of its wire encoding, the same on the submitter and on the
+    /// peer that runs it, so that one task can be followed through both nodes' logs.
+    pub fn id(&self) -> Cid {
+        Cid::of(&postcard::to_stdvec(self).unwrap_or_default())
+    }
+}
+
 /// What a run cost, under which limits, and where it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskStats {

@@ -9,6 +9,7 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     sync::Semaphore,
 };
+use tracing::Instrument;
 
 use super::{
     BuildError, Exit, Frame, Get, MAX_REQUEST_LEN, Map, MapItem, Mapped, NodeStatus, PeerInfo,
@@ -39,6 +40,7 @@ pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError>
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     let shutdown = node.shutdown_token();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = 0u64;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -47,12 +49,14 @@ pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError>
                     let Ok((stream, _)) = accepted else { continue };
                     let Ok(permit) = limit.clone().acquire_owned().await else { break };
                     let node = node.clone();
+                    connections += 1;
+                    let span = tracing::info_span!("control", connection = connections);
                     tokio::spawn(async move {
                         let _permit = permit;
                         if let Err(e) = handle(node, stream).await {
                             tracing::debug!(error = %e, "control connection ended");
                         }
-                    });
+                    }.instrument(span));
                 }
             }
         }

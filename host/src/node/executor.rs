@@ -23,7 +23,8 @@ impl InboundHandler for NodeInner {
     }
 
     fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
-        let span = tracing::info_span!("task", peer = %from, module = %spec.module);
+        let span =
+            tracing::info_span!("task", id = %spec.id(), peer = %from, module = %spec.module);
         Box::pin(self.run_for_peer(from, spec).instrument(span))
     }
 

@@ -319,6 +319,7 @@ impl Runtime {
             std::thread::Builder::new()
                 .name(format!("shoal-slot-{slot}"))
                 .spawn(move || {
+                    let _slot = tracing::info_span!("slot", slot).entered();
                     loop {
                         let job = job_rx
                             .lock()
@@ -382,6 +383,7 @@ impl Runtime {
 
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
     pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
+        let _run = tracing::debug_span!("run", module = %spec.module).entered();
         let logs = LogSink::new(spec.limits.log_bytes);
         let clock = TaskClock::start(&spec.limits);
         let mut stats = TaskStats {

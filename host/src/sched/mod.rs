@@ -15,6 +15,7 @@ use std::{
 
 use futures::{StreamExt, future::join_all, stream};
 use shoal_p2p::{Capacity, NetworkClient, PeerId, TaskOutcome};
+use tracing::Instrument;
 
 pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
 use crate::{
@@ -187,6 +188,12 @@ impl Scheduler {
 
     /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
     pub async fn submit(&self, spec: TaskSpec, on: Option<PeerId>) -> Placed {
+        let wire = spec_to_wire(&spec);
+        let span = tracing::info_span!("task", id = %wire.id());
+        self.place(spec, wire, on).instrument(span).await
+    }
+
+    async fn place(&self, spec: TaskSpec, wire: shoal_p2p::TaskSpec, on: Option<PeerId>) -> Placed {
         let me = self.net.local_peer_id();
         let mut tried = HashSet::new();
         let mut last = Placed {
@@ -215,7 +222,8 @@ impl Scheduler {
                     .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
                     .clone();
                 let _permit = permits.acquire_owned().await;
-                match self.net.submit_task(peer, spec_to_wire(&spec)).await {
+                tracing::debug!(%peer, "sending the task");
+                match self.net.submit_task(peer, wire.clone()).await {
                     Ok(TaskOutcome::Failed {
                         kind: shoal_p2p::FailureKind::Busy,
                         message,
