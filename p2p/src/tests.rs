@@ -479,6 +479,37 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let b = spawn_node(vec![a.tcp_addr().await], |c| c.max_pending_outbound = 2).await;
+    let wait = || {
+        let (client, peer) = (b.client.clone(), a.id());
+        tokio::spawn(async move { client.submit_task(peer, spec("wait")).await })
+    };
+    let (kept, abandoned) = (wait(), wait());
+    a.handler.until_entered(2).await;
+
+    // Two tasks fill the bound: every other kind of operation is refused at once.
+    let full = |r: Result<_, Error>| matches!(r, Err(Error::TooManyInFlight { limit: 2 }));
+    assert!(full(b.client.capacity(a.id()).await.map(drop)));
+    assert!(full(
+        b.client.fetch_block(a.id(), Cid::of(b"x")).await.map(drop)
+    ));
+    assert!(full(b.client.find_providers(Cid::of(b"x")).await.map(drop)));
+    assert!(full(b.client.dial(a.tcp_addr().await).await.map(drop)));
+
+    // A caller that gives up frees its slot for the next operation.
+    abandoned.abort();
+    assert!(abandoned.await.is_err());
+    let capacity = within(SETTLE, "capacity", b.client.capacity(a.id())).await;
+    assert_eq!(capacity.unwrap(), CAPACITY);
+
+    a.handler.gate.add_permits(2);
+    let outcome = within(SETTLE, "kept task", kept).await.unwrap().unwrap();
+    assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_actor_and_later_calls_fail() {
     // TCP only: a redial of A's closed TCP port is refused at once, where one of its QUIC
     // port would wait out the handshake timeout (5 s).

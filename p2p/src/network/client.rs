@@ -1,0 +1,245 @@
+//! [`NetworkClient`], the cloneable handle that talks to the event loop.
+
+use std::{collections::HashSet, future::Future, time::Duration};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Command, Config, Error, Reply};
+use crate::messages::{BlockResponse, Capacity, Cid, TaskOutcome, TaskSpec};
+
+/// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
+/// (a typed error) normally fires first.
+const CLIENT_SLACK: Duration = Duration::from_secs(5);
+/// How long a local query of the actor (addresses, peers) may take.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    task: Duration,
+    block: Duration,
+    capacity: Duration,
+    dial: Duration,
+    query: Duration,
+}
+
+/// A cheap, cloneable handle to the network actor.
+///
+/// Every method is bounded in time and fails with a typed [`Error`]; after shutdown every
+/// method fails with [`Error::Shutdown`]. All methods are cancel safe: dropping a call
+/// abandons its answer, nothing else.
+#[derive(Debug, Clone)]
+pub struct NetworkClient {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    shutdown: CancellationToken,
+    timeouts: Timeouts,
+}
+
+impl NetworkClient {
+    pub(super) fn new(commands: mpsc::Sender<Command>, peer_id: PeerId, config: &Config) -> Self {
+        Self {
+            commands,
+            peer_id,
+            shutdown: config.shutdown.clone(),
+            timeouts: Timeouts {
+                task: config.task_timeout + CLIENT_SLACK,
+                block: config.block_timeout + CLIENT_SLACK,
+                capacity: config.capacity_timeout + CLIENT_SLACK,
+                dial: config.dial_timeout,
+                query: config.query_timeout + CLIENT_SLACK,
+            },
+        }
+    }
+
+    /// This peer's id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses this peer listens on, each ending in `/p2p/<peer id>`, ready to pass to
+    /// another peer's `--bootstrap`. Waits until every configured listener has reported its
+    /// first address, so a port-0 listener shows its real port.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the listeners do not come up within 10 s; [`Error::Shutdown`].
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        let addrs = self
+            .call("listen_addrs", LOCAL_TIMEOUT, Command::ListenAddrs)
+            .await?;
+        Ok(addrs
+            .into_iter()
+            .map(|a| a.with_p2p(self.peer_id).unwrap_or_else(|a| a))
+            .collect())
+    }
+
+    /// Peers with at least one open connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Shutdown`].
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.call("connected_peers", LOCAL_TIMEOUT, Command::ConnectedPeers)
+            .await
+    }
+
+    /// Connects to `addr` and returns the peer's id. With a `/p2p/<id>` suffix the remote
+    /// must prove that identity; without one any peer at the address is accepted. Returns at
+    /// once if already connected to the named peer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] (with the reason) if nothing answers at `addr`;
+    /// [`Error::DialSelf`]; [`Error::Timeout`] after [`Config::dial_timeout`];
+    /// [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%addr))]
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, Error> {
+        self.call("dial", self.timeouts.dial, |tx| Command::Dial(addr, tx))
+            .await
+    }
+
+    /// Fetches block `cid` from `peer`. `Ok(None)` means the peer does not hold it. The bytes
+    /// returned are checked against `cid`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BlockMismatch`] if the bytes do not hash to `cid`; [`Error::Busy`] if the peer
+    /// is at capacity; [`Error::PeerUnreachable`], [`Error::Stream`],
+    /// [`Error::ConnectionClosed`], [`Error::Timeout`] (after [`Config::block_timeout`]),
+    /// [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%peer, %cid))]
+    pub async fn fetch_block(&self, peer: PeerId, cid: Cid) -> Result<Option<Vec<u8>>, Error> {
+        let response = self
+            .call("fetch_block", self.timeouts.block, |tx| {
+                Command::FetchBlock(peer, cid, tx)
+            })
+            .await?;
+        match response {
+            BlockResponse::Found(bytes) if cid.matches(&bytes) => Ok(Some(bytes)),
+            BlockResponse::Found(bytes) => Err(Error::BlockMismatch {
+                peer,
+                cid,
+                len: bytes.len(),
+            }),
+            BlockResponse::NotFound => Ok(None),
+            BlockResponse::Busy => Err(Error::Busy { peer }),
+        }
+    }
+
+    /// Asks `peer` to run `spec` and waits for the outcome (up to [`Config::task_timeout`]).
+    /// A peer at capacity answers `TaskOutcome::Failed { kind: FailureKind::Busy, .. }`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerUnreachable`], [`Error::Stream`], [`Error::ConnectionClosed`],
+    /// [`Error::Unsupported`], [`Error::Timeout`], [`Error::Shutdown`].
+    #[tracing::instrument(skip(self, spec), fields(%peer, module = %spec.module, entry = %spec.entry))]
+    pub async fn submit_task(&self, peer: PeerId, spec: TaskSpec) -> Result<TaskOutcome, Error> {
+        self.call("submit_task", self.timeouts.task, |tx| {
+            Command::SubmitTask(peer, spec, tx)
+        })
+        .await
+    }
+
+    /// Asks `peer` for its advertised capacity.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerUnreachable`], [`Error::Stream`], [`Error::ConnectionClosed`],
+    /// [`Error::Timeout`] (after [`Config::capacity_timeout`]), [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%peer))]
+    pub async fn capacity(&self, peer: PeerId) -> Result<Capacity, Error> {
+        self.call("capacity", self.timeouts.capacity, |tx| {
+            Command::Capacity(peer, tx)
+        })
+        .await
+    }
+
+    /// Announces in the DHT that this peer holds block `cid`, and waits until the provider
+    /// record has been offered to the closest peers (best effort: a peer with no neighbours
+    /// still records it locally and succeeds).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ProviderStore`] if [`Config::max_provided_keys`] is reached;
+    /// [`Error::Timeout`]; [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%cid))]
+    pub async fn start_providing(&self, cid: Cid) -> Result<(), Error> {
+        self.call("start_providing", self.timeouts.query, |tx| {
+            Command::StartProviding(cid, tx)
+        })
+        .await
+    }
+
+    /// Stops announcing block `cid` (existing records elsewhere expire on their own).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Shutdown`].
+    pub async fn stop_providing(&self, cid: Cid) -> Result<(), Error> {
+        self.send(LOCAL_TIMEOUT, "stop_providing", Command::StopProviding(cid))
+            .await
+    }
+
+    /// The peers (other than this one) that announce block `cid`, found through Kademlia
+    /// within [`Config::query_timeout`]. An empty set means none were found in time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::TooManyInFlight`], [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%cid))]
+    pub async fn find_providers(&self, cid: Cid) -> Result<HashSet<PeerId>, Error> {
+        self.call("find_providers", self.timeouts.query, |tx| {
+            Command::FindProviders(cid, tx)
+        })
+        .await
+    }
+
+    /// Stops the actor gracefully: in-flight inbound work is aborted, pending calls fail
+    /// with [`Error::Shutdown`], connections close. Waits (up to 10 s) until the event loop
+    /// has let go of its command channel.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(LOCAL_TIMEOUT, self.commands.closed()).await;
+    }
+
+    /// Sends a command whose reply carries a `Result`, bounded by `after` in all.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        after: Duration,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ask(op, after, command(tx), async {
+            rx.await.map_err(|_| Error::Shutdown)?
+        })
+        .await
+    }
+
+    async fn send(&self, after: Duration, op: &'static str, command: Command) -> Result<(), Error> {
+        self.ask(op, after, command, async { Ok(()) }).await
+    }
+
+    /// Sends `command`, then awaits `answer`, both within `after`.
+    async fn ask<T>(
+        &self,
+        op: &'static str,
+        after: Duration,
+        command: Command,
+        answer: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let work = async {
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| Error::Shutdown)?;
+            answer.await
+        };
+        tokio::time::timeout(after, work)
+            .await
+            .map_err(|_| Error::Timeout { op, after })?
+    }
+}
