@@ -412,17 +412,6 @@ mod in_process {
     };
     use tokio::sync::{Notify, watch};
 
-    fn config(dir: &std::path::Path, bootstrap: Vec<shoal_p2p::Multiaddr>) -> NodeConfig {
-        NodeConfig {
-            data_dir: dir.to_path_buf(),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap,
-            mdns: false,
-            slots: 1,
-            device: DeviceChoice::Cpu,
-        }
-    }
-
     /// A bare p2p peer on 127.0.0.1 that answers with `handler`.
     async fn scripted_peer(
         handler: Arc<dyn InboundHandler>,
@@ -437,20 +426,50 @@ mod in_process {
         (client, addr)
     }
 
-    /// A hello spec whose module and input are in `node`'s store.
-    async fn hello_spec(node: &Node) -> TaskSpec {
-        let module = node
-            .put_path(shoal_task_artifacts::HELLO.into())
-            .await
-            .unwrap();
-        let name = node.store().put_bytes(b"mesh").unwrap();
+    /// A node in `root/name` on 127.0.0.1 with `slots` slots for the mesh, cpu tensors.
+    async fn node(root: &std::path::Path, name: &str, slots: usize) -> Node {
+        Node::start(NodeConfig {
+            data_dir: root.join(name),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![],
+            mdns: false,
+            slots,
+            device: DeviceChoice::Cpu,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Connects `from` to `to`, returning `to`'s peer id.
+    async fn connect(from: &Node, to: &Node) -> PeerId {
+        let addr = to.net().listen_addrs().await.unwrap()[0].clone();
+        from.net().dial(addr).await.unwrap()
+    }
+
+    /// A spec for the module at `path`, stored (and announced) by `node`.
+    async fn spec_for(
+        node: &Node,
+        path: &str,
+        inputs: Vec<(String, shoal_host::store::Cid)>,
+    ) -> TaskSpec {
         TaskSpec {
-            module,
+            module: node.put_path(path.into()).await.unwrap(),
             task: None,
-            inputs: vec![("name".into(), name)],
+            inputs,
             args: vec![],
             limits: Default::default(),
         }
+    }
+
+    /// A hello spec whose module and input are in `node`'s store.
+    async fn hello_spec(node: &Node) -> TaskSpec {
+        let name = node.store().put_bytes(b"mesh").unwrap();
+        spec_for(
+            node,
+            shoal_task_artifacts::HELLO,
+            vec![("name".into(), name)],
+        )
+        .await
     }
 
     /// A peer that answers every block request with the wrong bytes, and counts the requests.
@@ -477,16 +496,11 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_corrupt_provider_is_skipped_and_the_fetch_succeeds() {
         let root = tempfile::tempdir().unwrap();
-        let holder = Node::start(config(&root.path().join("holder"), vec![]))
-            .await
-            .unwrap();
-        let addr = holder.net().listen_addrs().await.unwrap()[0].clone();
+        let holder = node(root.path(), "holder", 1).await;
         let liar = Arc::new(Liar::default());
         let (_liar_net, liar_addr) = scripted_peer(liar.clone(), |_| {}).await;
-        let fetcher = Node::start(config(&root.path().join("fetcher"), vec![addr.clone()]))
-            .await
-            .unwrap();
-        let holder_id = fetcher.net().dial(addr).await.unwrap();
+        let fetcher = node(root.path(), "fetcher", 1).await;
+        let holder_id = connect(&fetcher, &holder).await;
         let liar_id = fetcher.net().dial(liar_addr).await.unwrap();
 
         // A manifest and 5 chunks: without the skip, the liar would be asked for about half.
@@ -512,18 +526,13 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_submit_on_a_chosen_peer() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![]))
-            .await
-            .unwrap();
-        let a_addr = a.net().listen_addrs().await.unwrap()[0].clone();
-        let b = Node::start(config(&root.path().join("b"), vec![a_addr.clone()]))
-            .await
-            .unwrap();
-        let c = Node::start(config(&root.path().join("c"), vec![a_addr.clone()]))
-            .await
-            .unwrap();
+        let a = node(root.path(), "a", 1).await;
+        let (b, c) = (
+            node(root.path(), "b", 1).await,
+            node(root.path(), "c", 1).await,
+        );
         for n in [&b, &c] {
-            n.net().dial(a_addr.clone()).await.unwrap();
+            connect(n, &a).await;
         }
         let spec = hello_spec(&a).await;
         for target in [&b, &c] {
@@ -572,16 +581,11 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_remote_report_carries_what_a_local_one_does() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![]))
-            .await
-            .unwrap();
-        let b = Node::start(config(&root.path().join("b"), vec![]))
-            .await
-            .unwrap();
-        b.net()
-            .dial(a.net().listen_addrs().await.unwrap()[0].clone())
-            .await
-            .unwrap();
+        let (a, b) = (
+            node(root.path(), "a", 1).await,
+            node(root.path(), "b", 1).await,
+        );
+        connect(&b, &a).await;
         let limits = shoal_host::runtime::Limits {
             memory_bytes: 96 << 20,
             timeout: std::time::Duration::from_secs(30),
@@ -589,45 +593,30 @@ mod in_process {
             ..Default::default()
         };
         // A tensor task (so a backend is named), then one that fails its own way.
-        let matmul = a
-            .put_path(shoal_task_artifacts::MATMUL.into())
-            .await
-            .unwrap();
-        let spec = TaskSpec {
-            module: matmul,
-            task: None,
-            inputs: vec![],
-            args: vec![("n".into(), "16".into())],
-            limits: limits.clone(),
-        };
-        same_report_local_and_remote(&a, &b, spec).await;
-        let trap = a
-            .put_path(shoal_task_artifacts::HOSTILE_TRAP.into())
-            .await
-            .unwrap();
-        let spec = TaskSpec {
-            module: trap,
-            task: None,
-            inputs: vec![],
-            args: vec![],
-            limits,
-        };
-        same_report_local_and_remote(&a, &b, spec).await;
+        for (path, args) in [
+            (
+                shoal_task_artifacts::MATMUL,
+                vec![("n".into(), "16".into())],
+            ),
+            (shoal_task_artifacts::HOSTILE_TRAP, vec![]),
+        ] {
+            let spec = TaskSpec {
+                args,
+                limits: limits.clone(),
+                ..spec_for(&a, path, vec![]).await
+            };
+            same_report_local_and_remote(&a, &b, spec).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bad_input_is_reported_as_such_not_retried_as_lost() {
         let root = tempfile::tempdir().unwrap();
-        let mut only_submits = config(&root.path().join("a"), vec![]);
-        only_submits.slots = 0;
-        let a = Node::start(only_submits).await.unwrap();
-        let b = Node::start(config(&root.path().join("b"), vec![]))
-            .await
-            .unwrap();
-        b.net()
-            .dial(a.net().listen_addrs().await.unwrap()[0].clone())
-            .await
-            .unwrap();
+        let (a, b) = (
+            node(root.path(), "a", 0).await,
+            node(root.path(), "b", 1).await,
+        );
+        connect(&b, &a).await;
         // A chunk is a block but no file: whoever runs the task, the input is wrong.
         let mut spec = hello_spec(&a).await;
         let file = spec.inputs[0].1;
@@ -643,9 +632,7 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_refuses_is_reported_denied() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![]))
-            .await
-            .unwrap();
+        let a = node(root.path(), "a", 1).await;
         let (_liar_net, liar_addr) = scripted_peer(Arc::new(Liar::default()), |_| {}).await;
         let liar_id = a.net().dial(liar_addr).await.unwrap();
         let placed = a.submit(hello_spec(&a).await, Some(liar_id)).await;
@@ -720,9 +707,7 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_submitter_keeps_at_most_32_tasks_in_flight_on_one_peer() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![]))
-            .await
-            .unwrap();
+        let a = node(root.path(), "a", 1).await;
         // The gate would take far more than 32 at once: only the submitter's own bound holds.
         let gate = Arc::new(Gate::new());
         let (_gate_net, gate_addr) =
@@ -767,9 +752,7 @@ mod in_process {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_vanishes_mid_task_is_reported_lost() {
         let root = tempfile::tempdir().unwrap();
-        let a = Node::start(config(&root.path().join("a"), vec![]))
-            .await
-            .unwrap();
+        let a = node(root.path(), "a", 1).await;
         let gate = Arc::new(Gate::new());
         let (gate_net, gate_addr) = scripted_peer(gate.clone(), |_| {}).await;
         let gate_id = a.net().dial(gate_addr).await.unwrap();

@@ -21,7 +21,7 @@ use shoal_host::{
 use shoal_task_artifacts as wasm;
 use tempfile::TempDir;
 
-use crate::util::{assert_hello_works, runtime, spec};
+use crate::util::{assert_hello_works, runtime, spec, with_args};
 
 fn run_hostile(path: &str, limits: Limits) -> TaskReport {
     let (_dir, rt) = runtime(1);
@@ -78,14 +78,6 @@ fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
         args: vec![],
         limits: Limits::default(),
     }
-}
-
-fn with_args(mut spec: TaskSpec, args: &[(&str, &str)]) -> TaskSpec {
-    spec.args = args
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    spec
 }
 
 /// The task's `[info]` log lines that start with `prefix`, without it.

@@ -17,7 +17,7 @@ use shoal_host::{
 use shoal_task_artifacts as wasm;
 use tempfile::TempDir;
 
-use crate::util::{assert_hello_works, spec};
+use crate::util::{assert_hello_works, spec, with_args};
 
 fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -29,14 +29,6 @@ fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runti
         ..RuntimeConfig::default()
     };
     (dir, Runtime::new(store, config).expect("runtime"))
-}
-
-fn with_args(mut spec: TaskSpec, args: &[(&str, &str)]) -> TaskSpec {
-    spec.args = args
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    spec
 }
 
 /// Runs a task that must succeed and returns its output `c` as f32s, with the report.

@@ -44,6 +44,15 @@ pub fn spec(rt: &Runtime, path: &str, inputs: &[(&str, &[u8])]) -> TaskSpec {
     }
 }
 
+/// `spec` with these arguments.
+pub fn with_args(mut spec: TaskSpec, args: &[(&str, &str)]) -> TaskSpec {
+    spec.args = args
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec
+}
+
 /// Stores a file from disk.
 pub fn put_file(store: &BlockStore, path: &Path) -> Cid {
     store
