@@ -112,6 +112,24 @@ fn exit_codes_tell_failures_apart() {
             text(&out)
         );
     }
+    // Limits past what the runtime can honour are refused, never a panic.
+    let out = host(
+        dir.path(),
+        &["run", wasm::NOOP, "--timeout", "99999999999h"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("over the 604800 s task time limit"),
+        "{}",
+        text(&out)
+    );
+    let out = host(dir.path(), &["join", "--slots", "18446744073709551615"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a slot count from 0 to 256"),
+        "{}",
+        text(&out)
+    );
     let out = host(dir.path(), &["run", "/nonexistent.wasm"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = host(dir.path(), &["frobnicate"]);

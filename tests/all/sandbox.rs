@@ -721,3 +721,16 @@ fn every_host_call_checks_the_clock() {
         );
     }
 }
+
+#[test]
+fn limits_past_the_ceilings_are_clamped_not_a_panic() {
+    use shoal_host::runtime::MAX_TASK_TIME;
+    let (_dir, rt) = runtime(1);
+    let mut spec = spec(&rt, wasm::HELLO, &[("name", b"Ada")]);
+    spec.limits.timeout = Duration::MAX;
+    spec.limits.cpu_budget = Duration::MAX;
+    let report = rt.run_blocking(&spec);
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(report.stats.limits.timeout, MAX_TASK_TIME);
+    assert_eq!(report.stats.limits.cpu_budget, MAX_TASK_TIME);
+}

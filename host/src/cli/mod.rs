@@ -93,7 +93,7 @@ pub struct JoinArgs {
     pub no_mdns: bool,
     /// Tasks this node runs at once for the mesh; 0 makes it a client that runs none
     /// [default: number of cores].
-    #[arg(long)]
+    #[arg(long, value_parser = parse::slots)]
     pub slots: Option<usize>,
     /// Compute device for the tasks' tensor math.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -178,7 +178,7 @@ pub struct TaskArgs {
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse::task_memory)]
     pub memory: u64,
     /// Wall-time limit, e.g. 30s or 500ms; also the CPU budget.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse::duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse::task_time)]
     pub timeout: std::time::Duration,
 }
 

@@ -30,6 +30,28 @@ pub fn task_memory(s: &str) -> Result<u64, String> {
     shoal_host::control::check_memory(size(s)?).map_err(|e| e.to_string())
 }
 
+/// Parses a task's `--timeout`: a duration no longer than the runtime's ceiling.
+pub fn task_time(s: &str) -> Result<Duration, String> {
+    use shoal_host::runtime::{MAX_TASK_TIME, limits::fmt_duration};
+    let d = duration(s)?;
+    if d > MAX_TASK_TIME {
+        return Err(format!(
+            "`{s}` is over the {} task time limit",
+            fmt_duration(MAX_TASK_TIME)
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `join --slots`: at most the runtime's ceiling.
+pub fn slots(s: &str) -> Result<usize, String> {
+    use shoal_host::runtime::MAX_SLOTS;
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_SLOTS => Ok(n),
+        _ => Err(format!("`{s}` is not a slot count from 0 to {MAX_SLOTS}")),
+    }
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -80,6 +102,10 @@ mod tests {
                 .unwrap_err()
                 .contains("5120 MiB is over the 4096 MiB task memory limit")
         );
+        assert_eq!(task_time("2h"), Ok(Duration::from_secs(7200)));
+        assert!(task_time("99999999999h").unwrap_err().contains("over the"));
+        assert_eq!(slots("0"), Ok(0));
+        assert!(slots("18446744073709551615").is_err());
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
         assert!(duration("0s").is_err());

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 pub const MIB: u64 = 1 << 20;
 /// The most memory any task may be given (the pooling allocator reserves this per slot).
 pub const MAX_TASK_MEMORY: u64 = 4096 * MIB;
+/// The longest wall-time limit or CPU budget any task gets: far below where a deadline
+/// (`Instant` + limit) would overflow.
+pub const MAX_TASK_TIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often the node's epoch ticks; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -30,13 +33,16 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits a task really gets: a spec may ask for more memory than the runtime's
-    /// ceiling, but no task gets more (past 4 GiB the pool refuses the growth itself, which
-    /// would end the task as a bare trap, not as out of memory).
+    /// The limits a task really gets: a spec may ask for more than the runtime's ceilings,
+    /// but no task gets more. Past 4 GiB the pool refuses the growth itself, which would end
+    /// the task as a bare trap, not as out of memory; past [`MAX_TASK_TIME`] a deadline could
+    /// overflow.
     #[must_use]
     pub fn applied(&self) -> Self {
         Self {
             memory_bytes: self.memory_bytes.min(MAX_TASK_MEMORY),
+            timeout: self.timeout.min(MAX_TASK_TIME),
+            cpu_budget: self.cpu_budget.min(MAX_TASK_TIME),
             ..self.clone()
         }
     }

@@ -26,7 +26,7 @@ use self::{
     logs::LogSink,
 };
 pub use self::{
-    limits::{Limits, MAX_TASK_MEMORY, MIB},
+    limits::{Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB},
     logs::Logs,
 };
 use crate::{
@@ -34,6 +34,9 @@ use crate::{
     store::{BlockStore, Cid, Manifest},
 };
 
+/// The most slots a runtime runs: each is a thread, and the instance pool holds two
+/// memories' worth of address space per slot.
+pub const MAX_SLOTS: usize = 256;
 /// The largest module the node compiles.
 pub const MAX_MODULE_LEN: u64 = 64 * MIB;
 /// Tasks that may wait for a slot before `Runtime::run` callers wait to enqueue.
@@ -245,7 +248,7 @@ impl Runtime {
     /// [`RuntimeError::Engine`] if wasmtime rejects the configuration (for example when the
     /// machine cannot reserve the pool's address space).
     pub fn new(store: Arc<BlockStore>, config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let slots = config.slots.max(1);
+        let slots = config.slots.clamp(1, MAX_SLOTS);
         let mut pool = PoolingAllocationConfig::default();
         // Room for every slot plus a few instantiations racing a finishing task.
         let pooled = u32::try_from(slots * 2 + 2).unwrap_or(u32::MAX);
@@ -384,10 +387,14 @@ impl Runtime {
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
     pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
         let _run = tracing::debug_span!("run", module = %spec.module).entered();
+        let spec = &TaskSpec {
+            limits: spec.limits.applied(),
+            ..spec.clone()
+        };
         let logs = LogSink::new(spec.limits.log_bytes);
         let clock = TaskClock::start(&spec.limits);
         let mut stats = TaskStats {
-            limits: spec.limits.applied(),
+            limits: spec.limits.clone(),
             ..TaskStats::default()
         };
         let result = self.execute(spec, &logs, clock, &mut stats);
