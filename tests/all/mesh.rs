@@ -338,6 +338,32 @@ fn a_task_on_a_peer_killed_mid_task_is_retried_elsewhere() {
 }
 
 #[test]
+fn idle_control_connections_do_not_block_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let node = Joined::start(root.path(), "n", &[]);
+    // More idle clients than the node serves at once, none of them ever sending a request.
+    let socket = node.data_dir.join("control.sock");
+    let _idle: Vec<_> = (0..80)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let status = Command::new(host_bin())
+        .args(["status", "--data-dir"])
+        .arg(&node.data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("host status starts");
+    std::thread::spawn(move || tx.send(status.wait_with_output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("host status answers while idle clients hold connections")
+        .expect("host status ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&node.peer_id), "{}", text(&out));
+}
+
+#[test]
 fn a_second_process_cannot_share_a_data_dir() {
     let root = tempfile::tempdir().unwrap();
     let node = Joined::start(root.path(), "shared", &[]);

@@ -23,6 +23,9 @@ use crate::{
 
 /// Control connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request line. The CLI sends it as soon as it
+/// connects; a connection that stays silent is dropped, so idle ones cannot hold every slot.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the control socket (mode 0600) and serves it until the node shuts down.
 ///
@@ -91,9 +94,13 @@ async fn finish<R: Serialize>(
 async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = Vec::new();
-    let n = BufReader::new(r.take(MAX_REQUEST_LEN as u64 + 1))
-        .read_until(b'\n', &mut line)
-        .await?;
+    let mut reader = BufReader::new(r.take(MAX_REQUEST_LEN as u64 + 1));
+    let Ok(read) = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await
+    else {
+        tracing::debug!("control client sent no request in time; dropped");
+        return Ok(());
+    };
+    let n = read?;
     if n > MAX_REQUEST_LEN {
         let too_long = fail(
             format!("request over the {MAX_REQUEST_LEN}-byte limit"),
