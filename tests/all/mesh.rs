@@ -346,7 +346,7 @@ fn idle_control_connections_do_not_block_the_cli() {
     let _idle: Vec<_> = (0..80)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
         .collect();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(1);
     let status = Command::new(host_bin())
         .args(["status", "--data-dir"])
         .arg(&node.data_dir)
