@@ -45,23 +45,26 @@ impl NodeInner {
         }
         let spec = spec_from_wire(spec);
         tracing::info!("running a task for peer {from}");
-        let inputs = spec
-            .inputs
-            .iter()
-            .map(|(n, c)| (format!("input `{n}`"), *c));
-        let needed = std::iter::once(("the module".to_owned(), spec.module)).chain(inputs);
-        for (name, cid) in needed {
+        // Each block with the failure it means when it is there but is no file: the spec's
+        // fault, wherever it runs.
+        let inputs = spec.inputs.iter().map(|(n, c)| {
+            let what = format!("input `{n}`");
+            (what, *c, shoal_p2p::FailureKind::BadInput)
+        });
+        let module = (
+            "the module".to_owned(),
+            spec.module,
+            shoal_p2p::FailureKind::BadModule,
+        );
+        for (what, cid, not_a_file) in std::iter::once(module).chain(inputs) {
             if let Err(e) = self.fetch_file(cid, &[from]).await {
-                // A block that is there but is no file is the spec's fault, wherever it runs.
                 // Anything else may pass (a provider went away, this disk is full): lost, so
                 // the submitter tries another peer.
-                let not_a_file = matches!(e, FetchError::Store(StoreError::NotAFile { .. }));
-                let kind = match (not_a_file, name.as_str()) {
-                    (false, _) => shoal_p2p::FailureKind::Lost,
-                    (true, "the module") => shoal_p2p::FailureKind::BadModule,
-                    (true, _) => shoal_p2p::FailureKind::BadInput,
+                let kind = match e {
+                    FetchError::Store(StoreError::NotAFile { .. }) => not_a_file,
+                    _ => shoal_p2p::FailureKind::Lost,
                 };
-                return TaskOutcome::failed(kind, format!("cannot fetch {name} {cid}: {e}"));
+                return TaskOutcome::failed(kind, format!("cannot fetch {what} {cid}: {e}"));
             }
         }
         let report = self.runtime.run(spec).await;

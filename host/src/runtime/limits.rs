@@ -156,7 +156,9 @@ pub(crate) struct TaskLimiter {
 
 impl TaskLimiter {
     pub(crate) fn new(limits: &Limits) -> Self {
-        let memory_bytes = limits.applied().memory_bytes;
+        // The runtime hands every task its applied limits; clamp again so no caller can
+        // build a limiter past the pool's ceiling.
+        let memory_bytes = limits.memory_bytes.min(MAX_TASK_MEMORY);
         Self {
             memory_limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
             peak_memory: 0,

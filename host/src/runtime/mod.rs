@@ -387,17 +387,12 @@ impl Runtime {
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
     pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
         let _run = tracing::debug_span!("run", module = %spec.module).entered();
-        let spec = &TaskSpec {
-            limits: spec.limits.applied(),
-            ..spec.clone()
-        };
-        let logs = LogSink::new(spec.limits.log_bytes);
-        let clock = TaskClock::start(&spec.limits);
-        let mut stats = TaskStats {
-            limits: spec.limits.clone(),
-            ..TaskStats::default()
-        };
-        let result = self.execute(spec, &logs, clock, &mut stats);
+        let limits = spec.limits.applied();
+        let logs = LogSink::new(limits.log_bytes);
+        let clock = TaskClock::start(&limits);
+        let mut stats = TaskStats::default();
+        let result = self.execute(spec, &limits, &logs, clock, &mut stats);
+        stats.limits = limits;
         stats.wall = clock.started.elapsed();
         stats.cpu = clock.cpu_used();
         TaskReport {
@@ -407,9 +402,11 @@ impl Runtime {
         }
     }
 
+    /// Runs `spec` under `limits`, the ones it really gets (`Limits::applied`).
     fn execute(
         &self,
         spec: &TaskSpec,
+        limits: &Limits,
         logs: &LogSink,
         clock: TaskClock,
         stats: &mut TaskStats,
@@ -419,7 +416,7 @@ impl Runtime {
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let state = self.task_state(&spec.limits, logs, clock, inputs, encode_args(&spec.args));
+        let state = self.task_state(limits, logs, clock, inputs, encode_args(&spec.args));
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
