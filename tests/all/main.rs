@@ -3,6 +3,7 @@
 mod architecture;
 mod cli;
 mod compute;
+mod containment;
 mod mesh;
 mod sandbox;
 mod tensor_abi;

@@ -13,15 +13,13 @@ use std::{
 use shoal::abi::ErrorCode;
 use shoal_host::{
     compute::DeviceChoice,
-    runtime::{
-        FailureKind, Limits, MAX_TASK_MEMORY, MIB, Runtime, RuntimeConfig, TaskReport, TaskSpec,
-    },
+    runtime::{FailureKind, Limits, MAX_TASK_MEMORY, MIB, Runtime, RuntimeConfig, TaskReport},
     store::{BlockStore, Cid},
 };
 use shoal_task_artifacts as wasm;
 use tempfile::TempDir;
 
-use crate::util::{assert_hello_works, runtime, spec, with_args};
+use crate::util::{assert_hello_works, runtime, spec, wat_spec, with_args};
 
 fn run_hostile(path: &str, limits: Limits) -> TaskReport {
     let (_dir, rt) = runtime(1);
@@ -66,18 +64,6 @@ fn cpu_runtime(slots: usize) -> (TempDir, Runtime) {
         ..RuntimeConfig::default()
     };
     (dir, Runtime::new(store, config).expect("runtime"))
-}
-
-/// A spec for a module written in WAT, with default limits.
-fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
-    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("bad WAT: {e}\n{wat}"));
-    TaskSpec {
-        module: rt.store().put_bytes(&bytes).expect("put module"),
-        task: None,
-        inputs: vec![],
-        args: vec![],
-        limits: Limits::default(),
-    }
 }
 
 /// The task's `[info]` log lines that start with `prefix`, without it.

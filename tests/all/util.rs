@@ -75,3 +75,15 @@ pub fn assert_hello_works(rt: &Runtime) {
         b"Hello, Shoal!"
     );
 }
+
+/// A spec for a module written in WAT, with default limits.
+pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
+    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("bad WAT: {e}\n{wat}"));
+    TaskSpec {
+        module: rt.store().put_bytes(&bytes).expect("put module"),
+        task: None,
+        inputs: vec![],
+        args: vec![],
+        limits: Limits::default(),
+    }
+}

@@ -1,16 +1,20 @@
 //! The `shoal_v1` host functions.
 //!
 //! Every `(ptr, len)` pair is checked against guest memory before use; a bad one is the
-//! guest-visible [`ErrorCode::BadPointer`], never a host panic. Every call first checks the
-//! task's clock, because epochs only tick inside wasm: a task that lives in host calls must
-//! still stop at its limit.
+//! guest-visible [`ErrorCode::BadPointer`], never a host panic. The runtime's call hook checks
+//! the task's clock as each call starts and as it returns (epochs only tick inside wasm), and
+//! calls whose work grows with their arguments check it as they go, so a task that lives in
+//! host calls still stops at its limit.
 
 use std::ops::Range;
 
 use shoal::abi::{CID_LEN, ErrorCode, IMPORT_MODULE, LogLevel};
 use wasmtime::{Caller, Linker};
 
-use super::{TaskState, limits::fmt_bytes};
+use super::{
+    TaskState,
+    limits::{TaskClock, fmt_bytes},
+};
 use crate::store::{CHUNK_SIZE, StoreError};
 
 type Call<'a> = Caller<'a, TaskState>;
@@ -99,7 +103,8 @@ fn input_read(
     let mut offset = u64::try_from(offset).map_err(|_| ErrorCode::InvalidArgument)?;
     let (store, input) = (&state.store, &mut state.inputs[index]);
     let mut written = 0;
-    while written < range.len() && offset < input.manifest.len {
+    // Stop between chunks once the task is out of time; the call hook then ends it.
+    while written < range.len() && offset < input.manifest.len && state.clock.check().is_ok() {
         let chunk = (offset / CHUNK_SIZE as u64) as usize;
         if input.cached_chunk.as_ref().is_none_or(|(i, _)| *i != chunk) {
             let bytes = store
@@ -151,7 +156,11 @@ fn output_write(
         .as_bytes()]);
         return Err(ErrorCode::QuotaExceeded);
     }
-    let cid = state.store.put_bytes(body).map_err(|e| {
+    let clocked = ClockedReader {
+        bytes: body,
+        clock: &state.clock,
+    };
+    let cid = state.store.put_file(clocked).map_err(|e| {
         host_note(state, &format!("storing output `{name}`"), &e);
         ErrorCode::Unavailable
     })?;
@@ -161,17 +170,33 @@ fn output_write(
     Ok(0)
 }
 
+/// Guest bytes read out in chunks that stop once the task is out of time, so one huge
+/// `output_write` cannot outlive the task's limit.
+struct ClockedReader<'a> {
+    bytes: &'a [u8],
+    clock: &'a TaskClock,
+}
+
+impl std::io::Read for ClockedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.clock.check().map_err(std::io::Error::other)?;
+        let n = buf.len().min(self.bytes.len()).min(CHUNK_SIZE);
+        let (now, rest) = self.bytes.split_at(n);
+        buf[..n].copy_from_slice(now);
+        self.bytes = rest;
+        Ok(n)
+    }
+}
+
 /// Registers every `shoal_v1` import.
 pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     let m = IMPORT_MODULE;
 
     linker.func_wrap(m, "input_count", |c: Call<'_>| {
-        check_clock(&c)?;
         Ok(encode(len_result(c.data().inputs.len())))
     })?;
 
     linker.func_wrap(m, "input_find", |mut c: Call<'_>, ptr: i32, len: i32| {
-        check_clock(&c)?;
         Ok(encode(with_memory(&mut c, |data, state| {
             let name = guest_str(data, ptr, len)?;
             let index = state
@@ -187,7 +212,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         m,
         "input_name",
         |mut c: Call<'_>, index: i32, ptr: i32, len: i32| {
-            check_clock(&c)?;
             Ok(encode(with_memory(&mut c, |data, state| {
                 let name = state.inputs[input_index(state, index)?].name.as_bytes();
                 copy_out(data, ptr, len, name)
@@ -196,7 +220,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
     )?;
 
     linker.func_wrap(m, "input_len", |c: Call<'_>, index: i32| {
-        check_clock(&c)?;
         let state = c.data();
         Ok(encode(input_index(state, index).and_then(|i| {
             i32::try_from(state.inputs[i].manifest.len).map_err(|_| ErrorCode::TooLarge)
@@ -207,7 +230,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         m,
         "input_read",
         |mut c: Call<'_>, index: i32, offset: i64, ptr: i32, len: i32| {
-            check_clock(&c)?;
             Ok(encode(with_memory(&mut c, |data, state| {
                 input_read(state, data, index, offset, ptr, len)
             })))
@@ -215,12 +237,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
     )?;
 
     linker.func_wrap(m, "args_len", |c: Call<'_>| {
-        check_clock(&c)?;
         Ok(encode(len_result(c.data().args.len())))
     })?;
 
     linker.func_wrap(m, "args_read", |mut c: Call<'_>, ptr: i32, len: i32| {
-        check_clock(&c)?;
         Ok(encode(with_memory(&mut c, |data, state| {
             copy_out(data, ptr, len, &state.args)
         })))
@@ -230,7 +250,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         m,
         "output_write",
         |mut c: Call<'_>, name_ptr: i32, name_len: i32, ptr: i32, len: i32, cid_ptr: i32| {
-            check_clock(&c)?;
             Ok(encode(with_memory(&mut c, |data, state| {
                 output_write(state, data, (name_ptr, name_len), (ptr, len), cid_ptr)
             })))
@@ -241,7 +260,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         m,
         "log",
         |mut c: Call<'_>, level: i32, ptr: i32, len: i32| {
-            check_clock(&c)?;
             Ok(encode(with_memory(&mut c, |data, state| {
                 let level = LogLevel::from_code(level).ok_or(ErrorCode::InvalidArgument)?;
                 let text = &data[guest_range(ptr, len, data.len())?];
@@ -258,7 +276,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
     )?;
 
     linker.func_wrap(m, "set_error", |mut c: Call<'_>, ptr: i32, len: i32| {
-        check_clock(&c)?;
         Ok(encode(with_memory(&mut c, |data, state| {
             let text = &data[guest_range(ptr, len, data.len())?];
             let text = &text[..text.len().min(MAX_ERROR_LEN)];

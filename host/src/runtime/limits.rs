@@ -32,7 +32,25 @@ pub struct Limits {
     pub tensor_bytes: u64,
 }
 
+/// Host memory a task may cost beyond its linear memory and tensors: logs, the chunk it is
+/// reading and writing, its WASI state, and compiling its module (within the compile bounds,
+/// the largest measured compile peak; see `SECURITY.md`).
+pub const HOST_ALLOWANCE: u64 = 128 * MIB;
+
 impl Limits {
+    /// The host memory this task may cost the node, the term it is admitted against in the
+    /// node's `--memory-budget`: its linear memory, plus its tensors (host memory on the cpu
+    /// backend; counted on the gpu backend too, since tensors are staged through host
+    /// buffers), plus [`HOST_ALLOWANCE`].
+    #[must_use]
+    pub fn host_bytes(&self) -> u64 {
+        let applied = self.applied();
+        applied
+            .memory_bytes
+            .saturating_add(applied.tensor_bytes)
+            .saturating_add(HOST_ALLOWANCE)
+    }
+
     /// The limits a task really gets: a spec may ask for more than the runtime's ceilings,
     /// but no task gets more. Past 4 GiB the pool refuses the growth itself, which would end
     /// the task as a bare trap, not as out of memory; past [`MAX_TASK_TIME`] a deadline could
@@ -92,7 +110,8 @@ pub fn fmt_bytes(bytes: u64) -> String {
     }
 }
 
-/// The task's clocks: wall deadline and CPU budget of the thread it runs on.
+/// The task's clocks: wall deadline, and the CPU budget of its own thread plus every other
+/// thread that worked for it (the compiler, tensor kernels), charged with [`TaskClock::charge`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskClock {
     pub(crate) started: Instant,
@@ -100,6 +119,8 @@ pub(crate) struct TaskClock {
     pub(crate) timeout: Duration,
     pub(crate) cpu_started: Duration,
     pub(crate) cpu_budget: Duration,
+    /// CPU spent for the task on threads other than its own.
+    pub(crate) charged: Duration,
 }
 
 impl TaskClock {
@@ -111,7 +132,18 @@ impl TaskClock {
             timeout: limits.timeout,
             cpu_started: thread_cpu_time(),
             cpu_budget: limits.cpu_budget,
+            charged: Duration::ZERO,
         }
+    }
+
+    /// Charges CPU time that another thread spent working for this task.
+    pub(crate) fn charge(&mut self, cpu: Duration) {
+        self.charged = self.charged.saturating_add(cpu);
+    }
+
+    /// CPU the task may still use before its budget runs out.
+    pub(crate) fn cpu_left(&self) -> Duration {
+        self.cpu_budget.saturating_sub(self.cpu_used())
     }
 
     /// Errs once the task is past its wall-time limit or CPU budget.
@@ -125,8 +157,11 @@ impl TaskClock {
         Ok(())
     }
 
+    /// CPU used by the task's own thread since it started, plus what was charged to it.
     pub(crate) fn cpu_used(&self) -> Duration {
-        thread_cpu_time().saturating_sub(self.cpu_started)
+        thread_cpu_time()
+            .saturating_sub(self.cpu_started)
+            .saturating_add(self.charged)
     }
 }
 
@@ -150,7 +185,7 @@ pub(crate) fn thread_cpu_time() -> Duration {
 pub(crate) struct TaskLimiter {
     pub(crate) memory_limit: usize,
     pub(crate) peak_memory: usize,
-    /// The size of the largest memory growth refused.
+    /// The size asked for by refused growths since the last one that succeeded.
     pub(crate) refused: Option<usize>,
 }
 
@@ -183,6 +218,8 @@ impl wasmtime::ResourceLimiter for TaskLimiter {
             return Ok(false);
         }
         self.peak_memory = self.peak_memory.max(desired);
+        // A later growth that fits means the task recovered from any earlier refusal.
+        self.refused = None;
         Ok(true)
     }
 
@@ -206,4 +243,23 @@ impl wasmtime::ResourceLimiter for TaskLimiter {
     fn memories(&self) -> usize {
         1
     }
+}
+
+/// The node's default memory budget: three quarters of the machine's memory, or of the
+/// cgroup's limit where that is lower, leaving the rest to the node itself (the store, the
+/// network, the module cache) and to the machine's other work.
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4096 * MIB);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    total.min(cgroup) / 4 * 3
 }

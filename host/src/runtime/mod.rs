@@ -1,6 +1,7 @@
 //! The sandbox: one wasmtime `Engine` per node, one `Store` per task, and the `shoal_v1` host
 //! ABI. This module knows nothing of the network; data comes from the [`BlockStore`].
 
+mod compile;
 mod host_fns;
 pub mod limits;
 mod logs;
@@ -8,7 +9,7 @@ mod tensor_fns;
 mod wasi;
 
 use std::{
-    collections::HashMap,
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -17,17 +18,21 @@ use std::{
 };
 
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    CallHook, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
     PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
+pub use self::{
+    compile::{
+        MAX_BODY_BYTES, MAX_CODE_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_MODULE_LEN, MAX_NESTING,
+        MODULE_CACHE_BYTES,
+    },
+    limits::{HOST_ALLOWANCE, Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB, default_memory_budget},
+    logs::Logs,
+};
 use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
     logs::LogSink,
-};
-pub use self::{
-    limits::{Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB},
-    logs::Logs,
 };
 use crate::{
     compute::{DeviceChoice, TensorTable},
@@ -37,14 +42,10 @@ use crate::{
 /// The most slots a runtime runs: each is a thread, and the instance pool holds two
 /// memories' worth of address space per slot.
 pub const MAX_SLOTS: usize = 256;
-/// The largest module the node compiles.
-pub const MAX_MODULE_LEN: u64 = 64 * MIB;
 /// Tasks that may wait for a slot before `Runtime::run` callers wait to enqueue.
 const JOB_QUEUE_LEN: usize = 1024;
 /// A task for a slot thread, and where its report goes.
 type Job = (TaskSpec, tokio::sync::oneshot::Sender<TaskReport>);
-/// Compiled modules kept per node.
-const MODULE_CACHE_LEN: usize = 64;
 
 /// How the node's runtime is set up.
 #[derive(Clone, Debug)]
@@ -58,6 +59,10 @@ pub struct RuntimeConfig {
     pub device: DeviceChoice,
     /// Whether `device: Gpu` may take a software adapter (llvmpipe, lavapipe), as tests do.
     pub allow_software_gpu: bool,
+    /// Host memory the node's running tasks may cost together (`--memory-budget`), each
+    /// counted as [`Limits::host_bytes`]. A task waits for room; one that could never fit is
+    /// refused.
+    pub memory_budget: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +72,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             device: DeviceChoice::Auto,
             allow_software_gpu: false,
+            memory_budget: limits::default_memory_budget(),
         }
     }
 }
@@ -166,6 +172,25 @@ pub struct TaskReport {
     pub stats: TaskStats,
 }
 
+impl TaskReport {
+    /// A task that failed before it ran.
+    fn failed(failure: TaskFailure) -> Self {
+        Self {
+            result: Err(failure),
+            logs: Logs::default(),
+            stats: TaskStats::default(),
+        }
+    }
+
+    /// A task the node could not run to an end of its own.
+    fn lost(why: String) -> Self {
+        Self::failed(TaskFailure::new(FailureKind::Lost, why))
+    }
+}
+
+/// How a slot thread runs one task: [`Runtime::run_blocking`], or a stand-in in tests.
+type Runner = fn(&Runtime, &TaskSpec) -> TaskReport;
+
 /// Errors building the runtime itself.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -221,7 +246,7 @@ pub struct Runtime {
 struct Inner {
     engine: Engine,
     linker: Linker<TaskState>,
-    modules: Mutex<HashMap<Cid, Arc<Compiled>>>,
+    modules: Mutex<compile::ModuleCache<Compiled>>,
     store: Arc<BlockStore>,
     /// Jobs for the slot threads; bounded, so a flood of submissions waits instead of piling up.
     jobs: tokio::sync::mpsc::Sender<Job>,
@@ -229,6 +254,9 @@ struct Inner {
     busy: AtomicUsize,
     queued: AtomicUsize,
     max_wasm_stack: usize,
+    /// The node's memory budget, in MiB permits; a task holds its `host_bytes` while it runs.
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_mib: u32,
     ticker_stop: Arc<AtomicBool>,
     /// The compute backend, shared by every task; made lazily (see `tensor_fns`).
     compute: Arc<tensor_fns::LazyBackend>,
@@ -248,6 +276,14 @@ impl Runtime {
     /// [`RuntimeError::Engine`] if wasmtime rejects the configuration (for example when the
     /// machine cannot reserve the pool's address space).
     pub fn new(store: Arc<BlockStore>, config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        Self::with_runner(store, config, Self::run_blocking)
+    }
+
+    fn with_runner(
+        store: Arc<BlockStore>,
+        config: RuntimeConfig,
+        run: Runner,
+    ) -> Result<Self, RuntimeError> {
         let slots = config.slots.clamp(1, MAX_SLOTS);
         let mut pool = PoolingAllocationConfig::default();
         // Room for every slot plus a few instantiations racing a finishing task.
@@ -264,12 +300,13 @@ impl Runtime {
             .table_keep_resident(64 << 10);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
+            // Compile on the task's own slot thread, so its CPU is the task's (see `compile`).
+            .parallel_compilation(false)
             .max_wasm_stack(config.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasi::add_to_linker(&mut linker, |s: &mut TaskState| &mut s.wasi)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasi::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         tensor_fns::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -286,18 +323,21 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
 
+        let budget_mib = u32::try_from(config.memory_budget / MIB).unwrap_or(u32::MAX);
         let (jobs, job_rx) = tokio::sync::mpsc::channel::<Job>(JOB_QUEUE_LEN);
         let runtime = Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
-                modules: Mutex::new(HashMap::new()),
+                modules: Mutex::default(),
                 store,
                 jobs,
                 slot_count: slots,
                 busy: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 max_wasm_stack: config.max_wasm_stack,
+                budget: Arc::new(tokio::sync::Semaphore::new(budget_mib as usize)),
+                budget_mib,
                 ticker_stop,
                 compute: Arc::new(tensor_fns::LazyBackend::new(
                     config.device,
@@ -305,7 +345,7 @@ impl Runtime {
                 )),
             }),
         };
-        runtime.start_slots(slots, job_rx)?;
+        runtime.start_slots(slots, job_rx, run)?;
         Ok(runtime)
     }
 
@@ -315,6 +355,7 @@ impl Runtime {
         &self,
         slots: usize,
         job_rx: tokio::sync::mpsc::Receiver<Job>,
+        run: Runner,
     ) -> Result<(), RuntimeError> {
         let job_rx = Arc::new(Mutex::new(job_rx));
         for slot in 0..slots {
@@ -334,7 +375,20 @@ impl Runtime {
                         let runtime = Runtime { inner };
                         runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
                         runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
-                        let report = runtime.run_blocking(&spec);
+                        // A host bug must cost one task, not the slot: the panic becomes this
+                        // task's failure and the thread goes on serving the queue.
+                        let report = catch_unwind(AssertUnwindSafe(|| run(&runtime, &spec)))
+                            .unwrap_or_else(|panic| {
+                                let why = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_owned())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                tracing::error!(%why, "host panicked running a task");
+                                TaskReport::lost(format!(
+                                    "the host failed running this task ({why}); its slot was kept"
+                                ))
+                            });
                         runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
                         let _ = reply.send(report);
                     }
@@ -368,10 +422,26 @@ impl Runtime {
 
     /// Runs a task on a blocking thread once a slot is free.
     pub async fn run(&self, spec: TaskSpec) -> TaskReport {
-        let lost = |why: String| TaskReport {
-            result: Err(TaskFailure::new(FailureKind::Lost, why)),
-            logs: Logs::default(),
-            stats: TaskStats::default(),
+        let lost = TaskReport::lost;
+        let needs = spec.limits.host_bytes().div_ceil(MIB);
+        let budget = self.inner.budget_mib;
+        let Some(needs) = u32::try_from(needs).ok().filter(|&n| n <= budget) else {
+            return TaskReport::failed(TaskFailure::new(
+                FailureKind::Denied,
+                format!(
+                    "the task may cost the host {} ({} memory + {} tensors + {} host \
+                     allowance), over this node's {} memory budget",
+                    fmt_bytes(needs * MIB),
+                    fmt_bytes(spec.limits.applied().memory_bytes),
+                    fmt_bytes(spec.limits.tensor_bytes),
+                    fmt_bytes(HOST_ALLOWANCE),
+                    fmt_bytes(u64::from(budget) * MIB)
+                ),
+            ));
+        };
+        // Held until the report is back: the task's memory is the node's until it ends.
+        let Ok(_budget) = self.inner.budget.clone().acquire_many_owned(needs).await else {
+            return lost("the runtime is shutting down".into());
         };
         let (reply, report) = tokio::sync::oneshot::channel();
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
@@ -389,9 +459,9 @@ impl Runtime {
         let _run = tracing::debug_span!("run", module = %spec.module).entered();
         let limits = spec.limits.applied();
         let logs = LogSink::new(limits.log_bytes);
-        let clock = TaskClock::start(&limits);
+        let mut clock = TaskClock::start(&limits);
         let mut stats = TaskStats::default();
-        let result = self.execute(spec, &limits, &logs, clock, &mut stats);
+        let result = self.execute(spec, &limits, &logs, &mut clock, &mut stats);
         stats.limits = limits;
         stats.wall = clock.started.elapsed();
         stats.cpu = clock.cpu_used();
@@ -408,21 +478,34 @@ impl Runtime {
         spec: &TaskSpec,
         limits: &Limits,
         logs: &LogSink,
-        clock: TaskClock,
+        clock: &mut TaskClock,
         stats: &mut TaskStats,
     ) -> Result<Vec<(String, Cid)>, TaskFailure> {
         let (compiled, cached) = self.compiled(&spec.module)?;
         stats.cached_module = cached;
+        // Compiling cannot be interrupted; what it cost still counts.
+        clock
+            .check()
+            .map_err(|kill| TaskFailure::new(FailureKind::Timeout, kill.to_string()))?;
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let state = self.task_state(limits, logs, clock, inputs, encode_args(&spec.args));
+        let state = self.task_state(limits, logs, *clock, inputs, encode_args(&spec.args));
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| match ctx.data().clock.check() {
             Ok(()) => Ok(UpdateDeadline::Continue(1)),
             Err(kill) => Err(wasmtime::Error::new(kill)),
+        });
+        // Epochs tick only inside wasm, so the clock is also checked as every host call
+        // (`shoal_v1` and WASI alike) starts and as it returns: a task whose limit passed
+        // during a call ends with Timeout even if the call then returned.
+        store.call_hook(|ctx, hook| match hook {
+            CallHook::CallingHost | CallHook::ReturningFromHost => {
+                ctx.data().clock.check().map_err(wasmtime::Error::new)
+            }
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => Ok(()),
         });
 
         let bad = |e: wasmtime::Error| TaskFailure::new(FailureKind::BadModule, first_line(&e));
@@ -458,6 +541,8 @@ impl Runtime {
             Err(e) => Err(e),
         };
         let state = store.data();
+        // Hand back what host calls charged, so the report's CPU includes it.
+        *clock = state.clock;
         stats.peak_memory = state.limiter.peak_memory as u64;
         stats.backend = state
             .tensors
@@ -526,7 +611,7 @@ impl Runtime {
         names
     }
 
-    /// Looks the module up in the compiled cache, or loads and compiles it.
+    /// Looks the module up in the compiled cache, or loads, measures and compiles it.
     fn compiled(&self, cid: &Cid) -> Result<(Arc<Compiled>, bool), TaskFailure> {
         let cache = &self.inner.modules;
         if let Some(hit) = cache
@@ -534,7 +619,7 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner)
             .get(cid)
         {
-            return Ok((hit.clone(), true));
+            return Ok((hit, true));
         }
         let bad = |m: String| TaskFailure::new(FailureKind::BadModule, m);
         let manifest = self
@@ -554,6 +639,7 @@ impl Runtime {
             .store
             .read_file(cid)
             .map_err(|e| bad(format!("cannot load module {cid}: {e}")))?;
+        compile::check_bounds(&bytes).map_err(bad)?;
         let module = Module::from_binary(&self.inner.engine, &bytes)
             .map_err(|e| bad(format!("not a valid wasm module: {}", first_line(&e))))?;
         let pre = self
@@ -570,18 +656,18 @@ impl Runtime {
             })
             .collect();
         let has_initialize = module.get_export("_initialize").is_some();
+        let image = module.image_range();
+        let code_bytes = (image.end as usize).saturating_sub(image.start as usize);
         let compiled = Arc::new(Compiled {
             pre,
             tasks,
             has_initialize,
         });
-        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MODULE_CACHE_LEN
-            && let Some(evict) = cache.keys().next().copied()
-        {
-            cache.remove(&evict);
-        }
-        cache.insert(*cid, compiled.clone());
+        cache.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            *cid,
+            compiled.clone(),
+            code_bytes,
+        );
         Ok((compiled, false))
     }
 
@@ -662,7 +748,13 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
             )),
         };
     }
-    if let Some(asked) = state.limiter.refused {
+    let trap = e.downcast_ref::<Trap>();
+    // Out of memory only when the last growth was refused and the task then gave up (an
+    // allocator's abort is `unreachable`, an instantiation fails without a trap): any other
+    // trap after a refusal is still the trap it is.
+    if let Some(asked) = state.limiter.refused
+        && matches!(trap, None | Some(Trap::UnreachableCodeReached))
+    {
         return Err(TaskFailure::new(
             K::OutOfMemory,
             format!(
@@ -672,7 +764,7 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
             ),
         ));
     }
-    match e.downcast_ref::<Trap>() {
+    match trap {
         Some(Trap::StackOverflow) => Err(TaskFailure::new(
             K::Trap,
             format!(
@@ -683,5 +775,55 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
         Some(Trap::Interrupt) => Err(TaskFailure::new(K::Timeout, "task was interrupted")),
         Some(trap) => Err(TaskFailure::new(K::Trap, format!("wasm trap: {trap}"))),
         None => Err(TaskFailure::new(K::Trap, first_line(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panics for tasks named `panic`, runs the rest for real.
+    fn panicky(runtime: &Runtime, spec: &TaskSpec) -> TaskReport {
+        assert_ne!(spec.task.as_deref(), Some("panic"), "injected host panic");
+        runtime.run_blocking(spec)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_slot_fails_its_task_and_keeps_serving() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(BlockStore::open(dir.path()).expect("store"));
+        let config = RuntimeConfig {
+            slots: 2,
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::with_runner(store.clone(), config, panicky).expect("runtime");
+        let module = store
+            .put_bytes(
+                &wat::parse_str(
+                    r#"(module (func (export "shoal_task:t") (result i32) i32.const 0))"#,
+                )
+                .expect("wat"),
+            )
+            .expect("module");
+        let spec = |task: &str| TaskSpec {
+            module,
+            task: Some(task.into()),
+            inputs: vec![],
+            args: vec![],
+            limits: Limits::default(),
+        };
+        // Panic on every slot more than once over.
+        for _ in 0..4 {
+            let report = runtime.run(spec("panic")).await;
+            let failure = report.result.expect_err("a host panic fails the task");
+            assert_eq!(failure.kind, FailureKind::Lost);
+            assert!(failure.message.contains("injected host panic"), "{failure}");
+        }
+        assert_eq!(runtime.free_slots(), 2, "no slot stays busy after a panic");
+        // Both slots still run tasks, at once.
+        let (a, b) = tokio::join!(runtime.run(spec("t")), runtime.run(spec("t")));
+        for report in [a, b] {
+            assert_eq!(report.result.expect("runs after the panics"), vec![]);
+        }
     }
 }

@@ -1,0 +1,257 @@
+//! Limits at the host boundary: what the host spends *for* a task (compile time, host-call
+//! time, host buffers) counts against that task. Each test checks the typed failure naming
+//! the limit, the time within the limit plus a stated overrun, the rise in this process's
+//! peak RSS (nextest runs each test in a fresh process), and that `hello` still runs.
+
+use std::time::{Duration, Instant};
+
+use shoal_host::runtime::{FailureKind, Limits, MAX_FUNCTIONS, MIB, TaskReport};
+
+use crate::util::{assert_hello_works, runtime, wat_spec};
+
+/// The overrun allowed past a wall-time limit: one store chunk or one clock check late.
+const OVERRUN: Duration = Duration::from_millis(500);
+
+/// The process's peak RSS in bytes since the last [`reset_peak_rss`].
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024
+}
+
+/// Starts a fresh peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() -> u64 {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    peak_rss()
+}
+
+fn expect_failure(report: &TaskReport, kind: FailureKind, message: &str) {
+    let failure = report.result.as_ref().expect_err("the task must fail");
+    assert_eq!(failure.kind, kind, "{failure}\nlogs: {}", report.logs);
+    assert!(
+        failure.message.contains(message),
+        "`{failure}` lacks `{message}`"
+    );
+}
+
+#[test]
+fn one_huge_output_write_stops_at_the_deadline() {
+    let (_dir, rt) = runtime(1);
+    // 256 MiB of memory written out as one output, under a 150 ms limit: storing it takes
+    // far longer, so only a clock check between chunks can stop it.
+    let mut spec = wat_spec(
+        &rt,
+        r#"(module
+          (import "shoal_v1" "output_write" (func $out (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 4097)
+          (data (i32.const 0) "big")
+          (func (export "shoal_task:t") (result i32)
+            (drop (call $out (i32.const 0) (i32.const 3) (i32.const 64) (i32.const 0x10000000) (i32.const 3)))
+            (i32.const 0)))"#,
+    );
+    spec.limits.timeout = Duration::from_millis(150);
+    spec.limits.memory_bytes = 300 * MIB;
+    let base = reset_peak_rss();
+    let started = Instant::now();
+    let report = rt.run_blocking(&spec);
+    let took = started.elapsed();
+    expect_failure(&report, FailureKind::Timeout, "150 ms wall-time limit");
+    assert!(took < spec.limits.timeout + OVERRUN, "ran {took:?}");
+    let rise = peak_rss().saturating_sub(base);
+    assert!(
+        rise < 256 * MIB + 64 * MIB,
+        "host RSS rose {} MiB",
+        rise / MIB
+    );
+    assert_hello_works(&rt);
+}
+
+#[test]
+fn a_trap_after_a_refused_growth_is_a_trap_not_out_of_memory() {
+    let (_dir, rt) = runtime(1);
+    let module = |then: &str| {
+        format!(
+            r#"(module (memory (export "memory") 1)
+              (func (export "shoal_task:t") (result i32)
+                (drop (memory.grow (i32.const 60000)))
+                {then}))"#
+        )
+    };
+    // The growth is refused (-1), the task goes on, then divides by zero.
+    let mut spec = wat_spec(&rt, &module("(i32.div_s (i32.const 1) (i32.const 0))"));
+    spec.limits.memory_bytes = 16 * MIB;
+    let report = rt.run_blocking(&spec);
+    expect_failure(&report, FailureKind::Trap, "integer divide by zero");
+    // Giving up right after the refusal, as an allocator's abort does, is out of memory.
+    let mut spec = wat_spec(&rt, &module("unreachable"));
+    spec.limits.memory_bytes = 16 * MIB;
+    let report = rt.run_blocking(&spec);
+    expect_failure(&report, FailureKind::OutOfMemory, "16 MiB memory limit");
+    assert_hello_works(&rt);
+}
+
+#[test]
+fn iovecs_cost_the_host_no_memory() {
+    let (_dir, rt) = runtime(1);
+    // 160 MiB of zeroed memory is 20 M empty iovecs; wasi-common built ~40 host bytes for
+    // each before writing. The task first writes 1024 iovecs of 64 KiB (ours walk them in
+    // place; the log keeps its cap), then asks for all 20 M at once: EINVAL (28), which it
+    // returns as its status.
+    let mut spec = wat_spec(
+        &rt,
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 2560)
+          (func (export "shoal_task:t") (result i32) (local $i i32)
+            (loop $fill
+              (i32.store (i32.add (i32.const 0x100000) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0x200000))
+              (i32.store (i32.add (i32.const 0x100004) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0x10000))
+              (br_if $fill (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 1024))))
+            (if (call $write (i32.const 1) (i32.const 0x100000) (i32.const 1024) (i32.const 0))
+              (then (return (i32.const 99))))
+            (if (i32.ne (i32.load (i32.const 0)) (i32.const 0x4000000))
+              (then (return (i32.const 98))))
+            (call $write (i32.const 1) (i32.const 0) (i32.const 20000000) (i32.const 0))))"#,
+    );
+    spec.limits.memory_bytes = 160 * MIB;
+    let base = reset_peak_rss();
+    let report = rt.run_blocking(&spec);
+    expect_failure(&report, FailureKind::TaskError, "task returned status 28");
+    let rise = peak_rss().saturating_sub(base);
+    assert!(
+        rise < 160 * MIB + 64 * MIB,
+        "host RSS rose {} MiB",
+        rise / MIB
+    );
+    assert!(report.logs.dropped_bytes > 0, "the log kept its cap");
+    assert_hello_works(&rt);
+}
+
+/// A module of `count` functions with this body (locals and code, without its size).
+fn functions(count: u32, body: &[u8]) -> Vec<u8> {
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let section = |id: u8, content: Vec<u8>, out: &mut Vec<u8>| {
+        out.push(id);
+        leb(content.len() as u32, out);
+        out.extend(content);
+    };
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(count, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, count as usize));
+    section(3, funcs, &mut module);
+    let mut code = Vec::new();
+    leb(count, &mut code);
+    for _ in 0..count {
+        leb(body.len() as u32, &mut code);
+        code.extend_from_slice(body);
+    }
+    section(10, code, &mut module);
+    module
+}
+
+#[test]
+fn a_module_over_the_compile_bounds_is_refused_before_compiling() {
+    let (_dir, rt) = runtime(1);
+    // A million empty functions: 22-58 s and 5.4 GiB of compiling before these bounds.
+    let module = functions(1_000_000, &[0, 0x0b]);
+    let mut spec = wat_spec(&rt, "(module)");
+    spec.module = rt.store().put_bytes(&module).expect("put module");
+    spec.limits.timeout = Duration::from_secs(1);
+    let base = reset_peak_rss();
+    let started = Instant::now();
+    let report = rt.run_blocking(&spec);
+    expect_failure(
+        &report,
+        FailureKind::BadModule,
+        &format!("more than {MAX_FUNCTIONS} functions"),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let rise = peak_rss().saturating_sub(base);
+    assert!(rise < 64 * MIB, "host RSS rose {} MiB", rise / MIB);
+    assert_hello_works(&rt);
+}
+
+#[test]
+fn compiling_counts_against_the_tasks_time() {
+    let (_dir, rt) = runtime(1);
+    // Within the bounds, but far more than 20 ms of compiling: each function adds up a
+    // thousand constants.
+    let mut body = vec![0];
+    body.extend([0x41, 0x01].repeat(1000));
+    body.extend([0x6a].repeat(999));
+    body.extend([0x1a, 0x0b]);
+    let mut spec = wat_spec(&rt, "(module)");
+    spec.module = rt
+        .store()
+        .put_bytes(&functions(300, &body))
+        .expect("put module");
+    spec.limits = Limits {
+        timeout: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let report = rt.run_blocking(&spec);
+    expect_failure(&report, FailureKind::Timeout, "20 ms wall-time limit");
+    assert!(
+        report.stats.cpu >= Duration::from_millis(20),
+        "compiling ran on the task's thread and was charged: {:?}",
+        report.stats.cpu
+    );
+    assert_hello_works(&rt);
+}
+
+#[test]
+#[ignore]
+fn measure_compile_worst_cases() {
+    let (_dir, rt) = runtime(1);
+    let mut adds = vec![0];
+    adds.extend([0x41, 0x01].repeat(1000));
+    adds.extend([0x6a].repeat(999));
+    adds.extend([0x1a, 0x0b]);
+    let mut deep = vec![0];
+    deep.extend([0x41, 0x01].repeat(80_000));
+    deep.extend([0x6a].repeat(79_999));
+    deep.extend([0x1a, 0x0b]);
+    let mut nest = vec![0];
+    nest.extend([0x02, 0x40].repeat(255));
+    nest.extend([0x41, 0x01, 0x1a].repeat(80_000));
+    nest.extend([0x0b].repeat(255));
+    nest.push(0x0b);
+    let mut calls = vec![1, 0x8f, 0x4e, 0x7f]; // 9999 i32 locals
+    calls.extend([0x20, 0x01, 0x21, 0x02].repeat(60_000));
+    calls.push(0x0b);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("690 x 3KB stack adds", functions(690, &adds)),
+        ("10000 empty", functions(10_000, &[0, 0x0b])),
+        ("8 x 240KB deep stack adds", functions(8, &deep)),
+        ("8 x 240KB nested 255", functions(8, &nest)),
+        ("8 x 240KB local moves, 10k locals", functions(8, &calls)),
+    ];
+    for (name, module) in cases {
+        let mut spec = wat_spec(&rt, "(module)");
+        spec.module = rt.store().put_bytes(&module).expect("put");
+        spec.limits.timeout = Duration::from_secs(120);
+        let base = reset_peak_rss();
+        let t = Instant::now();
+        let r = rt.run_blocking(&spec);
+        eprintln!("{name}: {} bytes, {:?}, cpu {:?}, rss +{} MiB, {:?}", module.len(), t.elapsed(), r.stats.cpu, (peak_rss() - base) / MIB, r.result.err().map(|f| f.message));
+    }
+}
