@@ -3,11 +3,18 @@
 //! the limit, the time within the limit plus a stated overrun, the rise in this process's
 //! peak RSS (nextest runs each test in a fresh process), and that `hello` still runs.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use shoal_host::runtime::{FailureKind, Limits, MAX_FUNCTIONS, MIB, TaskReport};
+use shoal_host::{
+    runtime::{FailureKind, Limits, MAX_FUNCTIONS, MIB, Runtime, RuntimeConfig, TaskReport},
+    store::BlockStore,
+};
+use shoal_task_artifacts as wasm;
 
-use crate::util::{assert_hello_works, runtime, wat_spec};
+use crate::util::{assert_hello_works, most_asleep_at_once, runtime, spec, wat_spec, with_args};
 
 /// The overrun allowed past a wall-time limit: one store chunk or one clock check late.
 const OVERRUN: Duration = Duration::from_millis(500);
@@ -218,9 +225,12 @@ fn compiling_counts_against_the_tasks_time() {
     assert_hello_works(&rt);
 }
 
+/// Not a check: the compile time and memory of modules at the edges of the compile bounds,
+/// for `SECURITY.md`. Run it by hand:
+/// `cargo nextest run -p shoal-host --test all compile_worst_cases --run-ignored only --no-capture`
 #[test]
-#[ignore]
-fn measure_compile_worst_cases() {
+#[ignore = "a measurement, run by hand"]
+fn compile_worst_cases() {
     let (_dir, rt) = runtime(1);
     let mut adds = vec![0];
     adds.extend([0x41, 0x01].repeat(1000));
@@ -252,6 +262,53 @@ fn measure_compile_worst_cases() {
         let base = reset_peak_rss();
         let t = Instant::now();
         let r = rt.run_blocking(&spec);
-        eprintln!("{name}: {} bytes, {:?}, cpu {:?}, rss +{} MiB, {:?}", module.len(), t.elapsed(), r.stats.cpu, (peak_rss() - base) / MIB, r.result.err().map(|f| f.message));
+        eprintln!(
+            "{name}: {} bytes, {:?}, cpu {:?}, rss +{} MiB, {:?}",
+            module.len(),
+            t.elapsed(),
+            r.stats.cpu,
+            (peak_rss() - base) / MIB,
+            r.result.err().map(|f| f.message)
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_memory_budget_admits_tasks_by_their_host_cost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(BlockStore::open(dir.path()).expect("store"));
+    let config = RuntimeConfig {
+        slots: 4,
+        memory_budget: 600 * MIB,
+        ..RuntimeConfig::default()
+    };
+    let rt = Runtime::new(store, config).expect("runtime");
+    // Each costs 64 MiB memory + 64 MiB tensors + the 128 MiB host allowance: two fit.
+    let mut nap = with_args(spec(&rt, wasm::HOSTILE_SLEEP, &[]), &[("ms", "100")]);
+    nap.limits.memory_bytes = 64 * MIB;
+    nap.limits.tensor_bytes = 64 * MIB;
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn({
+                let (rt, spec) = (rt.clone(), nap.clone());
+                async move { rt.run(spec).await }
+            })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for run in runs {
+        reports.push(run.await.expect("task joins"));
+    }
+    assert_eq!(most_asleep_at_once(&reports), 2, "4 slots, room for 2");
+    // One that could never fit is refused at once, naming the budget.
+    let mut big = nap.clone();
+    big.limits.memory_bytes = 1024 * MIB;
+    let report = rt.run(big).await;
+    expect_failure(
+        &report,
+        FailureKind::Denied,
+        "over this node's 600 MiB memory budget",
+    );
+    let report = rt.run(nap).await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
 }

@@ -19,7 +19,9 @@ use shoal_host::{
 use shoal_task_artifacts as wasm;
 use tempfile::TempDir;
 
-use crate::util::{assert_hello_works, runtime, spec, wat_spec, with_args};
+use crate::util::{
+    assert_hello_works, logged, most_asleep_at_once, runtime, spec, wat_spec, with_args,
+};
 
 fn run_hostile(path: &str, limits: Limits) -> TaskReport {
     let (_dir, rt) = runtime(1);
@@ -64,17 +66,6 @@ fn cpu_runtime(slots: usize) -> (TempDir, Runtime) {
         ..RuntimeConfig::default()
     };
     (dir, Runtime::new(store, config).expect("runtime"))
-}
-
-/// The task's `[info]` log lines that start with `prefix`, without it.
-fn logged<'a>(report: &'a TaskReport, prefix: &str) -> Vec<&'a str> {
-    let prefix = format!("[info] {prefix}");
-    report
-        .logs
-        .text
-        .lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .collect()
 }
 
 fn expect_ok(report: &TaskReport) -> &[(String, Cid)] {
@@ -355,31 +346,14 @@ async fn slots_run_tasks_concurrently_and_all_finish() {
             })
         })
         .collect();
-    // Each nap as (start, +1) and (end, -1), in µs.
-    let mut edges = Vec::new();
+    let mut reports = Vec::new();
     for run in runs {
-        let report = run.await.expect("task joins");
-        expect_ok(&report);
-        let nap = logged(&report, "slept ");
-        let nap = nap
-            .first()
-            .unwrap_or_else(|| panic!("no nap logged: {}", report.logs));
-        let times: Vec<i64> = nap.split(' ').map(|t| t.parse().expect("a time")).collect();
-        edges.extend([(times[0], 1), (times[1], -1)]);
+        reports.push(run.await.expect("task joins"));
     }
-    // An end sorts before a start at the same instant: naps that only touch do not overlap.
-    edges.sort_unstable();
-    let peak = edges
-        .iter()
-        .scan(0, |asleep, &(_, step)| {
-            *asleep += step;
-            Some(*asleep)
-        })
-        .max();
     assert_eq!(
-        peak,
-        Some(SLOTS as i32),
-        "tasks asleep at once with {SLOTS} slots; naps: {edges:?}"
+        most_asleep_at_once(&reports),
+        SLOTS,
+        "tasks asleep at once with {SLOTS} slots"
     );
     assert_eq!(rt.free_slots(), SLOTS);
     assert_eq!(rt.queue_len(), 0);

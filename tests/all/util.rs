@@ -3,7 +3,7 @@
 use std::{path::Path, sync::Arc};
 
 use shoal_host::{
-    runtime::{Limits, Runtime, RuntimeConfig, TaskSpec},
+    runtime::{Limits, Runtime, RuntimeConfig, TaskReport, TaskSpec},
     store::{BlockStore, Cid},
 };
 use tempfile::TempDir;
@@ -86,4 +86,45 @@ pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
         args: vec![],
         limits: Limits::default(),
     }
+}
+
+/// The task's `[info]` log lines that start with `prefix`, without it.
+pub fn logged<'a>(report: &'a TaskReport, prefix: &str) -> Vec<&'a str> {
+    let prefix = format!("[info] {prefix}");
+    report
+        .logs
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// The most `hostile-sleep` tasks asleep at once, from the naps they logged (start and end,
+/// in µs). Every report must be a success.
+pub fn most_asleep_at_once(reports: &[TaskReport]) -> usize {
+    let mut edges = Vec::new();
+    for report in reports {
+        assert!(
+            report.result.is_ok(),
+            "{:?}\nlogs: {}",
+            report.result,
+            report.logs
+        );
+        let nap = logged(report, "slept ");
+        let nap = nap
+            .first()
+            .unwrap_or_else(|| panic!("no nap logged: {}", report.logs));
+        let times: Vec<i64> = nap.split(' ').map(|t| t.parse().expect("a time")).collect();
+        edges.extend([(times[0], 1), (times[1], -1)]);
+    }
+    // An end sorts before a start at the same instant: naps that only touch do not overlap.
+    edges.sort_unstable();
+    let peak = edges
+        .iter()
+        .scan(0i64, |asleep, &(_, step)| {
+            *asleep += step;
+            Some(*asleep)
+        })
+        .max();
+    usize::try_from(peak.unwrap_or(0)).unwrap_or(0)
 }
