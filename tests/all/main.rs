@@ -4,6 +4,7 @@ mod architecture;
 mod cli;
 mod compute;
 mod containment;
+mod decoders;
 mod mesh;
 mod sandbox;
 mod tensor_abi;

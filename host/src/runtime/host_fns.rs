@@ -302,4 +302,17 @@ mod tests {
             Ok(i32::MAX as usize..(i32::MAX as usize) * 2)
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the guest passes, a range is inside memory or refused, never a panic.
+        #[test]
+        fn guest_ranges_are_inside_memory_or_refused(ptr: i32, len: i32, mem in 0usize..(1 << 33)) {
+            if let Ok(range) = guest_range(ptr, len, mem) {
+                proptest::prop_assert!(range.end <= mem && range.start <= range.end);
+                proptest::prop_assert_eq!(range.len(), len as u32 as usize);
+            }
+        }
+    }
 }
