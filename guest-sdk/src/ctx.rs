@@ -39,10 +39,9 @@ impl Ctx {
     /// # Errors
     /// If there is no input by that name.
     pub fn input_reader(&self, name: &str) -> Result<InputReader, Error> {
-        let index =
-            sys::input_find(name).map_err(|code| Error::host(format!("input `{name}`"), code))?;
-        let len =
-            sys::input_len(index).map_err(|code| Error::host(format!("input `{name}`"), code))?;
+        let err = |code| Error::host(format_args!("input `{name}`"), code);
+        let index = sys::input_find(name).map_err(err)?;
+        let len = sys::input_len(index).map_err(err)?;
         Ok(InputReader {
             index,
             offset: 0,

@@ -122,6 +122,10 @@ impl Tensor {
         }
     }
 
+    fn reduce(&self, op: ReduceOp, axis: ReduceAxis) -> Result<Tensor, Error> {
+        self.op(TensorOp::Reduce { op, axis }, None)
+    }
+
     /// `self @ other`.
     ///
     /// # Errors
@@ -163,9 +167,6 @@ impl Tensor {
     }
 
     /// `alpha * self`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn scale(&self, alpha: f32) -> Result<Tensor, Error> {
         self.op(TensorOp::Scale { alpha }, None)
     }
@@ -179,9 +180,6 @@ impl Tensor {
     }
 
     /// `max(self, 0)`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn relu(&self) -> Result<Tensor, Error> {
         self.op(TensorOp::Activation(UnaryOp::Relu), None)
     }
@@ -195,9 +193,6 @@ impl Tensor {
     }
 
     /// `1 / (1 + exp(-self))`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn sigmoid(&self) -> Result<Tensor, Error> {
         self.op(TensorOp::Activation(UnaryOp::Sigmoid), None)
     }
@@ -211,9 +206,6 @@ impl Tensor {
     }
 
     /// `tanh(self)`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn tanh(&self) -> Result<Tensor, Error> {
         self.op(TensorOp::Activation(UnaryOp::Tanh), None)
     }
@@ -227,31 +219,13 @@ impl Tensor {
     }
 
     /// Sum along `axis`: `Axis0` gives `1 x cols`, `Axis1` gives `rows x 1`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn sum(&self, axis: ReduceAxis) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::Reduce {
-                op: ReduceOp::Sum,
-                axis,
-            },
-            None,
-        )
+        self.reduce(ReduceOp::Sum, axis)
     }
 
     /// Mean along `axis` (shapes as [`Tensor::sum`]).
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn mean(&self, axis: ReduceAxis) -> Result<Tensor, Error> {
-        self.op(
-            TensorOp::Reduce {
-                op: ReduceOp::Mean,
-                axis,
-            },
-            None,
-        )
+        self.reduce(ReduceOp::Mean, axis)
     }
 
     /// The mean softmax cross-entropy loss (`1 x 1`) of logits `self` (`r x c`) against
@@ -281,9 +255,6 @@ impl Tensor {
     }
 
     /// `self^T`.
-    ///
-    /// # Errors
-    /// Quota and device errors.
     pub fn transpose(&self) -> Result<Tensor, Error> {
         self.op(TensorOp::Transpose, None)
     }

@@ -5,7 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, CliError, Exit};
+use cli::{Cli, Exit, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let exit = match cli::run(cli) {
         Ok(exit) => exit,
         Err(e) => {
-            let exit = e.downcast_ref::<CliError>().map_or(Exit::Node, |c| c.exit);
+            let exit = e.downcast_ref::<Failure>().map_or(Exit::Node, |c| c.exit);
             eprintln!("error: {e:#}");
             exit
         }

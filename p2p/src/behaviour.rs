@@ -55,14 +55,9 @@ impl Behaviour {
         // queries, which breaks LANs and loopback meshes. Every Shoal peer serves the DHT.
         kademlia.set_mode(Some(kad::Mode::Server));
 
-        let mdns = if config.mdns {
-            Some(mdns::tokio::Behaviour::new(
-                mdns::Config::default(),
-                peer_id,
-            )?)
-        } else {
-            None
-        };
+        let mdns = (config.mdns)
+            .then(|| mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id))
+            .transpose()?;
 
         let rr = |timeout: Duration| {
             request_response::Config::default()

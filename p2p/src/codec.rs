@@ -120,22 +120,21 @@ where
 ///
 /// [`io::ErrorKind::InvalidInput`] if the encoded message exceeds `max`.
 pub fn encode_frame<M: Serialize>(max: usize, msg: &M) -> io::Result<Vec<u8>> {
-    let too_big = |len: usize| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("message of {len} bytes exceeds the limit of {max} bytes"),
-        )
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let too_big = |len| {
+        invalid(format!(
+            "message of {len} bytes exceeds the limit of {max} bytes"
+        ))
     };
     let len = postcard::experimental::serialized_size(msg)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
+        .map_err(|e| invalid(format!("encode: {e}")))?;
     if len > max {
         return Err(too_big(len));
     }
     let header = u32::try_from(len).map_err(|_| too_big(len))?.to_be_bytes();
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + len);
     frame.extend_from_slice(&header);
-    postcard::to_io(msg, &mut frame)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))?;
+    postcard::to_io(msg, &mut frame).map_err(|e| invalid(format!("encode: {e}")))?;
     Ok(frame)
 }
 
@@ -164,6 +163,7 @@ where
 
 /// A request-response [`Codec`](request_response::Codec) that frames `Req`/`Resp` with
 /// postcard under fixed [`FrameLimits`].
+#[derive(Clone, Debug)]
 pub struct FramedCodec<Req, Resp> {
     limits: FrameLimits,
     // `fn() -> _` keeps the codec Send + Sync whatever the message types are.
@@ -177,26 +177,6 @@ impl<Req, Resp> FramedCodec<Req, Resp> {
             limits,
             _messages: PhantomData,
         }
-    }
-
-    /// The limits this codec enforces.
-    pub fn limits(&self) -> FrameLimits {
-        self.limits
-    }
-}
-
-// Manual impls: deriving would demand `Req: Clone` and `Resp: Clone` for no reason.
-impl<Req, Resp> Clone for FramedCodec<Req, Resp> {
-    fn clone(&self) -> Self {
-        Self::new(self.limits)
-    }
-}
-
-impl<Req, Resp> std::fmt::Debug for FramedCodec<Req, Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FramedCodec")
-            .field("limits", &self.limits)
-            .finish()
     }
 }
 

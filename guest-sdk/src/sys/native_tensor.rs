@@ -215,19 +215,15 @@ fn compute(
                 ReduceOp::Sum => 1.0,
                 ReduceOp::Mean => 1.0 / count as f64,
             };
-            let out: Vec<f64> = match axis {
+            let out = match axis {
                 ReduceAxis::Axis0 => (0..c)
-                    .map(|j| (0..r).map(|i| at(i * c + j)).sum::<f64>() * factor)
+                    .map(|j| ((0..r).map(|i| at(i * c + j)).sum::<f64>() * factor) as f32)
                     .collect(),
                 ReduceAxis::Axis1 => (0..r)
-                    .map(|i| (0..c).map(|j| at(i * c + j)).sum::<f64>() * factor)
+                    .map(|i| ((0..c).map(|j| at(i * c + j)).sum::<f64>() * factor) as f32)
                     .collect(),
             };
-            (
-                shape.0,
-                shape.1,
-                out.into_iter().map(|v: f64| v as f32).collect(),
-            )
+            (shape.0, shape.1, out)
         }
         TensorOp::SoftmaxXent(reduction) => {
             if y.rows != r || y.cols != 1 {

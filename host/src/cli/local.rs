@@ -8,31 +8,15 @@ use std::{
 };
 
 use shoal_host::{
-    control::{self, BuildError, Get, Put},
+    control::{self, Get, Put},
     runtime::{Runtime, RuntimeConfig, TaskReport, limits::fmt_bytes},
-    store::{BlockStore, Cid, StoreError},
+    store::{BlockStore, Cid},
 };
 
-use super::{CliError, Exit, GetArgs, PutArgs, RunArgs, usage};
+use super::{Exit, Failure, GetArgs, PutArgs, RunArgs, usage};
 
-fn open_store(dir: &Path) -> anyhow::Result<BlockStore> {
-    BlockStore::open(dir).map_err(store_err)
-}
-
-fn store_err(e: StoreError) -> anyhow::Error {
-    CliError {
-        exit: Exit::Node,
-        message: e.to_string(),
-    }
-    .into()
-}
-
-fn build_err(e: BuildError) -> anyhow::Error {
-    CliError {
-        exit: e.exit(),
-        message: e.to_string(),
-    }
-    .into()
+fn open_store(dir: &Path) -> Result<BlockStore, Failure> {
+    Ok(BlockStore::open(dir)?)
 }
 
 /// Prints a task report for people (or as JSON) and returns the exit code it implies.
@@ -77,7 +61,7 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
 /// `host run`.
 pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let store = Arc::new(open_store(&args.data_dir.resolve())?);
-    let spec = args.task.request().build(&store).map_err(build_err)?;
+    let spec = args.task.request().build(&store)?;
     // Asking for a GPU by name accepts a software Vulkan adapter too; `auto` never does.
     let config = RuntimeConfig {
         slots: 1,
@@ -85,10 +69,7 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
         allow_software_gpu: args.device == super::Device::Gpu,
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::new(store, config).map_err(|e| CliError {
-        exit: Exit::Node,
-        message: e.to_string(),
-    })?;
+    let runtime = Runtime::new(store, config).map_err(|e| Exit::Node.fail(e))?;
     let report = runtime.run_blocking(&spec);
     print_report(&report, args.json)
 }
@@ -106,9 +87,9 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
         if !path.is_file() {
             return Err(usage(format!("cannot read {}", args.file.display())));
         }
-        super::mesh::call(&data_dir, Put { path })?.cid
+        super::mesh::call(&data_dir, Put { path })?
     } else {
-        control::store_file(&open_store(&data_dir)?, &args.file).map_err(build_err)?
+        control::store_file(&open_store(&data_dir)?, &args.file)?
     };
     if args.json {
         println!("{}", serde_json::json!({ "cid": cid }));
@@ -130,18 +111,18 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
             ));
         }
         let path = std::path::absolute(&args.output)?;
-        super::mesh::call(&data_dir, Get { cid, path })?.bytes
+        super::mesh::call(&data_dir, Get { cid, path })?
     } else if to_stdout {
         let store = open_store(&data_dir)?;
-        store.manifest(&cid).map_err(store_err)?;
+        store.manifest(&cid).map_err(Failure::from)?;
         store
             .write_file(&cid, io::stdout().lock())
-            .map_err(store_err)?;
+            .map_err(Failure::from)?;
         return Ok(Exit::Ok);
     } else {
         open_store(&data_dir)?
             .export(&cid, &args.output)
-            .map_err(store_err)?
+            .map_err(Failure::from)?
     };
     eprintln!("wrote {bytes} bytes to {}", args.output.display());
     Ok(Exit::Ok)

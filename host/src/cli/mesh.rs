@@ -4,27 +4,18 @@
 use std::{io::IsTerminal, path::Path, time::Duration};
 
 use shoal_host::{
-    control::{self, Call, Client, Map, Peers, Status, Submit, TaskRequest},
+    control::{self, Call, Map, MapItem, Peers, Status, Submit, TaskRequest},
     node::{Node, NodeConfig},
     sched::MapProgress,
 };
 
-use super::{
-    CliError, Exit, JoinArgs, PeersArgs, StatusArgs, SubmitArgs, local::print_report, usage,
-};
+use super::{Exit, JoinArgs, QueryArgs, SubmitArgs, local::print_report, usage};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
 pub(super) fn call<C: Call>(data_dir: &Path, request: C) -> anyhow::Result<C::Reply> {
-    let failed = |e: control::ControlError| CliError {
-        exit: e.exit(),
-        message: e.to_string(),
-    };
-    let client = Client::connect(data_dir).map_err(failed)?;
     let bar = progress_bar();
     let finished = std::cell::Cell::new(0);
-    let reply = client
-        .call(request, |p| show_progress(&bar, p, &finished))
-        .map_err(failed)?;
+    let reply = control::call(data_dir, request, |p| show_progress(&bar, p, &finished))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -81,21 +72,18 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
         }
         return Ok(exit);
     };
-    let items: Vec<String> = match list.strip_prefix('@') {
+    // One item per line of the file, or per comma of the list.
+    let text = match list.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file)
-            .map_err(|e| usage(format!("--map {name}=@{file}: {e}")))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(control::absolute)
-            .collect(),
-        None => list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(control::absolute)
-            .collect(),
+            .map_err(|e| usage(format!("--map {name}=@{file}: {e}")))?,
+        None => list.replace(',', "\n"),
     };
+    let items: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(control::absolute)
+        .collect();
     if items.is_empty() {
         return Err(usage(format!("--map {name}= names no items")));
     }
@@ -109,29 +97,23 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
         },
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&mapped)?);
-    }
-    let mut failed = 0;
-    for (i, item) in mapped.items.iter().enumerate() {
-        let (peer, what) = (&item.ran.peer, &item.item);
-        match &item.ran.report.result {
-            Ok(outputs) if !args.json => {
-                let outs: Vec<String> = outputs.iter().map(|(n, c)| format!("{n} {c}")).collect();
-                println!("item {i} ({what}) ran on {peer}: {}", outs.join(", "));
-            }
-            Ok(_) => {}
-            Err(f) => {
-                failed += 1;
-                if !args.json {
-                    println!(
-                        "item {i} ({what}) failed on {peer}: {}: {}",
-                        f.kind, f.message
-                    );
+        let json = serde_json::json!({ "items": mapped });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for (i, MapItem { item, ran }) in mapped.iter().enumerate() {
+            match &ran.report.result {
+                Ok(outputs) => {
+                    let outs: Vec<_> = outputs.iter().map(|(n, c)| format!("{n} {c}")).collect();
+                    println!("item {i} ({item}) ran on {}: {}", ran.peer, outs.join(", "));
                 }
+                Err(f) => println!(
+                    "item {i} ({item}) failed on {}: {}: {}",
+                    ran.peer, f.kind, f.message
+                ),
             }
         }
     }
-    Ok(if failed == 0 {
+    Ok(if mapped.iter().all(|m| m.ran.report.result.is_ok()) {
         Exit::Ok
     } else {
         Exit::TaskFailed
@@ -139,16 +121,17 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
 }
 
 /// `host peers`.
-pub(super) fn peers(args: PeersArgs) -> anyhow::Result<Exit> {
-    let list = call(&args.data_dir.resolve(), Peers)?;
+pub(super) fn peers(args: QueryArgs) -> anyhow::Result<Exit> {
+    let peers = call(&args.data_dir.resolve(), Peers)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let json = serde_json::json!({ "peers": peers });
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(Exit::Ok);
     }
-    if list.peers.is_empty() {
+    if peers.is_empty() {
         println!("no peers connected");
     }
-    for p in list.peers {
+    for p in peers {
         match p.capacity {
             Some(c) => println!(
                 "{}  slots {}/{} free, queue {}, gpu {}",
@@ -161,7 +144,7 @@ pub(super) fn peers(args: PeersArgs) -> anyhow::Result<Exit> {
 }
 
 /// `host status`.
-pub(super) fn status(args: StatusArgs) -> anyhow::Result<Exit> {
+pub(super) fn status(args: QueryArgs) -> anyhow::Result<Exit> {
     let s = call(&args.data_dir.resolve(), Status)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -202,10 +185,7 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             device: args.device.choice(),
         };
-        let node_err = |e: shoal_host::node::NodeError| CliError {
-            exit: Exit::Node,
-            message: e.to_string(),
-        };
+        let node_err = |e| Exit::Node.fail(e);
         let node = Node::start(config).await.map_err(node_err)?;
         control::serve(node.clone()).await.map_err(node_err)?;
         println!("peer id: {}", node.peer_id());

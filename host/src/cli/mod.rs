@@ -7,8 +7,8 @@ mod parse;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-pub use shoal_host::control::Exit;
 use shoal_host::control::TaskRequest;
+pub use shoal_host::control::{Exit, Failure};
 
 /// Exit codes, documented in `--help`.
 pub const EXIT_CODES: &str = "\
@@ -48,10 +48,10 @@ pub enum Command {
     Submit(SubmitArgs),
     /// List the peers the local node is connected to, with their capacity.
     #[command(after_help = EXIT_CODES)]
-    Peers(PeersArgs),
+    Peers(QueryArgs),
     /// Show the local node's identity, addresses and slots.
     #[command(after_help = EXIT_CODES)]
-    Status(StatusArgs),
+    Status(QueryArgs),
 }
 
 /// `--device`.
@@ -121,19 +121,9 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
-/// `host peers`.
+/// `host peers` and `host status`.
 #[derive(Args, Debug)]
-pub struct PeersArgs {
-    #[command(flatten)]
-    pub data_dir: DataDirArg,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `host status`.
-#[derive(Args, Debug)]
-pub struct StatusArgs {
+pub struct QueryArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// Print JSON.
@@ -235,23 +225,9 @@ pub struct GetArgs {
     pub data_dir: DataDirArg,
 }
 
-/// A failure the CLI reports with a specific exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CliError {
-    /// The exit code.
-    pub exit: Exit,
-    /// What to tell the user.
-    pub message: String,
-}
-
 /// Bad usage: exit 2.
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    CliError {
-        exit: Exit::Usage,
-        message: message.into(),
-    }
-    .into()
+pub fn usage(message: impl std::fmt::Display) -> anyhow::Error {
+    Exit::Usage.fail(message).into()
 }
 
 /// Runs a parsed command line.

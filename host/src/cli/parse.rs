@@ -4,13 +4,9 @@ use std::time::Duration;
 
 /// Parses `64MiB`, `256M`, `1GiB`, `4096` (bytes) and friends.
 pub fn size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size; try 64MiB, 1GiB or 4096"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("`{s}` is not a size; try 64MiB, 1GiB or 4096"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -54,13 +50,9 @@ pub fn slots(s: &str) -> Result<usize, String> {
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; try 500ms, 30s or 2m"))?;
-    let d = match unit.trim() {
+    let (n, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("`{s}` is not a duration; try 500ms, 30s or 2m"))?;
+    let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
@@ -75,6 +67,13 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         return Err("a time limit must be above zero".into());
     }
     Ok(d)
+}
+
+/// Leading digits as a number, and the rest trimmed: `64 MiB` is `(64, "MiB")`.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    Some((num.parse().ok()?, unit.trim()))
 }
 
 /// Parses `NAME=VALUE`; the name must be non-empty.

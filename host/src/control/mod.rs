@@ -21,23 +21,21 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use shoal_p2p::Capacity;
 
 pub use self::{
-    request::{BuildError, TaskRequest, absolute, check_memory, store_file},
+    request::{TaskRequest, absolute, check_memory, store_file},
     server::serve,
 };
 use crate::{
     runtime::{FailureKind, TaskReport},
     sched::MapProgress,
-    store::Cid,
+    store::{Cid, StoreError},
 };
 
-/// The socket's file name inside the data dir.
-pub const SOCKET_NAME: &str = "control.sock";
 /// The longest request line the node reads.
 pub const MAX_REQUEST_LEN: usize = 16 << 20;
 
 /// The socket path for a data dir.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SOCKET_NAME)
+    data_dir.join("control.sock")
 }
 
 /// How a command ended, as a process exit code; the node picks it for what it did, the CLI
@@ -66,6 +64,14 @@ impl Exit {
             Err(_) => Exit::TaskFailed,
         }
     }
+
+    /// A [`Failure`] with this exit code.
+    pub fn fail(self, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: message.to_string(),
+            exit: self,
+        }
+    }
 }
 
 /// A request type and the reply it gets.
@@ -74,74 +80,50 @@ pub trait Call: Into<Request> {
     type Reply: Serialize + DeserializeOwned;
 }
 
-/// What the CLI asks of its node: one variant per verb.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// See [`Put`].
-    Put(Put),
-    /// See [`Get`].
-    Get(Get),
-    /// See [`Submit`].
-    Submit(Submit),
-    /// See [`Map`].
-    Map(Map),
-    /// See [`Peers`].
-    Peers(Peers),
-    /// See [`Status`].
-    Status(Status),
-}
-
+/// Declares [`Request`], one variant per verb, and each verb's reply type.
 macro_rules! calls {
-    ($($request:ident => $reply:ty),* $(,)?) => {$(
-        impl Call for $request {
+    ($($request:ident => $reply:ty),* $(,)?) => {
+        /// What the CLI asks of its node: one variant per verb.
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        pub enum Request {
+            $(#[doc = concat!("See [`", stringify!($request), "`].")]
+            $request($request),)*
+        }
+        $(impl Call for $request {
             type Reply = $reply;
         }
         impl From<$request> for Request {
             fn from(r: $request) -> Self {
                 Request::$request(r)
             }
-        }
-    )*};
+        })*
+    };
 }
 
 calls! {
-    Put => Stored,
-    Get => Written,
+    Put => Cid,
+    Get => u64,
     Submit => Ran,
-    Map => Mapped,
-    Peers => PeerList,
+    Map => Vec<MapItem>,
+    Peers => Vec<PeerInfo>,
     Status => NodeStatus,
 }
 
-/// Store a file (a path on this machine) and announce it.
+/// Store a file (a path on this machine) and announce it; the reply is its CID.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Put {
     /// The file.
     pub path: PathBuf,
 }
 
-/// A stored file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Stored {
-    /// Its CID.
-    pub cid: Cid,
-}
-
-/// Fetch a file (from the mesh if needed) and write it to `path`.
+/// Fetch a file (from the mesh if needed) and write it to `path`; the reply is its length.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Get {
     /// The file's CID.
     pub cid: Cid,
     /// Where to write it.
     pub path: PathBuf,
-}
-
-/// A file written out.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Written {
-    /// Its length.
-    pub bytes: u64,
 }
 
 /// Run one task on the mesh.
@@ -162,7 +144,8 @@ pub struct Ran {
     pub report: TaskReport,
 }
 
-/// Run one task per item, with input `name` set to each item (a CID or a file path).
+/// Run one task per item, with input `name` set to each item (a CID or a file path); the
+/// reply has one [`MapItem`] per item, in item order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Map {
     /// The task.
@@ -173,13 +156,6 @@ pub struct Map {
     pub name: String,
     /// The items.
     pub items: Vec<String>,
-}
-
-/// A map's results, in item order.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Mapped {
-    /// One per item.
-    pub items: Vec<MapItem>,
 }
 
 /// One map item's result.
@@ -195,13 +171,6 @@ pub struct MapItem {
 /// Connected peers and their capacity.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Peers;
-
-/// The peers a node is connected to.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerList {
-    /// One per connected peer.
-    pub peers: Vec<PeerInfo>,
-}
 
 /// A connected peer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,100 +206,71 @@ pub struct NodeStatus {
 
 /// One line of the node's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Frame<R> {
     /// A map's progress.
     Progress(MapProgress),
     /// The final result.
     Done(R),
     /// The request failed.
-    Error {
-        /// What went wrong.
-        message: String,
-        /// The exit code the CLI should use.
-        exit: Exit,
-    },
+    Error(Failure),
 }
 
-/// Errors talking to the node.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ControlError {
-    /// No node is running on this data dir.
-    #[error("no node is running on {0} (start one with `host join`)")]
-    NoNode(PathBuf),
-    /// The socket broke.
-    #[error("talking to the node: {0}")]
-    Io(#[from] std::io::Error),
-    /// The node sent something unreadable.
-    #[error("the node sent a malformed reply: {0}")]
-    Malformed(#[from] serde_json::Error),
-    /// The node refused or failed the request.
-    #[error("{message}")]
-    Failed {
-        /// What went wrong.
-        message: String,
-        /// The exit code it implies.
-        exit: Exit,
-    },
+/// A command that failed: what to tell the user, and the exit code. The node sends it, the
+/// client returns it, and the CLI prints it and exits with its code.
+#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct Failure {
+    /// What went wrong.
+    pub message: String,
+    /// The exit code it implies.
+    pub exit: Exit,
 }
 
-impl ControlError {
-    /// The exit code the CLI should end with.
-    pub fn exit(&self) -> Exit {
-        match self {
-            ControlError::Failed { exit, .. } => *exit,
-            _ => Exit::Node,
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Exit::Node.fail(e)
+    }
+}
+
+/// Sends a request to the node that owns `data_dir`, calls `on_progress` for each progress
+/// line, and returns the final reply.
+///
+/// # Errors
+/// The node's [`Failure`] when it says no; no node there, or socket or decoding failures, as
+/// [`Exit::Node`].
+pub fn call<C: Call>(
+    data_dir: &Path,
+    request: C,
+    mut on_progress: impl FnMut(MapProgress),
+) -> Result<C::Reply, Failure> {
+    let stream = UnixStream::connect(socket_path(data_dir)).map_err(|_| {
+        Exit::Node.fail(format_args!(
+            "no node is running on {} (start one with `host join`)",
+            data_dir.display()
+        ))
+    })?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .map_err(io_failure)?;
+    let mut stream = BufReader::new(stream);
+    let malformed = |e| Exit::Node.fail(format_args!("the node sent a malformed reply: {e}"));
+    let mut line = serde_json::to_vec(&request.into()).map_err(malformed)?;
+    line.push(b'\n');
+    stream.get_mut().write_all(&line).map_err(io_failure)?;
+    loop {
+        let mut buf = String::new();
+        if stream.read_line(&mut buf).map_err(io_failure)? == 0 {
+            return Err(io_failure("the node closed the connection"));
+        }
+        match serde_json::from_str::<Frame<C::Reply>>(&buf).map_err(malformed)? {
+            Frame::Progress(p) => on_progress(p),
+            Frame::Done(reply) => return Ok(reply),
+            Frame::Error(failure) => return Err(failure),
         }
     }
 }
 
-/// A connection to the local node.
-pub struct Client {
-    stream: BufReader<UnixStream>,
-}
-
-impl Client {
-    /// Connects to the node that owns `data_dir`.
-    ///
-    /// # Errors
-    /// [`ControlError::NoNode`] when no node listens there.
-    pub fn connect(data_dir: &Path) -> Result<Self, ControlError> {
-        let stream = UnixStream::connect(socket_path(data_dir))
-            .map_err(|_| ControlError::NoNode(data_dir.to_path_buf()))?;
-        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Self {
-            stream: BufReader::new(stream),
-        })
-    }
-
-    /// Sends a request; calls `on_progress` for each progress line; returns the final reply.
-    ///
-    /// # Errors
-    /// Socket or decoding failures, and [`ControlError::Failed`] when the node says no.
-    pub fn call<C: Call>(
-        mut self,
-        request: C,
-        mut on_progress: impl FnMut(MapProgress),
-    ) -> Result<C::Reply, ControlError> {
-        let mut line = serde_json::to_vec(&request.into())?;
-        line.push(b'\n');
-        self.stream.get_mut().write_all(&line)?;
-        loop {
-            let mut buf = String::new();
-            if self.stream.read_line(&mut buf)? == 0 {
-                return Err(ControlError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the node closed the connection",
-                )));
-            }
-            match serde_json::from_str::<Frame<C::Reply>>(&buf)? {
-                Frame::Progress(p) => on_progress(p),
-                Frame::Done(reply) => return Ok(reply),
-                Frame::Error { message, exit } => {
-                    return Err(ControlError::Failed { message, exit });
-                }
-            }
-        }
-    }
+fn io_failure(e: impl std::fmt::Display) -> Failure {
+    Exit::Node.fail(format_args!("talking to the node: {e}"))
 }

@@ -11,10 +11,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::Exit;
+use super::{Exit, Failure};
 use crate::{
     runtime::{Limits, MAX_TASK_MEMORY, TaskSpec, limits::fmt_bytes},
-    store::{BlockStore, Cid, StoreError},
+    store::{BlockStore, Cid},
 };
 
 /// A task as the command line gives it.
@@ -34,40 +34,7 @@ pub struct TaskRequest {
     pub timeout: Duration,
 }
 
-/// Why a task request cannot be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// Something the user gave is wrong: an unreadable module, an input that is neither a
-    /// file nor a CID, a limit over the node's ceiling.
-    #[error("{0}")]
-    Usage(String),
-    /// Storing the module or an input failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl BuildError {
-    /// The exit code it implies.
-    pub fn exit(&self) -> Exit {
-        match self {
-            BuildError::Usage(_) => Exit::Usage,
-            BuildError::Store(_) => Exit::Node,
-        }
-    }
-}
-
 impl TaskRequest {
-    /// The limits the task runs under: the one place user-given limits become [`Limits`].
-    pub fn limits(&self) -> Limits {
-        Limits {
-            memory_bytes: self.memory,
-            timeout: self.timeout,
-            cpu_budget: self.timeout,
-            ..Limits::default()
-        }
-    }
-
     /// Paths made absolute, so that a node with another working directory finds the files.
     #[must_use]
     pub fn absolute(mut self) -> Self {
@@ -81,22 +48,28 @@ impl TaskRequest {
     /// Stores the module and the file inputs, and builds the spec. Blocking (file I/O).
     ///
     /// # Errors
-    /// [`BuildError::Usage`] for a bad module path, input or limit; [`BuildError::Store`]
-    /// when storing fails.
-    pub fn build(&self, store: &BlockStore) -> Result<TaskSpec, BuildError> {
+    /// [`Exit::Usage`] for a bad module path, input or limit; [`Exit::Node`] when storing
+    /// fails.
+    pub fn build(&self, store: &BlockStore) -> Result<TaskSpec, Failure> {
         check_memory(self.memory)?;
         let module = store_file(store, &self.module)?;
         let inputs = self
             .inputs
             .iter()
             .map(|(name, value)| Ok((name.clone(), input(store, name, value)?)))
-            .collect::<Result<_, BuildError>>()?;
+            .collect::<Result<_, Failure>>()?;
         Ok(TaskSpec {
             module,
             task: self.task.clone(),
             inputs,
             args: self.args.clone(),
-            limits: self.limits(),
+            // The one place user-given limits become [`Limits`].
+            limits: Limits {
+                memory_bytes: self.memory,
+                timeout: self.timeout,
+                cpu_budget: self.timeout,
+                ..Limits::default()
+            },
         })
     }
 }
@@ -113,10 +86,10 @@ pub fn absolute(value: &str) -> String {
 /// Refuses a memory limit over the runtime's ceiling, naming both.
 ///
 /// # Errors
-/// [`BuildError::Usage`] over [`MAX_TASK_MEMORY`].
-pub fn check_memory(bytes: u64) -> Result<u64, BuildError> {
+/// [`Exit::Usage`] over [`MAX_TASK_MEMORY`].
+pub fn check_memory(bytes: u64) -> Result<u64, Failure> {
     if bytes > MAX_TASK_MEMORY {
-        return Err(BuildError::Usage(format!(
+        return Err(Exit::Usage.fail(format_args!(
             "--memory {} is over the {} task memory limit",
             fmt_bytes(bytes),
             fmt_bytes(MAX_TASK_MEMORY)
@@ -128,21 +101,21 @@ pub fn check_memory(bytes: u64) -> Result<u64, BuildError> {
 /// Stores a file named by the user; a missing or unreadable file is bad usage.
 ///
 /// # Errors
-/// [`BuildError::Usage`] when the file cannot be read; [`BuildError::Store`] when storing fails.
-pub fn store_file(store: &BlockStore, path: &Path) -> Result<Cid, BuildError> {
+/// [`Exit::Usage`] when the file cannot be read; [`Exit::Node`] when storing fails.
+pub fn store_file(store: &BlockStore, path: &Path) -> Result<Cid, Failure> {
     let file = File::open(path)
-        .map_err(|e| BuildError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| Exit::Usage.fail(format_args!("cannot read {}: {e}", path.display())))?;
     Ok(store.put_file(BufReader::with_capacity(1 << 20, file))?)
 }
 
 /// `NAME=FILE|CID`: an existing file wins, else the value must be a CID.
-fn input(store: &BlockStore, name: &str, value: &str) -> Result<Cid, BuildError> {
+fn input(store: &BlockStore, name: &str, value: &str) -> Result<Cid, Failure> {
     let path = Path::new(value);
     if path.exists() {
         return store_file(store, path);
     }
     value.parse::<Cid>().map_err(|_| {
-        BuildError::Usage(format!(
+        Exit::Usage.fail(format_args!(
             "input `{name}`: `{value}` is neither a file nor a CID"
         ))
     })

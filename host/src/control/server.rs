@@ -12,13 +12,14 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    BuildError, Exit, Frame, Get, MAX_REQUEST_LEN, Map, MapItem, Mapped, NodeStatus, PeerInfo,
-    PeerList, Put, Ran, Request, Stored, Submit, TaskRequest, Written, socket_path,
+    Exit, Failure, Frame, Get, MAX_REQUEST_LEN, Map, MapItem, NodeStatus, PeerInfo, Put, Ran,
+    Request, Submit, TaskRequest, socket_path,
 };
 use crate::{
     node::{Node, NodeError},
     runtime::TaskSpec,
     sched::Placed,
+    store::Cid,
 };
 
 /// Control connections served at once.
@@ -67,13 +68,6 @@ pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError>
     }))
 }
 
-/// A failed request: what to tell the user and the exit code.
-type Failure = (String, Exit);
-
-fn fail(message: impl Into<String>, exit: Exit) -> Failure {
-    (message.into(), exit)
-}
-
 async fn send<R: Serialize>(w: &mut OwnedWriteHalf, frame: &Frame<R>) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(frame).map_err(std::io::Error::other)?;
     line.push(b'\n');
@@ -85,10 +79,7 @@ async fn finish<R: Serialize>(
     w: &mut OwnedWriteHalf,
     outcome: Result<R, Failure>,
 ) -> std::io::Result<()> {
-    match outcome {
-        Ok(reply) => send(w, &Frame::Done(reply)).await,
-        Err((message, exit)) => send::<()>(w, &Frame::Error { message, exit }).await,
-    }
+    send(w, &outcome.map_or_else(Frame::Error, Frame::Done)).await
 }
 
 async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
@@ -100,52 +91,51 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
         tracing::debug!("control client sent no request in time; dropped");
         return Ok(());
     };
-    let n = read?;
-    if n > MAX_REQUEST_LEN {
-        let too_long = fail(
-            format!("request over the {MAX_REQUEST_LEN}-byte limit"),
-            Exit::Usage,
-        );
-        return finish::<()>(&mut w, Err(too_long)).await;
-    }
-    let request: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            let malformed = fail(format!("malformed request: {e}"), Exit::Usage);
-            return finish::<()>(&mut w, Err(malformed)).await;
-        }
+    let request = if read? > MAX_REQUEST_LEN {
+        Err(Exit::Usage.fail(format_args!(
+            "request over the {MAX_REQUEST_LEN}-byte limit"
+        )))
+    } else {
+        serde_json::from_slice(&line)
+            .map_err(|e| Exit::Usage.fail(format_args!("malformed request: {e}")))
     };
+    let w = &mut w;
     match request {
-        Request::Put(r) => finish(&mut w, put(&node, r).await).await,
-        Request::Get(r) => finish(&mut w, get(&node, r).await).await,
-        Request::Submit(r) => finish(&mut w, submit(&node, r).await).await,
-        Request::Map(r) => {
-            let outcome = map(&node, r, &mut w).await?;
-            finish(&mut w, outcome).await
+        Err(failure) => finish::<()>(w, Err(failure)).await,
+        Ok(Request::Put(r)) => finish(w, put(&node, r).await).await,
+        Ok(Request::Get(r)) => finish(w, get(&node, r).await).await,
+        Ok(Request::Submit(r)) => finish(w, submit(&node, r).await).await,
+        Ok(Request::Map(r)) => {
+            let outcome = map(&node, r, w).await?;
+            finish(w, outcome).await
         }
-        Request::Peers(_) => finish(&mut w, Ok(peers(&node).await)).await,
-        Request::Status(_) => finish(&mut w, Ok(status(&node).await)).await,
+        Ok(Request::Peers(_)) => finish(w, Ok(peers(&node).await)).await,
+        Ok(Request::Status(_)) => finish(w, Ok(status(&node).await)).await,
     }
 }
 
-async fn put(node: &Node, r: Put) -> Result<Stored, Failure> {
-    let cid = node
-        .put_path(r.path)
+/// Runs file I/O on a blocking thread.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    E: Into<Failure> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| fail(e.to_string(), Exit::Node))?;
-    Ok(Stored { cid })
+        .map_err(|e| Exit::Node.fail(e))?
+        .map_err(Into::into)
 }
 
-async fn get(node: &Node, r: Get) -> Result<Written, Failure> {
+async fn put(node: &Node, r: Put) -> Result<Cid, Failure> {
+    Ok(node.put_path(r.path).await?)
+}
+
+async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
     node.fetch_file(r.cid, &[])
         .await
-        .map_err(|e| fail(e.to_string(), Exit::Node))?;
+        .map_err(|e| Exit::Node.fail(e))?;
     let store = node.store().clone();
-    let bytes = tokio::task::spawn_blocking(move || store.export(&r.cid, &r.path))
-        .await
-        .map_err(|e| fail(e.to_string(), Exit::Node))?
-        .map_err(|e| fail(e.to_string(), Exit::Node))?;
-    Ok(Written { bytes })
+    blocking(move || store.export(&r.cid, &r.path)).await
 }
 
 /// Builds the task (storing its files), announces what it stored, and parses `on`.
@@ -157,14 +147,11 @@ async fn resolve(
     let on = on
         .map(|p| {
             PeerId::from_str(p)
-                .map_err(|e| fail(format!("--on {p}: not a peer id ({e})"), Exit::Usage))
+                .map_err(|e| Exit::Usage.fail(format_args!("--on {p}: not a peer id ({e})")))
         })
         .transpose()?;
     let store = node.store().clone();
-    let spec = tokio::task::spawn_blocking(move || task.build(&store))
-        .await
-        .map_err(|e| fail(e.to_string(), Exit::Node))?
-        .map_err(|e: BuildError| fail(e.to_string(), e.exit()))?;
+    let spec = blocking(move || task.build(&store)).await?;
     node.announce_spec(&spec).await;
     Ok((spec, on))
 }
@@ -186,7 +173,7 @@ async fn map(
     node: &Node,
     r: Map,
     w: &mut OwnedWriteHalf,
-) -> std::io::Result<Result<Mapped, Failure>> {
+) -> std::io::Result<Result<Vec<MapItem>, Failure>> {
     let items = r.items.clone();
     // Each item is a task input: a file to store, or a CID. Building them as inputs of one
     // request stores every file through the same path as any other input.
@@ -210,18 +197,16 @@ async fn map(
             Some(p) = rx.recv() => send::<()>(w, &Frame::Progress(p)).await?,
         }
     };
-    let items = items
-        .into_iter()
-        .zip(results)
+    let items = items.into_iter().zip(results);
+    Ok(Ok(items
         .map(|(item, placed)| MapItem {
             item,
             ran: ran(placed),
         })
-        .collect();
-    Ok(Ok(Mapped { items }))
+        .collect()))
 }
 
-async fn peers(node: &Node) -> PeerList {
+async fn peers(node: &Node) -> Vec<PeerInfo> {
     let connected = node.net().connected_peers().await.unwrap_or_default();
     let mut peers = Vec::with_capacity(connected.len());
     for peer in connected {
@@ -230,7 +215,7 @@ async fn peers(node: &Node) -> PeerList {
             capacity: node.net().capacity(peer).await.ok(),
         });
     }
-    PeerList { peers }
+    peers
 }
 
 async fn status(node: &Node) -> NodeStatus {
@@ -254,22 +239,18 @@ mod tests {
 
     #[test]
     fn every_reply_line_is_tagged_and_typed() {
-        let done = serde_json::to_string(&Frame::Done(Written { bytes: 3 })).unwrap();
-        assert_eq!(done, r#"{"reply":"done","bytes":3}"#);
-        let back: Frame<Written> = serde_json::from_str(&done).unwrap();
-        assert!(matches!(back, Frame::Done(Written { bytes: 3 })));
-        let error = serde_json::to_string(&Frame::<()>::Error {
-            message: "no".into(),
-            exit: Exit::Usage,
-        })
-        .unwrap();
-        let back: Frame<Written> = serde_json::from_str(&error).unwrap();
+        let done = serde_json::to_string(&Frame::Done(3u64)).unwrap();
+        assert_eq!(done, r#"{"done":3}"#);
+        let back: Frame<u64> = serde_json::from_str(&done).unwrap();
+        assert!(matches!(back, Frame::Done(3)));
+        let error = serde_json::to_string(&Frame::<()>::Error(Exit::Usage.fail("no"))).unwrap();
+        let back: Frame<u64> = serde_json::from_str(&error).unwrap();
         assert!(matches!(
             back,
-            Frame::Error {
+            Frame::Error(Failure {
                 exit: Exit::Usage,
                 ..
-            }
+            })
         ));
         let request = serde_json::to_string(&Request::from(super::super::Status)).unwrap();
         assert_eq!(request, r#"{"op":"status"}"#);

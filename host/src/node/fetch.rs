@@ -10,7 +10,7 @@ use std::{
 use futures::{StreamExt, stream};
 use shoal_p2p::PeerId;
 
-use super::NodeInner;
+use super::{NodeInner, blocking};
 use crate::store::{Cid, StoreError};
 
 /// Chunks fetched at once for one file.
@@ -42,12 +42,7 @@ impl NodeInner {
             self.store_blocks(vec![(cid, bytes)]).await?;
         }
         let store = self.store.clone();
-        let missing = tokio::task::spawn_blocking(move || store.missing_blocks(&cid))
-            .await
-            .map_err(|e| StoreError::Io {
-                what: "listing chunks".into(),
-                source: std::io::Error::other(e),
-            })??;
+        let missing = blocking("listing chunks", move || store.missing_blocks(&cid)).await?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -88,16 +83,9 @@ impl NodeInner {
     fn store_blocks(
         &self,
         blocks: Vec<(Cid, Vec<u8>)>,
-    ) -> impl Future<Output = Result<(), FetchError>> + use<> {
+    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
         let store = self.store.clone();
-        let job = tokio::task::spawn_blocking(move || store.put_verified_batch(&blocks));
-        async move {
-            job.await.map_err(|e| StoreError::Io {
-                what: "storing blocks".into(),
-                source: std::io::Error::other(e),
-            })??;
-            Ok(())
-        }
+        blocking("storing blocks", move || store.put_verified_batch(&blocks))
     }
 
     async fn find_providers(&self, cid: Cid) -> Vec<PeerId> {

@@ -155,11 +155,6 @@ impl Node {
         &self.inner.store
     }
 
-    /// The local sandbox.
-    pub fn runtime(&self) -> &Runtime {
-        &self.inner.runtime
-    }
-
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
@@ -176,18 +171,14 @@ impl Node {
     /// Store errors (unreadable file, full disk).
     pub async fn put_path(&self, path: PathBuf) -> Result<Cid, StoreError> {
         let store = self.inner.store.clone();
-        let cid = tokio::task::spawn_blocking(move || {
+        let cid = blocking("storing a file", move || {
             let file = std::fs::File::open(&path).map_err(|source| StoreError::Io {
                 what: format!("reading {}", path.display()),
                 source,
             })?;
             store.put_file(std::io::BufReader::with_capacity(1 << 20, file))
         })
-        .await
-        .map_err(|e| StoreError::Io {
-            what: "storing a file".into(),
-            source: std::io::Error::other(e),
-        })??;
+        .await?;
         self.inner.announce(cid).await;
         Ok(cid)
     }
@@ -256,6 +247,21 @@ impl NodeInner {
     pub(crate) fn capacity(&self) -> Capacity {
         let has_gpu = self.config.device == DeviceChoice::Gpu;
         sched::capacity(&self.runtime, self.config.slots, has_gpu)
+    }
+}
+
+/// Runs store work on a blocking thread. The work starts at once; the future reports how it
+/// went.
+fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> impl Future<Output = Result<T, StoreError>> {
+    let job = tokio::task::spawn_blocking(work);
+    async move {
+        job.await.map_err(|e| StoreError::Io {
+            what: what.into(),
+            source: std::io::Error::other(e),
+        })?
     }
 }
 

@@ -9,7 +9,7 @@ mod wire;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -58,13 +58,12 @@ pub struct MapProgress {
 /// The capacity a node with this runtime advertises; `slots` 0 means it runs no tasks for the
 /// mesh.
 pub fn capacity(runtime: &Runtime, slots: usize, has_gpu: bool) -> Capacity {
-    let total = if slots == 0 { 0 } else { runtime.slots() };
+    let (total, free) = match slots {
+        0 => (0, 0),
+        _ => (runtime.slots(), runtime.free_slots()),
+    };
     Capacity {
-        free_slots: if total == 0 {
-            0
-        } else {
-            runtime.free_slots() as u32
-        },
+        free_slots: free as u32,
         total_slots: total as u32,
         has_gpu,
         queue_len: runtime.queue_len() as u32,
@@ -81,6 +80,11 @@ pub struct Scheduler {
     capacities: Mutex<HashMap<PeerId, (Instant, Capacity)>>,
     in_flight: Mutex<HashMap<PeerId, i64>>,
     remote_permits: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Locks `m`, whether or not a panic poisoned it: every update to these maps is one step.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn lost(message: String) -> TaskReport {
@@ -114,12 +118,7 @@ impl Scheduler {
     }
 
     fn adjust(&self, peer: PeerId, by: i64) {
-        *self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(peer)
-            .or_default() += by;
+        *lock(&self.in_flight).entry(peer).or_default() += by;
     }
 
     /// Capacities of the candidates, asked concurrently and cached briefly.
@@ -129,20 +128,13 @@ impl Scheduler {
             if peer == me {
                 return Some((peer, capacity(&self.runtime, self.local_slots, false)));
             }
-            if let Some((at, cap)) = self
-                .capacities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&peer)
+            if let Some((at, cap)) = lock(&self.capacities).get(&peer)
                 && at.elapsed() < CAPACITY_TTL
             {
                 return Some((peer, *cap));
             }
             let cap = self.net.capacity(peer).await.ok()?;
-            self.capacities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(peer, (Instant::now(), cap));
+            lock(&self.capacities).insert(peer, (Instant::now(), cap));
             Some((peer, cap))
         });
         join_all(asks).await.into_iter().flatten().collect()
@@ -169,11 +161,7 @@ impl Scheduler {
                 *holders.entry(me).or_default() += 1;
             }
         }
-        let in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let in_flight = lock(&self.in_flight).clone();
         capacities
             .into_iter()
             .filter(|(_, cap)| cap.total_slots > 0)
@@ -214,10 +202,7 @@ impl Scheduler {
                 report.stats.executed_by = Some(me.to_string());
                 (report, false)
             } else {
-                let permits = self
-                    .remote_permits
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
+                let permits = lock(&self.remote_permits)
                     .entry(peer)
                     .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
                     .clone();
@@ -267,7 +252,7 @@ impl Scheduler {
         });
         let update = |f: &dyn Fn(&mut MapProgress)| {
             let snapshot = {
-                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut s = lock(&state);
                 f(&mut s);
                 *s
             };

@@ -144,29 +144,26 @@ pub fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
 
 /// A remote outcome as a local report.
 pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
-    match outcome {
+    let (result, logs, stats) = match outcome {
         TaskOutcome::Ok {
             outputs,
             logs,
             stats,
-        } => TaskReport {
-            result: Ok(outputs),
-            logs: logs_from_wire(logs),
-            stats: stats_from_wire(stats),
-        },
+        } => (Ok(outputs), logs, stats),
         TaskOutcome::Failed {
             kind,
             message,
             logs,
             stats,
-        } => TaskReport {
-            result: Err(TaskFailure {
-                kind: kind_from_wire(kind),
-                message,
-            }),
-            logs: logs_from_wire(logs),
-            stats: stats_from_wire(stats),
-        },
+        } => {
+            let kind = kind_from_wire(kind);
+            (Err(TaskFailure { kind, message }), logs, stats)
+        }
+    };
+    TaskReport {
+        result,
+        logs: logs_from_wire(logs),
+        stats: stats_from_wire(stats),
     }
 }
 

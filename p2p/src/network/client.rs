@@ -1,6 +1,6 @@
 //! [`NetworkClient`], the cloneable handle that talks to the event loop.
 
-use std::{collections::HashSet, future::Future, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -179,8 +179,10 @@ impl NetworkClient {
     ///
     /// [`Error::Timeout`], [`Error::Shutdown`].
     pub async fn stop_providing(&self, cid: Cid) -> Result<(), Error> {
-        self.send(LOCAL_TIMEOUT, "stop_providing", Command::StopProviding(cid))
-            .await
+        self.call("stop_providing", LOCAL_TIMEOUT, |tx| {
+            Command::StopProviding(cid, tx)
+        })
+        .await
     }
 
     /// The peers (other than this one) that announce block `cid`, found through Kademlia
@@ -213,30 +215,10 @@ impl NetworkClient {
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        self.ask(op, after, command(tx), async {
-            rx.await.map_err(|_| Error::Shutdown)?
-        })
-        .await
-    }
-
-    async fn send(&self, after: Duration, op: &'static str, command: Command) -> Result<(), Error> {
-        self.ask(op, after, command, async { Ok(()) }).await
-    }
-
-    /// Sends `command`, then awaits `answer`, both within `after`.
-    async fn ask<T>(
-        &self,
-        op: &'static str,
-        after: Duration,
-        command: Command,
-        answer: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
         let work = async {
-            self.commands
-                .send(command)
-                .await
-                .map_err(|_| Error::Shutdown)?;
-            answer.await
+            let sent = self.commands.send(command(tx)).await;
+            sent.map_err(|_| Error::Shutdown)?;
+            rx.await.map_err(|_| Error::Shutdown)?
         };
         tokio::time::timeout(after, work)
             .await

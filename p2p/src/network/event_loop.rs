@@ -1,8 +1,10 @@
 //! The event loop: it owns the [`Swarm`], runs the commands of [`NetworkClient`]s and settles
-//! their pending operations from swarm events.
+//! their pending operations from swarm events. Each caller's reply sender is parked under its
+//! operation's id until the matching event settles it.
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::Hash,
     sync::Arc,
 };
 
@@ -11,9 +13,7 @@ use libp2p::{
     Multiaddr, PeerId, Swarm,
     core::transport::ListenerId,
     identify, kad, mdns,
-    request_response::{
-        self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel,
-    },
+    request_response::{self, OutboundFailure, OutboundRequestId},
     swarm::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -30,14 +30,13 @@ use tracing::{Span, debug, info, info_span, trace, warn};
 use super::NetworkClient;
 use super::{
     Command, Error, Reply,
-    inbound::{InboundHandler, InboundReply},
+    inbound::{Inbound, InboundHandler, InboundReply},
     peer_of,
-    pending::{Outbound, Pending},
 };
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     codec::{BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, TASK_PROTOCOL_NAME},
-    messages::{BlockRequest, CapacityRequest},
+    messages::{BlockRequest, BlockResponse, Capacity, CapacityRequest, TaskOutcome},
 };
 
 /// Identify can report any number of addresses; we keep this many per peer.
@@ -155,9 +154,10 @@ impl EventLoop {
                     }
                 }
             }
-            Command::StopProviding(cid) => {
+            Command::StopProviding(cid, tx) => {
                 let key = kad::RecordKey::new(cid.as_bytes());
                 self.swarm.behaviour_mut().kademlia.stop_providing(&key);
+                let _ = tx.send(Ok(()));
             }
             Command::FindProviders(cid, tx) => {
                 if let Some(tx) = self.pending.admit(tx) {
@@ -327,24 +327,22 @@ impl EventLoop {
             }
             BehaviourEvent::Kademlia(event) => self.on_kad_event(event),
             BehaviourEvent::Block(event) => {
-                if let Some((peer, connection, id, request, channel)) =
+                if let Some(r) =
                     settle_outbound(&mut self.pending.block, BLOCK_PROTOCOL_NAME, event)
                 {
-                    self.on_block_request(peer, connection, id, request, channel);
+                    self.on_block_request(r);
                 }
             }
             BehaviourEvent::Task(event) => {
-                if let Some((peer, connection, id, request, channel)) =
-                    settle_outbound(&mut self.pending.task, TASK_PROTOCOL_NAME, event)
+                if let Some(r) = settle_outbound(&mut self.pending.task, TASK_PROTOCOL_NAME, event)
                 {
-                    self.on_task_request(peer, connection, id, request, channel);
+                    self.on_task_request(r);
                 }
             }
             BehaviourEvent::Capacity(event) => {
-                if let Some((peer, connection, id, _, channel)) =
-                    settle_outbound(&mut self.pending.capacity, CAPACITY_PROTOCOL_NAME, event)
-                {
-                    self.on_capacity_request(peer, connection, id, channel);
+                let pending = &mut self.pending.capacity;
+                if let Some(r) = settle_outbound(pending, CAPACITY_PROTOCOL_NAME, event) {
+                    self.on_capacity_request(r);
                 }
             }
         }
@@ -412,18 +410,11 @@ fn outbound_error(peer: PeerId, protocol: &'static str, error: OutboundFailure) 
 
 /// Resolves the outbound side of a request-response event against `pending`; hands back an
 /// inbound request, if that is what the event was.
-#[allow(clippy::type_complexity)]
 fn settle_outbound<Req, Resp>(
     pending: &mut Pending<OutboundRequestId, Resp>,
     protocol: &'static str,
     event: request_response::Event<Req, Resp>,
-) -> Option<(
-    PeerId,
-    ConnectionId,
-    InboundRequestId,
-    Req,
-    ResponseChannel<Resp>,
-)> {
+) -> Option<Inbound<Req, Resp>> {
     match event {
         request_response::Event::Message {
             peer,
@@ -434,7 +425,15 @@ fn settle_outbound<Req, Resp>(
                     request,
                     channel,
                 },
-        } => return Some((peer, connection_id, request_id, request, channel)),
+        } => {
+            return Some(Inbound {
+                peer,
+                connection: connection_id,
+                id: request_id,
+                request,
+                channel,
+            });
+        }
         request_response::Event::Message {
             message:
                 request_response::Message::Response {
@@ -464,4 +463,91 @@ fn settle_outbound<Req, Resp>(
         request_response::Event::ResponseSent { .. } => {}
     }
     None
+}
+
+/// One kind of outbound operation: the caller awaiting a `T` for each operation `Id`, beside
+/// the state `S` the operation keeps until it settles.
+pub(super) struct Pending<Id, T, S = ()>(HashMap<Id, (S, Reply<T>)>);
+
+impl<Id, T, S> Default for Pending<Id, T, S> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<Id: Eq + Hash, T, S> Pending<Id, T, S> {
+    /// Parks `tx` until operation `id` settles, starting from `state`.
+    pub(super) fn insert(&mut self, id: Id, state: S, tx: Reply<T>) {
+        self.0.insert(id, (state, tx));
+    }
+
+    /// The state of operation `id`, while it is pending.
+    pub(super) fn state_mut(&mut self, id: &Id) -> Option<&mut S> {
+        self.0.get_mut(id).map(|(state, _)| state)
+    }
+
+    /// Answers the caller of `id`, if it is pending, with `reply`.
+    pub(super) fn settle(&mut self, id: &Id, reply: T) {
+        self.finish(id, |_| Ok(reply));
+    }
+
+    /// Answers the caller of `id`, if it is pending, with `error`.
+    pub(super) fn fail(&mut self, id: &Id, error: Error) {
+        self.finish(id, |_| Err(error));
+    }
+
+    /// Answers the caller of `id`, if it is pending, with what `answer` makes of its state.
+    pub(super) fn finish(&mut self, id: &Id, answer: impl FnOnce(S) -> Result<T, Error>) {
+        if let Some((state, tx)) = self.0.remove(id) {
+            let _ = tx.send(answer(state));
+        }
+    }
+
+    /// How many operations are pending; with `prune`, after dropping those whose callers
+    /// gave up.
+    fn len(&mut self, prune: bool) -> usize {
+        if prune {
+            self.0.retain(|_, (_, tx)| !tx.is_closed());
+        }
+        self.0.len()
+    }
+}
+
+/// Every outbound operation awaiting an answer, one [`Pending`] map per kind, bounded together
+/// by `max` ([`Config::max_pending_outbound`](super::Config::max_pending_outbound)).
+#[derive(Default)]
+pub(super) struct Outbound {
+    pub(super) dial: Pending<ConnectionId, PeerId, Multiaddr>,
+    pub(super) block: Pending<OutboundRequestId, BlockResponse>,
+    pub(super) task: Pending<OutboundRequestId, TaskOutcome>,
+    pub(super) capacity: Pending<OutboundRequestId, Capacity>,
+    pub(super) provide: Pending<kad::QueryId, ()>,
+    pub(super) providers: Pending<kad::QueryId, HashSet<PeerId>, HashSet<PeerId>>,
+    pub(super) max: usize,
+}
+
+impl Outbound {
+    /// `tx` back if another outbound operation may start (ask before starting it); otherwise
+    /// answers it [`Error::TooManyInFlight`].
+    pub(super) fn admit<T>(&mut self, tx: Reply<T>) -> Option<Reply<T>> {
+        if self.has_room() {
+            return Some(tx);
+        }
+        let _ = tx.send(Err(Error::TooManyInFlight { limit: self.max }));
+        None
+    }
+
+    /// Whether another outbound operation may start; drops entries whose callers gave up.
+    fn has_room(&mut self) -> bool {
+        self.len(false) < self.max || self.len(true) < self.max
+    }
+
+    fn len(&mut self, prune: bool) -> usize {
+        self.dial.len(prune)
+            + self.block.len(prune)
+            + self.task.len(prune)
+            + self.capacity.len(prune)
+            + self.provide.len(prune)
+            + self.providers.len(prune)
+    }
 }

@@ -16,10 +16,11 @@ use tracing::{Instrument, Span, debug, info_span, warn};
 use super::Config;
 use super::event_loop::EventLoop;
 use crate::{
+    behaviour::Behaviour,
     codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
     messages::{
-        BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, TaskOutcome,
-        TaskSpec,
+        BlockRequest, BlockResponse, Capacity, CapacityRequest, Cid, FailureKind, MAX_BLOCK_LEN,
+        TaskOutcome, TaskSpec,
     },
 };
 
@@ -41,34 +42,33 @@ pub trait InboundHandler: Send + Sync + 'static {
     fn capacity(&self) -> BoxFuture<'_, Capacity>;
 }
 
-/// An answer to an inbound request, computed on a spawned task.
-pub(super) enum InboundReply {
-    Block(ResponseChannel<BlockResponse>, BlockResponse),
-    Task(ResponseChannel<TaskOutcome>, TaskOutcome),
-    Capacity(ResponseChannel<Capacity>, Capacity),
+/// An inbound request as the event loop received it.
+pub(super) struct Inbound<Req, Resp> {
+    pub(super) peer: PeerId,
+    pub(super) connection: ConnectionId,
+    pub(super) id: InboundRequestId,
+    pub(super) request: Req,
+    pub(super) channel: ResponseChannel<Resp>,
 }
 
+/// An answer to an inbound request, computed on a spawned task: it sends itself on its
+/// protocol's behaviour and says whether the requester was still there to get it.
+pub(super) type InboundReply = Box<dyn FnOnce(&mut Behaviour) -> bool + Send>;
+
 impl EventLoop {
-    pub(super) fn on_block_request(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        id: InboundRequestId,
-        request: BlockRequest,
-        channel: ResponseChannel<BlockResponse>,
-    ) {
-        let span = info_span!(parent: self.connection_span(connection), "inbound", protocol = %BLOCK_PROTOCOL, %peer, request = %id, cid = %request.cid);
+    pub(super) fn on_block_request(&mut self, r: Inbound<BlockRequest, BlockResponse>) {
+        let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %BLOCK_PROTOCOL, peer = %r.peer, request = %r.id, cid = %r.request.cid);
         let Ok(permit) = self.request_permits.clone().try_acquire_owned() else {
             span.in_scope(|| debug!("at capacity; answering Busy"));
             let _ = self
                 .swarm
                 .behaviour_mut()
                 .block
-                .send_response(channel, BlockResponse::Busy);
+                .send_response(r.channel, BlockResponse::Busy);
             return;
         };
         self.spawn_inbound(permit, span, |handler| async move {
-            let response = match handler.block(peer, request.cid).await {
+            let response = match handler.block(r.peer, r.request.cid).await {
                 Some(bytes) if bytes.len() <= MAX_BLOCK_LEN => BlockResponse::Found(bytes),
                 Some(bytes) => {
                     warn!(
@@ -79,67 +79,57 @@ impl EventLoop {
                 }
                 None => BlockResponse::NotFound,
             };
-            InboundReply::Block(channel, response)
+            move |b: &mut Behaviour| b.block.send_response(r.channel, response).is_ok()
         });
     }
 
-    pub(super) fn on_task_request(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        id: InboundRequestId,
-        spec: TaskSpec,
-        channel: ResponseChannel<TaskOutcome>,
-    ) {
-        let span = info_span!(parent: self.connection_span(connection), "inbound", protocol = %TASK_PROTOCOL, %peer, request = %id, module = %spec.module, entry = %spec.entry);
+    pub(super) fn on_task_request(&mut self, r: Inbound<TaskSpec, TaskOutcome>) {
+        let spec = &r.request;
+        let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %TASK_PROTOCOL, peer = %r.peer, request = %r.id, module = %spec.module, entry = %spec.entry);
         let Ok(permit) = self.task_permits.clone().try_acquire_owned() else {
             span.in_scope(|| debug!("at capacity; answering Busy"));
             let _ = self.swarm.behaviour_mut().task.send_response(
-                channel,
+                r.channel,
                 TaskOutcome::failed(FailureKind::Busy, "no free task slot on this peer"),
             );
             return;
         };
         self.spawn_inbound(permit, span, |handler| async move {
-            let outcome = fit_outcome(handler.task(peer, spec).await);
-            InboundReply::Task(channel, outcome)
+            let outcome = fit_outcome(handler.task(r.peer, r.request).await);
+            move |b: &mut Behaviour| b.task.send_response(r.channel, outcome).is_ok()
         });
     }
 
-    pub(super) fn on_capacity_request(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        id: InboundRequestId,
-        channel: ResponseChannel<Capacity>,
-    ) {
-        let span = info_span!(parent: self.connection_span(connection), "inbound", protocol = %CAPACITY_PROTOCOL, %peer, request = %id);
+    pub(super) fn on_capacity_request(&mut self, r: Inbound<CapacityRequest, Capacity>) {
+        let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %CAPACITY_PROTOCOL, peer = %r.peer, request = %r.id);
         let Ok(permit) = self.request_permits.clone().try_acquire_owned() else {
             // Dropping the channel closes the stream: the asker sees an error and moves on.
             span.in_scope(|| debug!("at capacity; dropping capacity request"));
             return;
         };
         self.spawn_inbound(permit, span, |handler| async move {
-            InboundReply::Capacity(channel, handler.capacity().await)
+            let capacity = handler.capacity().await;
+            move |b: &mut Behaviour| b.capacity.send_response(r.channel, capacity).is_ok()
         });
     }
 
     /// Runs `call` with the handler on a spawned task under `span`, holding `permit` until
     /// its answer is handed back to the loop.
-    fn spawn_inbound<F>(
+    fn spawn_inbound<F, S>(
         &mut self,
         permit: OwnedSemaphorePermit,
         span: Span,
         call: impl FnOnce(Arc<dyn InboundHandler>) -> F,
     ) where
-        F: Future<Output = InboundReply> + Send + 'static,
+        F: Future<Output = S> + Send + 'static,
+        S: FnOnce(&mut Behaviour) -> bool + Send + 'static,
     {
         let reply = call(Arc::clone(&self.handler));
         let replies = self.reply_tx.clone();
         self.inbound.spawn(
             async move {
                 // The reply channel has room for every permit holder: this never waits long.
-                let _ = replies.send(reply.await).await;
+                let _ = replies.send(Box::new(reply.await)).await;
                 drop(permit);
             }
             .instrument(span),
@@ -147,19 +137,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_inbound_reply(&mut self, reply: InboundReply) {
-        let behaviour = self.swarm.behaviour_mut();
-        let sent = match reply {
-            InboundReply::Block(channel, response) => {
-                behaviour.block.send_response(channel, response).is_ok()
-            }
-            InboundReply::Task(channel, outcome) => {
-                behaviour.task.send_response(channel, outcome).is_ok()
-            }
-            InboundReply::Capacity(channel, capacity) => {
-                behaviour.capacity.send_response(channel, capacity).is_ok()
-            }
-        };
-        if !sent {
+        if !reply(self.swarm.behaviour_mut()) {
             debug!("requester went away before the response was ready");
         }
     }
@@ -167,7 +145,7 @@ impl EventLoop {
 
 /// Shrinks an outcome that would not fit its frame: keep the tail of the logs, or as a last
 /// resort report the overflow as a failure.
-fn fit_outcome(outcome: TaskOutcome) -> TaskOutcome {
+fn fit_outcome(mut outcome: TaskOutcome) -> TaskOutcome {
     const LOG_TAIL: usize = 64 * 1024;
     let fits = |o: &TaskOutcome| {
         postcard::experimental::serialized_size(o).is_ok_and(|n| n <= TASK_LIMITS.response)
@@ -175,30 +153,15 @@ fn fit_outcome(outcome: TaskOutcome) -> TaskOutcome {
     if fits(&outcome) {
         return outcome;
     }
-    let shrunk = match outcome {
-        TaskOutcome::Ok {
-            outputs,
-            logs,
-            stats,
-        } => TaskOutcome::Ok {
-            outputs,
-            logs: log_tail(&logs, LOG_TAIL),
-            stats,
-        },
-        TaskOutcome::Failed {
-            kind,
-            message,
-            logs,
-            stats,
-        } => TaskOutcome::Failed {
-            kind,
-            message: log_tail(&message, LOG_TAIL),
-            logs: log_tail(&logs, LOG_TAIL),
-            stats,
-        },
-    };
-    if fits(&shrunk) {
-        shrunk
+    match &mut outcome {
+        TaskOutcome::Ok { logs, .. } => *logs = log_tail(logs, LOG_TAIL),
+        TaskOutcome::Failed { message, logs, .. } => {
+            *message = log_tail(message, LOG_TAIL);
+            *logs = log_tail(logs, LOG_TAIL);
+        }
+    }
+    if fits(&outcome) {
+        outcome
     } else {
         TaskOutcome::failed(
             FailureKind::Other,

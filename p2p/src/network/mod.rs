@@ -1,5 +1,6 @@
 //! The network actor: one event loop owns the [`Swarm`]; cloneable [`NetworkClient`]s talk
-//! to it through a bounded command channel.
+//! to it through a bounded command channel. This file also holds how to start one
+//! ([`Config`]) and what its calls can fail with ([`Error`]).
 //!
 //! Shape (after rust-libp2p `examples/file-sharing`): every client call sends a [`Command`]
 //! carrying a oneshot reply sender; the loop starts the libp2p operation and parks the sender
@@ -11,40 +12,226 @@
 //! work in flight, and streams per connection and protocol.
 
 mod client;
-mod config;
-mod error;
 mod event_loop;
 mod inbound;
-mod pending;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use libp2p::{
-    Multiaddr, PeerId, SwarmBuilder, multiaddr::Protocol, noise, swarm::dial_opts::DialOpts, tcp,
-    yamux,
+    Multiaddr, PeerId, SwarmBuilder, identity::Keypair, multiaddr::Protocol, noise,
+    swarm::dial_opts::DialOpts, tcp, yamux,
 };
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
     task::{JoinHandle, JoinSet},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
-pub use self::{
-    client::NetworkClient,
-    config::{Config, DEFAULT_MAX_INBOUND_TASKS},
-    error::Error,
-    inbound::InboundHandler,
-};
-use self::{event_loop::EventLoop, pending::Outbound};
+use self::event_loop::{EventLoop, Outbound};
+pub use self::{client::NetworkClient, inbound::InboundHandler};
 use crate::{
     behaviour::Behaviour,
     messages::{BlockResponse, Capacity, Cid, TaskOutcome, TaskSpec},
 };
 #[cfg(doc)]
 use libp2p::Swarm;
+
+/// Inbound task requests a peer handles at once by default; past that it answers `Busy`.
+/// Submitters keep at most this many of their tasks in flight on one peer.
+pub const DEFAULT_MAX_INBOUND_TASKS: usize = 32;
+
+/// How to start a [`Network`]. Build with [`Config::new`], then adjust the public fields.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// This peer's identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on: `/ip4/…/tcp/…` and/or `/ip4/…/udp/…/quic-v1`. Port 0 picks a
+    /// free port; [`NetworkClient::listen_addrs`] reports the real ones.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
+    pub shutdown: CancellationToken,
+    /// Longest wait for a `/shoal/task/2` outcome. Default 10 minutes.
+    pub task_timeout: Duration,
+    /// Longest wait for a `/shoal/block/1` response. Default 30 s.
+    pub block_timeout: Duration,
+    /// Longest wait for a `/shoal/capacity/1` response. Default 10 s.
+    pub capacity_timeout: Duration,
+    /// Longest wait for [`NetworkClient::dial`]. Default 10 s.
+    pub dial_timeout: Duration,
+    /// Longest Kademlia query (find providers, publish a provider record). Default 10 s.
+    pub query_timeout: Duration,
+    /// Connections with no open stream close after this. Default 60 s.
+    pub idle_connection_timeout: Duration,
+    /// Inbound task requests handled at once; more are answered `Busy`. Default 32.
+    pub max_inbound_tasks: usize,
+    /// Inbound block and capacity requests handled at once; more are answered `Busy` (blocks)
+    /// or dropped (capacity). Default 64.
+    pub max_inbound_requests: usize,
+    /// Concurrent streams per connection and protocol. Default 64.
+    pub max_concurrent_streams: usize,
+    /// Outbound operations (requests, dials, queries) awaiting an answer. Default 1024.
+    pub max_pending_outbound: usize,
+    /// Depth of the client → actor command channel. Default 256.
+    pub command_buffer: usize,
+    /// Blocks this peer can announce as a provider. Default 65 536.
+    pub max_provided_keys: usize,
+}
+
+impl Config {
+    /// A config with no listen or bootstrap addresses, mDNS on, and the documented defaults.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            shutdown: CancellationToken::new(),
+            task_timeout: Duration::from_secs(600),
+            block_timeout: Duration::from_secs(30),
+            capacity_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(60),
+            max_inbound_tasks: DEFAULT_MAX_INBOUND_TASKS,
+            max_inbound_requests: 64,
+            max_concurrent_streams: 64,
+            max_pending_outbound: 1024,
+            command_buffer: 256,
+            max_provided_keys: 1 << 16,
+        }
+    }
+}
+
+/// What went wrong in the network layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport or behaviour could not be built.
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A bootstrap address lacks its `/p2p/<peer id>` suffix.
+    #[error("bootstrap address {addr} must end in /p2p/<peer id>")]
+    BootstrapWithoutPeerId {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// Dialing an address failed.
+    #[error("address {addr} is unreachable: {reason}")]
+    Unreachable {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// Why the dial failed.
+        reason: String,
+    },
+    /// The address names this very peer.
+    #[error("refusing to dial our own peer id at {addr}")]
+    DialSelf {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// A request could not reach the peer (no known address, or every dial failed).
+    #[error("peer {peer} is unreachable for {protocol}")]
+    PeerUnreachable {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol of the request.
+        protocol: &'static str,
+    },
+    /// The peer does not speak the protocol.
+    #[error("peer {peer} does not support {protocol}")]
+    Unsupported {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol.
+        protocol: &'static str,
+    },
+    /// The connection closed before the response arrived.
+    #[error("connection to {peer} closed before {protocol} answered")]
+    ConnectionClosed {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol.
+        protocol: &'static str,
+    },
+    /// The stream failed: the peer sent a malformed or oversized response, or hung up.
+    #[error("{protocol} stream with {peer} failed: {source}")]
+    Stream {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol.
+        protocol: &'static str,
+        /// The I/O or decoding error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation did not finish in time.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        op: &'static str,
+        /// The bound that was hit.
+        after: Duration,
+    },
+    /// The peer did not answer within the protocol's timeout.
+    #[error("{protocol} request to {peer} timed out")]
+    RequestTimeout {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol.
+        protocol: &'static str,
+    },
+    /// The peer refused the request because it is at capacity.
+    #[error("peer {peer} is busy")]
+    Busy {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The peer sent bytes that do not hash to the block id asked for.
+    #[error("peer {peer} sent {len} bytes that do not hash to block {cid}")]
+    BlockMismatch {
+        /// The peer.
+        peer: PeerId,
+        /// The block asked for.
+        cid: Cid,
+        /// How many bytes came back.
+        len: usize,
+    },
+    /// Too many outbound operations are already awaiting answers.
+    #[error("too many network operations in flight (limit {limit})")]
+    TooManyInFlight {
+        /// [`Config::max_pending_outbound`].
+        limit: usize,
+    },
+    /// The local provider-record store refused the record (it is full).
+    #[error("cannot record block {cid} as provided: {reason}")]
+    ProviderStore {
+        /// The block.
+        cid: Cid,
+        /// Why.
+        reason: String,
+    },
+    /// The network actor has stopped.
+    #[error("the network has shut down")]
+    Shutdown,
+}
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -57,7 +244,7 @@ enum Command {
     SubmitTask(PeerId, TaskSpec, Reply<TaskOutcome>),
     Capacity(PeerId, Reply<Capacity>),
     StartProviding(Cid, Reply<()>),
-    StopProviding(Cid),
+    StopProviding(Cid, Reply<()>),
     FindProviders(Cid, Reply<HashSet<PeerId>>),
 }
 
