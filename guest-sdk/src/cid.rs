@@ -6,8 +6,10 @@ use std::{fmt, str::FromStr};
 /// The length of a CID in bytes (a blake3 hash).
 pub const CID_LEN: usize = 32;
 
-/// The largest block: 1 MiB. Larger data is a file, chunked into blocks plus a manifest.
-pub const MAX_BLOCK_LEN: usize = 1 << 20;
+/// The largest block: 1 MiB plus one byte. Larger data is a file, chunked into blocks plus a
+/// manifest; a chunk block is a one-byte kind tag and up to 1 MiB of data, so that chunks stay
+/// a power of two (offsets map to chunks by a shift, tensors and pages stay aligned).
+pub const MAX_BLOCK_LEN: usize = (1 << 20) + 1;
 
 /// A block's name: the blake3 hash of its bytes, shown as 64 lowercase hex digits.
 ///

@@ -24,7 +24,7 @@ use std::{
 };
 
 use shoal_host::{
-    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, Shape, Tensor, TensorOp},
+    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend, OpBudget, Shape, Tensor, TensorOp},
     runtime::{Limits, Runtime, RuntimeConfig, TaskSpec},
     store::BlockStore,
 };
@@ -129,7 +129,11 @@ impl<'b> Native<'b> {
         let shape = Shape::new(n as u32, n as u32);
         let a = backend.upload(values.clone(), shape).expect("upload");
         let b = backend.upload(values, shape).expect("upload");
-        drop(backend.execute(Self::OP, &[&a, &b]).expect("warm-up"));
+        drop(
+            backend
+                .execute(Self::OP, &[&a, &b], &OpBudget::unlimited())
+                .expect("warm-up"),
+        );
         Self { backend, a, b }
     }
 
@@ -138,7 +142,7 @@ impl<'b> Native<'b> {
         let started = Instant::now();
         drop(
             self.backend
-                .execute(Self::OP, &[&self.a, &self.b])
+                .execute(Self::OP, &[&self.a, &self.b], &OpBudget::unlimited())
                 .expect("matmul"),
         );
         started.elapsed()

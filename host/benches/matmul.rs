@@ -1,5 +1,6 @@
-//! Matmul throughput: the native cpu kernel (gemm, all cores) and the wgpu shader on whatever
-//! adapter wgpu finds (a software one included, named in the output).
+//! Matmul throughput: the native cpu kernel (gemm in blocks on all cores, each block checking
+//! the op's budget) next to one plain multi-threaded gemm call as its reference, and the wgpu
+//! shader on whatever adapter wgpu finds (a software one included, named in the output).
 //!
 //! Criterion's throughput is reported in elements/s with one element per flop (`2 n^3` per
 //! matmul), so `Gelem/s` reads as GFLOP/s. Run with `cargo bench -p shoal-host --bench matmul`.
@@ -7,7 +8,7 @@
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use shoal_host::compute::{Backend, CpuBackend, GpuBackend, Shape, TensorOp};
+use shoal_host::compute::{Backend, CpuBackend, GpuBackend, OpBudget, Shape, TensorOp};
 
 const CPU_SIZES: [u32; 4] = [256, 512, 1024, 2048];
 
@@ -23,6 +24,45 @@ fn operands(
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => panic!("uploading {n}x{n} operands: {e}"),
     }
+}
+
+fn reference_operands(n: u32) -> (Vec<f32>, Vec<f32>) {
+    let len = n as usize * n as usize;
+    let a = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let b = (0..len).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    (a, b)
+}
+
+/// `a @ b` for row-major `n x n` matrices in one multi-threaded gemm call.
+fn gemm_rayon(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    assert!(a.len() == n * n && b.len() == n * n);
+    let mut dst = vec![0.0f32; n * n];
+    // SAFETY: all three matrices hold n*n values, read and written at row stride n and
+    // column stride 1; `dst` is fresh, so nothing aliases it.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            n,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    dst
 }
 
 fn bench_matmul(c: &mut Criterion) {
@@ -41,7 +81,18 @@ fn bench_matmul(c: &mut Criterion) {
         let (a, b) = operands(&cpu, n);
         group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
-            bench.iter(|| black_box(cpu.execute(matmul, &[&a, &b]).expect("cpu matmul")));
+            bench.iter(|| {
+                black_box(
+                    cpu.execute(matmul, &[&a, &b], &OpBudget::unlimited())
+                        .expect("cpu matmul"),
+                )
+            });
+        });
+        // The reference, right after on the same noisy machine: one gemm call on all cores
+        // (gemm's own rayon threads), with no blocks, budget or charging.
+        let (a, b) = reference_operands(n);
+        group.bench_with_input(BenchmarkId::new("gemm-rayon", n), &n, |bench, _| {
+            bench.iter(|| black_box(gemm_rayon(&a, &b, n as usize)));
         });
     }
     group.finish();
@@ -69,7 +120,9 @@ fn bench_matmul(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
             bench.iter(|| {
-                let out = gpu.execute(matmul, &[&a, &b]).expect("gpu matmul");
+                let out = gpu
+                    .execute(matmul, &[&a, &b], &OpBudget::unlimited())
+                    .expect("gpu matmul");
                 // execute() only submits; time the work itself.
                 gpu.wait_idle().expect("gpu wait");
                 black_box(out)

@@ -26,6 +26,8 @@ fn config(dir: &std::path::Path, slots: usize) -> NodeConfig {
         bootstrap: vec![],
         mdns: false,
         slots,
+        store_limit: None,
+        memory_budget: None,
         device: DeviceChoice::Cpu,
     }
 }

@@ -1,11 +1,13 @@
 //! Block store put/get throughput for a 256 MiB file, beside blake3 hashing alone in the
-//! same run (the ceiling: every byte is hashed once on put and once on get).
+//! same run (the ceiling: every byte is hashed once on put and once on get); chunk reads as a
+//! task's input reads them (each strips the one-byte data tag); and a GC pass over the store
+//! (list every block, mark the pinned file through its manifest, free nothing).
 //!
 //! `cargo bench -p shoal-host --bench store`
 
 use std::{io, time::Instant};
 
-use shoal_host::store::BlockStore;
+use shoal_host::store::{BlockStore, GcMode, PinClass};
 
 const LEN: usize = 256 << 20;
 const ROUNDS: usize = 5;
@@ -30,6 +32,7 @@ fn main() {
         })
         .collect();
     let (mut hash, mut put, mut get) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut chunks, mut gc) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let start = Instant::now();
         std::hint::black_box(blake3::hash(&data));
@@ -39,15 +42,30 @@ fn main() {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
         let store = BlockStore::open(dir.path()).expect("store");
         let start = Instant::now();
-        let cid = store.put_bytes(&data).expect("put");
+        let cid = store
+            .put_file_pinned(&data[..], PinClass::User)
+            .expect("put");
         put.push(mbps(start));
 
         let start = Instant::now();
         let n = store.write_file(&cid, io::sink()).expect("get");
         get.push(mbps(start));
         assert_eq!(n as usize, LEN);
+
+        let manifest = store.manifest(&cid).expect("manifest");
+        let start = Instant::now();
+        for i in 0..manifest.chunks.len() {
+            std::hint::black_box(store.read_chunk(&cid, &manifest, i).expect("chunk"));
+        }
+        chunks.push(mbps(start));
+
+        let start = Instant::now();
+        let report = store.gc(GcMode::All).expect("gc");
+        gc.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(report.freed_blocks, 0);
     }
     let (hash, put, get) = (median(hash), median(put), median(get));
+    let (chunks, gc) = (median(chunks), median(gc));
     println!("256 MiB file, median of {ROUNDS} rounds");
     println!("  blake3 hash alone: {hash:>7.0} MB/s");
     println!(
@@ -58,4 +76,9 @@ fn main() {
         "  get (read, verify every chunk):          {get:>7.0} MB/s ({:.2}x hashing)",
         get / hash
     );
+    println!(
+        "  read_chunk, each (verify, strip tag):    {chunks:>7.0} MB/s ({:.2}x hashing)",
+        chunks / hash
+    );
+    println!("  gc, 257 pinned blocks (walk, mark):      {gc:>7.1} ms");
 }

@@ -12,12 +12,15 @@
 //! - reductions: `|got - ref| <= 1e-6 + 1e-5 * sum |x| / count` (count = 1 for sums);
 //! - softmax cross-entropy: loss `1e-5 * max(1, |ref|)`, gradient `1e-6` absolute.
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 
 use shoal::abi::ErrorCode;
 use shoal_host::compute::{
-    Backend, BackendKind, ComputeError, DeviceChoice, GpuBackend, ReduceAxis, ReduceOp, Shape,
-    TensorTable, UnaryOp, XentReduction, select_backend,
+    Backend, BackendKind, ComputeError, DeviceChoice, GpuBackend, OpBudget, Overrun, ReduceAxis,
+    ReduceOp, Shape, TensorOp, TensorTable, UnaryOp, XentReduction, select_backend,
 };
 
 const QUOTA: u64 = 1 << 30;
@@ -456,7 +459,7 @@ fn hostile(backend: Arc<dyn Backend>) {
     for res in [
         t.add(a, b),
         t.axpy(1.0, a, b),
-        t.relu_grad(a, b),
+        t.activation_grad(UnaryOp::Relu, a, b),
         t.softmax_xent_backward(a, b),
     ] {
         assert_eq!(res.unwrap_err().code(), ErrorCode::ShapeMismatch);
@@ -672,7 +675,164 @@ fn auto_picks_hardware_gpu_or_cpu() {
 fn tensors_from_another_backend_are_refused() {
     let (cpu, gpu) = (cpu(), gpu());
     let on_cpu = cpu.upload(vec![1.0], Shape::new(1, 1)).unwrap();
-    let op = shoal_host::compute::TensorOp::Scale { alpha: 1.0 };
-    let err = gpu.execute(op, &[&on_cpu]).unwrap_err();
+    let op = TensorOp::Scale { alpha: 1.0 };
+    let err = gpu
+        .execute(op, &[&on_cpu], &OpBudget::unlimited())
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+}
+
+/// The cpu matmul across many output tiles, partial ones at the edges, and an inner
+/// dimension longer than one slice (each tile then sums two gemm calls), for every transpose.
+#[test]
+fn cpu_matmul_across_tiles_and_depth_slices() {
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        check_matmul(&cpu(), 257, 2049, 258, ta, tb);
+    }
+}
+
+/// CPU time (user and system) this whole process has used, every thread included. Tests
+/// that read it rely on nextest's one process per test: under `cargo test`, run them alone.
+pub(crate) fn process_cpu() -> Duration {
+    // SAFETY: an all-zero `rusage` is a valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` that getrusage fills in.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage failed");
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The process's CPU use over `window` once `run` has returned: near zero, or some thread
+/// still computes for an op that ended.
+pub(crate) fn cpu_after(window: Duration) -> Duration {
+    let before = process_cpu();
+    std::thread::sleep(window);
+    process_cpu() - before
+}
+
+const MATMUL: TensorOp = TensorOp::Matmul {
+    trans_a: false,
+    trans_b: false,
+};
+
+/// An op whose budget has run out starts nothing, on either backend, and says which limit.
+#[test]
+fn spent_budgets_run_nothing() {
+    for backend in [cpu(), gpu()] {
+        let a = backend.upload(vec![1.0; 4], Shape::new(2, 2)).unwrap();
+        let late = OpBudget::new(Instant::now(), Duration::from_secs(1));
+        let err = backend.execute(MATMUL, &[&a, &a], &late).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ComputeError::Cancelled {
+                    overrun: Overrun::Deadline
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the op was stopped: the task's wall-time deadline passed"
+        );
+        assert_eq!(
+            backend.live_bytes(),
+            16,
+            "{}: no output was kept",
+            backend.name()
+        );
+    }
+}
+
+/// A matmul of seconds stops within a block of its deadline; its workers' CPU is charged to
+/// the budget (all the CPU the process used, less the calling thread's), and none of them
+/// computes on afterwards.
+#[test]
+fn cpu_matmul_stops_at_its_deadline() {
+    let cpu = cpu();
+    let n = 4096;
+    let a = cpu
+        .upload(vec![0.5; n * n], Shape::new(n as u32, n as u32))
+        .unwrap();
+    let limit = Duration::from_millis(100);
+    let (process_before, started) = (process_cpu(), Instant::now());
+    let budget = OpBudget::new(started + limit, Duration::MAX);
+    let err = cpu.execute(MATMUL, &[&a, &a], &budget).unwrap_err();
+    let (took, process) = (started.elapsed(), process_cpu() - process_before);
+    assert!(
+        matches!(
+            err,
+            ComputeError::Cancelled {
+                overrun: Overrun::Deadline
+            }
+        ),
+        "{err}"
+    );
+    eprintln!(
+        "stopped after {took:?}; workers charged {:?} of {process:?}",
+        budget.cpu()
+    );
+    assert!(
+        took < limit + Duration::from_millis(150),
+        "stopped only after {took:?}"
+    );
+    assert!(
+        budget.cpu() >= process.mul_f64(0.8) && budget.cpu() <= process + Duration::from_millis(5),
+        "charged {:?}, the process used {process:?}",
+        budget.cpu()
+    );
+    let idle = cpu_after(Duration::from_millis(200));
+    assert!(
+        idle < Duration::from_millis(20),
+        "{idle:?} of CPU after the op ended"
+    );
+}
+
+/// Worker threads charge their CPU as they go: a zero allowance stops a large matmul and a
+/// large element-wise op after their workers' first checkpoint.
+#[test]
+fn cpu_ops_stop_when_their_cpu_allowance_is_spent() {
+    let cpu = cpu();
+    let n = 2048;
+    let a = cpu
+        .upload(vec![0.5; n * n], Shape::new(n as u32, n as u32))
+        .unwrap();
+    for op in [MATMUL, TensorOp::Activation(UnaryOp::Tanh)] {
+        let budget = OpBudget::new(Instant::now() + Duration::from_secs(60), Duration::ZERO);
+        let err = cpu
+            .execute(op, &[&a, &a][..op.arity()], &budget)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ComputeError::Cancelled {
+                    overrun: Overrun::Cpu
+                }
+            ),
+            "{}: {err}",
+            op.name()
+        );
+        assert!(
+            budget.cpu() > Duration::ZERO,
+            "{}: nothing charged",
+            op.name()
+        );
+        assert!(
+            budget.cpu() < Duration::from_millis(50),
+            "{}: ran on for {:?}",
+            op.name(),
+            budget.cpu()
+        );
+    }
+    // With room to spare the same ops finish, and charge what they used.
+    for op in [MATMUL, TensorOp::Activation(UnaryOp::Tanh)] {
+        let budget = OpBudget::new(Instant::now() + Duration::from_secs(60), Duration::MAX);
+        cpu.execute(op, &[&a, &a][..op.arity()], &budget).unwrap();
+        assert!(
+            budget.cpu() > Duration::ZERO,
+            "{}: nothing charged",
+            op.name()
+        );
+    }
 }

@@ -48,15 +48,19 @@ fn expect_failure(report: &TaskReport, kind: FailureKind, message: &str) {
 #[test]
 fn one_huge_output_write_stops_at_the_deadline() {
     let (_dir, rt) = runtime(1);
-    // 256 MiB of memory written out as one output, under a 150 ms limit: storing it takes
-    // far longer, so only a clock check between chunks can stop it.
+    // 256 MiB of memory written out as one output, under a 150 ms limit: storing 256
+    // distinct chunks takes far longer, so only a clock check between chunks can stop it.
     let mut spec = wat_spec(
         &rt,
         r#"(module
           (import "shoal_v1" "output_write" (func $out (param i32 i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 4097)
           (data (i32.const 0) "big")
-          (func (export "shoal_task:t") (result i32)
+          (func (export "shoal_task:t") (result i32) (local $i i32)
+            ;; A different word in each 1 MiB chunk, so the store cannot deduplicate them.
+            (loop $mark
+              (i32.store (i32.add (i32.const 64) (i32.shl (local.get $i) (i32.const 20))) (local.get $i))
+              (br_if $mark (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 256))))
             (drop (call $out (i32.const 0) (i32.const 3) (i32.const 64) (i32.const 0x10000000) (i32.const 3)))
             (i32.const 0)))"#,
     );

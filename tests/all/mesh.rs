@@ -461,6 +461,8 @@ mod in_process {
             mdns: false,
             slots,
             device: DeviceChoice::Cpu,
+            store_limit: None,
+            memory_budget: None,
         })
         .await
         .unwrap()
@@ -797,4 +799,70 @@ mod in_process {
         let failure = placed.report.result.expect_err("the peer is gone");
         assert_eq!(failure.kind, FailureKind::Lost, "{failure}");
     }
+}
+
+/// `VmHWM` or `VmRSS` of a process, in bytes.
+fn memory_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the node lives");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a memory field");
+    kib * 1024
+}
+
+#[test]
+fn a_peer_cannot_drive_a_node_past_its_memory_budget() {
+    const MIB: u64 = 1 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let b = Joined::start(
+        root.path(),
+        "b",
+        &["--slots", "1", "--memory-budget", "2GiB"],
+    );
+    let a = Joined::start(root.path(), "a", &["--slots", "0", "--bootstrap", &b.addr]);
+    wait_for_peers(&a, 1);
+    // 20 M iovecs in one fd_write: wasi-common built ~40 host bytes for each (~800 MiB).
+    let amplifier = root.path().join("iovecs.wasm");
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2560)
+      (func (export "shoal_task:t") (result i32)
+        (call $write (i32.const 1) (i32.const 0) (i32.const 20000000) (i32.const 0))))"#;
+    std::fs::write(&amplifier, wat::parse_str(wat).unwrap()).unwrap();
+    let before = memory_of(b.child.id(), "VmRSS:");
+    let out = a.host(&[
+        "submit",
+        amplifier.to_str().unwrap(),
+        "--memory",
+        "160MiB",
+        "--on",
+        &b.peer_id,
+    ]);
+    assert!(
+        text(&out).contains("task returned status 28"),
+        "{}",
+        text(&out)
+    );
+    let rise = memory_of(b.child.id(), "VmHWM:").saturating_sub(before);
+    assert!(
+        rise < 160 * MIB + 128 * MIB,
+        "the node's RSS rose {} MiB for a 160 MiB task",
+        rise / MIB
+    );
+    // A task that could never fit the budget is refused, typed and named.
+    let out = a.host(&["submit", wasm::NOOP, "--memory", "2GiB", "--on", &b.peer_id]);
+    let shown = text(&out);
+    assert!(shown.contains("Denied"), "{shown}");
+    assert!(
+        shown.contains("over this node's 2048 MiB memory budget"),
+        "{shown}"
+    );
+    // And the node keeps serving.
+    let name = root.path().join("name.txt");
+    std::fs::write(&name, "budget").unwrap();
+    let input = format!("name={}", name.display());
+    let out = a.host(&["submit", wasm::HELLO, "--input", &input, "--on", &b.peer_id]);
+    assert!(out.status.success(), "{}", text(&out));
 }

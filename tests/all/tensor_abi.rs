@@ -6,9 +6,9 @@
 //! The GPU test fails (never skips) when no wgpu adapter is usable; on Debian,
 //! `mesa-vulkan-drivers` provides lavapipe.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use shoal::abi::ErrorCode;
+use shoal::abi::{ErrorCode, TensorOp};
 use shoal_host::{
     compute::{Backend, CpuBackend, DeviceChoice, GpuBackend},
     runtime::{FailureKind, Limits, MIB, Runtime, RuntimeConfig, TaskReport, TaskSpec},
@@ -17,7 +17,10 @@ use shoal_host::{
 use shoal_task_artifacts as wasm;
 use tempfile::TempDir;
 
-use crate::util::{assert_hello_works, spec, with_args};
+use crate::{
+    compute::{cpu_after, process_cpu},
+    util::{assert_hello_works, spec, with_args},
+};
 
 fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -252,5 +255,116 @@ fn each_task_gets_a_fresh_tensor_quota() {
             report.logs
         );
     }
+    assert_hello_works(&rt);
+}
+
+/// A task that makes one `n x n` tensor and multiplies it by itself until something stops
+/// it: on two cores one product takes about a second at n = 4096.
+fn matmul_forever(rt: &Runtime, n: u32) -> TaskSpec {
+    let (code, param, alpha) = TensorOp::Matmul {
+        trans_a: false,
+        trans_b: false,
+    }
+    .encode();
+    let bytes = n * n * 4;
+    let wat = format!(
+        r#"(module
+            (import "shoal_v1" "tensor_create" (func $create (param i32 i32 i32 i32) (result i32)))
+            (import "shoal_v1" "tensor_op" (func $op (param i32 i32 f32 i32 i32) (result i32)))
+            (import "shoal_v1" "tensor_free" (func $free (param i32) (result i32)))
+            (memory (export "memory") {pages})
+            (func (export "shoal_task:matmul_forever") (result i32)
+                (local $a i32) (local $c i32)
+                (local.set $a (call $create (i32.const {n}) (i32.const {n}) (i32.const 0)
+                                            (i32.const {bytes})))
+                (if (i32.lt_s (local.get $a) (i32.const 0)) (then (return (local.get $a))))
+                (loop $again
+                    (local.set $c (call $op (i32.const {code}) (i32.const {param})
+                                            (f32.const {alpha}) (local.get $a) (local.get $a)))
+                    (if (i32.lt_s (local.get $c) (i32.const 0)) (then (return (local.get $c))))
+                    (drop (call $free (local.get $c)))
+                    (br $again))
+                (i32.const 0)))"#,
+        pages = bytes.div_ceil(65536),
+    );
+    let module = wat::parse_str(&wat).unwrap_or_else(|e| panic!("bad WAT: {e}\n{wat}"));
+    TaskSpec {
+        module: rt.store().put_bytes(&module).expect("put module"),
+        task: None,
+        inputs: vec![],
+        args: vec![],
+        limits: Limits::default(),
+    }
+}
+
+/// The task failed for `limit`, said so as the runtime says it, and no thread kept
+/// computing for it once it returned.
+fn expect_stopped(report: &TaskReport, message: &str) {
+    let failure = report
+        .result
+        .as_ref()
+        .expect_err("the task must be stopped");
+    assert_eq!(
+        failure.kind,
+        FailureKind::Timeout,
+        "{failure}\nlogs: {}",
+        report.logs
+    );
+    assert_eq!(failure.message, message, "logs: {}", report.logs);
+    let idle = cpu_after(Duration::from_millis(200));
+    assert!(
+        idle < Duration::from_millis(20),
+        "{idle:?} of CPU in the 200 ms after the task returned"
+    );
+}
+
+/// Every limit holds at the host boundary, wall time first: a tensor op of seconds under a
+/// 300 ms limit stops within one block of the deadline (a few ms; 200 ms allowed here for
+/// a loaded machine), and the task fails for its wall-time limit.
+#[test]
+fn tensor_op_stops_at_the_wall_time_limit() {
+    let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
+    let mut spec = matmul_forever(&rt, 4096);
+    let limit = Duration::from_millis(300);
+    spec.limits.timeout = limit;
+    let report = rt.run_blocking(&spec);
+    eprintln!("wall {:?}, cpu {:?}", report.stats.wall, report.stats.cpu);
+    expect_stopped(&report, "task exceeded its 300 ms wall-time limit");
+    let bound = limit + Duration::from_millis(200);
+    assert!(
+        report.stats.wall <= bound,
+        "the task ran {:?}, over {bound:?}",
+        report.stats.wall
+    );
+    assert_hello_works(&rt);
+}
+
+/// The CPU budget counts every thread that works for the task: the op's worker threads
+/// (while the task's own thread waits for them) use it up, the op stops within a block of
+/// it, and the task's reported CPU is what the process used while it ran.
+#[test]
+fn tensor_op_threads_count_against_the_cpu_budget() {
+    let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
+    let mut spec = matmul_forever(&rt, 4096);
+    let budget = Duration::from_millis(300);
+    spec.limits.cpu_budget = budget;
+    // Were the workers' CPU not charged, the wall-time limit would end it: keep that short.
+    spec.limits.timeout = Duration::from_secs(10);
+    let before = process_cpu();
+    let report = rt.run_blocking(&spec);
+    let process = process_cpu() - before;
+    let (wall, cpu) = (report.stats.wall, report.stats.cpu);
+    eprintln!("wall {wall:?}, task cpu {cpu:?}, process cpu {process:?}");
+    expect_stopped(&report, "task exceeded its 300 ms CPU budget");
+    assert!(cpu > budget, "the task used {cpu:?} of its {budget:?}");
+    assert!(
+        cpu >= process.mul_f64(0.8),
+        "the task was charged {cpu:?} of the {process:?} the process used"
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpu <= budget + Duration::from_millis(100) * threads as u32,
+        "the op ran on to {cpu:?}"
+    );
     assert_hello_works(&rt);
 }

@@ -10,10 +10,10 @@ use std::{
 use shoal_host::{
     control::{self, Get, Put},
     runtime::{Runtime, RuntimeConfig, TaskReport, limits::fmt_bytes},
-    store::{BlockStore, Cid},
+    store::{BlockStore, Cid, GcMode, PinClass},
 };
 
-use super::{Exit, Failure, GetArgs, PutArgs, RunArgs, usage};
+use super::{Exit, Failure, GetArgs, PutArgs, QueryArgs, RunArgs, escape, usage};
 
 fn open_store(dir: &Path) -> Result<BlockStore, Failure> {
     Ok(BlockStore::open(dir)?)
@@ -30,12 +30,17 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
     }
     if let Ok(outputs) = &report.result {
         for (name, cid) in outputs {
-            writeln!(out, "output {name} {cid}")?;
+            writeln!(out, "output {} {cid}", escape::line(name))?;
         }
     }
     if !report.logs.text.is_empty() || report.logs.dropped_bytes > 0 {
+        // Indented and escaped: nothing the task prints can pass for the status line below.
         writeln!(out, "--- logs ---")?;
-        writeln!(out, "{}", report.logs.to_string().trim_end())?;
+        writeln!(
+            out,
+            "{}",
+            escape::block(report.logs.to_string().trim_end(), "  | ")
+        )?;
         writeln!(out, "---")?;
     }
     let s = &report.stats;
@@ -53,7 +58,12 @@ pub(super) fn print_report(report: &TaskReport, json: bool) -> anyhow::Result<Ex
     )?;
     match &report.result {
         Ok(_) => writeln!(out, "status: ok")?,
-        Err(f) => writeln!(out, "status: failed ({}): {}", f.kind, f.message)?,
+        Err(f) => writeln!(
+            out,
+            "status: failed ({}): {}",
+            f.kind,
+            escape::line(&f.message)
+        )?,
     }
     Ok(exit)
 }
@@ -69,8 +79,12 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Exit> {
         allow_software_gpu: args.device == super::Device::Gpu,
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::new(store, config).map_err(|e| Exit::Node.fail(e))?;
+    let runtime = Runtime::new(store.clone(), config).map_err(|e| Exit::Node.fail(e))?;
     let report = runtime.run_blocking(&spec);
+    // The user asked for these: kept until unpinned, like what they put.
+    for (_, cid) in report.result.iter().flatten() {
+        store.pin(cid, PinClass::Submitted).map_err(Failure::from)?;
+    }
     print_report(&report, args.json)
 }
 
@@ -99,6 +113,30 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// `host gc`: through the node when one runs here, else on the store directly.
+pub(super) fn gc(args: QueryArgs) -> anyhow::Result<Exit> {
+    let data_dir = args.data_dir.resolve();
+    let report = if node_running(&data_dir) {
+        super::mesh::call(&data_dir, control::Gc)?
+    } else {
+        open_store(&data_dir)?
+            .gc(GcMode::All)
+            .map_err(Failure::from)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "freed {} blocks ({}); kept {} blocks ({})",
+            report.freed_blocks,
+            fmt_bytes(report.freed_bytes),
+            report.kept_blocks,
+            fmt_bytes(report.kept_bytes)
+        );
+    }
+    Ok(Exit::Ok)
+}
+
 /// `host get`.
 pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let cid: Cid = args.cid.parse().map_err(|e| usage(format!("{e}")))?;
@@ -111,7 +149,8 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
             ));
         }
         let path = std::path::absolute(&args.output)?;
-        super::mesh::call(&data_dir, Get { cid, path })?
+        let force = args.force;
+        super::mesh::call(&data_dir, Get { cid, path, force })?
     } else if to_stdout {
         let store = open_store(&data_dir)?;
         store.manifest(&cid).map_err(Failure::from)?;
@@ -120,9 +159,7 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
             .map_err(Failure::from)?;
         return Ok(Exit::Ok);
     } else {
-        open_store(&data_dir)?
-            .export(&cid, &args.output)
-            .map_err(Failure::from)?
+        control::write_out(&open_store(&data_dir)?, &cid, &args.output, args.force)?
     };
     eprintln!("wrote {bytes} bytes to {}", args.output.display());
     Ok(Exit::Ok)

@@ -6,10 +6,11 @@ use std::{io::IsTerminal, path::Path, time::Duration};
 use shoal_host::{
     control::{self, Call, Map, MapItem, Peers, Status, Submit, TaskRequest},
     node::{Node, NodeConfig},
+    runtime::limits::fmt_bytes,
     sched::MapProgress,
 };
 
-use super::{Exit, JoinArgs, QueryArgs, SubmitArgs, local::print_report, usage};
+use super::{Exit, JoinArgs, QueryArgs, SubmitArgs, escape, local::print_report, usage};
 
 /// Sends a request to the node on `data_dir`, showing map progress on stderr.
 pub(super) fn call<C: Call>(data_dir: &Path, request: C) -> anyhow::Result<C::Reply> {
@@ -103,12 +104,17 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
         for (i, MapItem { item, ran }) in mapped.iter().enumerate() {
             match &ran.report.result {
                 Ok(outputs) => {
-                    let outs: Vec<_> = outputs.iter().map(|(n, c)| format!("{n} {c}")).collect();
+                    let outs: Vec<_> = outputs
+                        .iter()
+                        .map(|(n, c)| format!("{} {c}", escape::line(n)))
+                        .collect();
                     println!("item {i} ({item}) ran on {}: {}", ran.peer, outs.join(", "));
                 }
                 Err(f) => println!(
                     "item {i} ({item}) failed on {}: {}: {}",
-                    ran.peer, f.kind, f.message
+                    ran.peer,
+                    f.kind,
+                    escape::line(&f.message)
                 ),
             }
         }
@@ -158,6 +164,13 @@ pub(super) fn status(args: QueryArgs) -> anyhow::Result<Exit> {
         "slots: {} free of {}, {} queued; {} peer(s) connected",
         s.free_slots, s.slots, s.queue_len, s.connected_peers
     );
+    println!(
+        "store: {} used of {} ({} pinned), {} blocks",
+        fmt_bytes(s.store.used),
+        fmt_bytes(s.store.limit),
+        fmt_bytes(s.store.pinned),
+        s.store.blocks
+    );
     Ok(Exit::Ok)
 }
 
@@ -184,6 +197,8 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
                 .slots
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             device: args.device.choice(),
+            store_limit: args.store_limit,
+            memory_budget: args.memory_budget,
         };
         let node_err = |e| Exit::Node.fail(e);
         let node = Node::start(config).await.map_err(node_err)?;

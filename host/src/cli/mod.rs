@@ -1,5 +1,6 @@
 //! The `host` command line: one verb per job.
 
+mod escape;
 mod local;
 mod mesh;
 mod parse;
@@ -52,6 +53,10 @@ pub enum Command {
     /// Show the local node's identity, addresses and slots.
     #[command(after_help = EXIT_CODES)]
     Status(QueryArgs),
+    /// Delete every stored block that no pin and no running task holds: chunks of interrupted
+    /// puts, fetched copies, expired outputs of other peers' tasks.
+    #[command(after_help = EXIT_CODES)]
+    Gc(QueryArgs),
 }
 
 /// `--device`.
@@ -98,6 +103,14 @@ pub struct JoinArgs {
     /// Compute device for the tasks' tensor math.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// The store's size limit, e.g. 20GiB (default: what it holds plus half the disk's free
+    /// space, between 1 GiB and 64 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    pub store_limit: Option<u64>,
+    /// Host memory running tasks may cost together, e.g. 8GiB (default: three quarters of
+    /// the machine's memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    pub memory_budget: Option<u64>,
     #[command(flatten)]
     pub data_dir: DataDirArg,
 }
@@ -221,6 +234,9 @@ pub struct GetArgs {
     /// Where to write it; `-` for stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Write into a FIFO, a device or a symlink's target instead of refusing it.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub data_dir: DataDirArg,
 }
@@ -240,5 +256,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Submit(args) => mesh::submit(args),
         Command::Peers(args) => mesh::peers(args),
         Command::Status(args) => mesh::status(args),
+        Command::Gc(args) => local::gc(args),
     }
 }

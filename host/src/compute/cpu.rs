@@ -1,19 +1,38 @@
-//! The native CPU backend: matmul through the `gemm` crate (multi-threaded), the rest as
-//! plain loops, split across threads where a tensor is large enough to pay for it.
+//! The native CPU backend: matmul through the `gemm` crate, the rest as plain loops.
+//!
+//! Large ops are cut into blocks that the backend's worker threads take in turn while the
+//! calling thread waits. Each worker charges its own CPU time to the op's [`OpBudget`] and
+//! checks it before every block, so the task pays for every thread that worked for it, and an
+//! op whose task is out of time or CPU stops within one block (a few ms) instead of running on.
 
-use std::{num::NonZeroUsize, thread};
+use std::{
+    num::NonZeroUsize,
+    ops::Range,
+    sync::{Mutex, OnceLock, PoisonError},
+    thread,
+    time::Duration,
+};
 
 use gemm::Parallelism;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, ReduceAxis, ReduceOp, Shape, Storage,
-    Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, OpBudget, ReduceAxis, ReduceOp, Shape,
+    Storage, Tensor, TensorOp, UnaryOp, XentReduction, budget::thread_cpu_time, check_inputs,
+    pool::Pool,
 };
 
-/// Below this many multiply-adds a matmul runs on one thread: spawning costs more.
+/// Below this many multiply-adds a matmul runs on the calling thread: sharing out costs more.
 const GEMM_PARALLEL_MIN_FLOPS: usize = 64 * 64 * 64;
-/// Below this many output elements the other kernels run on one thread.
+/// Below this many output elements the other kernels run on the calling thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 17;
+/// Output elements per block of the element-wise kernels (well under a millisecond).
+const BLOCK_ELEMS: usize = 1 << 16;
+/// A matmul block: a tile of output rows and columns over a slice of the inner dimension,
+/// at most 2^28 multiply-adds (a few ms on one core). Tiles this large keep gemm's repacking
+/// of its operands, once per tile, to a few percent of the work.
+const TILE_ROWS: usize = 256;
+const TILE_COLS: usize = 256;
+const TILE_DEPTH: usize = 2048;
 
 /// Native CPU kernels. Tensors live in host memory.
 #[derive(Debug)]
@@ -21,11 +40,52 @@ pub struct CpuBackend {
     name: String,
     threads: usize,
     live: LiveBytes,
+    /// Started on the first op large enough to share out.
+    pool: OnceLock<Pool>,
 }
 
 impl Default for CpuBackend {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A worker thread's account with its op's budget.
+struct Worker<'b> {
+    budget: &'b OpBudget,
+    /// The thread's CPU time when it last charged.
+    charged: Duration,
+}
+
+impl Worker<'_> {
+    /// Charges the CPU this thread used since its last charge.
+    fn charge(&mut self) {
+        let now = thread_cpu_time();
+        self.budget.charge(now.saturating_sub(self.charged));
+        self.charged = now;
+    }
+
+    /// Charges, then errs if the op must stop.
+    fn checkpoint(&mut self) -> Result<(), ComputeError> {
+        self.charge();
+        self.budget.check()
+    }
+}
+
+/// A matmul's output, written by several threads, each only into its own tiles.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: `matmul` writes through it only from the workers of one `run_blocks` call, into
+// disjoint tiles, while the buffer it points into is alive and not otherwise borrowed.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer, taken by method so closures capture the whole (`Sync`) wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -37,6 +97,7 @@ impl CpuBackend {
             name: format!("cpu (gemm, {threads} threads)"),
             threads,
             live: LiveBytes::default(),
+            pool: OnceLock::new(),
         }
     }
 
@@ -50,60 +111,104 @@ impl CpuBackend {
         }
     }
 
-    /// Fills `out`, viewed as rows of `row_len`, calling `f(row_index, row)`; splits the rows
-    /// across threads when `out` is large.
-    fn par_rows<F>(&self, out: &mut [f32], row_len: usize, f: F)
+    /// Runs `work` on every block, on pool threads that take blocks in turn; the calling
+    /// thread only waits, so all of the work's CPU is charged to `budget`. Workers
+    /// check `budget` before every block (and `work` may check it between parts of one) and
+    /// stop taking blocks once it fails: the op then fails with that error.
+    fn run_blocks<T: Send>(
+        &self,
+        blocks: impl ExactSizeIterator<Item = T> + Send,
+        budget: &OpBudget,
+        work: impl Fn(&mut Worker<'_>, T) -> Result<(), ComputeError> + Sync,
+    ) -> Result<(), ComputeError> {
+        let workers = self.threads.min(blocks.len()).max(1);
+        let queue = Mutex::new(blocks);
+        let failure = OnceLock::new();
+        let pool = self.pool.get_or_init(|| Pool::new(self.threads));
+        pool.broadcast(workers, &|| {
+            let mut worker = Worker {
+                budget,
+                charged: thread_cpu_time(),
+            };
+            let result = loop {
+                if let Err(e) = worker.checkpoint() {
+                    break Err(e);
+                }
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                match next {
+                    Some(block) => {
+                        if let Err(e) = work(&mut worker, block) {
+                            break Err(e);
+                        }
+                    }
+                    None => break Ok(()),
+                }
+            };
+            worker.charge();
+            if let Err(e) = result {
+                // The first failure is the op's; the others stopped for the same cause.
+                let _ = failure.set(e);
+            }
+        });
+        failure.into_inner().map_or(Ok(()), Err)
+    }
+
+    /// Fills `out`, viewed as rows of `row_len`, calling `f(row_index, row)`; in blocks of
+    /// rows on worker threads when `out` is large.
+    fn par_rows<F>(
+        &self,
+        out: &mut [f32],
+        row_len: usize,
+        budget: &OpBudget,
+        f: F,
+    ) -> Result<(), ComputeError>
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
-        let rows = out.len() / row_len.max(1);
-        let threads = self.threads.min(rows);
-        if out.len() < PARALLEL_MIN_ELEMS || threads <= 1 {
-            for (i, row) in out.chunks_mut(row_len).enumerate() {
-                f(i, row);
+        let row_len = row_len.max(1);
+        let fill = |first_row: usize, block: &mut [f32]| {
+            for (i, row) in block.chunks_mut(row_len).enumerate() {
+                f(first_row + i, row);
             }
-            return;
+        };
+        if out.len() < PARALLEL_MIN_ELEMS {
+            fill(0, out);
+            return Ok(());
         }
-        let rows_per_thread = rows.div_ceil(threads);
-        thread::scope(|scope| {
-            for (t, block) in out.chunks_mut(rows_per_thread * row_len).enumerate() {
-                let f = &f;
-                scope.spawn(move || {
-                    for (i, row) in block.chunks_mut(row_len).enumerate() {
-                        f(t * rows_per_thread + i, row);
-                    }
-                });
-            }
-        });
+        let rows_per_block = (BLOCK_ELEMS / row_len).max(1);
+        let blocks = out.chunks_mut(rows_per_block * row_len).enumerate();
+        self.run_blocks(blocks, budget, |_, (b, block)| {
+            fill(b * rows_per_block, block);
+            Ok(())
+        })
     }
 
-    /// Element-wise map into a fresh buffer, in parallel chunks.
-    fn map_elems<F>(&self, len: usize, f: F) -> Vec<f32>
+    /// Element-wise map into a fresh buffer.
+    fn map_elems<F>(&self, len: usize, budget: &OpBudget, f: F) -> Result<Vec<f32>, ComputeError>
     where
         F: Fn(usize) -> f32 + Sync,
     {
         let mut out = vec![0.0; len];
-        const CHUNK: usize = 1 << 14;
-        self.par_rows(&mut out, CHUNK, |chunk, values| {
-            let base = chunk * CHUNK;
+        self.par_rows(&mut out, BLOCK_ELEMS, budget, |chunk, values| {
+            let base = chunk * BLOCK_ELEMS;
             for (i, v) in values.iter_mut().enumerate() {
                 *v = f(base + i);
             }
-        });
-        out
+        })?;
+        Ok(out)
     }
 
-    /// `op(A) @ op(B)` for host operands `lhs` (shaped `a`) and `rhs` (shaped `b`), whose
-    /// shapes `output_shape` has already checked against `out`.
+    /// `op(A) @ op(B)` for host operands whose shapes `output_shape` has already checked
+    /// against `out`.
     fn matmul(
         &self,
-        lhs: &[f32],
-        a: Shape,
-        rhs: &[f32],
-        b: Shape,
+        inputs: (&Tensor, &Tensor),
         flags: (bool, bool),
         out: Shape,
-    ) -> Vec<f32> {
+        budget: &OpBudget,
+    ) -> Result<Vec<f32>, ComputeError> {
+        let (lhs, rhs) = (self.host(inputs.0)?, self.host(inputs.1)?);
+        let (a, b) = (inputs.0.shape, inputs.1.shape);
         let (ta, tb) = flags;
         let (m, n) = (out.rows as usize, out.cols as usize);
         let k = if ta { a.rows } else { a.cols } as usize;
@@ -113,46 +218,84 @@ impl CpuBackend {
         let (lhs_rs, lhs_cs) = if ta { (1, a_cols) } else { (a_cols, 1) };
         let (rhs_rs, rhs_cs) = if tb { (1, b_cols) } else { (b_cols, 1) };
         let mut dst = vec![0.0f32; m * n];
-        let parallelism = if m.saturating_mul(n).saturating_mul(k) < GEMM_PARALLEL_MIN_FLOPS {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(0)
+        let shared = SharedOut(dst.as_mut_ptr());
+        // dst[rows, cols] = op(A)[rows, depth] @ op(B)[depth, cols], added to what is there
+        // unless `depth` starts at 0; on the calling thread.
+        let product = |rows: Range<usize>, cols: Range<usize>, depth: Range<usize>| {
+            let at = |row: usize, col: usize, rs: isize, cs: isize| {
+                row as isize * rs + col as isize * cs
+            };
+            // SAFETY: `dst` holds m*n values at row stride n, column stride 1, and the ranges
+            // lie inside 0..m, 0..n and 0..k. `lhs` holds the m x k operand op(A):
+            // untransposed A is m x k (strides k = a_cols, 1), transposed A is stored k x m
+            // and read at strides (1, a_cols = m); both stay inside its a.rows * a.cols
+            // values. The same holds for `rhs` (k x n). The shapes were checked by
+            // `output_shape`. No pointer aliases another (dst is fresh), and concurrent calls
+            // write disjoint tiles of dst (see below) while `dst` is not otherwise borrowed.
+            unsafe {
+                gemm::gemm(
+                    rows.len(),
+                    cols.len(),
+                    depth.len(),
+                    shared.ptr().add(rows.start * n + cols.start),
+                    1,
+                    n as isize,
+                    depth.start > 0,
+                    lhs.as_ptr()
+                        .offset(at(rows.start, depth.start, lhs_rs, lhs_cs)),
+                    lhs_cs,
+                    lhs_rs,
+                    rhs.as_ptr()
+                        .offset(at(depth.start, cols.start, rhs_rs, rhs_cs)),
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
         };
-        // SAFETY: `dst` holds m*n values written at row stride n, column stride 1. `lhs` holds
-        // the m x k operand op(A): untransposed A is m x k (stride k = a_cols, 1), transposed
-        // A is stored k x m and read at strides (1, a_cols = m); both stay inside its
-        // a.rows * a.cols values. The same holds for `rhs` (k x n). The shapes were checked by
-        // `output_shape` before this call, and no pointer aliases another (dst is fresh).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                rhs.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        if m.saturating_mul(n).saturating_mul(k) < GEMM_PARALLEL_MIN_FLOPS {
+            product(0..m, 0..n, 0..k);
+            return Ok(dst);
         }
-        dst
+        // Each worker owns whole output tiles (so their writes are disjoint), and walks the
+        // inner dimension of its tile in slices, checking the budget between them.
+        let span = |i: usize, step: usize, end: usize| i * step..((i + 1) * step).min(end);
+        let tiles_across = n.div_ceil(TILE_COLS);
+        // Shorter tiles where the output is too small to give every worker two.
+        let tile_rows = TILE_ROWS.min(m.div_ceil((2 * self.threads).div_ceil(tiles_across)));
+        let tiles_down = m.div_ceil(tile_rows);
+        let tiles = (0..tiles_down * tiles_across).map(|t| (t / tiles_across, t % tiles_across));
+        self.run_blocks(tiles, budget, |worker, (ti, tj)| {
+            for d in 0..k.div_ceil(TILE_DEPTH) {
+                if d > 0 {
+                    worker.checkpoint()?;
+                }
+                product(
+                    span(ti, tile_rows, m),
+                    span(tj, TILE_COLS, n),
+                    span(d, TILE_DEPTH, k),
+                );
+            }
+            Ok(())
+        })?;
+        Ok(dst)
     }
 
-    fn softmax_xent_rows(&self, logits: &[f32], labels: &[f32], cols: usize) -> Vec<f32> {
+    fn softmax_xent_rows(
+        &self,
+        logits: &[f32],
+        labels: &[f32],
+        cols: usize,
+        budget: &OpBudget,
+    ) -> Result<Vec<f32>, ComputeError> {
         let rows = labels.len();
         let mut loss = vec![0.0; rows];
-        self.par_rows(&mut loss, 1, |r, out| {
+        self.par_rows(&mut loss, 1, budget, |r, out| {
             let row = &logits[r * cols..(r + 1) * cols];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
@@ -160,8 +303,8 @@ impl CpuBackend {
                 Some(l) => max + sum.ln() - row[l],
                 None => f32::NAN,
             };
-        });
-        loss
+        })?;
+        Ok(loss)
     }
 }
 
@@ -212,8 +355,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
+    fn execute(
+        &self,
+        op: TensorOp,
+        inputs: &[&Tensor],
+        budget: &OpBudget,
+    ) -> Result<Tensor, ComputeError> {
         let shape = check_inputs(op, inputs)?;
+        budget.check()?;
         let len = shape.elements()?;
         let a = self.host(inputs[0])?;
         let b = match inputs.get(1) {
@@ -222,14 +371,9 @@ impl Backend for CpuBackend {
         };
         let (rows, cols) = (inputs[0].shape.rows as usize, inputs[0].shape.cols as usize);
         let data = match op {
-            TensorOp::Matmul { trans_a, trans_b } => self.matmul(
-                a,
-                inputs[0].shape,
-                b,
-                inputs[1].shape,
-                (trans_a, trans_b),
-                shape,
-            ),
+            TensorOp::Matmul { trans_a, trans_b } => {
+                self.matmul((inputs[0], inputs[1]), (trans_a, trans_b), shape, budget)?
+            }
             TensorOp::Binary(bop) => {
                 let f: fn(f32, f32) -> f32 = match bop {
                     BinaryOp::Add => |x, y| x + y,
@@ -238,24 +382,28 @@ impl Backend for CpuBackend {
                 };
                 // A 1 x cols `b` is broadcast over a's rows.
                 let b_len = b.len();
-                self.map_elems(len, |i| f(a[i], b[i % b_len]))
+                self.map_elems(len, budget, |i| f(a[i], b[i % b_len]))?
             }
-            TensorOp::Scale { alpha } => self.map_elems(len, |i| alpha * a[i]),
-            TensorOp::Axpy { alpha } => self.map_elems(len, |i| alpha * a[i] + b[i]),
-            TensorOp::Activation(UnaryOp::Relu) => self.map_elems(len, |i| a[i].max(0.0)),
-            TensorOp::Activation(UnaryOp::Sigmoid) => self.map_elems(len, |i| sigmoid(a[i])),
-            TensorOp::Activation(UnaryOp::Tanh) => self.map_elems(len, |i| a[i].tanh()),
+            TensorOp::Scale { alpha } => self.map_elems(len, budget, |i| alpha * a[i])?,
+            TensorOp::Axpy { alpha } => self.map_elems(len, budget, |i| alpha * a[i] + b[i])?,
+            TensorOp::Activation(UnaryOp::Relu) => {
+                self.map_elems(len, budget, |i| a[i].max(0.0))?
+            }
+            TensorOp::Activation(UnaryOp::Sigmoid) => {
+                self.map_elems(len, budget, |i| sigmoid(a[i]))?
+            }
+            TensorOp::Activation(UnaryOp::Tanh) => self.map_elems(len, budget, |i| a[i].tanh())?,
             TensorOp::ActivationGrad(UnaryOp::Relu) => {
-                self.map_elems(len, |i| if a[i] > 0.0 { b[i] } else { 0.0 })
+                self.map_elems(len, budget, |i| if a[i] > 0.0 { b[i] } else { 0.0 })?
             }
-            TensorOp::ActivationGrad(UnaryOp::Sigmoid) => self.map_elems(len, |i| {
+            TensorOp::ActivationGrad(UnaryOp::Sigmoid) => self.map_elems(len, budget, |i| {
                 let s = sigmoid(a[i]);
                 b[i] * s * (1.0 - s)
-            }),
-            TensorOp::ActivationGrad(UnaryOp::Tanh) => self.map_elems(len, |i| {
+            })?,
+            TensorOp::ActivationGrad(UnaryOp::Tanh) => self.map_elems(len, budget, |i| {
                 let t = a[i].tanh();
                 b[i] * (1.0 - t * t)
-            }),
+            })?,
             TensorOp::Reduce { op: rop, axis } => {
                 let count = match axis {
                     ReduceAxis::Axis0 => rows,
@@ -279,15 +427,15 @@ impl Backend for CpuBackend {
                     }
                     ReduceAxis::Axis1 => {
                         let mut out = vec![0.0; rows];
-                        self.par_rows(&mut out, 1, |r, o| {
+                        self.par_rows(&mut out, 1, budget, |r, o| {
                             o[0] = a[r * cols..(r + 1) * cols].iter().sum::<f32>() * factor;
-                        });
+                        })?;
                         out
                     }
                 }
             }
             TensorOp::SoftmaxXent(reduction) => {
-                let loss = self.softmax_xent_rows(a, b, cols);
+                let loss = self.softmax_xent_rows(a, b, cols, budget)?;
                 match reduction {
                     XentReduction::PerRow => loss,
                     XentReduction::Mean => vec![loss.iter().sum::<f32>() / rows as f32],
@@ -296,7 +444,7 @@ impl Backend for CpuBackend {
             TensorOp::SoftmaxXentGrad => {
                 let mut grad = vec![0.0; len];
                 let inv_rows = 1.0 / rows as f32;
-                self.par_rows(&mut grad, cols, |r, out| {
+                self.par_rows(&mut grad, cols, budget, |r, out| {
                     let row = &a[r * cols..(r + 1) * cols];
                     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
@@ -312,17 +460,17 @@ impl Backend for CpuBackend {
                             None => f32::NAN,
                         };
                     }
-                });
+                })?;
                 grad
             }
             TensorOp::Transpose => {
                 let mut out = vec![0.0; len];
                 // Output row j is input column j.
-                self.par_rows(&mut out, rows, |j, out_row| {
+                self.par_rows(&mut out, rows, budget, |j, out_row| {
                     for (i, o) in out_row.iter_mut().enumerate() {
                         *o = a[i * cols + j];
                     }
-                });
+                })?;
                 out
             }
         };
@@ -358,6 +506,7 @@ mod tests {
                         trans_b: tb,
                     },
                     &[x, y],
+                    &OpBudget::unlimited(),
                 )
                 .unwrap();
             let mut out = [0.0; 4];
@@ -377,6 +526,7 @@ mod tests {
             .execute(
                 TensorOp::SoftmaxXent(XentReduction::PerRow),
                 &[&logits, &labels],
+                &OpBudget::unlimited(),
             )
             .unwrap();
         let mut out = [0.0; 2];

@@ -11,8 +11,8 @@ use std::{num::NonZeroU64, sync::mpsc};
 use wgpu::util::DeviceExt;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, ReduceAxis, ReduceOp, Shape, Storage,
-    Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, OpBudget, ReduceAxis, ReduceOp, Shape,
+    Storage, Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Every shader file, by name, with its WGSL source (for validation in tests and tools).
@@ -37,8 +37,6 @@ pub const SHADERS: [(&str, &str); 6] = [
     ),
 ];
 
-/// The size of the uniform every kernel reads: the Rust [`Params`].
-const PARAMS_SIZE: u64 = std::mem::size_of::<Params>() as u64;
 /// Invocations per workgroup in the 1-D kernels.
 const WORKGROUP_1D: u32 = 256;
 /// Output tile of one matmul workgroup (`TM`, `TN` in matmul.wgsl).
@@ -48,71 +46,46 @@ const TRANSPOSE_TILE: u32 = 16;
 /// Workgroup memory the kernels use at most (matmul: two 1024-float tiles).
 const WORKGROUP_STORAGE_BYTES: u32 = 8192;
 
-/// A compiled kernel: (shader file index in [`SHADERS`], entry point).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-enum Kernel {
-    Matmul,
-    Add,
-    Sub,
-    Mul,
-    Scale,
-    Axpy,
-    Relu,
-    ReluGrad,
-    Sigmoid,
-    SigmoidGrad,
-    Tanh,
-    TanhGrad,
-    SumAxis0,
-    SumAxis1,
-    XentForward,
-    XentBackward,
-    Transpose,
+/// Defines [`Kernel`], one variant per compiled pipeline, from its shader file (an index in
+/// [`SHADERS`]) and entry point; `Kernel::ALL` lists them in discriminant order.
+macro_rules! kernels {
+    ($($name:ident = ($file:literal, $entry:literal)),* $(,)?) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        enum Kernel {
+            $($name),*
+        }
+
+        impl Kernel {
+            const ALL: &[Kernel] = &[$(Self::$name),*];
+
+            fn source(self) -> (usize, &'static str) {
+                match self {
+                    $(Self::$name => ($file, $entry)),*
+                }
+            }
+        }
+    };
 }
 
-impl Kernel {
-    const ALL: [Kernel; 17] = [
-        Self::Matmul,
-        Self::Add,
-        Self::Sub,
-        Self::Mul,
-        Self::Scale,
-        Self::Axpy,
-        Self::Relu,
-        Self::ReluGrad,
-        Self::Sigmoid,
-        Self::SigmoidGrad,
-        Self::Tanh,
-        Self::TanhGrad,
-        Self::SumAxis0,
-        Self::SumAxis1,
-        Self::XentForward,
-        Self::XentBackward,
-        Self::Transpose,
-    ];
-
-    fn source(self) -> (usize, &'static str) {
-        match self {
-            Self::Matmul => (0, "matmul"),
-            Self::Add => (1, "add"),
-            Self::Sub => (1, "sub"),
-            Self::Mul => (1, "mul"),
-            Self::Scale => (1, "scale"),
-            Self::Axpy => (1, "axpy"),
-            Self::Relu => (2, "relu"),
-            Self::ReluGrad => (2, "relu_grad"),
-            Self::Sigmoid => (2, "sigmoid_forward"),
-            Self::SigmoidGrad => (2, "sigmoid_grad"),
-            Self::Tanh => (2, "tanh_forward"),
-            Self::TanhGrad => (2, "tanh_grad"),
-            Self::SumAxis0 => (3, "sum_axis0"),
-            Self::SumAxis1 => (3, "sum_axis1"),
-            Self::XentForward => (4, "xent_forward"),
-            Self::XentBackward => (4, "xent_backward"),
-            Self::Transpose => (5, "transpose"),
-        }
-    }
+kernels! {
+    Matmul = (0, "matmul"),
+    Add = (1, "add"),
+    Sub = (1, "sub"),
+    Mul = (1, "mul"),
+    Scale = (1, "scale"),
+    Axpy = (1, "axpy"),
+    Relu = (2, "relu"),
+    ReluGrad = (2, "relu_grad"),
+    Sigmoid = (2, "sigmoid_forward"),
+    SigmoidGrad = (2, "sigmoid_grad"),
+    Tanh = (2, "tanh_forward"),
+    TanhGrad = (2, "tanh_grad"),
+    SumAxis0 = (3, "sum_axis0"),
+    SumAxis1 = (3, "sum_axis1"),
+    XentForward = (4, "xent_forward"),
+    XentBackward = (4, "xent_backward"),
+    Transpose = (5, "transpose"),
 }
 
 /// The values of one kernel's `Params` uniform, laid out as `struct Params` is in every
@@ -132,27 +105,12 @@ struct Params {
     aux: u32,
 }
 
-impl Params {
-    /// The uniform's bytes: each field little-endian at its offset in the `repr(C)` struct.
-    fn bytes(self) -> [u8; PARAMS_SIZE as usize] {
-        use std::mem::offset_of;
-        let fields = [
-            (offset_of!(Params, len), self.len),
-            (offset_of!(Params, rows), self.rows),
-            (offset_of!(Params, cols), self.cols),
-            (offset_of!(Params, k), self.k),
-            (offset_of!(Params, alpha), self.alpha.to_bits()),
-            (offset_of!(Params, flags), self.flags),
-            (offset_of!(Params, groups_x), self.groups_x),
-            (offset_of!(Params, aux), self.aux),
-        ];
-        let mut out = [0u8; PARAMS_SIZE as usize];
-        for (offset, word) in fields {
-            out[offset..offset + 4].copy_from_slice(&word.to_le_bytes());
-        }
-        out
-    }
-}
+// SAFETY: `Params` is `repr(C)`, all its fields are 4-byte `u32`/`f32` (no padding), and
+// every bit pattern is valid for them. The host is little-endian (see runtime/tensor_fns.rs),
+// as the uniform's bytes must be.
+unsafe impl bytemuck::Zeroable for Params {}
+// SAFETY: as for `Zeroable` above; it is also `Copy` and `'static`.
+unsafe impl bytemuck::Pod for Params {}
 
 /// What choosing an adapter needs to know of one: its info, and whether it runs compute
 /// shaders at all.
@@ -273,32 +231,24 @@ impl GpuBackend {
         }));
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        let entry = |binding: u32, ty, min_size: usize| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
+                ty,
                 has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(4),
+                min_binding_size: NonZeroU64::new(min_size as u64),
             },
             count: None,
         };
+        let storage = |read_only| wgpu::BufferBindingType::Storage { read_only };
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("shoal kernel"),
             entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: NonZeroU64::new(PARAMS_SIZE),
-                    },
-                    count: None,
-                },
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
+                entry(0, wgpu::BufferBindingType::Uniform, size_of::<Params>()),
+                entry(1, storage(true), 4),
+                entry(2, storage(true), 4),
+                entry(3, storage(false), 4),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -446,34 +396,24 @@ impl GpuBackend {
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
-                contents: &Params {
+                contents: bytemuck::bytes_of(&Params {
                     groups_x: x,
                     ..params
-                }
-                .bytes(),
+                }),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
+        let buffers = [&uniform, inputs.0, inputs.1, out];
+        let entries: Vec<_> = (0..)
+            .zip(buffers)
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("kernel"),
             layout: &self.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: inputs.0.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: inputs.1.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: out.as_entire_binding(),
-                },
-            ],
+            entries: &entries,
         });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(kernel.source().1),
@@ -517,19 +457,19 @@ impl GpuBackend {
             aux: b_len,
             ..Params::default()
         };
-        match op {
+        let with_alpha = |alpha| Params { alpha, ..base };
+        let (kernel, params, inputs, groups) = match op {
             TensorOp::Matmul { trans_a, trans_b } => {
-                let k = if trans_a { sa.rows } else { sa.cols };
                 let params = Params {
                     rows: out_shape.rows,
                     cols: out_shape.cols,
-                    k,
+                    k: if trans_a { sa.rows } else { sa.cols },
                     flags: u32::from(trans_a) | (u32::from(trans_b) << 1),
                     ..base
                 };
                 let tiles = u64::from(out_shape.rows.div_ceil(MATMUL_TILE))
                     * u64::from(out_shape.cols.div_ceil(MATMUL_TILE));
-                self.dispatch(encoder, Kernel::Matmul, params, (a, b), out, tiles)
+                (Kernel::Matmul, params, (a, b), tiles)
             }
             TensorOp::Binary(bop) => {
                 let kernel = match bop {
@@ -537,29 +477,13 @@ impl GpuBackend {
                     BinaryOp::Sub => Kernel::Sub,
                     BinaryOp::Mul => Kernel::Mul,
                 };
-                self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
+                (kernel, base, (a, b), elementwise_groups)
             }
             TensorOp::Scale { alpha } => {
-                let params = Params { alpha, ..base };
-                self.dispatch(
-                    encoder,
-                    Kernel::Scale,
-                    params,
-                    (a, a),
-                    out,
-                    elementwise_groups,
-                )
+                (Kernel::Scale, with_alpha(alpha), (a, a), elementwise_groups)
             }
             TensorOp::Axpy { alpha } => {
-                let params = Params { alpha, ..base };
-                self.dispatch(
-                    encoder,
-                    Kernel::Axpy,
-                    params,
-                    (a, b),
-                    out,
-                    elementwise_groups,
-                )
+                (Kernel::Axpy, with_alpha(alpha), (a, b), elementwise_groups)
             }
             TensorOp::Activation(u) | TensorOp::ActivationGrad(u) => {
                 let grad = matches!(op, TensorOp::ActivationGrad(_));
@@ -571,7 +495,7 @@ impl GpuBackend {
                     (UnaryOp::Tanh, false) => Kernel::Tanh,
                     (UnaryOp::Tanh, true) => Kernel::TanhGrad,
                 };
-                self.dispatch(encoder, kernel, base, (a, b), out, elementwise_groups)
+                (kernel, base, (a, b), elementwise_groups)
             }
             TensorOp::Reduce { op: rop, axis } => {
                 let (kernel, count, groups) = match axis {
@@ -586,27 +510,16 @@ impl GpuBackend {
                     ReduceOp::Sum => 1.0,
                     ReduceOp::Mean => 1.0 / count as f32,
                 };
-                let params = Params { alpha, ..base };
-                self.dispatch(encoder, kernel, params, (a, a), out, groups)
+                (kernel, with_alpha(alpha), (a, a), groups)
             }
-            TensorOp::SoftmaxXent(XentReduction::PerRow) => self.dispatch(
-                encoder,
-                Kernel::XentForward,
-                base,
-                (a, b),
-                out,
-                sa.rows.into(),
-            ),
+            TensorOp::SoftmaxXent(XentReduction::PerRow) => {
+                (Kernel::XentForward, base, (a, b), sa.rows.into())
+            }
             TensorOp::SoftmaxXent(XentReduction::Mean) => {
+                // Per-row losses, then their mean as a sum scaled by 1 / rows.
                 let per_row = self.tensor_buffer(Shape::new(sa.rows, 1))?;
-                self.dispatch(
-                    encoder,
-                    Kernel::XentForward,
-                    base,
-                    (a, b),
-                    &per_row,
-                    sa.rows.into(),
-                )?;
+                let rows = sa.rows.into();
+                self.dispatch(encoder, Kernel::XentForward, base, (a, b), &per_row, rows)?;
                 let mean = Params {
                     len: 1,
                     rows: sa.rows,
@@ -614,35 +527,20 @@ impl GpuBackend {
                     alpha: 1.0 / sa.rows as f32,
                     ..Params::default()
                 };
-                self.dispatch(
-                    encoder,
-                    Kernel::SumAxis0,
-                    mean,
-                    (&per_row, &per_row),
-                    out,
-                    1,
-                )
+                let inputs = (&per_row, &per_row);
+                return self.dispatch(encoder, Kernel::SumAxis0, mean, inputs, out, 1);
             }
             TensorOp::SoftmaxXentGrad => {
-                let params = Params {
-                    alpha: 1.0 / sa.rows as f32,
-                    ..base
-                };
-                self.dispatch(
-                    encoder,
-                    Kernel::XentBackward,
-                    params,
-                    (a, b),
-                    out,
-                    sa.rows.into(),
-                )
+                let params = with_alpha(1.0 / sa.rows as f32);
+                (Kernel::XentBackward, params, (a, b), sa.rows.into())
             }
             TensorOp::Transpose => {
                 let tiles = u64::from(sa.rows.div_ceil(TRANSPOSE_TILE))
                     * u64::from(sa.cols.div_ceil(TRANSPOSE_TILE));
-                self.dispatch(encoder, Kernel::Transpose, base, (a, a), out, tiles)
+                (Kernel::Transpose, base, (a, a), tiles)
             }
-        }
+        };
+        self.dispatch(encoder, kernel, params, inputs, out, groups)
     }
 
     /// Waits for the queue to drain; benchmarks use it to time whole ops.
@@ -662,41 +560,37 @@ impl GpuBackend {
 
 /// Checks that the adapter can run our kernels at all.
 fn check_limits(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Result<(), ComputeError> {
-    let short = |what: &str, have: u32, need: u32| ComputeError::NoAdapter {
-        reason: format!(
-            "adapter {} has {what} = {have}, kernels need {need}",
-            info.name
-        ),
-    };
-    if limits.max_compute_invocations_per_workgroup < 256 {
-        return Err(short(
+    let needs = [
+        (
             "max_compute_invocations_per_workgroup",
             limits.max_compute_invocations_per_workgroup,
             256,
-        ));
-    }
-    if limits.max_compute_workgroup_size_x < 256 {
-        return Err(short(
+        ),
+        (
             "max_compute_workgroup_size_x",
             limits.max_compute_workgroup_size_x,
             256,
-        ));
-    }
-    if limits.max_compute_workgroup_storage_size < WORKGROUP_STORAGE_BYTES {
-        return Err(short(
+        ),
+        (
             "max_compute_workgroup_storage_size",
             limits.max_compute_workgroup_storage_size,
             WORKGROUP_STORAGE_BYTES,
-        ));
-    }
-    if limits.max_storage_buffers_per_shader_stage < 3 {
-        return Err(short(
+        ),
+        (
             "max_storage_buffers_per_shader_stage",
             limits.max_storage_buffers_per_shader_stage,
             3,
-        ));
+        ),
+    ];
+    match needs.into_iter().find(|&(_, have, need)| have < need) {
+        Some((what, have, need)) => Err(ComputeError::NoAdapter {
+            reason: format!(
+                "adapter {} has {what} = {have}, kernels need {need}",
+                info.name
+            ),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Backend for GpuBackend {
@@ -780,8 +674,16 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError> {
+    /// Charges `budget` nothing: the device's time is wall time, which the task's own clock
+    /// counts; a task already out of time submits nothing.
+    fn execute(
+        &self,
+        op: TensorOp,
+        inputs: &[&Tensor],
+        budget: &OpBudget,
+    ) -> Result<Tensor, ComputeError> {
         let shape = check_inputs(op, inputs)?;
+        budget.check()?;
         let out = self.tensor_buffer(shape)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut encoder = self
@@ -875,7 +777,7 @@ mod tests {
 
     /// The uniform at binding 0 of every shader is `struct Params`, and naga lays it out
     /// exactly as the Rust struct is (member by member: name, offset, scalar type; and the
-    /// size), and [`Params::bytes`] puts each value where the shader reads it. Editing
+    /// size), and its bytes hold each value where the shader reads it. Editing
     /// either side alone fails here, not as wrong numbers on a GPU.
     #[test]
     fn params_layout_matches_the_shaders() {
@@ -889,7 +791,7 @@ mod tests {
             groups_x: 7,
             aux: 8,
         };
-        let bytes = p.bytes();
+        let bytes = bytemuck::bytes_of(&p);
         for (name, src) in SHADERS {
             let module = naga::front::wgsl::parse_str(src).unwrap();
             let mut layouter = naga::proc::Layouter::default();
@@ -932,7 +834,7 @@ mod tests {
                 assert_eq!(
                     u32::from_le_bytes(at.try_into().unwrap()),
                     word,
-                    "{name}: Params::bytes() puts {member} where the shader reads it"
+                    "{name}: Params's bytes hold {member} where the shader reads it"
                 );
                 covered += layouter[m.ty].size as usize;
             }

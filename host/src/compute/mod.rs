@@ -31,10 +31,13 @@ use std::{
 use shoal::abi::ErrorCode;
 pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, TensorOp, UnaryOp, XentReduction};
 
+mod budget;
 mod cpu;
 mod gpu;
+mod pool;
 mod table;
 
+pub use budget::{OpBudget, Overrun};
 pub use cpu::CpuBackend;
 pub use gpu::{GpuBackend, SHADERS};
 pub use table::{MAX_LIVE_TENSORS, MAX_TENSOR_ALLOCATIONS, TensorTable};
@@ -229,6 +232,12 @@ pub enum ComputeError {
         /// wgpu's description.
         message: String,
     },
+    /// The op was stopped (or never started) because its task is out of time or CPU.
+    #[error("the op was stopped: {overrun}")]
+    Cancelled {
+        /// Which limit ran out.
+        overrun: Overrun,
+    },
 }
 
 impl ComputeError {
@@ -246,7 +255,9 @@ impl ComputeError {
             | Self::Arity { .. }
             | Self::WrongBackend { .. }
             | Self::UnknownCode { .. } => ErrorCode::InvalidArgument,
-            Self::NoAdapter { .. } | Self::Device { .. } => ErrorCode::Unavailable,
+            Self::NoAdapter { .. } | Self::Device { .. } | Self::Cancelled { .. } => {
+                ErrorCode::Unavailable
+            }
         }
     }
 }
@@ -274,62 +285,32 @@ pub fn output_shape(op: TensorOp, inputs: &[Shape]) -> Result<Shape, ComputeErro
         lhs: a,
         rhs: b,
     };
+    let labels_fit = b == Shape::new(a.rows, 1);
     match op {
         TensorOp::Matmul { trans_a, trans_b } => {
-            let (m, ka) = if trans_a {
-                (a.cols, a.rows)
-            } else {
-                (a.rows, a.cols)
-            };
-            let (kb, n) = if trans_b {
-                (b.cols, b.rows)
-            } else {
-                (b.rows, b.cols)
-            };
-            if ka != kb {
+            let op_a = if trans_a { a.transposed() } else { a };
+            let op_b = if trans_b { b.transposed() } else { b };
+            if op_a.cols != op_b.rows {
                 return Err(mismatch());
             }
-            Ok(Shape::new(m, n))
+            Ok(Shape::new(op_a.rows, op_b.cols))
         }
-        TensorOp::Binary(_) => {
-            if b == a || (b.rows == 1 && b.cols == a.cols) {
-                Ok(a)
-            } else {
-                Err(mismatch())
-            }
-        }
-        TensorOp::Axpy { .. } | TensorOp::ActivationGrad(_) => {
-            if a == b {
-                Ok(a)
-            } else {
-                Err(mismatch())
-            }
-        }
+        TensorOp::Binary(_) if b == a || (b.rows == 1 && b.cols == a.cols) => Ok(a),
+        TensorOp::Axpy { .. } | TensorOp::ActivationGrad(_) if a == b => Ok(a),
         TensorOp::Scale { .. } | TensorOp::Activation(_) => Ok(a),
-        TensorOp::Reduce {
-            axis: ReduceAxis::Axis0,
-            ..
-        } => Ok(Shape::new(1, a.cols)),
-        TensorOp::Reduce {
-            axis: ReduceAxis::Axis1,
-            ..
-        } => Ok(Shape::new(a.rows, 1)),
-        TensorOp::SoftmaxXent(reduction) => {
-            if b != Shape::new(a.rows, 1) {
-                return Err(mismatch());
-            }
-            Ok(match reduction {
-                XentReduction::Mean => Shape::new(1, 1),
-                XentReduction::PerRow => Shape::new(a.rows, 1),
-            })
-        }
-        TensorOp::SoftmaxXentGrad => {
-            if b != Shape::new(a.rows, 1) {
-                return Err(mismatch());
-            }
-            Ok(a)
-        }
+        TensorOp::Reduce { axis, .. } => Ok(match axis {
+            ReduceAxis::Axis0 => Shape::new(1, a.cols),
+            ReduceAxis::Axis1 => Shape::new(a.rows, 1),
+        }),
+        TensorOp::SoftmaxXent(XentReduction::Mean) if labels_fit => Ok(Shape::new(1, 1)),
+        TensorOp::SoftmaxXent(XentReduction::PerRow) if labels_fit => Ok(Shape::new(a.rows, 1)),
+        TensorOp::SoftmaxXentGrad if labels_fit => Ok(a),
         TensorOp::Transpose => Ok(a.transposed()),
+        TensorOp::Binary(_)
+        | TensorOp::Axpy { .. }
+        | TensorOp::ActivationGrad(_)
+        | TensorOp::SoftmaxXent(_)
+        | TensorOp::SoftmaxXentGrad => Err(mismatch()),
     }
 }
 
@@ -440,13 +421,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// [`ComputeError::BufferTooSmall`] if `out` is too short; device errors.
     fn read_into(&self, tensor: &Tensor, out: &mut [f32]) -> Result<(), ComputeError>;
 
-    /// Runs `op` on `inputs` and returns the new tensor.
+    /// Runs `op` on `inputs` within `budget` and returns the new tensor. Threads other than
+    /// the caller's charge their CPU time to `budget`.
     ///
     /// # Errors
     ///
-    /// Shape errors from [`output_shape`], [`ComputeError::WrongBackend`], size and device
-    /// errors.
-    fn execute(&self, op: TensorOp, inputs: &[&Tensor]) -> Result<Tensor, ComputeError>;
+    /// [`ComputeError::Cancelled`] if `budget` ran out before or during the op; shape errors
+    /// from [`output_shape`], [`ComputeError::WrongBackend`], size and device errors.
+    fn execute(
+        &self,
+        op: TensorOp,
+        inputs: &[&Tensor],
+        budget: &OpBudget,
+    ) -> Result<Tensor, ComputeError>;
 
     /// Bytes of tensor data this backend holds now, over every table: host memory for the
     /// cpu backend, device buffers for the gpu one. Once every tensor it made is dropped it

@@ -15,8 +15,8 @@ use std::{
 };
 
 use super::{
-    Backend, BinaryOp, ComputeError, ReduceAxis, ReduceOp, Shape, Tensor, TensorOp, UnaryOp,
-    XentReduction, output_shape,
+    Backend, BinaryOp, ComputeError, OpBudget, ReduceAxis, ReduceOp, Shape, Tensor, TensorOp,
+    UnaryOp, XentReduction, output_shape,
 };
 
 /// Low bits of a handle: the slot, unique within a table.
@@ -159,20 +159,36 @@ impl TensorTable {
         Ok(self.insert(tensor, bytes))
     }
 
-    /// Runs `op` on the tensors `inputs` and returns the result's handle.
+    /// Runs `op` on the tensors `inputs`, with no time or CPU limit, and returns the result's
+    /// handle.
+    ///
+    /// # Errors
+    ///
+    /// As [`TensorTable::run_within`], but never [`ComputeError::Cancelled`].
+    pub fn run(&mut self, op: TensorOp, inputs: &[u32]) -> Result<u32, ComputeError> {
+        self.run_within(op, inputs, &OpBudget::unlimited())
+    }
+
+    /// Runs `op` on the tensors `inputs` within `budget` and returns the result's handle.
     ///
     /// # Errors
     ///
     /// Bad or foreign handles, shape errors from [`output_shape`], quota, size and device
-    /// errors. Nothing is allocated when an error is returned.
-    pub fn run(&mut self, op: TensorOp, inputs: &[u32]) -> Result<u32, ComputeError> {
+    /// errors, [`ComputeError::Cancelled`] when `budget` runs out. Nothing is allocated when
+    /// an error is returned.
+    pub fn run_within(
+        &mut self,
+        op: TensorOp,
+        inputs: &[u32],
+        budget: &OpBudget,
+    ) -> Result<u32, ComputeError> {
         let tensors = inputs
             .iter()
             .map(|&h| self.get(h))
             .collect::<Result<Vec<_>, _>>()?;
         let shapes: Vec<Shape> = tensors.iter().map(|t| t.shape()).collect();
         let bytes = self.reserve(output_shape(op, &shapes)?)?;
-        let out = self.backend.execute(op, &tensors)?;
+        let out = self.backend.execute(op, &tensors, budget)?;
         Ok(self.insert(out, bytes))
     }
 
@@ -191,22 +207,13 @@ impl TensorTable {
         self.run(TensorOp::Matmul { trans_a, trans_b }, &[a, b])
     }
 
-    /// `a op b`; see [`TensorOp::Binary`].
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn binary(&mut self, op: BinaryOp, a: u32, b: u32) -> Result<u32, ComputeError> {
-        self.run(TensorOp::Binary(op), &[a, b])
-    }
-
     /// `a + b` (`b` may be a `1 x cols` row, broadcast).
     ///
     /// # Errors
     ///
     /// As [`TensorTable::run`].
     pub fn add(&mut self, a: u32, b: u32) -> Result<u32, ComputeError> {
-        self.binary(BinaryOp::Add, a, b)
+        self.run(TensorOp::Binary(BinaryOp::Add), &[a, b])
     }
 
     /// `a - b` (`b` may be a `1 x cols` row, broadcast).
@@ -215,7 +222,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn sub(&mut self, a: u32, b: u32) -> Result<u32, ComputeError> {
-        self.binary(BinaryOp::Sub, a, b)
+        self.run(TensorOp::Binary(BinaryOp::Sub), &[a, b])
     }
 
     /// `a * b` element-wise (`b` may be a `1 x cols` row, broadcast).
@@ -224,7 +231,7 @@ impl TensorTable {
     ///
     /// As [`TensorTable::run`].
     pub fn mul(&mut self, a: u32, b: u32) -> Result<u32, ComputeError> {
-        self.binary(BinaryOp::Mul, a, b)
+        self.run(TensorOp::Binary(BinaryOp::Mul), &[a, b])
     }
 
     /// `alpha * x`.
@@ -263,60 +270,6 @@ impl TensorTable {
         self.run(TensorOp::ActivationGrad(op), &[x, dy])
     }
 
-    /// `max(x, 0)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn relu(&mut self, x: u32) -> Result<u32, ComputeError> {
-        self.activation(UnaryOp::Relu, x)
-    }
-
-    /// `dy` where `x > 0`, else 0.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn relu_grad(&mut self, x: u32, dy: u32) -> Result<u32, ComputeError> {
-        self.activation_grad(UnaryOp::Relu, x, dy)
-    }
-
-    /// `1 / (1 + exp(-x))`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn sigmoid(&mut self, x: u32) -> Result<u32, ComputeError> {
-        self.activation(UnaryOp::Sigmoid, x)
-    }
-
-    /// `dy * s * (1 - s)` with `s = sigmoid(x)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn sigmoid_grad(&mut self, x: u32, dy: u32) -> Result<u32, ComputeError> {
-        self.activation_grad(UnaryOp::Sigmoid, x, dy)
-    }
-
-    /// `tanh(x)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn tanh(&mut self, x: u32) -> Result<u32, ComputeError> {
-        self.activation(UnaryOp::Tanh, x)
-    }
-
-    /// `dy * (1 - tanh(x)^2)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn tanh_grad(&mut self, x: u32, dy: u32) -> Result<u32, ComputeError> {
-        self.activation_grad(UnaryOp::Tanh, x, dy)
-    }
-
     /// Sum or mean along `axis`; see [`ReduceAxis`].
     ///
     /// # Errors
@@ -324,24 +277,6 @@ impl TensorTable {
     /// As [`TensorTable::run`].
     pub fn reduce(&mut self, op: ReduceOp, axis: ReduceAxis, x: u32) -> Result<u32, ComputeError> {
         self.run(TensorOp::Reduce { op, axis }, &[x])
-    }
-
-    /// Sum along `axis`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn sum(&mut self, x: u32, axis: ReduceAxis) -> Result<u32, ComputeError> {
-        self.reduce(ReduceOp::Sum, axis, x)
-    }
-
-    /// Mean along `axis`.
-    ///
-    /// # Errors
-    ///
-    /// As [`TensorTable::run`].
-    pub fn mean(&mut self, x: u32, axis: ReduceAxis) -> Result<u32, ComputeError> {
-        self.reduce(ReduceOp::Mean, axis, x)
     }
 
     /// Softmax cross-entropy loss of `logits` (`r x c`) against `labels` (`r x 1` class

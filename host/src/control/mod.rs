@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use shoal_p2p::Capacity;
 
 pub use self::{
-    request::{TaskRequest, absolute, check_memory, store_file},
+    request::{TaskRequest, absolute, check_memory, store_file, write_out},
     server::serve,
 };
 use crate::{
     runtime::{FailureKind, TaskReport},
     sched::MapProgress,
-    store::{Cid, StoreError},
+    store::{Cid, GcReport, StoreError, StoreUsage},
 };
 
 /// The longest request line the node reads.
@@ -108,7 +108,12 @@ calls! {
     Map => Vec<MapItem>,
     Peers => Vec<PeerInfo>,
     Status => NodeStatus,
+    Gc => GcReport,
 }
+
+/// Collect every block no pin or running task holds; the reply says what was freed.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Gc;
 
 /// Store a file (a path on this machine) and announce it; the reply is its CID.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +129,10 @@ pub struct Get {
     pub cid: Cid,
     /// Where to write it.
     pub path: PathBuf,
+    /// Write into a path that is not a regular file (a FIFO, a device, a symlink's target)
+    /// instead of refusing it.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Run one task on the mesh.
@@ -202,6 +211,8 @@ pub struct NodeStatus {
     pub queue_len: u32,
     /// Its data dir.
     pub data_dir: PathBuf,
+    /// The store's use and limit.
+    pub store: StoreUsage,
 }
 
 /// One line of the node's answer.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Exit, Failure};
 use crate::{
     runtime::{Limits, MAX_TASK_MEMORY, TaskSpec, limits::fmt_bytes},
-    store::{BlockStore, Cid},
+    store::{BlockStore, Cid, PinClass},
 };
 
 /// A task as the command line gives it.
@@ -105,7 +105,50 @@ pub fn check_memory(bytes: u64) -> Result<u64, Failure> {
 pub fn store_file(store: &BlockStore, path: &Path) -> Result<Cid, Failure> {
     let file = File::open(path)
         .map_err(|e| Exit::Usage.fail(format_args!("cannot read {}: {e}", path.display())))?;
-    Ok(store.put_file(BufReader::with_capacity(1 << 20, file))?)
+    Ok(store.put_file_pinned(BufReader::with_capacity(1 << 20, file), PinClass::User)?)
+}
+
+/// Writes file `cid` to `path`: atomically (a temp file renamed over it) when `path` is a
+/// regular file or absent. Anything else (a symlink, a FIFO, a device, a directory) is
+/// refused unless `force`, and then written into in place: renaming over it would replace
+/// `/dev/null` itself, or follow a link somewhere the user never named.
+///
+/// # Errors
+/// [`Exit::Usage`] for a refused target; store and I/O errors.
+pub fn write_out(store: &BlockStore, cid: &Cid, path: &Path, force: bool) -> Result<u64, Failure> {
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => file_kind(&meta.file_type()),
+        _ => return Ok(store.export(cid, path)?),
+    };
+    if !force || kind == "directory" {
+        return Err(Exit::Usage.fail(format_args!(
+            "{} is a {kind}, not a regular file: refusing to write to it{}",
+            path.display(),
+            if kind == "directory" {
+                ""
+            } else {
+                " (--force writes into it)"
+            }
+        )));
+    }
+    store.manifest(cid)?;
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| Exit::Usage.fail(format_args!("cannot open {}: {e}", path.display())))?;
+    Ok(store.write_file(cid, std::io::BufWriter::new(file))?)
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match kind {
+        k if k.is_dir() => "directory",
+        k if k.is_symlink() => "symbolic link",
+        k if k.is_fifo() => "FIFO",
+        k if k.is_char_device() || k.is_block_device() => "device",
+        k if k.is_socket() => "socket",
+        _ => "special file",
+    }
 }
 
 /// `NAME=FILE|CID`: an existing file wins, else the value must be a CID.

@@ -19,7 +19,7 @@ use crate::{
     node::{Node, NodeError},
     runtime::TaskSpec,
     sched::Placed,
-    store::Cid,
+    store::{Cid, GcMode},
 };
 
 /// Control connections served at once.
@@ -111,6 +111,10 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
         }
         Ok(Request::Peers(_)) => finish(w, Ok(peers(&node).await)).await,
         Ok(Request::Status(_)) => finish(w, Ok(status(&node).await)).await,
+        Ok(Request::Gc(_)) => {
+            let store = node.store().clone();
+            finish(w, blocking(move || store.gc(GcMode::All)).await).await
+        }
     }
 }
 
@@ -131,11 +135,12 @@ async fn put(node: &Node, r: Put) -> Result<Cid, Failure> {
 }
 
 async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
+    let _lease = node.store().lease(&[r.cid]);
     node.fetch_file(r.cid, &[])
         .await
         .map_err(|e| Exit::Node.fail(e))?;
     let store = node.store().clone();
-    blocking(move || store.export(&r.cid, &r.path)).await
+    blocking(move || super::write_out(&store, &r.cid, &r.path, r.force)).await
 }
 
 /// Builds the task (storing its files), announces what it stored, and parses `on`.
@@ -230,6 +235,7 @@ async fn status(node: &Node) -> NodeStatus {
         free_slots: cap.free_slots,
         queue_len: cap.queue_len,
         data_dir: node.config().data_dir.clone(),
+        store: node.store().usage(),
     }
 }
 

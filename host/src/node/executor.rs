@@ -56,6 +56,11 @@ impl NodeInner {
             spec.module,
             shoal_p2p::FailureKind::BadModule,
         );
+        // Held until the task ends, so a GC cannot take what it needs between fetch and run.
+        let cids: Vec<Cid> = std::iter::once(spec.module)
+            .chain(spec.inputs.iter().map(|(_, c)| *c))
+            .collect();
+        let _lease = self.store.lease(&cids);
         for (what, cid, not_a_file) in std::iter::once(module).chain(inputs) {
             if let Err(e) = self.fetch_file(cid, &[from]).await {
                 // Anything else may pass (a provider went away, this disk is full): lost, so

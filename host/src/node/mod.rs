@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 pub use self::fetch::FetchError;
 use crate::{
     compute::DeviceChoice,
-    runtime::{Runtime, RuntimeConfig},
+    runtime::{Runtime, RuntimeConfig, default_memory_budget},
     sched::{self, Scheduler},
-    store::{BlockStore, Cid, StoreError},
+    store::{BlockStore, Cid, PinClass, StoreConfig, StoreError},
 };
 
 /// How to start a node (`host join`'s flags).
@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub slots: usize,
     /// Compute device for tensor calls.
     pub device: DeviceChoice,
+    /// The store's size limit (`--store-limit`); `None` derives one from the disk.
+    pub store_limit: Option<u64>,
+    /// Host memory running tasks may cost together (`--memory-budget`); `None` derives one
+    /// from the machine.
+    pub memory_budget: Option<u64>,
 }
 
 /// Errors starting a node.
@@ -99,7 +104,13 @@ impl Node {
     /// [`NodeError`] when any part cannot start (a locked data dir, a bad listen address, ...).
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         create_private_dir(&config.data_dir)?;
-        let store = Arc::new(BlockStore::open(&config.data_dir)?);
+        let store = Arc::new(BlockStore::open_with(
+            &config.data_dir,
+            StoreConfig {
+                limit_bytes: config.store_limit,
+                ..StoreConfig::default()
+            },
+        )?);
         let keypair = identity::load_or_create(&config.data_dir.join("identity.key"))?;
         let runtime = Runtime::new(
             store.clone(),
@@ -107,6 +118,7 @@ impl Node {
                 slots: config.slots.max(1),
                 device: config.device,
                 allow_software_gpu: config.device == DeviceChoice::Gpu,
+                memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
                 ..RuntimeConfig::default()
             },
         )?;
@@ -176,7 +188,10 @@ impl Node {
                 what: format!("reading {}", path.display()),
                 source,
             })?;
-            store.put_file(std::io::BufReader::with_capacity(1 << 20, file))
+            store.put_file_pinned(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                PinClass::User,
+            )
         })
         .await?;
         self.inner.announce(cid).await;

@@ -15,7 +15,7 @@ use super::{
     TaskState,
     limits::{TaskClock, fmt_bytes},
 };
-use crate::store::{CHUNK_SIZE, StoreError};
+use crate::store::{CHUNK_SIZE, PinClass, StoreError};
 
 type Call<'a> = Caller<'a, TaskState>;
 type GuestResult = Result<i32, ErrorCode>;
@@ -160,10 +160,14 @@ fn output_write(
         bytes: body,
         clock: &state.clock,
     };
-    let cid = state.store.put_file(clocked).map_err(|e| {
-        host_note(state, &format!("storing output `{name}`"), &e);
-        ErrorCode::Unavailable
-    })?;
+    // Kept for the remote-output retention at least; the submitting node pins its own.
+    let cid = state
+        .store
+        .put_file_pinned(clocked, PinClass::RemoteOutput)
+        .map_err(|e| {
+            host_note(state, &format!("storing output `{name}`"), &e);
+            ErrorCode::Unavailable
+        })?;
     state.output_bytes = total;
     state.outputs.push((name.to_owned(), cid));
     data[cid_range].copy_from_slice(cid.as_bytes());

@@ -21,7 +21,9 @@ use super::{
     host_fns::{check_clock, encode, guest_range, len_result, with_memory},
     logs::LogSink,
 };
-use crate::compute::{Backend, ComputeError, DeviceChoice, Shape, TensorTable, select_backend};
+use crate::compute::{
+    Backend, ComputeError, DeviceChoice, OpBudget, Shape, TensorTable, select_backend,
+};
 
 type Call<'a> = Caller<'a, TaskState>;
 type GuestResult = Result<i32, ErrorCode>;
@@ -150,10 +152,16 @@ fn tensor_op(
         return Err(ErrorCode::InvalidArgument);
     };
     let inputs = [handle(a), handle(b)];
-    let (table, logs) = table(state)?;
-    match table.run(op, &inputs[..op.arity()]) {
+    // The op may use what the task has left; its worker threads' CPU is the task's too.
+    let budget = OpBudget::new(state.clock.deadline, state.clock.cpu_left());
+    let (table, _) = table(state)?;
+    let result = table.run_within(op, &inputs[..op.arity()], &budget);
+    state.clock.charge(budget.cpu());
+    match result {
         Ok(h) => len_result(h as usize),
-        Err(e) => Err(fail(logs, &format!("tensor_op {}", op.name()), &e)),
+        // The caller's clock check ends the task for the limit that stopped the op.
+        Err(e @ ComputeError::Cancelled { .. }) => Err(e.code()),
+        Err(e) => Err(fail(&state.logs, &format!("tensor_op {}", op.name()), &e)),
     }
 }
 
@@ -220,7 +228,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         |mut c: Call<'_>, code: i32, param: i32, alpha: f32, a: i32, b: i32| {
             check_clock(&c)?;
             let result = tensor_op(c.data_mut(), code, param, alpha, a, b);
-            // Epochs do not tick in host code: a long op must still end a task that is out of time.
+            // Epochs do not tick in host code: an op that ran out the task's time or CPU (it
+            // stops itself, within one block) ends the task here, for that limit.
             check_clock(&c)?;
             Ok(encode(result))
         },

@@ -1,27 +1,33 @@
 //! The manifest block: how a file of any size is named by one CID.
 //!
-//! Every file, even an empty one, is stored as its chunks plus one manifest block, and the
-//! file's CID is the manifest's CID. So a CID a user sees always names a manifest and a chunk
-//! CID never does: there is no guessing whether some bytes "look like" a manifest.
+//! Every file, even an empty one, is stored as its chunks (data blocks, see [`super::block`])
+//! plus one manifest block, and the file's CID is the manifest's CID. A data block starts with
+//! `0x00` and a manifest with `S`, so a chunk CID never names a manifest, whatever the chunk
+//! holds: there is no guessing whether some bytes "look like" a manifest.
 //!
 //! Format (all integers little-endian):
 //!
 //! | offset | size      | field                                          |
 //! |--------|-----------|------------------------------------------------|
-//! | 0      | 8         | magic `SHOALMF1`                               |
+//! | 0      | 8         | magic `SHOALMF2` (`SHOALMF1`: untagged chunks) |
 //! | 8      | 8         | `len`: total file length in bytes (u64)        |
 //! | 16     | 4         | `count`: number of chunks (u32)                |
 //! | 20     | 32 × count| chunk CIDs, in file order                      |
 //!
 //! Chunks are exactly [`CHUNK_SIZE`] bytes except the last, which holds the remainder
-//! (1..=CHUNK_SIZE bytes); `count == len.div_ceil(CHUNK_SIZE)`. A manifest is itself a block,
-//! so it is at most [`MAX_BLOCK_LEN`]: that caps a file at [`MAX_FILE_LEN`].
+//! (1..=CHUNK_SIZE bytes); `count == len.div_ceil(CHUNK_SIZE)`, and every chunk's length is
+//! checked on read, so the declared length is the sum of the chunks. The chunk CIDs name data
+//! blocks (the chunk behind a one-byte tag). A manifest is itself a block, so it is at most
+//! [`MAX_BLOCK_LEN`]: that caps a file at [`MAX_FILE_LEN`].
 
 use super::{Cid, MAX_BLOCK_LEN};
 
 /// Size of every chunk but the last.
 pub const CHUNK_SIZE: usize = 1 << 20;
-const MAGIC: &[u8; 8] = b"SHOALMF1";
+/// The manifest magic; its first byte is the manifest's block kind.
+pub(super) const MAGIC: &[u8; 8] = b"SHOALMF2";
+/// The magic of the first format, whose chunks carried no kind tag.
+const OLD_MAGIC: &[u8; 8] = b"SHOALMF1";
 const HEADER_LEN: usize = 20;
 /// The most chunks one manifest can list.
 pub const MAX_CHUNKS: usize = (MAX_BLOCK_LEN - HEADER_LEN) / 32;
@@ -42,8 +48,13 @@ pub struct Manifest {
 #[non_exhaustive]
 pub enum ManifestError {
     /// Wrong magic or a truncated header: this block is a chunk, not a file.
-    #[error("not a file manifest (it is a raw chunk or foreign data)")]
+    #[error("not a file manifest (it is a data chunk or foreign data)")]
     NotAManifest,
+    /// A manifest of the first, untagged format, which this version does not read.
+    #[error(
+        "a manifest of an older Shoal store format (SHOALMF1), which this version does not read; put the file again"
+    )]
+    OldFormat,
     /// The header and the chunk list disagree.
     #[error("corrupt manifest: {0}")]
     Inconsistent(&'static str),
@@ -67,6 +78,9 @@ impl Manifest {
     /// # Errors
     /// [`ManifestError`] when the bytes are not a well-formed manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.starts_with(OLD_MAGIC) {
+            return Err(ManifestError::OldFormat);
+        }
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(ManifestError::NotAManifest);
         }
@@ -116,6 +130,10 @@ mod tests {
     #[test]
     fn rejects_raw_and_inconsistent_blocks() {
         assert_eq!(Manifest::decode(b"hello"), Err(ManifestError::NotAManifest));
+        assert_eq!(
+            Manifest::decode(b"SHOALMF1\0\0\0\0\0\0\0\0\0\0\0\0"),
+            Err(ManifestError::OldFormat)
+        );
         let m = Manifest {
             len: 5,
             chunks: vec![Cid::of(b"hello")],

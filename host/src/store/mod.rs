@@ -1,6 +1,6 @@
 //! The on-disk block store: blake3-named blocks under `<data-dir>/blocks`.
 //!
-//! Trade-offs (see also the manifest format in [`manifest`]):
+//! Trade-offs (see also the block kinds in [`block`] and the manifest format in [`manifest`]):
 //! - One file per block, fanned out by the first two hex digits, so that no directory grows
 //!   past a few thousand entries and a block can be served with one `read`.
 //! - Writes go to a temp file, are fsynced, then renamed into place: a crash leaves either no
@@ -8,19 +8,37 @@
 //! - Every read is verified against the name. A block that fails is moved to `quarantine/`
 //!   and reported, never returned, so a later fetch from the mesh can replace it.
 //! - The data dir is locked for the life of the store: two nodes never share one.
+//! - The store has a size limit ([`StoreConfig::limit_bytes`]). A block that would pass it is
+//!   first made room for by GC of unpinned blocks ([`gc`]), then refused with
+//!   [`StoreError::Full`]; space is reserved before a block is written, so the limit holds
+//!   even for puts in parallel. What is kept is set by pins and leases ([`pins`]).
 
+pub mod block;
+pub mod gc;
 pub mod manifest;
+pub mod pins;
+pub mod space;
 
 use std::{
     collections::BTreeSet,
     fs::{self, File},
     io::{self, Read, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
+pub use block::{BlockKind, DATA_HEADER_LEN, DATA_TAG};
+pub use gc::{GcMode, GcReport, StoreUsage};
 pub use manifest::{CHUNK_SIZE, MAX_FILE_LEN, Manifest, ManifestError};
+pub use pins::{DEFAULT_REMOTE_OUTPUT_RETENTION, Lease, Pin, PinClass};
 pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
+use space::fmt_bytes;
+
+const _: () = assert!(DATA_HEADER_LEN + CHUNK_SIZE <= MAX_BLOCK_LEN);
 
 /// What can go wrong in the block store.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +73,16 @@ pub enum StoreError {
         /// Why its block is not a manifest.
         source: ManifestError,
     },
+    /// A manifest lists a block that is not a data block (a manifest, or foreign bytes).
+    #[error("chunk {index} of file {file} names block {cid}, which is not a data block")]
+    NotAChunk {
+        /// The file's CID.
+        file: Cid,
+        /// Chunk index.
+        index: usize,
+        /// The block listed.
+        cid: Cid,
+    },
     /// A chunk's length disagrees with its manifest.
     #[error("chunk {index} of file {file} has {actual} bytes, its manifest says {expected}")]
     ChunkLength {
@@ -76,6 +104,33 @@ pub enum StoreError {
     /// A file over [`MAX_FILE_LEN`].
     #[error("file exceeds the {MAX_FILE_LEN}-byte file limit")]
     FileTooLarge,
+    /// The store's size limit leaves no room, even after GC of unpinned blocks.
+    #[error(
+        "the store is full: its {} limit is taken by {} of pinned, in-use or incoming blocks, and {} more did not fit; unpin files or raise --store-limit",
+        fmt_bytes(*.limit), fmt_bytes(*.used), fmt_bytes(*.needed)
+    )]
+    Full {
+        /// The limit in bytes.
+        limit: u64,
+        /// Bytes stored or reserved by writes in progress, after GC.
+        used: u64,
+        /// Bytes of the block that did not fit.
+        needed: u64,
+    },
+    /// The destination's filesystem has less free space than the file needs; nothing was
+    /// written.
+    #[error(
+        "not enough free space to write {}: the file is {} ({needed} bytes), its filesystem has {} free",
+        path.display(), fmt_bytes(*.needed), fmt_bytes(*.available)
+    )]
+    NoSpace {
+        /// Where the file was to be written.
+        path: PathBuf,
+        /// The file's length.
+        needed: u64,
+        /// Bytes free there.
+        available: u64,
+    },
     /// A filesystem error, with what was being done.
     #[error("{what}: {source}")]
     Io {
@@ -91,28 +146,75 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The size limit in bytes; `None` takes [`space::default_limit`]: what the store holds
+    /// plus half the free space of its filesystem at open, between 1 GiB and 64 GiB.
+    pub limit_bytes: Option<u64>,
+    /// How long [`PinClass::RemoteOutput`] pins last.
+    pub remote_output_retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            limit_bytes: None,
+            remote_output_retention: DEFAULT_REMOTE_OUTPUT_RETENTION,
+        }
+    }
+}
+
+/// The store's bookkeeping, behind one lock (see [`gc`] for why one).
+#[derive(Debug)]
+struct State {
+    /// Bytes of blocks in `blocks/`.
+    used: u64,
+    /// Blocks in `blocks/`.
+    blocks: u64,
+    /// Bytes of blocks being written, not yet in `blocks/`.
+    reserved: u64,
+    limit: u64,
+    leases: pins::LeaseCounts,
+    pins: pins::PinMap,
+}
+
 /// A content-addressed block store in a locked data dir.
 #[derive(Debug)]
 pub struct BlockStore {
     blocks: PathBuf,
     tmp: PathBuf,
     quarantine: PathBuf,
+    pins_dir: PathBuf,
     tmp_counter: AtomicU64,
+    state: Arc<Mutex<State>>,
+    retention: Duration,
     // Held for the store's lifetime; the OS drops the lock with the file.
     _lock: File,
 }
 
 impl BlockStore {
-    /// Opens (creating if needed) the store in `data_dir` and locks it.
+    /// Opens (creating if needed) the store in `data_dir` with the default configuration and
+    /// locks it.
+    ///
+    /// # Errors
+    /// As [`BlockStore::open_with`].
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, StoreConfig::default())
+    }
+
+    /// Opens (creating if needed) the store in `data_dir`, locks it, loads its pins and counts
+    /// its blocks.
     ///
     /// # Errors
     /// [`StoreError::Locked`] if another process holds the dir, [`StoreError::Io`] if it
-    /// cannot be created.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// cannot be created or read.
+    pub fn open_with(data_dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
         let blocks = data_dir.join("blocks");
         let tmp = data_dir.join("tmp");
         let quarantine = data_dir.join("quarantine");
-        for dir in [&blocks, &tmp, &quarantine] {
+        let pins_dir = data_dir.join("pins");
+        for dir in [&blocks, &tmp, &quarantine, &pins_dir] {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         let lock_path = data_dir.join("LOCK");
@@ -139,11 +241,30 @@ impl BlockStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        let pins = pins::load(&pins_dir)
+            .map_err(io_err(format!("reading pins in {}", pins_dir.display())))?;
+        let found = gc::walk_blocks(&blocks)
+            .map_err(io_err(format!("counting blocks in {}", blocks.display())))?;
+        let used = found.iter().map(|f| f.len).sum();
+        let limit = config
+            .limit_bytes
+            .unwrap_or_else(|| space::default_limit(used, space::available(data_dir).unwrap_or(0)));
+        let state = State {
+            used,
+            blocks: found.len() as u64,
+            reserved: 0,
+            limit,
+            leases: Default::default(),
+            pins,
+        };
         Ok(Self {
             blocks,
             tmp,
             quarantine,
+            pins_dir,
             tmp_counter: AtomicU64::new(0),
+            state: Arc::new(Mutex::new(state)),
+            retention: config.remote_output_retention,
             _lock: lock,
         })
     }
@@ -158,18 +279,91 @@ impl BlockStore {
         self.path_of(cid).is_file()
     }
 
-    /// Writes a block to a temp file, unsynced; [`BlockStore::commit`] makes it durable.
-    fn stage(&self, bytes: &[u8], batch: &mut Batch) -> Result<Cid, StoreError> {
+    /// Holds `cids` (and, for file CIDs, their manifests and chunks) against GC until the
+    /// returned guard drops. Take it before the work that needs the blocks: a running task's
+    /// module and inputs, a fetch's file CID.
+    pub fn lease(&self, cids: &[Cid]) -> Lease {
+        Lease::new(self.state.clone(), cids)
+    }
+
+    /// Pins `cid` in `class`, durably; pinning again restarts its retention. A file's CID
+    /// protects the whole file. The CID need not be stored yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the pin cannot be written.
+    pub fn pin(&self, cid: &Cid, class: PinClass) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        pins::write(&self.pins_dir, cid, class, now).map_err(io_err(format!("pinning {cid}")))?;
+        pins::lock(&self.state).pins.insert((class, *cid), now);
+        Ok(())
+    }
+
+    /// Removes the pin of `cid` in `class`; returns whether there was one. Its blocks stay
+    /// until a GC finds nothing else reaching them.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the pin cannot be removed.
+    pub fn unpin(&self, cid: &Cid, class: PinClass) -> Result<bool, StoreError> {
+        let mut state = pins::lock(&self.state);
+        let on_disk =
+            pins::remove(&self.pins_dir, cid, class).map_err(io_err(format!("unpinning {cid}")))?;
+        Ok(state.pins.remove(&(class, *cid)).is_some() || on_disk)
+    }
+
+    /// Every pin, by class then CID.
+    pub fn pins(&self) -> Vec<Pin> {
+        pins::lock(&self.state)
+            .pins
+            .iter()
+            .map(|(&(class, cid), &since)| Pin { cid, class, since })
+            .collect()
+    }
+
+    /// Reserves room for a block of `len` bytes under the limit, collecting unpinned blocks
+    /// first if it does not fit.
+    fn reserve(&self, len: u64) -> Result<(), StoreError> {
+        let mut state = pins::lock(&self.state);
+        let wanted = state.used + state.reserved + len;
+        if wanted > state.limit {
+            let over = wanted - state.limit;
+            if let Err(e) = self.gc_locked(&mut state, GcMode::Free(over)) {
+                tracing::warn!(error = %e, "GC to make room failed");
+            }
+            if state.used + state.reserved + len > state.limit {
+                return Err(StoreError::Full {
+                    limit: state.limit,
+                    used: state.used + state.reserved,
+                    needed: len,
+                });
+            }
+        }
+        state.reserved += len;
+        Ok(())
+    }
+
+    /// Writes a block to a temp file, unsynced; [`BlockStore::commit`] makes it durable. The
+    /// block is leased before anything else, so GC cannot remove a stored copy this put
+    /// relies on.
+    fn stage(
+        &self,
+        bytes: &[u8],
+        batch: &mut Batch<'_>,
+        lease: &mut Lease,
+    ) -> Result<Cid, StoreError> {
         if bytes.len() > MAX_BLOCK_LEN {
             return Err(StoreError::BlockTooLarge { len: bytes.len() });
         }
         let cid = Cid::of(bytes);
+        lease.add(cid);
         let path = self.path_of(&cid);
-        if batch.staged.iter().any(|(_, p)| *p == path)
+        if batch.staged.iter().any(|s| s.path == path)
             || (path.is_file() && self.get_block(&cid).is_ok())
         {
             return Ok(cid);
         }
+        let len = bytes.len() as u64;
+        self.reserve(len)?;
+        batch.reserved += len;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!(
             "{}-{n}-{}",
@@ -184,7 +378,7 @@ impl BlockStore {
         match write() {
             Ok(file) => {
                 batch.files.push(file);
-                batch.staged.push((tmp, path));
+                batch.staged.push(Staged { tmp, path, len });
                 Ok(cid)
             }
             Err(e) => {
@@ -196,14 +390,10 @@ impl BlockStore {
 
     /// Makes staged blocks durable, then renames them into place: a rename never exposes
     /// bytes that are not on disk. The fsyncs of a batch run on several threads, since the
-    /// disk's flush latency, not its bandwidth, is what a chunked put waits on.
-    fn commit(&self, batch: Batch, dirs: &mut BTreeSet<PathBuf>) -> Result<(), StoreError> {
-        let Batch { files, staged } = batch;
-        let cleanup = |staged: &[(PathBuf, PathBuf)]| {
-            staged
-                .iter()
-                .for_each(|(tmp, _)| drop(fs::remove_file(tmp)))
-        };
+    /// disk's flush latency, not its bandwidth, is what a chunked put waits on. The renames
+    /// hold the state lock, so a GC sees a block either staged or stored and counted.
+    fn commit(&self, mut batch: Batch<'_>, dirs: &mut BTreeSet<PathBuf>) -> Result<(), StoreError> {
+        let files = std::mem::take(&mut batch.files);
         let per_thread = files.len().div_ceil(SYNC_THREADS).max(1);
         let synced = std::thread::scope(|scope| {
             let workers: Vec<_> = files
@@ -215,30 +405,45 @@ impl BlockStore {
                     .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
             })
         });
-        if let Err(e) = synced {
-            cleanup(&staged);
-            return Err(io_err("syncing new blocks to disk")(e));
-        }
-        for (i, (tmp, path)) in staged.iter().enumerate() {
-            let dir = path
+        drop(files);
+        // On error the batch's drop removes what is still staged and releases its room.
+        synced.map_err(io_err("syncing new blocks to disk"))?;
+        let mut state = pins::lock(&self.state);
+        let mut staged = std::mem::take(&mut batch.staged).into_iter();
+        while let Some(s) = staged.next() {
+            let dir = s
+                .path
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| self.blocks.clone());
-            let moved = fs::create_dir_all(&dir).and_then(|()| fs::rename(tmp, path));
-            if let Err(e) = moved {
-                cleanup(&staged[i..]);
-                return Err(io_err(format!("storing block {}", path.display()))(e));
+            let existed = s.path.is_file();
+            if let Err(e) = fs::create_dir_all(&dir).and_then(|()| fs::rename(&s.tmp, &s.path)) {
+                drop(state);
+                let what = format!("storing block {}", s.path.display());
+                batch.staged.push(s);
+                batch.staged.extend(staged);
+                return Err(io_err(what)(e));
+            }
+            state.reserved -= s.len;
+            batch.reserved -= s.len;
+            if !existed {
+                state.used += s.len;
+                state.blocks += 1;
             }
             dirs.insert(dir);
         }
+        // Before the batch drops: its drop may take the lock.
+        drop(state);
         Ok(())
     }
 
     /// Stores blocks fetched under CIDs someone named, idempotently, synced as one batch;
-    /// refuses (and stores none of) a batch where any block does not hash to its name.
+    /// refuses (and stores none of) a batch where any block does not hash to its name. The
+    /// caller's lease on the file keeps them once they are stored.
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] for the first block that does not match; I/O errors.
+    /// [`StoreError::Corrupt`] for the first block that does not match; [`StoreError::Full`];
+    /// I/O errors.
     pub fn put_verified_batch(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
         for (cid, bytes) in blocks {
             let actual = Cid::of(bytes);
@@ -246,9 +451,10 @@ impl BlockStore {
                 return Err(StoreError::Corrupt { cid: *cid, actual });
             }
         }
-        let mut batch = Batch::default();
+        let mut lease = self.lease(&[]);
+        let mut batch = Batch::new(self);
         for (_, bytes) in blocks {
-            self.stage(bytes, &mut batch)?;
+            self.stage(bytes, &mut batch, &mut lease)?;
         }
         let mut dirs = BTreeSet::new();
         self.commit(batch, &mut dirs)?;
@@ -279,7 +485,11 @@ impl BlockStore {
         };
         let actual = Cid::of(&bytes);
         if actual != *cid {
-            let _ = fs::rename(&path, self.quarantine.join(cid.to_hex()));
+            let mut state = pins::lock(&self.state);
+            if fs::rename(&path, self.quarantine.join(cid.to_hex())).is_ok() {
+                state.used = state.used.saturating_sub(bytes.len() as u64);
+                state.blocks = state.blocks.saturating_sub(1);
+            }
             tracing::warn!(%cid, %actual, "quarantined a corrupt block");
             return Err(StoreError::Corrupt { cid: *cid, actual });
         }
@@ -287,29 +497,55 @@ impl BlockStore {
     }
 
     /// Stores a file of any size read from `reader`: its chunks, then its manifest. Returns
-    /// the file's CID (the manifest's).
+    /// the file's CID (the manifest's). Nothing pins it: pin it, or use
+    /// [`BlockStore::put_file_pinned`] or [`BlockStore::put_file_in`], or a GC may remove it.
     ///
     /// # Errors
-    /// [`StoreError::FileTooLarge`] past [`MAX_FILE_LEN`]; [`StoreError::Io`] on read or
-    /// write errors.
-    pub fn put_file(&self, mut reader: impl Read) -> Result<Cid, StoreError> {
+    /// As [`BlockStore::put_file_in`].
+    pub fn put_file(&self, reader: impl Read) -> Result<Cid, StoreError> {
+        self.put_file_in(reader, &mut self.lease(&[]))
+    }
+
+    /// Stores a file as [`BlockStore::put_file`] and pins it in `class` before its blocks are
+    /// released to GC.
+    ///
+    /// # Errors
+    /// As [`BlockStore::put_file_in`], and [`StoreError::Io`] if the pin cannot be written.
+    pub fn put_file_pinned(&self, reader: impl Read, class: PinClass) -> Result<Cid, StoreError> {
+        let mut lease = self.lease(&[]);
+        let cid = self.put_file_in(reader, &mut lease)?;
+        self.pin(&cid, class)?;
+        Ok(cid)
+    }
+
+    /// Stores a file as [`BlockStore::put_file`], adding each of its blocks to `lease` before
+    /// it is looked up or written, so they stay while the lease lives (a task's outputs until
+    /// the task's caller pins them). An interrupted put leaves only chunks that no pin
+    /// reaches, which GC removes once the lease is dropped.
+    ///
+    /// # Errors
+    /// [`StoreError::FileTooLarge`] past [`MAX_FILE_LEN`]; [`StoreError::Full`] when the
+    /// store's limit leaves no room after GC; [`StoreError::Io`] on read or write errors.
+    pub fn put_file_in(&self, mut reader: impl Read, lease: &mut Lease) -> Result<Cid, StoreError> {
         let mut dirs = BTreeSet::new();
         let mut chunks = Vec::new();
         let mut len = 0u64;
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        let mut batch = Batch::default();
+        // The data tag, then room for one chunk: each block is staged from here with no copy.
+        let mut buf = vec![0u8; DATA_HEADER_LEN + CHUNK_SIZE];
+        buf[0] = DATA_TAG;
+        let mut batch = Batch::new(self);
         loop {
-            let n =
-                read_full(&mut reader, &mut buf).map_err(io_err("reading the file to store"))?;
+            let n = read_full(&mut reader, &mut buf[DATA_HEADER_LEN..])
+                .map_err(io_err("reading the file to store"))?;
             if n == 0 {
                 break;
             }
             if chunks.len() == manifest::MAX_CHUNKS {
                 return Err(StoreError::FileTooLarge);
             }
-            chunks.push(self.stage(&buf[..n], &mut batch)?);
+            chunks.push(self.stage(&buf[..DATA_HEADER_LEN + n], &mut batch, lease)?);
             if batch.staged.len() >= SYNC_BATCH {
-                self.commit(std::mem::take(&mut batch), &mut dirs)?;
+                self.commit(std::mem::replace(&mut batch, Batch::new(self)), &mut dirs)?;
             }
             len += n as u64;
             if n < CHUNK_SIZE {
@@ -317,7 +553,7 @@ impl BlockStore {
             }
         }
         let manifest = Manifest { len, chunks };
-        let cid = self.stage(&manifest.encode(), &mut batch)?;
+        let cid = self.stage(&manifest.encode(), &mut batch, lease)?;
         self.commit(batch, &mut dirs)?;
         self.sync_dirs(&dirs)?;
         Ok(cid)
@@ -334,32 +570,56 @@ impl BlockStore {
     /// Reads and decodes a file's manifest.
     ///
     /// # Errors
-    /// [`StoreError::NotAFile`] if the CID names a chunk; read errors as [`BlockStore::get_block`].
+    /// [`StoreError::NotAFile`] if the CID names a data block (whatever its content) or
+    /// anything else that is not a manifest; read errors as [`BlockStore::get_block`].
     pub fn manifest(&self, cid: &Cid) -> Result<Manifest, StoreError> {
         let bytes = self.get_block(cid)?;
         Manifest::decode(&bytes).map_err(|source| StoreError::NotAFile { cid: *cid, source })
     }
 
-    /// Reads chunk `index` of a file, verified and length-checked.
+    /// Chunk `index` of a file as its whole data block (tag included), verified, checked to be
+    /// a data block and length-checked against the manifest.
+    fn chunk_block(
+        &self,
+        file: &Cid,
+        manifest: &Manifest,
+        index: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let cid = manifest.chunks[index];
+        let bytes = self.get_block(&cid)?;
+        let Some(payload) = block::data_payload(&bytes) else {
+            return Err(StoreError::NotAChunk {
+                file: *file,
+                index,
+                cid,
+            });
+        };
+        let expected = manifest.chunk_len(index);
+        if payload.len() != expected {
+            return Err(StoreError::ChunkLength {
+                file: *file,
+                index,
+                expected,
+                actual: payload.len(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads chunk `index` of a file: its bytes without the data tag, verified, checked to be
+    /// a data block and length-checked.
     ///
     /// # Errors
-    /// As [`BlockStore::get_block`], plus [`StoreError::ChunkLength`].
+    /// As [`BlockStore::get_block`], plus [`StoreError::NotAChunk`] and
+    /// [`StoreError::ChunkLength`].
     pub fn read_chunk(
         &self,
         file: &Cid,
         manifest: &Manifest,
         index: usize,
     ) -> Result<Vec<u8>, StoreError> {
-        let bytes = self.get_block(&manifest.chunks[index])?;
-        let expected = manifest.chunk_len(index);
-        if bytes.len() != expected {
-            return Err(StoreError::ChunkLength {
-                file: *file,
-                index,
-                expected,
-                actual: bytes.len(),
-            });
-        }
+        let mut bytes = self.chunk_block(file, manifest, index)?;
+        bytes.drain(..DATA_HEADER_LEN);
         Ok(bytes)
     }
 
@@ -367,12 +627,21 @@ impl BlockStore {
     ///
     /// # Errors
     /// As [`BlockStore::read_chunk`], plus [`StoreError::Io`] on write errors.
-    pub fn write_file(&self, cid: &Cid, mut writer: impl Write) -> Result<u64, StoreError> {
+    pub fn write_file(&self, cid: &Cid, writer: impl Write) -> Result<u64, StoreError> {
         let manifest = self.manifest(cid)?;
+        self.write_chunks(cid, &manifest, writer)
+    }
+
+    fn write_chunks(
+        &self,
+        cid: &Cid,
+        manifest: &Manifest,
+        mut writer: impl Write,
+    ) -> Result<u64, StoreError> {
         for index in 0..manifest.chunks.len() {
-            let chunk = self.read_chunk(cid, &manifest, index)?;
+            let block = self.chunk_block(cid, manifest, index)?;
             writer
-                .write_all(&chunk)
+                .write_all(&block[DATA_HEADER_LEN..])
                 .map_err(io_err(format!("writing file {cid}")))?;
         }
         writer
@@ -382,17 +651,42 @@ impl BlockStore {
     }
 
     /// Writes a whole file to `dest` atomically: into a temp file beside it, then renamed over
-    /// it, so `dest` is either untouched or complete. A CID that is not a readable file fails
-    /// before anything is created.
+    /// it, so `dest` is either untouched or complete. A CID that is not a readable file, or a
+    /// file longer than the free space of `dest`'s filesystem, fails before anything is
+    /// created.
     ///
     /// # Errors
-    /// As [`BlockStore::write_file`], plus [`StoreError::Io`] when `dest` cannot be written.
+    /// As [`BlockStore::write_file`], plus [`StoreError::NoSpace`], and [`StoreError::Io`]
+    /// when `dest` cannot be written.
     pub fn export(&self, cid: &Cid, dest: &Path) -> Result<u64, StoreError> {
-        self.manifest(cid)?;
+        self.export_checked(cid, dest, space::available)
+    }
+
+    /// [`BlockStore::export`], with the free space of a directory measured by `free`.
+    fn export_checked(
+        &self,
+        cid: &Cid,
+        dest: &Path,
+        free: impl FnOnce(&Path) -> io::Result<u64>,
+    ) -> Result<u64, StoreError> {
+        let manifest = self.manifest(cid)?;
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let available =
+            free(dir).map_err(io_err(format!("measuring free space in {}", dir.display())))?;
+        if manifest.len > available {
+            return Err(StoreError::NoSpace {
+                path: dest.to_path_buf(),
+                needed: manifest.len,
+                available,
+            });
+        }
         let tmp = dest.with_extension("shoal-partial");
         let file = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let written = self
-            .write_file(cid, io::BufWriter::new(&file))
+            .write_chunks(cid, &manifest, io::BufWriter::new(&file))
             .and_then(|len| {
                 file.sync_data()
                     .map_err(io_err(format!("writing {}", tmp.display())))?;
@@ -438,12 +732,45 @@ const SYNC_BATCH: usize = 64;
 /// Threads that fsync one batch.
 const SYNC_THREADS: usize = 8;
 
-/// Blocks written to temp files and not yet synced or renamed into place.
-#[derive(Default)]
-struct Batch {
+/// A block written to a temp file and not yet renamed into place.
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    len: u64,
+}
+
+/// Blocks written to temp files and not yet synced or renamed into place, with the room
+/// reserved for them. Dropping it removes what is still staged and releases the room, so a
+/// put that fails midway leaves no temp file and no reservation.
+struct Batch<'s> {
+    store: &'s BlockStore,
     files: Vec<File>,
-    /// (temp path, final path)
-    staged: Vec<(PathBuf, PathBuf)>,
+    staged: Vec<Staged>,
+    reserved: u64,
+}
+
+impl<'s> Batch<'s> {
+    fn new(store: &'s BlockStore) -> Self {
+        Self {
+            store,
+            files: Vec::new(),
+            staged: Vec::new(),
+            reserved: 0,
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.files.clear();
+        for s in &self.staged {
+            let _ = fs::remove_file(&s.tmp);
+        }
+        if self.reserved > 0 {
+            let mut state = pins::lock(&self.store.state);
+            state.reserved = state.reserved.saturating_sub(self.reserved);
+        }
+    }
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
@@ -594,14 +921,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path()).unwrap();
         let bytes = b"never half-written";
-        let chunk_path = store.path_of(&Cid::of(bytes));
+        let chunk = Cid::of(&block::data_block(bytes));
+        let chunk_path = store.path_of(&chunk);
         // A file where the block's fan-out directory must go: the rename into place fails
         // after the data was written and synced (root ignores permissions, so no chmod).
         let fan_out = chunk_path.parent().unwrap();
         fs::write(fan_out, b"in the way").unwrap();
         let err = store.put_bytes(bytes).unwrap_err();
         assert!(matches!(err, StoreError::Io { .. }), "{err}");
-        assert!(!store.has_block(&Cid::of(bytes)));
+        assert!(!store.has_block(&chunk));
         assert_eq!(walk_files(&store.tmp), 0, "the staged temp file is removed");
         fs::remove_file(fan_out).unwrap();
         let cid = store.put_bytes(bytes).unwrap();
@@ -636,5 +964,152 @@ mod tests {
             store.put_verified_batch(&[(Cid([1; 32]), b"abc".to_vec())]),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_chunk_whose_content_is_a_manifest_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        // A manifest that would list one chunk 2,048 times: a 2 GiB "file" from 64 KiB.
+        let big = store.put_bytes(&bytes_of(CHUNK_SIZE, 3)).unwrap();
+        let one = store.manifest(&big).unwrap().chunks[0];
+        let crafted = Manifest {
+            len: 2048 * CHUNK_SIZE as u64,
+            chunks: vec![one; 2048],
+        }
+        .encode();
+        let file = store.put_bytes(&crafted).unwrap();
+        let chunk = store.manifest(&file).unwrap().chunks[0];
+        for err in [
+            store.read_file(&chunk).unwrap_err(),
+            store.manifest(&chunk).unwrap_err(),
+            store.export(&chunk, &dir.path().join("out")).unwrap_err(),
+            store.write_file(&chunk, io::sink()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    err,
+                    StoreError::NotAFile {
+                        source: ManifestError::NotAManifest,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        assert!(!dir.path().join("out").exists());
+        assert_eq!(
+            store.read_file(&file).unwrap(),
+            crafted,
+            "the real file round-trips"
+        );
+    }
+
+    /// Stores `bytes` as a raw block, as a fetch from a peer would.
+    fn put_raw(store: &BlockStore, bytes: &[u8]) -> Cid {
+        let cid = Cid::of(bytes);
+        store.put_verified_batch(&[(cid, bytes.to_vec())]).unwrap();
+        cid
+    }
+
+    #[test]
+    fn a_manifest_listing_anything_but_a_data_block_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let inner = store.put_bytes(b"abc").unwrap();
+        let untagged = put_raw(&store, b"abc");
+        for listed in [inner, untagged] {
+            let outer = put_raw(
+                &store,
+                &Manifest {
+                    len: 3,
+                    chunks: vec![listed],
+                }
+                .encode(),
+            );
+            let err = store.read_file(&outer).unwrap_err();
+            assert!(
+                matches!(err, StoreError::NotAChunk { cid, index: 0, .. } if cid == listed),
+                "{err}"
+            );
+            let m = store.manifest(&outer).unwrap();
+            assert!(store.read_chunk(&outer, &m, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn every_chunk_length_is_checked_against_the_declared_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let short = put_raw(&store, &block::data_block(b"abc"));
+        let lying = put_raw(
+            &store,
+            &Manifest {
+                len: 10,
+                chunks: vec![short],
+            }
+            .encode(),
+        );
+        let err = store.read_file(&lying).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::ChunkLength {
+                    expected: 10,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let m = store.manifest(&lying).unwrap();
+        assert!(store.read_chunk(&lying, &m, 0).is_err());
+        let out = dir.path().join("out");
+        assert!(store.export(&lying, &out).is_err());
+        assert!(!out.exists() && !out.with_extension("shoal-partial").exists());
+    }
+
+    #[test]
+    fn read_chunk_returns_the_chunk_without_its_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let data = bytes_of(CHUNK_SIZE + 5, 1);
+        let cid = store.put_bytes(&data).unwrap();
+        let m = store.manifest(&cid).unwrap();
+        assert_eq!(store.read_chunk(&cid, &m, 0).unwrap(), data[..CHUNK_SIZE]);
+        assert_eq!(store.read_chunk(&cid, &m, 1).unwrap(), data[CHUNK_SIZE..]);
+        assert_eq!(
+            store.get_block(&m.chunks[1]).unwrap(),
+            block::data_block(&data[CHUNK_SIZE..]),
+            "the block on disk and on the wire carries its tag"
+        );
+    }
+
+    #[test]
+    fn export_checks_free_space_before_writing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let cid = store.put_bytes(&bytes_of(5000, 2)).unwrap();
+        let out = dir.path().join("out.bin");
+        let err = store.export_checked(&cid, &out, |_| Ok(4096)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NoSpace {
+                    needed: 5000,
+                    available: 4096,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("4.9 KiB") && msg.contains("4 KiB free"),
+            "{msg}"
+        );
+        assert!(!out.exists() && !out.with_extension("shoal-partial").exists());
+        assert_eq!(store.export(&cid, &out).unwrap(), 5000);
+        assert_eq!(fs::read(&out).unwrap(), bytes_of(5000, 2));
     }
 }
