@@ -11,6 +11,12 @@ pub const IMPORT_MODULE: &str = "shoal_v1";
 /// `memory` and friends from ever being mistaken for tasks.
 pub const TASK_EXPORT_PREFIX: &str = "shoal_task:";
 
+mod subtasks;
+
+pub use self::subtasks::{
+    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, SpawnSpec, SubtaskResult,
+    decode_result, encode_result,
+};
 pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError};
 
 /// Guest-visible error codes. Recoverable conditions come back as one of these; fatal ones
@@ -27,11 +33,13 @@ pub enum ErrorCode {
     BufferTooSmall = -3,
     /// An argument is out of range (unknown op code, bad flag, non-UTF-8 name, ...).
     InvalidArgument = -4,
-    /// The tensor handle is not live in this task (never made, freed, or another task's).
+    /// The handle (a tensor's or a subtask's) is not live in this task (never made, freed, or
+    /// another task's).
     BadHandle = -5,
     /// The tensors' shapes do not fit the operation.
     ShapeMismatch = -6,
-    /// The task's device-memory (tensor) quota would be exceeded.
+    /// One of the task's quotas would be exceeded (tensor memory, outputs, subtasks); the
+    /// task's log names which.
     QuotaExceeded = -7,
     /// A size computation overflowed or exceeds a hard limit.
     TooLarge = -8,
@@ -73,9 +81,9 @@ impl ErrorCode {
             Self::NotFound => "not found",
             Self::BufferTooSmall => "buffer too small",
             Self::InvalidArgument => "invalid argument",
-            Self::BadHandle => "tensor handle is not live in this task",
+            Self::BadHandle => "handle is not live in this task",
             Self::ShapeMismatch => "tensor shapes do not match the operation",
-            Self::QuotaExceeded => "task device-memory quota exceeded",
+            Self::QuotaExceeded => "task quota exceeded (its log names which)",
             Self::TooLarge => "size overflow or beyond a hard limit",
             Self::Unavailable => "host resource unavailable",
             Self::Denied => "denied",

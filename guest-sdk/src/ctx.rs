@@ -2,7 +2,11 @@
 
 use std::{fmt, io, str::FromStr};
 
-use crate::{Cid, Error, abi, sys};
+use crate::{
+    Cid, Error, abi,
+    subtask::{Handle, Spawn},
+    sys,
+};
 
 /// The task's view of its invocation.
 pub struct Ctx {
@@ -87,6 +91,93 @@ impl Ctx {
         sys::output_write(name, bytes)
             .map(Cid)
             .map_err(|code| Error::host(format!("output `{name}`"), code))
+    }
+}
+
+impl Ctx {
+    /// The CID of this task's own module, so a driver can spawn its other tasks.
+    ///
+    /// # Errors
+    /// Without a host that runs subtasks (natively).
+    pub fn module(&self) -> Result<Cid, Error> {
+        sys::self_module()
+            .map(Cid)
+            .map_err(|c| Error::host("this task's module", c))
+    }
+
+    /// Stores `bytes` as a file (an object, as Ray's `put`); this task and its subtasks may
+    /// read it by the CID returned.
+    ///
+    /// # Errors
+    /// If the host cannot store it (the task's output quota counts it).
+    pub fn put(&mut self, bytes: &[u8]) -> Result<Cid, Error> {
+        sys::object_put(bytes)
+            .map(Cid)
+            .map_err(|c| Error::host("storing an object", c))
+    }
+
+    /// Reads a whole file by CID: one of this task's inputs, objects or outputs, or a
+    /// subtask's output. Anything else is [`abi::ErrorCode::Denied`].
+    ///
+    /// # Errors
+    /// `Denied`, or if the host cannot fetch it.
+    pub fn read(&self, cid: Cid) -> Result<Vec<u8>, Error> {
+        let err = |code| Error::host(format_args!("reading {cid}"), code);
+        let index = sys::object_open(&cid.0).map_err(err)?;
+        let len = sys::input_len(index).map_err(err)?;
+        let mut reader = InputReader {
+            index,
+            offset: 0,
+            len,
+        };
+        let mut out = Vec::with_capacity(len);
+        io::Read::read_to_end(&mut reader, &mut out)
+            .map_err(|e| Error::msg(format!("reading {cid}: {e}")))?;
+        Ok(out)
+    }
+
+    /// Spawns a subtask on the mesh.
+    ///
+    /// # Errors
+    /// `QuotaExceeded` past the subtask count, in-flight or CPU bounds; `Denied` past the
+    /// nesting depth or for a CID this task may not read. The task's log names the bound.
+    pub fn spawn(&mut self, spawn: Spawn) -> Result<Handle, Error> {
+        sys::spawn(&spawn.0.encode()).map(Handle).map_err(|code| {
+            // The host's log names the exact bound; the task sees the likely ones.
+            let why = match code {
+                abi::ErrorCode::Denied => format!(
+                    "spawning a subtask (past the nesting depth limit of {}, or a CID this task may not give)",
+                    abi::MAX_DEPTH
+                ),
+                abi::ErrorCode::QuotaExceeded => format!(
+                    "spawning a subtask (past the limit of {} subtasks, {} at once, or the shared CPU budget)",
+                    abi::MAX_SUBTASKS,
+                    abi::MAX_SUBTASKS_IN_FLIGHT
+                ),
+                _ => "spawning a subtask".to_owned(),
+            };
+            Error::host(why, code)
+        })
+    }
+
+    /// Blocks until one of `handles` has finished; returns its index in `handles`. While it
+    /// waits, this task holds no slot: its subtasks can run on this node.
+    ///
+    /// # Errors
+    /// For an empty list or a handle that is not this task's.
+    pub fn wait(&self, handles: &[Handle]) -> Result<usize, Error> {
+        let raw: Vec<u32> = handles.iter().map(|h| h.0).collect();
+        sys::subtask_wait(&raw).map_err(|c| Error::host("waiting for subtasks", c))
+    }
+
+    /// Spawns `base` once per CID, each given as input `input`, as the seed's `app.map`.
+    ///
+    /// # Errors
+    /// As [`Ctx::spawn`], for the first that fails.
+    pub fn map(&mut self, base: &Spawn, input: &str, cids: &[Cid]) -> Result<Vec<Handle>, Error> {
+        cids.iter()
+            .map(|cid| self.spawn(base.clone().input(input, *cid)))
+            .collect()
     }
 }
 

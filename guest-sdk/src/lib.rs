@@ -34,6 +34,7 @@ pub mod abi;
 mod cid;
 mod ctx;
 mod error;
+mod subtask;
 mod sys;
 pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]
@@ -47,6 +48,7 @@ pub use error::Error;
 /// The task is exported as `name` (or the name given with `#[shoal::task(name = "other")]`).
 /// An `Err` ends the task as failed with the error's message.
 pub use shoal_macros::task;
+pub use subtask::{Handle, Outputs, Spawn};
 pub use tensor::Tensor;
 
 /// Logs a line at info level to the task's captured log: `log!("step {i}: loss {loss}")`.

@@ -95,6 +95,7 @@ impl Bench {
                 cpu_budget: Duration::from_secs(600),
                 ..Limits::default()
             },
+            depth: 0,
         };
         let started = Instant::now();
         let report = self.rt.run_blocking(&spec);

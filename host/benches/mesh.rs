@@ -87,6 +87,7 @@ fn main() {
             inputs: vec![],
             args: vec![],
             limits: Default::default(),
+            depth: 0,
         };
         assert!(
             client

@@ -39,6 +39,7 @@ fn setup(slots: usize) -> (tempfile::TempDir, Runtime, TaskSpec) {
         inputs: vec![],
         args: vec![],
         limits: Limits::default(),
+        depth: 0,
     };
     assert!(rt.run_blocking(&spec).result.is_ok(), "noop runs");
     (dir, rt, spec)

@@ -19,14 +19,14 @@ use crate::messages::{
 
 /// `/shoal/block/1`: fetch a block by id.
 pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
-/// `/shoal/task/2`: submit a task, get its outcome.
+/// `/shoal/task/3`: submit a task, get its outcome.
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
 pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
 /// The name of [`BLOCK_PROTOCOL`].
 pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/1";
 /// The name of [`TASK_PROTOCOL`].
-pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/2";
+pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/3";
 /// The name of [`CAPACITY_PROTOCOL`].
 pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
 /// Shoal's private Kademlia DHT.
@@ -52,7 +52,7 @@ pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
     request: 64,
     response: MAX_BLOCK_LEN + 64,
 };
-/// `/shoal/task/2`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+/// `/shoal/task/3`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
     request: 1 << 20,
     response: 4 << 20,
@@ -182,7 +182,7 @@ impl<Req, Resp> FramedCodec<Req, Resp> {
 
 /// The codec of `/shoal/block/1`.
 pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
-/// The codec of `/shoal/task/2`.
+/// The codec of `/shoal/task/3`.
 pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
 /// The codec of `/shoal/capacity/1`.
 pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
@@ -295,8 +295,9 @@ mod tests {
             inputs in prop::collection::vec((".{0,20}", block_id()), 0..8),
             args in prop::collection::vec((".{0,20}", ".{0,40}"), 0..8),
             limits in task_limits(),
+            depth in 0u32..8,
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits }
+            TaskSpec { module, entry, inputs, args, limits, depth }
         }
     }
 

@@ -5,7 +5,7 @@
 //! implementing [`InboundHandler`] and calling [`Network::spawn`]:
 //!
 //! - `/shoal/block/1` — fetch a block by [`Cid`] ([`NetworkClient::fetch_block`]);
-//! - `/shoal/task/2` — submit a [`TaskSpec`], get its [`TaskOutcome`]
+//! - `/shoal/task/3` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
 //! - Kademlia (`/shoal/kad/1.0.0`) for provider records, identify, ping, and optional mDNS.

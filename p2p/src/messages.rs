@@ -39,7 +39,7 @@ pub struct TaskLimits {
     pub cpu_budget_ms: u64,
 }
 
-/// `/shoal/task/2` request: run this task and send back its outcome.
+/// `/shoal/task/3` request: run this task and send back its outcome.
 ///
 /// The executing peer fetches the module and inputs it lacks from the submitter, whose
 /// `PeerId` it knows from the connection (or from providers found through Kademlia).
@@ -55,6 +55,8 @@ pub struct TaskSpec {
     pub args: Vec<(String, String)>,
     /// Sandbox limits.
     pub limits: TaskLimits,
+    /// How deep in a tree of subtasks it is: 0 for a task a user submitted.
+    pub depth: u32,
 }
 
 impl TaskSpec {
@@ -109,7 +111,7 @@ pub enum FailureKind {
     Other,
 }
 
-/// `/shoal/task/2` response: what became of a task.
+/// `/shoal/task/3` response: what became of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskOutcome {
     /// The task ran to completion.

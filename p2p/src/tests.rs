@@ -179,6 +179,7 @@ fn spec(entry: &str) -> TaskSpec {
             timeout_ms: 1000,
             cpu_budget_ms: 1000,
         },
+        depth: 0,
     }
 }
 
@@ -847,7 +848,7 @@ fn largest_spec() -> TaskSpec {
     spec
 }
 
-/// The request limits of `/shoal/task/2` and `/shoal/capacity/1` hold over libp2p: one byte
+/// The request limits of `/shoal/task/3` and `/shoal/capacity/1` hold over libp2p: one byte
 /// over the limit is refused on the header, promptly, while a request of exactly the limit is
 /// still served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

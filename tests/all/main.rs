@@ -7,5 +7,6 @@ mod containment;
 mod decoders;
 mod mesh;
 mod sandbox;
+mod subtasks;
 mod tensor_abi;
 mod util;

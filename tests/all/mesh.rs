@@ -486,6 +486,7 @@ mod in_process {
             inputs,
             args: vec![],
             limits: Default::default(),
+            depth: 0,
         }
     }
 
@@ -631,6 +632,7 @@ mod in_process {
             let spec = TaskSpec {
                 args,
                 limits: limits.clone(),
+                depth: 0,
                 ..spec_for(&a, path, vec![]).await
             };
             same_report_local_and_remote(&a, &b, spec).await;

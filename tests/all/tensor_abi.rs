@@ -294,6 +294,7 @@ fn matmul_forever(rt: &Runtime, n: u32) -> TaskSpec {
         inputs: vec![],
         args: vec![],
         limits: Limits::default(),
+        depth: 0,
     }
 }
 

@@ -41,6 +41,7 @@ pub fn spec(rt: &Runtime, path: &str, inputs: &[(&str, &[u8])]) -> TaskSpec {
         inputs,
         args: vec![],
         limits: Limits::default(),
+        depth: 0,
     }
 }
 
@@ -85,6 +86,7 @@ pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
         inputs: vec![],
         args: vec![],
         limits: Limits::default(),
+        depth: 0,
     }
 }
 

@@ -79,3 +79,29 @@ pub(crate) fn log(level: LogLevel, message: &str) {
 pub(crate) fn set_error(message: &str) {
     with(|t| t.error = Some(message.to_owned()));
 }
+
+// Subtasks and objects need a real host: natively they are unavailable.
+
+pub(crate) fn self_module() -> Result<[u8; CID_LEN], ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}
+
+pub(crate) fn object_put(_: &[u8]) -> Result<[u8; CID_LEN], ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}
+
+pub(crate) fn object_open(_: &[u8; CID_LEN]) -> Result<usize, ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}
+
+pub(crate) fn spawn(_: &[u8]) -> Result<u32, ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}
+
+pub(crate) fn subtask_wait(_: &[u32]) -> Result<usize, ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}
+
+pub(crate) fn subtask_result(_: u32) -> Result<Vec<u8>, ErrorCode> {
+    Err(ErrorCode::Unavailable)
+}

@@ -26,6 +26,12 @@ mod raw {
         pub fn tensor_shape(handle: i32, out_ptr: *mut u8) -> i32;
         pub fn tensor_read(handle: i32, ptr: *mut u8, len: usize) -> i32;
         pub fn tensor_free(handle: i32) -> i32;
+        pub fn self_module(cid_ptr: *mut u8) -> i32;
+        pub fn object_put(ptr: *const u8, len: usize, cid_ptr: *mut u8) -> i32;
+        pub fn object_open(cid_ptr: *const u8) -> i32;
+        pub fn spawn(spec_ptr: *const u8, spec_len: usize) -> i32;
+        pub fn subtask_wait(handles_ptr: *const i32, count: usize) -> i32;
+        pub fn subtask_result(handle: i32, ptr: *mut u8, len: usize) -> i32;
     }
 }
 
@@ -157,4 +163,51 @@ pub(crate) fn tensor_read(handle: u32, out: &mut [f32]) -> Result<usize, ErrorCo
 pub(crate) fn tensor_free(handle: u32) -> Result<(), ErrorCode> {
     // SAFETY: takes no pointers.
     check(unsafe { raw::tensor_free(raw_handle(handle)) }).map(|_| ())
+}
+
+pub(crate) fn self_module() -> Result<[u8; CID_LEN], ErrorCode> {
+    let mut cid = [0u8; CID_LEN];
+    // SAFETY: `cid` has room for CID_LEN bytes and lives across the call.
+    check(unsafe { raw::self_module(cid.as_mut_ptr()) })?;
+    Ok(cid)
+}
+
+pub(crate) fn object_put(bytes: &[u8]) -> Result<[u8; CID_LEN], ErrorCode> {
+    let mut cid = [0u8; CID_LEN];
+    // SAFETY: `bytes` is a live slice; `cid` has room for CID_LEN bytes.
+    check(unsafe { raw::object_put(bytes.as_ptr(), bytes.len(), cid.as_mut_ptr()) })?;
+    Ok(cid)
+}
+
+pub(crate) fn object_open(cid: &[u8; CID_LEN]) -> Result<usize, ErrorCode> {
+    // SAFETY: `cid` is CID_LEN readable bytes, alive across the call.
+    check(unsafe { raw::object_open(cid.as_ptr()) })
+}
+
+pub(crate) fn spawn(spec: &[u8]) -> Result<u32, ErrorCode> {
+    // SAFETY: the pointer and length describe `spec`, alive across the call.
+    handle_result(unsafe { raw::spawn(spec.as_ptr(), spec.len()) })
+}
+
+pub(crate) fn subtask_wait(handles: &[u32]) -> Result<usize, ErrorCode> {
+    let raw_handles: Vec<i32> = handles.iter().map(|h| raw_handle(*h)).collect();
+    // SAFETY: the pointer and count describe `raw_handles`, alive across the call.
+    check(unsafe { raw::subtask_wait(raw_handles.as_ptr(), raw_handles.len()) })
+}
+
+pub(crate) fn subtask_result(handle: u32) -> Result<Vec<u8>, ErrorCode> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: the pointer and length describe `buf`, writable and alive across the call.
+        let ret = unsafe { raw::subtask_result(raw_handle(handle), buf.as_mut_ptr(), buf.len()) };
+        match check(ret) {
+            Ok(n) if n <= buf.len() => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // A result longer than the buffer answers with its length: grow and ask again.
+            Ok(n) => buf.resize(n, 0),
+            Err(code) => return Err(code),
+        }
+    }
 }

@@ -70,6 +70,7 @@ impl TaskRequest {
                 cpu_budget: self.timeout,
                 ..Limits::default()
             },
+            depth: 0,
         })
     }
 }

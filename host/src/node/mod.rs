@@ -5,6 +5,7 @@
 mod executor;
 mod fetch;
 mod identity;
+mod mesh;
 
 use std::{
     path::{Path, PathBuf},
@@ -144,7 +145,12 @@ impl Node {
                 "the network made no handler".into(),
             )))
         })?;
-        let scheduler = Arc::new(Scheduler::new(net, runtime, store, config.slots));
+        let scheduler = Arc::new(Scheduler::new(net, runtime.clone(), store, config.slots));
+        runtime.attach_mesh(Arc::new(mesh::NodeMesh {
+            inner: Arc::downgrade(&inner),
+            scheduler: Arc::downgrade(&scheduler),
+            tokio: tokio::runtime::Handle::current(),
+        }));
         Ok(Self {
             inner,
             scheduler,

@@ -15,7 +15,7 @@ use super::{
     TaskState,
     limits::{TaskClock, fmt_bytes},
 };
-use crate::store::{CHUNK_SIZE, PinClass, StoreError};
+use crate::store::{CHUNK_SIZE, Cid, PinClass, StoreError};
 
 type Call<'a> = Caller<'a, TaskState>;
 type GuestResult = Result<i32, ErrorCode>;
@@ -54,7 +54,7 @@ fn guest_str(data: &[u8], ptr: i32, len: i32) -> Result<&str, ErrorCode> {
 }
 
 /// Copies `value` into the guest buffer, or says how much room it needs.
-fn copy_out(data: &mut [u8], ptr: i32, len: i32, value: &[u8]) -> GuestResult {
+pub(super) fn copy_out(data: &mut [u8], ptr: i32, len: i32, value: &[u8]) -> GuestResult {
     let range = guest_range(ptr, len, data.len())?;
     if range.len() < value.len() {
         return Err(ErrorCode::BufferTooSmall);
@@ -146,14 +146,35 @@ fn output_write(
     if state.outputs.iter().any(|(n, _)| n == name) {
         return Err(ErrorCode::InvalidArgument);
     }
+    if state.outputs.len() >= state.limits.outputs {
+        quota_note(state, &format!("output `{name}`"));
+        return Err(ErrorCode::QuotaExceeded);
+    }
+    let cid = store_bytes(state, body, &format!("output `{name}`"))?;
+    state.outputs.push((name.to_owned(), cid));
+    data[cid_range].copy_from_slice(cid.as_bytes());
+    Ok(0)
+}
+
+fn quota_note(state: &TaskState, what: &str) {
+    state.logs.append(&[format!(
+        "[host] {what} refused: the task's output quota is {} outputs and {}\n",
+        state.limits.outputs,
+        fmt_bytes(state.limits.output_bytes)
+    )
+    .as_bytes()]);
+}
+
+/// Stores bytes the task wrote (an output or an object) against its output-bytes quota; the
+/// task may read them back.
+pub(super) fn store_bytes(
+    state: &mut TaskState,
+    body: &[u8],
+    what: &str,
+) -> Result<Cid, ErrorCode> {
     let total = state.output_bytes.saturating_add(body.len() as u64);
-    if state.outputs.len() >= state.limits.outputs || total > state.limits.output_bytes {
-        state.logs.append(&[format!(
-            "[host] output `{name}` refused: the task's output quota is {} outputs and {}\n",
-            state.limits.outputs,
-            fmt_bytes(state.limits.output_bytes)
-        )
-        .as_bytes()]);
+    if total > state.limits.output_bytes {
+        quota_note(state, what);
         return Err(ErrorCode::QuotaExceeded);
     }
     let clocked = ClockedReader {
@@ -165,13 +186,12 @@ fn output_write(
         .store
         .put_file_pinned(clocked, PinClass::RemoteOutput)
         .map_err(|e| {
-            host_note(state, &format!("storing output `{name}`"), &e);
+            host_note(state, &format!("storing {what}"), &e);
             ErrorCode::Unavailable
         })?;
     state.output_bytes = total;
-    state.outputs.push((name.to_owned(), cid));
-    data[cid_range].copy_from_slice(cid.as_bytes());
-    Ok(0)
+    state.subtasks.readable.insert(cid);
+    Ok(cid)
 }
 
 /// Guest bytes read out in chunks that stop once the task is out of time, so one huge

@@ -5,6 +5,7 @@ mod compile;
 mod host_fns;
 pub mod limits;
 mod logs;
+mod subtasks;
 mod tensor_fns;
 mod wasi;
 
@@ -29,6 +30,7 @@ pub use self::{
     },
     limits::{HOST_ALLOWANCE, Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB, default_memory_budget},
     logs::Logs,
+    subtasks::Mesh,
 };
 use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
@@ -90,6 +92,9 @@ pub struct TaskSpec {
     pub args: Vec<(String, String)>,
     /// The limits it runs under.
     pub limits: Limits,
+    /// How deep in a tree of subtasks it is: 0 for a task a user submitted.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 /// How a task failed.
@@ -131,7 +136,8 @@ pub struct TaskFailure {
 }
 
 impl TaskFailure {
-    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    /// A failure of this kind, saying what happened.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -174,7 +180,7 @@ pub struct TaskReport {
 
 impl TaskReport {
     /// A task that failed before it ran.
-    fn failed(failure: TaskFailure) -> Self {
+    pub fn failed(failure: TaskFailure) -> Self {
         Self {
             result: Err(failure),
             logs: Logs::default(),
@@ -183,13 +189,103 @@ impl TaskReport {
     }
 
     /// A task the node could not run to an end of its own.
-    fn lost(why: String) -> Self {
+    pub fn lost(why: String) -> Self {
         Self::failed(TaskFailure::new(FailureKind::Lost, why))
     }
 }
 
 /// How a slot thread runs one task: [`Runtime::run_blocking`], or a stand-in in tests.
 type Runner = fn(&Runtime, &TaskSpec) -> TaskReport;
+
+/// Slots lent at once by tasks blocked in `subtask_wait`, node-wide. Past it a waiting task
+/// keeps its slot (the instance pool holds room for this many blocked tasks).
+const MAX_LENT_SLOTS: usize = 32;
+static LENT_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// What a slot thread serves: the queue, for one slot of one runtime.
+#[derive(Clone)]
+struct SlotRole {
+    slot: usize,
+    inner: std::sync::Weak<Inner>,
+    job_rx: Arc<Mutex<tokio::sync::mpsc::Receiver<Job>>>,
+    run: Runner,
+}
+
+thread_local! {
+    /// The slot this thread serves, until it lends it away.
+    static SLOT: std::cell::RefCell<Option<SlotRole>> = const { std::cell::RefCell::new(None) };
+}
+
+fn spawn_slot(role: SlotRole) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("shoal-slot-{}", role.slot))
+        .spawn(move || serve_slot(role))
+        .map(|_| ())
+}
+
+/// A slot thread's life: run jobs until the runtime is gone, or, once this thread has lent
+/// its slot to another (its task blocked on subtasks), until its current task ends.
+fn serve_slot(role: SlotRole) {
+    let _slot = tracing::info_span!("slot", slot = role.slot).entered();
+    let (job_rx, weak, run) = (role.job_rx.clone(), role.inner.clone(), role.run);
+    SLOT.with(|s| *s.borrow_mut() = Some(role));
+    loop {
+        let job = job_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .blocking_recv();
+        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else {
+            return;
+        };
+        let runtime = Runtime { inner };
+        runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
+        runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
+        // A host bug must cost one task, not the slot: the panic becomes this task's failure
+        // and the thread goes on serving the queue.
+        let report =
+            catch_unwind(AssertUnwindSafe(|| run(&runtime, &spec))).unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(%why, "host panicked running a task");
+                TaskReport::lost(format!(
+                    "the host failed running this task ({why}); its slot was kept"
+                ))
+            });
+        let _ = reply.send(report);
+        if SLOT.with(|s| s.borrow().is_none()) {
+            // Lent: the busy count was given back when the slot was; this thread is done.
+            LENT_SLOTS.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Called by a task about to block on its subtasks: a new thread takes this thread's slot,
+/// so the node keeps running as many tasks as it has slots (Ray frees the CPU of a task
+/// blocked in `ray.get` the same way). This thread finishes its task and then ends. A no-op
+/// off a slot thread, or once [`MAX_LENT_SLOTS`] are lent.
+pub(crate) fn lend_slot() {
+    let Some(role) = SLOT.with(|s| s.borrow().clone()) else {
+        return;
+    };
+    if LENT_SLOTS.fetch_add(1, Ordering::Relaxed) >= MAX_LENT_SLOTS {
+        LENT_SLOTS.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let inner = role.inner.upgrade();
+    if spawn_slot(role).is_err() {
+        LENT_SLOTS.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    SLOT.with(|s| *s.borrow_mut() = None);
+    if let Some(inner) = inner {
+        inner.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Errors building the runtime itself.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +331,8 @@ pub(crate) struct TaskState {
     /// The task's tensors, made on its first tensor call; dropped (freeing device memory)
     /// with the task's `Store`.
     tensors: Option<TensorTable>,
+    /// Its subtasks, objects, and what it may read.
+    subtasks: subtasks::Subtasks,
 }
 
 /// The node's sandbox: compiles, caches and runs task modules.
@@ -260,6 +358,8 @@ struct Inner {
     ticker_stop: Arc<AtomicBool>,
     /// The compute backend, shared by every task; made lazily (see `tensor_fns`).
     compute: Arc<tensor_fns::LazyBackend>,
+    /// Where subtasks go; set once by the node (`host run` has none).
+    mesh: std::sync::OnceLock<Arc<dyn Mesh>>,
 }
 
 impl Drop for Inner {
@@ -287,7 +387,8 @@ impl Runtime {
         let slots = config.slots.clamp(1, MAX_SLOTS);
         let mut pool = PoolingAllocationConfig::default();
         // Room for every slot plus a few instantiations racing a finishing task.
-        let pooled = u32::try_from(slots * 2 + 2).unwrap_or(u32::MAX);
+        // Tasks blocked on their subtasks keep their instances while lending their slots.
+        let pooled = u32::try_from((slots + MAX_LENT_SLOTS) * 2 + 2).unwrap_or(u32::MAX);
         pool.total_core_instances(pooled)
             .total_memories(pooled)
             .total_tables(pooled);
@@ -308,6 +409,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host_fns::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        subtasks::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         tensor_fns::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
@@ -343,6 +445,7 @@ impl Runtime {
                     config.device,
                     config.allow_software_gpu,
                 )),
+                mesh: std::sync::OnceLock::new(),
             }),
         };
         runtime.start_slots(slots, job_rx, run)?;
@@ -359,43 +462,21 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         let job_rx = Arc::new(Mutex::new(job_rx));
         for slot in 0..slots {
-            let (weak, job_rx) = (Arc::downgrade(&self.inner), job_rx.clone());
-            std::thread::Builder::new()
-                .name(format!("shoal-slot-{slot}"))
-                .spawn(move || {
-                    let _slot = tracing::info_span!("slot", slot).entered();
-                    loop {
-                        let job = job_rx
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .blocking_recv();
-                        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else {
-                            return;
-                        };
-                        let runtime = Runtime { inner };
-                        runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
-                        runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
-                        // A host bug must cost one task, not the slot: the panic becomes this
-                        // task's failure and the thread goes on serving the queue.
-                        let report = catch_unwind(AssertUnwindSafe(|| run(&runtime, &spec)))
-                            .unwrap_or_else(|panic| {
-                                let why = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| (*s).to_owned())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_default();
-                                tracing::error!(%why, "host panicked running a task");
-                                TaskReport::lost(format!(
-                                    "the host failed running this task ({why}); its slot was kept"
-                                ))
-                            });
-                        runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
-                        let _ = reply.send(report);
-                    }
-                })
-                .map_err(|e| RuntimeError::Engine(format!("cannot start slot thread: {e}")))?;
+            spawn_slot(SlotRole {
+                slot,
+                inner: Arc::downgrade(&self.inner),
+                job_rx: job_rx.clone(),
+                run,
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start slot thread: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Lets subtasks reach the mesh (the node attaches its scheduler once it has one).
+    pub fn attach_mesh(&self, mesh: Arc<dyn Mesh>) {
+        // Set once: a second node cannot take over a runtime's subtasks.
+        let _ = self.inner.mesh.set(mesh);
     }
 
     /// The block store tasks read from and write to.
@@ -490,7 +571,7 @@ impl Runtime {
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let state = self.task_state(limits, logs, *clock, inputs, encode_args(&spec.args));
+        let state = self.task_state(spec, limits, logs, *clock, inputs);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -564,11 +645,11 @@ impl Runtime {
     /// A fresh task's state in its `Store`.
     fn task_state(
         &self,
+        spec: &TaskSpec,
         limits: &Limits,
         logs: &LogSink,
         clock: TaskClock,
         inputs: Vec<Input>,
-        args: Vec<u8>,
     ) -> TaskState {
         TaskState {
             wasi: wasi::task_ctx(logs, clock.deadline, clock.timeout),
@@ -577,7 +658,7 @@ impl Runtime {
             memory: None,
             store: self.inner.store.clone(),
             inputs,
-            args,
+            args: encode_args(&spec.args),
             outputs: Vec::new(),
             output_bytes: 0,
             limits: limits.clone(),
@@ -585,6 +666,7 @@ impl Runtime {
             error_message: None,
             compute: self.inner.compute.clone(),
             tensors: None,
+            subtasks: subtasks::Subtasks::new(spec, limits, self.inner.mesh.get().cloned()),
         }
     }
 
@@ -592,11 +674,19 @@ impl Runtime {
     /// the ABI, so that tests can check they cover every call.
     pub fn host_imports(&self) -> Vec<String> {
         let limits = Limits::default();
+        let spec = TaskSpec {
+            module: Cid([0; 32]),
+            task: None,
+            inputs: Vec::new(),
+            args: Vec::new(),
+            limits: limits.clone(),
+            depth: 0,
+        };
         let state = self.task_state(
+            &spec,
             &limits,
             &LogSink::new(0),
             TaskClock::start(&limits),
-            Vec::new(),
             Vec::new(),
         );
         let mut store = Store::new(&self.inner.engine, state);
@@ -811,6 +901,7 @@ mod tests {
             inputs: vec![],
             args: vec![],
             limits: Limits::default(),
+            depth: 0,
         };
         // Panic on every slot more than once over.
         for _ in 0..4 {

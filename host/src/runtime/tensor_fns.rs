@@ -294,11 +294,23 @@ mod tests {
             args: Vec::new(),
             outputs: Vec::new(),
             output_bytes: 0,
-            limits,
+            limits: limits.clone(),
             logs,
             error_message: None,
             compute: Arc::new(LazyBackend::new(DeviceChoice::Cpu, false)),
             tensors: None,
+            subtasks: crate::runtime::subtasks::Subtasks::new(
+                &crate::runtime::TaskSpec {
+                    module: crate::store::Cid([0; 32]),
+                    task: None,
+                    inputs: Vec::new(),
+                    args: Vec::new(),
+                    limits: limits.clone(),
+                    depth: 0,
+                },
+                &limits,
+                None,
+            ),
         }
     }
 

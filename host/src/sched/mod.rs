@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
 use crate::{
-    runtime::{FailureKind, Logs, Runtime, TaskFailure, TaskReport, TaskSpec, TaskStats},
+    runtime::{FailureKind, Runtime, TaskReport, TaskSpec},
     store::{BlockStore, Cid, PinClass},
 };
 
@@ -85,17 +85,6 @@ pub struct Scheduler {
 /// Locks `m`, whether or not a panic poisoned it: every update to these maps is one step.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lost(message: String) -> TaskReport {
-    TaskReport {
-        result: Err(TaskFailure {
-            kind: FailureKind::Lost,
-            message,
-        }),
-        logs: Logs::default(),
-        stats: TaskStats::default(),
-    }
 }
 
 impl Scheduler {
@@ -186,7 +175,7 @@ impl Scheduler {
         let mut tried = HashSet::new();
         let mut last = Placed {
             peer: me,
-            report: lost("no peer in the mesh offers task slots".into()),
+            report: TaskReport::lost("no peer in the mesh offers task slots".into()),
         };
         for _ in 0..MAX_ATTEMPTS {
             let peer = match on {
@@ -213,10 +202,15 @@ impl Scheduler {
                         kind: shoal_p2p::FailureKind::Busy,
                         message,
                         ..
-                    }) => (lost(format!("peer {peer} is busy: {message}")), true),
+                    }) => (
+                        TaskReport::lost(format!("peer {peer} is busy: {message}")),
+                        true,
+                    ),
                     Ok(outcome) => (report_from_wire(outcome), false),
-                    Err(e @ shoal_p2p::Error::Busy { .. }) => (lost(e.to_string()), true),
-                    Err(e) => (lost(format!("peer {peer}: {e}")), false),
+                    Err(e @ shoal_p2p::Error::Busy { .. }) => {
+                        (TaskReport::lost(e.to_string()), true)
+                    }
+                    Err(e) => (TaskReport::lost(format!("peer {peer}: {e}")), false),
                 }
             };
             self.adjust(peer, -1);

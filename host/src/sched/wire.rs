@@ -1,4 +1,4 @@
-//! The one place where the runtime's task types meet their `/shoal/task/2` mirrors. The p2p
+//! The one place where the runtime's task types meet their `/shoal/task/3` mirrors. The p2p
 //! crate knows nothing of the host, so the wire keeps its own copy of a spec, a report and a
 //! failure kind; each converts here, both ways, and the tests below prove it lossless.
 
@@ -109,6 +109,7 @@ pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
         inputs: spec.inputs.clone(),
         args: spec.args.clone(),
         limits: limits_to_wire(&spec.limits),
+        depth: spec.depth,
     }
 }
 
@@ -120,6 +121,7 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
         inputs: spec.inputs,
         args: spec.args,
         limits: limits_from_wire(spec.limits),
+        depth: spec.depth,
     }
 }
 
@@ -240,6 +242,7 @@ mod tests {
             inputs: vec![("x".into(), Cid([2; 32]))],
             args: vec![("lr".into(), "0.1".into())],
             limits: report(Ok(vec![])).stats.limits,
+            depth: 0,
         };
         assert_eq!(spec_from_wire(spec_to_wire(&spec)), spec);
     }
@@ -252,6 +255,7 @@ mod tests {
             inputs: vec![],
             args: vec![],
             limits: Limits::default(),
+            depth: 0,
         });
         spec.limits = TaskLimits {
             memory_bytes: 64 * MAX_TASK_MEMORY,

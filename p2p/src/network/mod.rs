@@ -60,7 +60,7 @@ pub struct Config {
     pub mdns: bool,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
-    /// Longest wait for a `/shoal/task/2` outcome. Default 10 minutes.
+    /// Longest wait for a `/shoal/task/3` outcome. Default 10 minutes.
     pub task_timeout: Duration,
     /// Longest wait for a `/shoal/block/1` response. Default 30 s.
     pub block_timeout: Duration,

@@ -1,0 +1,54 @@
+//! The node's side of subtasks: the runtime's [`Mesh`], placing each subtask with the
+//! scheduler (any peer, retried elsewhere if its peer is lost or busy) and fetching what a
+//! task may read from the mesh.
+
+use std::sync::Weak;
+
+use tokio_util::sync::CancellationToken;
+
+use super::NodeInner;
+use crate::{
+    runtime::{FailureKind, Mesh, TaskFailure, TaskReport, TaskSpec},
+    sched::Scheduler,
+    store::Cid,
+};
+
+/// Holds the node's parts weakly: the runtime holds this, and the node holds the runtime.
+pub(super) struct NodeMesh {
+    pub(super) inner: Weak<NodeInner>,
+    pub(super) scheduler: Weak<Scheduler>,
+    pub(super) tokio: tokio::runtime::Handle,
+}
+
+impl Mesh for NodeMesh {
+    fn submit(
+        &self,
+        spec: TaskSpec,
+        cancel: CancellationToken,
+        done: Box<dyn FnOnce(TaskReport) + Send>,
+    ) {
+        let Some(scheduler) = self.scheduler.upgrade() else {
+            done(TaskReport::failed(TaskFailure::new(
+                FailureKind::Lost,
+                "the node is shutting down",
+            )));
+            return;
+        };
+        self.tokio.spawn(async move {
+            tokio::select! {
+                placed = scheduler.submit(spec, None) => done(placed.report),
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+
+    fn fetch(&self, cid: Cid) -> Result<(), String> {
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or_else(|| "the node is shutting down".to_owned())?;
+        self.tokio
+            .block_on(inner.fetch_file(cid, &[]))
+            .map_err(|e| e.to_string())
+    }
+}
