@@ -105,6 +105,16 @@ impl Ctx {
             .map_err(|c| Error::host("this task's module", c))
     }
 
+    /// The CID of an input, to give it to a subtask without reading it.
+    ///
+    /// # Errors
+    /// If there is no input by that name.
+    pub fn input_cid(&self, name: &str) -> Result<Cid, Error> {
+        let err = |code| Error::host(format_args!("input `{name}`"), code);
+        let index = sys::input_find(name).map_err(err)?;
+        sys::input_cid(index).map(Cid).map_err(err)
+    }
+
     /// Stores `bytes` as a file (an object, as Ray's `put`); this task and its subtasks may
     /// read it by the CID returned.
     ///

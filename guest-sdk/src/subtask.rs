@@ -42,6 +42,11 @@ impl Spawn {
         self
     }
 
+    /// The spec as `spawn` takes it.
+    pub fn encoded(&self) -> Vec<u8> {
+        self.0.encode()
+    }
+
     /// Sets an argument.
     #[must_use]
     pub fn arg(mut self, key: &str, value: impl ToString) -> Self {

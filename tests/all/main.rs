@@ -9,4 +9,5 @@ mod mesh;
 mod sandbox;
 mod subtasks;
 mod tensor_abi;
+mod training;
 mod util;

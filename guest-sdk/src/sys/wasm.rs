@@ -27,6 +27,7 @@ mod raw {
         pub fn tensor_read(handle: i32, ptr: *mut u8, len: usize) -> i32;
         pub fn tensor_free(handle: i32) -> i32;
         pub fn self_module(cid_ptr: *mut u8) -> i32;
+        pub fn input_cid(index: i32, cid_ptr: *mut u8) -> i32;
         pub fn object_put(ptr: *const u8, len: usize, cid_ptr: *mut u8) -> i32;
         pub fn object_open(cid_ptr: *const u8) -> i32;
         pub fn spawn(spec_ptr: *const u8, spec_len: usize) -> i32;
@@ -169,6 +170,13 @@ pub(crate) fn self_module() -> Result<[u8; CID_LEN], ErrorCode> {
     let mut cid = [0u8; CID_LEN];
     // SAFETY: `cid` has room for CID_LEN bytes and lives across the call.
     check(unsafe { raw::self_module(cid.as_mut_ptr()) })?;
+    Ok(cid)
+}
+
+pub(crate) fn input_cid(i: usize) -> Result<[u8; CID_LEN], ErrorCode> {
+    let mut cid = [0u8; CID_LEN];
+    // SAFETY: `cid` has room for CID_LEN bytes and lives across the call.
+    check(unsafe { raw::input_cid(index(i)?, cid.as_mut_ptr()) })?;
     Ok(cid)
 }
 

@@ -1,5 +1,5 @@
-//! Tasks that spawn tasks, and objects: the `shoal_v1` calls `self_module`, `object_put`,
-//! `object_open`, `spawn`, `subtask_wait` and `subtask_result`.
+//! Tasks that spawn tasks, and objects: the `shoal_v1` calls `self_module`, `input_cid`,
+//! `object_put`, `object_open`, `spawn`, `subtask_wait` and `subtask_result`.
 //!
 //! The runtime knows nothing of the network: subtasks reach the mesh through [`Mesh`], a
 //! trait the node implements with its scheduler, so they are placed, retried and reported like
@@ -70,7 +70,7 @@ pub trait Mesh: Send + Sync {
 /// One spawned subtask.
 enum Subtask {
     Running { reserved_cpu: Duration },
-    Done(TaskReport),
+    Done(Box<TaskReport>),
 }
 
 /// A task's subtasks, objects and what it may read.
@@ -125,7 +125,7 @@ impl Subtasks {
             if let Ok(outputs) = &report.result {
                 self.readable.extend(outputs.iter().map(|(_, c)| *c));
             }
-            self.table[index] = Subtask::Done(report);
+            self.table[index] = Subtask::Done(Box::new(report));
         }
     }
 
@@ -312,6 +312,7 @@ fn result(
     ptr: i32,
     len: i32,
 ) -> Result<i32, ErrorCode> {
+    guest_range(ptr, len, data.len())?;
     let index = state.subtasks.handle(handle)?;
     let Subtask::Done(report) = &state.subtasks.table[index] else {
         return Err(ErrorCode::InvalidArgument);
@@ -369,6 +370,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
         Ok(encode(with_memory(&mut c, |data, state| {
             let module = state.subtasks.module;
             copy_out(data, ptr, CID_LEN as i32, module.as_bytes()).map(|_| 0)
+        })))
+    })?;
+    linker.func_wrap(m, "input_cid", |mut c: Call<'_>, index: i32, ptr: i32| {
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let input = usize::try_from(index)
+                .ok()
+                .and_then(|i| state.inputs.get(i))
+                .ok_or(ErrorCode::NotFound)?;
+            copy_out(data, ptr, CID_LEN as i32, input.cid.as_bytes()).map(|_| 0)
         })))
     })?;
     linker.func_wrap(

@@ -23,6 +23,13 @@ mod raw {
         pub fn tensor_create(rows: i32, cols: i32, ptr: u32, len: u32) -> i32;
         pub fn tensor_shape(handle: i32, out_ptr: u32) -> i32;
         pub fn tensor_read(handle: i32, ptr: u32, len: u32) -> i32;
+        pub fn self_module(cid_ptr: u32) -> i32;
+        pub fn input_cid(index: i32, cid_ptr: u32) -> i32;
+        pub fn object_put(ptr: u32, len: u32, cid_ptr: u32) -> i32;
+        pub fn object_open(cid_ptr: u32) -> i32;
+        pub fn spawn(ptr: u32, len: u32) -> i32;
+        pub fn subtask_wait(handles_ptr: u32, count: u32) -> i32;
+        pub fn subtask_result(handle: i32, ptr: u32, len: u32) -> i32;
     }
 
     /// The guest's linear memory size in bytes, now.
@@ -64,6 +71,27 @@ mod raw {
     pub unsafe fn tensor_read(_: i32, _: u32, _: u32) -> i32 {
         -4
     }
+    pub unsafe fn self_module(_: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn input_cid(_: i32, _: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn object_put(_: u32, _: u32, _: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn object_open(_: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn spawn(_: u32, _: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn subtask_wait(_: u32, _: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn subtask_result(_: i32, _: u32, _: u32) -> i32 {
+        -4
+    }
     pub fn memory_end() -> u32 {
         1 << 20
     }
@@ -103,6 +131,18 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
     let buf_ptr = buf.as_mut_ptr() as u32;
     let body = b"x";
     let body_ptr = body.as_ptr() as u32;
+    // A finished subtask (the test's mesh finishes each at once) and a spec to spawn another.
+    let module = ctx.module()?;
+    let spec = shoal::Spawn::new(module).task("none").encoded();
+    let (spec_ptr, spec_len) = (spec.as_ptr() as u32, spec.len() as u32);
+    // SAFETY: the spec is a live buffer of that length.
+    let sub = unsafe { raw::spawn(spec_ptr, spec_len) };
+    let handles = [sub];
+    let handles_ptr = handles.as_ptr() as u32;
+    // SAFETY: one live handle.
+    unsafe { raw::subtask_wait(handles_ptr, 1) };
+    let cid = module.0;
+    let cid_ptr = cid.as_ptr() as u32;
 
     // Nothing below allocates until every bad call is made, so no bad pointer can become a
     // good one by the memory growing under it.
@@ -126,6 +166,10 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
             let create = raw::tensor_create(1, cols, p, l);
             answers.push(("tensor_create data", p, l, create));
             answers.push(("tensor_read buf", p, l, raw::tensor_read(h, p, l)));
+            answers.push(("object_put bytes", p, l, raw::object_put(p, l, buf_ptr)));
+            answers.push(("spawn spec", p, l, raw::spawn(p, l)));
+            answers.push(("subtask_wait handles", p, l, raw::subtask_wait(p, l / 4)));
+            answers.push(("subtask_result buf", p, l, raw::subtask_result(sub, p, l)));
         }
     }
     for p in bad_ptrs(end) {
@@ -134,6 +178,10 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
             let write = raw::output_write(name_ptr, name_len, body_ptr, 1, p);
             answers.push(("output_write cid", p, 32, write));
             answers.push(("tensor_shape out", p, 8, raw::tensor_shape(h, p)));
+            answers.push(("self_module cid", p, 32, raw::self_module(p)));
+            answers.push(("input_cid cid", p, 32, raw::input_cid(0, p)));
+            answers.push(("object_put cid", p, 32, raw::object_put(body_ptr, 1, p)));
+            answers.push(("object_open cid", p, 32, raw::object_open(p)));
         }
     }
     if raw::memory_end() != end {
@@ -165,6 +213,13 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
             ),
             ("tensor_shape", raw::tensor_shape(h, buf_ptr)),
             ("tensor_read", raw::tensor_read(h, buf_ptr, 64)),
+            ("self_module", raw::self_module(buf_ptr)),
+            ("input_cid", raw::input_cid(0, buf_ptr)),
+            ("object_put", raw::object_put(body_ptr, 1, buf_ptr)),
+            ("object_open", raw::object_open(cid_ptr)),
+            ("spawn", raw::spawn(spec_ptr, spec_len)),
+            ("subtask_wait", raw::subtask_wait(handles_ptr, 1)),
+            ("subtask_result", raw::subtask_result(sub, buf_ptr, 64)),
         ]
     };
     for (call, code) in controls {

@@ -1,0 +1,565 @@
+//! The digits MLP (`tasks/mlp-digits`) as wasm through the real runtime: its backward pass
+//! against finite differences of its own loss on the cpu backend and on wgpu forced onto the
+//! software adapter, and a short SGD run that must beat chance on the held-out digits. Then
+//! its `train` driver on meshes of in-process nodes: sync mode on 3 shards over 3 nodes equals
+//! 1 shard on 1 node, local mode learns, and a failing subtask stops the driver at once.
+//!
+//! The file formats are documented in `tasks/mlp-digits/src/format.rs`; this test reads them
+//! itself (headers, little-endian f32 bodies, `key=value` stats) so that it checks the
+//! documented bytes, not the crate's own decoder. The GPU test fails (never skips) when no
+//! wgpu adapter is usable; on Debian, `mesa-vulkan-drivers` provides lavapipe.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use shoal_host::{
+    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend},
+    node::{Node, NodeConfig},
+    runtime::{Limits, Runtime, RuntimeConfig, TaskFailure, TaskReport, TaskSpec},
+    store::{BlockStore, Cid},
+};
+use shoal_task_artifacts::MLP_DIGITS;
+use tempfile::TempDir;
+
+use crate::util::{spec, with_args};
+
+/// The shipped data, as the `split` task takes it (gzipped).
+const DIGITS_GZ: &[u8] = include_bytes!("../../tasks/data/digits.csv.gz");
+/// Bytes before a parameter file's body: magic, inputs, hidden, classes.
+const PARAMS_HEADER_LEN: usize = 16;
+/// The digits model's inputs and classes.
+const INPUTS: usize = 64;
+const CLASSES: usize = 10;
+
+fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
+    let config = RuntimeConfig {
+        slots: 1,
+        device,
+        allow_software_gpu,
+        ..RuntimeConfig::default()
+    };
+    (dir, Runtime::new(store, config).expect("runtime"))
+}
+
+/// A successful run's outputs, read back from the store.
+struct Outputs {
+    files: Vec<(String, Vec<u8>)>,
+    report: TaskReport,
+}
+
+impl Outputs {
+    fn get(&self, name: &str) -> &[u8] {
+        self.files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, bytes)| bytes.as_slice())
+            .unwrap_or_else(|| panic!("no output `{name}`; logs: {}", self.report.logs))
+    }
+
+    /// A numeric `key=value` field of the `stats` output.
+    fn stat(&self, key: &str) -> f64 {
+        let text = std::str::from_utf8(self.get("stats")).expect("stats are text");
+        text.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no `{key}` in stats `{text}`"))
+            .parse()
+            .expect("a number")
+    }
+
+    /// The mean loss, from the summable fields.
+    fn loss(&self) -> f64 {
+        self.stat("loss_sum") / self.stat("count")
+    }
+}
+
+/// Runs one of the module's tasks, which must succeed.
+fn run(rt: &Runtime, task: &str, inputs: &[(&str, &[u8])], args: &[(&str, &str)]) -> Outputs {
+    let mut spec = with_args(spec(rt, MLP_DIGITS, inputs), args);
+    spec.task = Some(task.into());
+    let report = rt.run_blocking(&spec);
+    let outputs = report
+        .result
+        .clone()
+        .unwrap_or_else(|f| panic!("{task} failed: {f}\nlogs: {}", report.logs));
+    let files = outputs
+        .iter()
+        .map(|(name, cid)| {
+            (
+                name.clone(),
+                rt.store().read_file(cid).expect("output stored"),
+            )
+        })
+        .collect();
+    Outputs { files, report }
+}
+
+/// A parameter (or gradient) file: its header, kept as bytes, and its f32 body.
+#[derive(Clone)]
+struct Params {
+    header: Vec<u8>,
+    body: Vec<f32>,
+}
+
+impl Params {
+    fn decode(bytes: &[u8]) -> Self {
+        assert_eq!(&bytes[..4], b"MLP1");
+        let (header, body) = bytes.split_at(PARAMS_HEADER_LEN);
+        Self {
+            header: header.to_vec(),
+            body: f32s(body),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.header.clone();
+        out.extend(self.body.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    }
+
+    fn hidden(&self) -> usize {
+        u32::from_le_bytes(self.header[8..12].try_into().expect("4 bytes")) as usize
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Each row's features, from a shard file (`DSH1`, rows, features, then records of
+/// `features` f32s and an f32 label).
+fn shard_rows(bytes: &[u8]) -> Vec<Vec<f32>> {
+    assert_eq!(&bytes[..4], b"DSH1");
+    let features = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    f32s(&bytes[12..])
+        .chunks_exact(features + 1)
+        .map(|record| record[..features].to_vec())
+        .collect()
+}
+
+/// For each hidden unit, the smallest |pre-activation| over the rows, in f64: a unit whose
+/// pre-activation comes near 0 has a ReLU kink within reach of a finite-difference step.
+fn closest_to_kink(p: &Params, rows: &[Vec<f32>]) -> Vec<f64> {
+    let hidden = p.hidden();
+    let b1 = INPUTS * hidden;
+    (0..hidden)
+        .map(|j| {
+            rows.iter()
+                .map(|x| {
+                    let dot: f64 = (0..INPUTS)
+                        .map(|i| f64::from(x[i]) * f64::from(p.body[i * hidden + j]))
+                        .sum();
+                    (dot + f64::from(p.body[b1 + j])).abs()
+                })
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect()
+}
+
+/// The step of the central differences, and the relative error they must meet.
+const EPS: f32 = 1e-2;
+const MAX_RELATIVE_ERROR: f32 = 1e-2;
+
+/// Central differences `(L(p + ε·e_i) − L(p − ε·e_i)) / 2ε`, ε = 1e-2, each loss from a
+/// `grad` run on a perturbed parameter file, against the `grad` output at `p`, for the two
+/// largest-gradient coordinates of each of `W1`, `b1`, `W2` and `b2` (a 64→8→10 model, one
+/// 21-row shard, all in f32). Coordinates of a hidden unit whose pre-activation comes within
+/// 2ε of 0 are left out: a step there crosses ReLU's kink. Relative error
+/// `|fd − g| / max(|fd|, |g|)` must stay below 1e-2. Returns the worst.
+fn check_gradient(rt: &Runtime, backend: &str) -> f32 {
+    let split = run(rt, "split", &[("csv", DIGITS_GZ)], &[("shards", "64")]);
+    let shard = split.get("shard0").to_vec();
+    let init = run(rt, "init", &[], &[("hidden", "8"), ("seed", "3")]);
+    let p = Params::decode(init.get("params"));
+    let loss_and_grad = |p: &Params| {
+        let bytes = p.encode();
+        let out = run(rt, "grad", &[("params", &bytes), ("shard", &shard)], &[]);
+        assert_eq!(out.report.stats.backend.as_deref(), Some(backend));
+        (out.loss(), Params::decode(out.get("grad")))
+    };
+    let (loss, grad) = loss_and_grad(&p);
+    assert!((loss - 10f64.ln()).abs() < 0.5, "initial loss {loss}");
+    assert_eq!(
+        grad.header, p.header,
+        "a gradient has its parameters' layout"
+    );
+
+    let hidden = p.hidden();
+    let margin = closest_to_kink(&p, &shard_rows(&shard));
+    let blocks = [
+        ("W1", 0..INPUTS * hidden),
+        ("b1", INPUTS * hidden..(INPUTS + 1) * hidden),
+        ("W2", (INPUTS + 1) * hidden..(INPUTS + 1 + CLASSES) * hidden),
+        ("b2", (INPUTS + 1 + CLASSES) * hidden..p.body.len()),
+    ];
+    let unit = |i: usize| match i {
+        i if i < INPUTS * hidden => Some(i % hidden),
+        i if i < (INPUTS + 1) * hidden => Some(i - INPUTS * hidden),
+        _ => None,
+    };
+    let mut worst = 0.0f32;
+    for (name, range) in blocks {
+        let mut coords: Vec<usize> = range
+            .filter(|&i| unit(i).is_none_or(|j| margin[j] > 2.0 * f64::from(EPS)))
+            .collect();
+        coords.sort_by(|&a, &b| grad.body[b].abs().total_cmp(&grad.body[a].abs()));
+        assert!(coords.len() >= 2, "{name}: every unit is near a kink");
+        for &i in &coords[..2] {
+            let (mut plus, mut minus) = (p.clone(), p.clone());
+            plus.body[i] += EPS;
+            minus.body[i] -= EPS;
+            let fd = ((loss_and_grad(&plus).0 - loss_and_grad(&minus).0) / (2.0 * f64::from(EPS)))
+                as f32;
+            let g = grad.body[i];
+            let relative = (fd - g).abs() / fd.abs().max(g.abs());
+            assert!(
+                relative < MAX_RELATIVE_ERROR,
+                "{backend}: {name} coordinate {i}: finite difference {fd} vs gradient {g} (relative error {relative})"
+            );
+            worst = worst.max(relative);
+        }
+    }
+    eprintln!("{backend}: worst relative error {worst:e} over 8 coordinates");
+    worst
+}
+
+/// `--device cpu`: the native kernels.
+#[test]
+fn mlp_gradient_matches_finite_differences_on_cpu() {
+    let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
+    check_gradient(&rt, CpuBackend::new().name());
+}
+
+/// `--device gpu` with software allowed: the shaders on wgpu over lavapipe.
+#[test]
+fn mlp_gradient_matches_finite_differences_on_software_gpu() {
+    let expected = GpuBackend::new(true).unwrap_or_else(|e| {
+        panic!("this test needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
+    });
+    let (_dir, rt) = runtime_on(DeviceChoice::Gpu, true);
+    check_gradient(&rt, expected.name());
+}
+
+/// 300 steps of minibatch SGD (batch 32, learning rate 0.5, 32 hidden units) on one of three
+/// training shards, as one `step` task, then `eval` on the stratified held-out quarter:
+/// accuracy far above chance (0.1), and a training loss that fell.
+#[test]
+fn sgd_on_one_shard_beats_chance_on_held_out_digits() {
+    let (_dir, rt) = runtime_on(DeviceChoice::Cpu, false);
+    let started = Instant::now();
+    let split = run(
+        &rt,
+        "split",
+        &[("csv", DIGITS_GZ)],
+        &[("shards", "3"), ("seed", "0")],
+    );
+    let names: Vec<&str> = split.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["test", "shard0", "shard1", "shard2"]);
+    let init = run(&rt, "init", &[], &[("hidden", "32"), ("seed", "1")]);
+    let (params, shard, test) = (init.get("params"), split.get("shard0"), split.get("test"));
+    let before = run(&rt, "eval", &[("params", params), ("shard", test)], &[]);
+    let trained = run(
+        &rt,
+        "step",
+        &[("params", params), ("shard", shard)],
+        &[
+            ("lr", "0.5"),
+            ("steps", "300"),
+            ("batch", "32"),
+            ("seed", "0"),
+        ],
+    );
+    // 20 epochs of the 449 rows, each 14 batches of 32 and one of 1.
+    assert_eq!(trained.stat("count"), 20.0 * 449.0);
+    let after = run(
+        &rt,
+        "eval",
+        &[("params", trained.get("params")), ("shard", test)],
+        &[],
+    );
+    let accuracy = after.stat("accuracy");
+    eprintln!(
+        "held-out accuracy {:.3} → {accuracy:.3}, loss {:.3} → {:.3}, step task {:?}, all {:?}",
+        before.stat("accuracy"),
+        before.loss(),
+        after.loss(),
+        trained.report.stats.wall,
+        started.elapsed()
+    );
+    assert!(accuracy > 0.85, "held-out accuracy {accuracy}");
+    assert!(after.loss() < 0.5 * before.loss());
+}
+
+/// A node with `slots` slots on 127.0.0.1, cpu tensors, in a fresh directory under `root`.
+async fn node(root: &std::path::Path, name: &str, slots: usize) -> Node {
+    Node::start(NodeConfig {
+        data_dir: root.join(name),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![],
+        mdns: false,
+        slots,
+        device: DeviceChoice::Cpu,
+        store_limit: None,
+        memory_budget: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// `n` nodes of one slot each, every pair connected.
+async fn mesh(root: &std::path::Path, n: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(node(root, &format!("node{i}"), 1).await);
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            let addr = nodes[j].net().listen_addrs().await.unwrap()[0].clone();
+            nodes[i].net().dial(addr).await.unwrap();
+        }
+    }
+    nodes
+}
+
+/// Runs task `task` of the mlp-digits module on `node`'s mesh; its outputs or its failure,
+/// and how long it took.
+async fn submit(
+    node: &Node,
+    task: &str,
+    inputs: &[(&str, Cid)],
+    args: &[(&str, &str)],
+) -> (Result<Vec<(String, Cid)>, TaskFailure>, String, Duration) {
+    let spec = TaskSpec {
+        module: node.put_path(MLP_DIGITS.into()).await.unwrap(),
+        task: Some(task.into()),
+        inputs: inputs.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        limits: Limits::default(),
+        depth: 0,
+    };
+    let started = Instant::now();
+    let report = node.submit(spec, None).await.report;
+    (report.result, report.logs.to_string(), started.elapsed())
+}
+
+/// [`submit`], which must succeed: its outputs by name.
+async fn submit_ok(
+    node: &Node,
+    task: &str,
+    inputs: &[(&str, Cid)],
+    args: &[(&str, &str)],
+) -> Vec<(String, Cid)> {
+    let (result, logs, _) = submit(node, task, inputs, args).await;
+    result.unwrap_or_else(|f| panic!("{task} failed: {f}\nlogs: {logs}"))
+}
+
+fn cid_of(outputs: &[(String, Cid)], name: &str) -> Cid {
+    outputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no output `{name}` in {outputs:?}"))
+        .1
+}
+
+/// `split` (seed 0) into `shards` training shards, and `init` (`hidden`, seed 1), on `node`:
+/// the inputs of a `train` driver, as (name, CID) pairs.
+async fn training_inputs(node: &Node, shards: usize, hidden: usize) -> Vec<(String, Cid)> {
+    let csv = node.store().put_bytes(DIGITS_GZ).unwrap();
+    let shards = shards.to_string();
+    let split = submit_ok(node, "split", &[("csv", csv)], &[("shards", &shards), ("seed", "0")]).await;
+    let hidden = hidden.to_string();
+    let init = submit_ok(node, "init", &[], &[("hidden", &hidden), ("seed", "1")]).await;
+    let mut inputs = vec![("params".to_string(), cid_of(&init, "params"))];
+    inputs.extend(split);
+    inputs
+}
+
+/// Runs `train` with these inputs and arguments on `node`: the final parameters and the
+/// report's lines.
+async fn train(node: &Node, inputs: &[(String, Cid)], args: &[(&str, &str)]) -> (Params, Vec<String>) {
+    let inputs: Vec<(&str, Cid)> = inputs.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let outputs = submit_ok(node, "train", &inputs, args).await;
+    let read = |name| node.store().read_file(&cid_of(&outputs, name)).unwrap();
+    let params = Params::decode(&read("params"));
+    // The checkpoint (`MCK1`, round, seed, rng, then a parameter file) holds the same
+    // parameters.
+    let checkpoint = read("checkpoint");
+    assert_eq!(&checkpoint[..4], b"MCK1");
+    assert_eq!(checkpoint[24..], read("params")[..], "the checkpoint's parameters");
+    let report = String::from_utf8(read("report")).unwrap();
+    (params, report.lines().map(str::to_owned).collect())
+}
+
+/// A numeric `key=value` field of a report line.
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no `{key}` in `{line}`"))
+        .parse()
+        .unwrap()
+}
+
+/// Every training row of a shard file as bytes (features and label), sorted: the multiset of
+/// rows, to compare shard sets whatever their order.
+fn sorted_records(node: &Node, shards: &[Cid]) -> Vec<Vec<u8>> {
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for cid in shards {
+        let bytes = node.store().read_file(cid).unwrap();
+        assert_eq!(&bytes[..4], b"DSH1");
+        let features = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        records.extend(bytes[12..].chunks_exact(4 * (features + 1)).map(<[u8]>::to_vec));
+    }
+    records.sort();
+    records
+}
+
+/// The relative tolerance of the equivalence test, on `max|a − b| / max|b|`: both runs take
+/// full-batch gradient steps on the same rows, so they are equal in exact arithmetic; only the
+/// order of the f32 sums differs (rows split over 3 shards and in another order, then the
+/// shard gradients combined in f64). That rounding is ~1e-7 relative per step; 5 steps that
+/// barely amplify it stay orders of magnitude below 1e-4, while any real difference (a wrong
+/// weighting, a lost shard, an extra step) moves the parameters by ~1e-2 or more.
+const EQUIVALENCE_TOLERANCE: f32 = 1e-4;
+
+/// Sync mode, 3 shards on a mesh of 3 nodes, gives the parameters of 1 shard holding the same
+/// rows on 1 node: 5 rounds of full-batch gradient descent (hidden 16, lr 0.5, same init).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = mesh(root.path(), 3).await;
+    let solo = node(root.path(), "solo", 1).await;
+    let three = training_inputs(&nodes[0], 3, 16).await;
+    let one = training_inputs(&solo, 1, 16).await;
+    // The same seed gives the same held-out rows and the same init; the 3 shards hold
+    // exactly the 1 shard's rows.
+    assert_eq!(cid_of(&three, "test"), cid_of(&one, "test"));
+    assert_eq!(cid_of(&three, "params"), cid_of(&one, "params"));
+    let shards: Vec<Cid> = (0..3).map(|i| cid_of(&three, &format!("shard{i}"))).collect();
+    assert_eq!(
+        sorted_records(&nodes[0], &shards),
+        sorted_records(&solo, &[cid_of(&one, "shard0")])
+    );
+
+    let args = [("rounds", "5"), ("lr", "0.5"), ("mode", "sync")];
+    let started = Instant::now();
+    let (p3, report3) = train(&nodes[0], &three, &args).await;
+    let mesh_time = started.elapsed();
+    let started = Instant::now();
+    let (p1, report1) = train(&solo, &one, &args).await;
+    let solo_time = started.elapsed();
+
+    assert_eq!(p3.header, p1.header);
+    let scale = p1.body.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = p3
+        .body
+        .iter()
+        .zip(&p1.body)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let relative = diff / scale;
+    eprintln!(
+        "sync equivalence: max |Δ| {diff:e} over max |p| {scale}: relative {relative:e}; \
+         3 nodes {mesh_time:?}, 1 node {solo_time:?}\n3 shards:\n{}\n1 shard:\n{}",
+        report3.join("\n"),
+        report1.join("\n")
+    );
+    assert!(
+        relative < EQUIVALENCE_TOLERANCE,
+        "relative difference {relative:e}"
+    );
+    // It trained: the parameters moved far beyond the tolerance, and the loss fell.
+    let init = Params::decode(&nodes[0].store().read_file(&cid_of(&three, "params")).unwrap());
+    let moved = p1
+        .body
+        .iter()
+        .zip(&init.body)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(moved / scale > 1e-2, "moved {moved}");
+    assert_eq!(report3.len(), 6, "5 rounds and the test line");
+    for (a, b) in report3.iter().zip(&report1).take(5) {
+        let (la, lb) = (field(a, "loss"), field(b, "loss"));
+        assert!((la - lb).abs() < 1e-4 * lb, "{a} vs {b}");
+    }
+    assert!(field(&report3[4], "loss") < field(&report3[0], "loss"));
+    // Some gradient ran on another node: the driver's node is not the only one that fetched
+    // a shard.
+    let remote = nodes[1..]
+        .iter()
+        .filter(|n| shards.iter().any(|c| n.store().has_block(c)))
+        .count();
+    eprintln!("{remote} of 2 other nodes ran a shard's gradient");
+}
+
+/// Local mode (local SGD): 4 rounds of 25 minibatch steps per shard on 3 shards over 3 nodes,
+/// parameters averaged each round: held-out accuracy far above chance (0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_training_beats_chance_on_held_out_digits() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = mesh(root.path(), 3).await;
+    let inputs = training_inputs(&nodes[0], 3, 16).await;
+    let started = Instant::now();
+    let (_, report) = train(
+        &nodes[0],
+        &inputs,
+        &[
+            ("rounds", "4"),
+            ("lr", "0.5"),
+            ("mode", "local"),
+            ("local_steps", "25"),
+            ("batch", "32"),
+            ("seed", "3"),
+        ],
+    )
+    .await;
+    eprintln!("local mode in {:?}:\n{}", started.elapsed(), report.join("\n"));
+    assert_eq!(report.len(), 5, "4 rounds and the test line");
+    let test = &report[4];
+    assert!(test.starts_with("test "), "{test}");
+    let accuracy = field(test, "accuracy");
+    assert!(accuracy > 0.6, "held-out accuracy {accuracy}");
+    assert!(field(&report[3], "loss") < field(&report[0], "loss"));
+}
+
+/// A shard that is not a shard: the driver stops in its first round, with an error naming the
+/// round, the subtask and its typed failure, not after 20 rounds and not by timing out. In
+/// local mode the driver reads the shards' headers itself and refuses it before spawning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subtask_stops_the_driver_at_once_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = mesh(root.path(), 2).await;
+    let mut inputs = training_inputs(&nodes[0], 2, 16).await;
+    let garbage = nodes[0].store().put_bytes(b"not a shard").unwrap();
+    for (name, cid) in &mut inputs {
+        if name == "shard1" {
+            *cid = garbage;
+        }
+    }
+    let inputs: Vec<(&str, Cid)> = inputs.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let (result, logs, took) = submit(&nodes[0], "train", &inputs, &[("rounds", "20")]).await;
+    let failure = result.expect_err("the driver fails");
+    eprintln!("failed in {took:?}: {failure}");
+    assert_eq!(failure.kind, shoal_host::runtime::FailureKind::TaskError, "{failure}");
+    for part in [
+        "round 1: subtask `grad` on `shard1`",
+        "subtask failed (TaskError)",
+        "input `shard`: not a shard file",
+    ] {
+        assert!(failure.message.contains(part), "`{part}` in {failure}\nlogs: {logs}");
+    }
+    assert!(took < Duration::from_secs(20), "no hang: {took:?}");
+
+    let (result, _, _) = submit(&nodes[0], "train", &inputs, &[("mode", "local")]).await;
+    let failure = result.expect_err("the driver fails");
+    assert!(
+        failure.message.contains("input `shard1`: not a shard file"),
+        "{failure}"
+    );
+}
