@@ -370,33 +370,68 @@ fn cid_of(outputs: &[(String, Cid)], name: &str) -> Cid {
         .1
 }
 
-/// `split` (seed 0) into `shards` training shards, and `init` (`hidden`, seed 1), on `node`:
-/// the inputs of a `train` driver, as (name, CID) pairs.
-async fn training_inputs(node: &Node, shards: usize, hidden: usize) -> Vec<(String, Cid)> {
-    let csv = node.store().put_bytes(DIGITS_GZ).unwrap();
+/// `split` (seed 0) into `shards` training shards, and `init` (`hidden`, seed 1), run on
+/// `data`, then stored on `node` alone: the inputs of a `train` driver, as (name, CID) pairs.
+/// `data` is a node outside `node`'s mesh, so `node`'s peers hold a shard only if they fetched
+/// it to run a subtask.
+async fn training_inputs(
+    data: &Node,
+    node: &Node,
+    shards: usize,
+    hidden: usize,
+) -> Vec<(String, Cid)> {
+    let csv = data.store().put_bytes(DIGITS_GZ).unwrap();
     let shards = shards.to_string();
-    let split = submit_ok(node, "split", &[("csv", csv)], &[("shards", &shards), ("seed", "0")]).await;
+    let split = submit_ok(
+        data,
+        "split",
+        &[("csv", csv)],
+        &[("shards", &shards), ("seed", "0")],
+    )
+    .await;
     let hidden = hidden.to_string();
-    let init = submit_ok(node, "init", &[], &[("hidden", &hidden), ("seed", "1")]).await;
+    let init = submit_ok(data, "init", &[], &[("hidden", &hidden), ("seed", "1")]).await;
     let mut inputs = vec![("params".to_string(), cid_of(&init, "params"))];
     inputs.extend(split);
+    for (_, cid) in &inputs {
+        let bytes = data.store().read_file(cid).unwrap();
+        assert_eq!(node.store().put_bytes(&bytes).unwrap(), *cid);
+    }
     inputs
 }
 
-/// Runs `train` with these inputs and arguments on `node`: the final parameters and the
-/// report's lines.
-async fn train(node: &Node, inputs: &[(String, Cid)], args: &[(&str, &str)]) -> (Params, Vec<String>) {
+/// What a `train` run wrote.
+struct Trained {
+    params: Params,
+    /// The report's lines.
+    report: Vec<String>,
+    checkpoint: Vec<u8>,
+}
+
+/// Runs `train` with these inputs and arguments on `node`, which must succeed.
+async fn train(node: &Node, inputs: &[(String, Cid)], args: &[(&str, &str)]) -> Trained {
     let inputs: Vec<(&str, Cid)> = inputs.iter().map(|(n, c)| (n.as_str(), *c)).collect();
     let outputs = submit_ok(node, "train", &inputs, args).await;
     let read = |name| node.store().read_file(&cid_of(&outputs, name)).unwrap();
-    let params = Params::decode(&read("params"));
-    // The checkpoint (`MCK1`, round, seed, rng, then a parameter file) holds the same
-    // parameters.
+    // The checkpoint (`MCK1`, round, seed, RNG state, then a parameter file) holds the
+    // final parameters and the last round's number.
     let checkpoint = read("checkpoint");
     assert_eq!(&checkpoint[..4], b"MCK1");
-    assert_eq!(checkpoint[24..], read("params")[..], "the checkpoint's parameters");
+    assert_eq!(
+        checkpoint[24..],
+        read("params")[..],
+        "the checkpoint's parameters"
+    );
     let report = String::from_utf8(read("report")).unwrap();
-    (params, report.lines().map(str::to_owned).collect())
+    let report: Vec<String> = report.lines().map(str::to_owned).collect();
+    let rounds = u32::from_le_bytes(checkpoint[4..8].try_into().unwrap());
+    let last = &report[report.len() - 2];
+    assert_eq!(f64::from(rounds), field(last, "round"), "{last}");
+    Trained {
+        params: Params::decode(&read("params")),
+        report,
+        checkpoint,
+    }
 }
 
 /// A numeric `key=value` field of a report line.
@@ -416,7 +451,11 @@ fn sorted_records(node: &Node, shards: &[Cid]) -> Vec<Vec<u8>> {
         let bytes = node.store().read_file(cid).unwrap();
         assert_eq!(&bytes[..4], b"DSH1");
         let features = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        records.extend(bytes[12..].chunks_exact(4 * (features + 1)).map(<[u8]>::to_vec));
+        records.extend(
+            bytes[12..]
+                .chunks_exact(4 * (features + 1))
+                .map(<[u8]>::to_vec),
+        );
     }
     records.sort();
     records
@@ -437,13 +476,15 @@ async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
     let root = tempfile::tempdir().unwrap();
     let nodes = mesh(root.path(), 3).await;
     let solo = node(root.path(), "solo", 1).await;
-    let three = training_inputs(&nodes[0], 3, 16).await;
-    let one = training_inputs(&solo, 1, 16).await;
+    let three = training_inputs(&solo, &nodes[0], 3, 16).await;
+    let one = training_inputs(&solo, &solo, 1, 16).await;
     // The same seed gives the same held-out rows and the same init; the 3 shards hold
     // exactly the 1 shard's rows.
     assert_eq!(cid_of(&three, "test"), cid_of(&one, "test"));
     assert_eq!(cid_of(&three, "params"), cid_of(&one, "params"));
-    let shards: Vec<Cid> = (0..3).map(|i| cid_of(&three, &format!("shard{i}"))).collect();
+    let shards: Vec<Cid> = (0..3)
+        .map(|i| cid_of(&three, &format!("shard{i}")))
+        .collect();
     assert_eq!(
         sorted_records(&nodes[0], &shards),
         sorted_records(&solo, &[cid_of(&one, "shard0")])
@@ -451,10 +492,18 @@ async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
 
     let args = [("rounds", "5"), ("lr", "0.5"), ("mode", "sync")];
     let started = Instant::now();
-    let (p3, report3) = train(&nodes[0], &three, &args).await;
+    let Trained {
+        params: p3,
+        report: report3,
+        ..
+    } = train(&nodes[0], &three, &args).await;
     let mesh_time = started.elapsed();
     let started = Instant::now();
-    let (p1, report1) = train(&solo, &one, &args).await;
+    let Trained {
+        params: p1,
+        report: report1,
+        ..
+    } = train(&solo, &one, &args).await;
     let solo_time = started.elapsed();
 
     assert_eq!(p3.header, p1.header);
@@ -476,7 +525,12 @@ async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
         "relative difference {relative:e}"
     );
     // It trained: the parameters moved far beyond the tolerance, and the loss fell.
-    let init = Params::decode(&nodes[0].store().read_file(&cid_of(&three, "params")).unwrap());
+    let init = Params::decode(
+        &nodes[0]
+            .store()
+            .read_file(&cid_of(&three, "params"))
+            .unwrap(),
+    );
     let moved = p1
         .body
         .iter()
@@ -489,13 +543,13 @@ async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
         assert!((la - lb).abs() < 1e-4 * lb, "{a} vs {b}");
     }
     assert!(field(&report3[4], "loss") < field(&report3[0], "loss"));
-    // Some gradient ran on another node: the driver's node is not the only one that fetched
-    // a shard.
+    // Gradients ran on the other nodes too: only a subtask placed there fetches a shard.
     let remote = nodes[1..]
         .iter()
         .filter(|n| shards.iter().any(|c| n.store().has_block(c)))
         .count();
-    eprintln!("{remote} of 2 other nodes ran a shard's gradient");
+    eprintln!("{remote} of the 2 other nodes ran a shard's gradient");
+    assert!(remote >= 1, "every subtask ran on the driver's node");
 }
 
 /// Local mode (local SGD): 4 rounds of 25 minibatch steps per shard on 3 shards over 3 nodes,
@@ -504,9 +558,9 @@ async fn sync_training_on_3_shards_over_3_nodes_equals_1_shard_on_1_node() {
 async fn local_training_beats_chance_on_held_out_digits() {
     let root = tempfile::tempdir().unwrap();
     let nodes = mesh(root.path(), 3).await;
-    let inputs = training_inputs(&nodes[0], 3, 16).await;
+    let inputs = training_inputs(&nodes[0], &nodes[0], 3, 16).await;
     let started = Instant::now();
-    let (_, report) = train(
+    let report = train(
         &nodes[0],
         &inputs,
         &[
@@ -518,8 +572,13 @@ async fn local_training_beats_chance_on_held_out_digits() {
             ("seed", "3"),
         ],
     )
-    .await;
-    eprintln!("local mode in {:?}:\n{}", started.elapsed(), report.join("\n"));
+    .await
+    .report;
+    eprintln!(
+        "local mode in {:?}:\n{}",
+        started.elapsed(),
+        report.join("\n")
+    );
     assert_eq!(report.len(), 5, "4 rounds and the test line");
     let test = &report[4];
     assert!(test.starts_with("test "), "{test}");
@@ -535,7 +594,7 @@ async fn local_training_beats_chance_on_held_out_digits() {
 async fn a_failing_subtask_stops_the_driver_at_once_naming_it() {
     let root = tempfile::tempdir().unwrap();
     let nodes = mesh(root.path(), 2).await;
-    let mut inputs = training_inputs(&nodes[0], 2, 16).await;
+    let mut inputs = training_inputs(&nodes[0], &nodes[0], 2, 16).await;
     let garbage = nodes[0].store().put_bytes(b"not a shard").unwrap();
     for (name, cid) in &mut inputs {
         if name == "shard1" {
@@ -546,13 +605,20 @@ async fn a_failing_subtask_stops_the_driver_at_once_naming_it() {
     let (result, logs, took) = submit(&nodes[0], "train", &inputs, &[("rounds", "20")]).await;
     let failure = result.expect_err("the driver fails");
     eprintln!("failed in {took:?}: {failure}");
-    assert_eq!(failure.kind, shoal_host::runtime::FailureKind::TaskError, "{failure}");
+    assert_eq!(
+        failure.kind,
+        shoal_host::runtime::FailureKind::TaskError,
+        "{failure}"
+    );
     for part in [
         "round 1: subtask `grad` on `shard1`",
         "subtask failed (TaskError)",
         "input `shard`: not a shard file",
     ] {
-        assert!(failure.message.contains(part), "`{part}` in {failure}\nlogs: {logs}");
+        assert!(
+            failure.message.contains(part),
+            "`{part}` in {failure}\nlogs: {logs}"
+        );
     }
     assert!(took < Duration::from_secs(20), "no hang: {took:?}");
 
@@ -561,5 +627,45 @@ async fn a_failing_subtask_stops_the_driver_at_once_naming_it() {
     assert!(
         failure.message.contains("input `shard1`: not a shard file"),
         "{failure}"
+    );
+}
+
+/// A run resumed from its round-2 checkpoint (input `resume`, no `params`) finishes as the
+/// uninterrupted 3-round run does, bit for bit: the checkpoint carries the parameters, the
+/// round and the RNG state that draws local mode's per-shard seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumed_from_a_checkpoint_finishes_as_the_uninterrupted_one() {
+    let root = tempfile::tempdir().unwrap();
+    let node = node(root.path(), "one", 1).await;
+    let inputs = training_inputs(&node, &node, 2, 16).await;
+    let args = |rounds| {
+        [
+            ("rounds", rounds),
+            ("mode", "local"),
+            ("local_steps", "5"),
+            ("seed", "9"),
+        ]
+    };
+    let straight = train(&node, &inputs, &args("3")).await;
+    let first = train(&node, &inputs, &args("2")).await;
+    let checkpoint = node.store().put_bytes(&first.checkpoint).unwrap();
+    let resumed: Vec<(String, Cid)> = inputs
+        .iter()
+        .filter(|(n, _)| n != "params")
+        .cloned()
+        .chain([("resume".to_string(), checkpoint)])
+        .collect();
+    let rest = train(&node, &resumed, &args("3")).await;
+    assert_eq!(rest.params.body, straight.params.body);
+    assert_eq!(rest.checkpoint, straight.checkpoint);
+    assert_eq!(
+        rest.report.len(),
+        2,
+        "round 3 and the test line: {:?}",
+        rest.report
+    );
+    assert_eq!(
+        field(&rest.report[0], "loss"),
+        field(&straight.report[2], "loss")
     );
 }

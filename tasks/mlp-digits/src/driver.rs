@@ -298,7 +298,11 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
             .map_err(|e| Error::msg(format!("input `resume`: {e}")))?;
         log!("resuming after round {} (seed {})", cp.round, cp.seed);
         seed = cp.seed;
-        (cp.params, cp.round.saturating_add(1), Rng::from_state(cp.rng))
+        (
+            cp.params,
+            cp.round.saturating_add(1),
+            Rng::from_state(cp.rng),
+        )
     } else {
         let params = Params::decode(&ctx.input("params")?)
             .map_err(|e| Error::msg(format!("input `params`: {e}")))?;
@@ -306,7 +310,8 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
     };
     // Every round spawns one subtask per shard, and `eval` one more: refuse up front a run
     // the subtask count limit would stop half-way.
-    let needed = (rounds.saturating_sub(first.saturating_sub(1)) as usize).saturating_mul(names.len()) + 1;
+    let needed =
+        (rounds.saturating_sub(first.saturating_sub(1)) as usize).saturating_mul(names.len()) + 1;
     if needed > MAX_SUBTASKS {
         return Err(Error::msg(format!(
             "{rounds} rounds of {} shards need {needed} subtasks, above the limit of {MAX_SUBTASKS}",
@@ -371,7 +376,7 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
             ),
         };
         let what = |i: usize| format!("round {round}: subtask `{task}` on `{}`", shards[i].name);
-        let outputs = run_all(ctx, spawns, &what)?;
+        let outputs = run_all(ctx, spawns, what)?;
 
         let mut loss = Stats::default();
         let mut parts = Vec::with_capacity(outputs.len());
@@ -516,7 +521,10 @@ mod tests {
 
     #[test]
     fn report_lines_are_key_value() {
-        assert_eq!(round_line(3, 0.25, 0.0414), "round=3 loss=0.25 seconds=0.041");
+        assert_eq!(
+            round_line(3, 0.25, 0.0414),
+            "round=3 loss=0.25 seconds=0.041"
+        );
         let stats = Stats {
             count: 4,
             loss_sum: 1.0,
