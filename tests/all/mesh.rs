@@ -868,3 +868,124 @@ fn a_peer_cannot_drive_a_node_past_its_memory_budget() {
     let out = a.host(&["submit", wasm::HELLO, "--input", &input, "--on", &b.peer_id]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The parameters in an `MLP1` file written out by `host get`.
+fn mlp_params(node: &Joined, cid: &str, path: &Path) -> Vec<f32> {
+    let got = node.host(&["get", cid, "-o", path.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", text(&got));
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"MLP1");
+    bytes[16..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn sync_training_survives_a_worker_killed_mid_run() {
+    let root = tempfile::tempdir().unwrap();
+    let b = Joined::start(root.path(), "b", &["--slots", "1"]);
+    let mut workers = vec![
+        Some(Joined::start(
+            root.path(),
+            "c",
+            &["--slots", "1", "--bootstrap", &b.addr],
+        )),
+        Some(b),
+    ];
+    let a = Joined::start(
+        root.path(),
+        "a",
+        &[
+            "--slots",
+            "1",
+            "--bootstrap",
+            &workers[1].as_ref().unwrap().addr,
+        ],
+    );
+    wait_for_peers(&a, 2);
+    let submit = |args: &[&str]| {
+        let mut all = vec!["submit", wasm::MLP_DIGITS, "--json"];
+        all.extend_from_slice(args);
+        let result = json(&a.host(&all));
+        let outputs = result["result"]["Ok"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        move |name: &str| {
+            outputs
+                .iter()
+                .find(|o| o[0] == name)
+                .and_then(|o| o[1].as_str())
+                .unwrap_or_else(|| panic!("no output {name}"))
+                .to_owned()
+        }
+    };
+    let csv = format!(
+        "csv={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tasks/data/digits.csv.gz")
+    );
+    let split = submit(&["--task", "split", "--input", &csv, "--arg", "shards=3"]);
+    let params = submit(&["--task", "init", "--arg", "hidden=16"])("params");
+    let inputs: Vec<String> = [
+        format!("params={params}"),
+        format!("test={}", split("test")),
+        format!("shard0={}", split("shard0")),
+        format!("shard1={}", split("shard1")),
+        format!("shard2={}", split("shard2")),
+    ]
+    .into();
+    // The driver stays on A; its gradient tasks go wherever the scheduler places them.
+    let mut train: Vec<&str> = vec![
+        "submit",
+        wasm::MLP_DIGITS,
+        "--json",
+        "--task",
+        "train",
+        "--on",
+        &a.peer_id,
+    ];
+    for input in &inputs {
+        train.extend(["--input", input.as_str()]);
+    }
+    train.extend(["--arg", "rounds=60", "--arg", "lr=1.0", "--timeout", "120s"]);
+    let calm = json(&a.host(&train));
+    let calm_params = calm["result"]["Ok"][0][1]
+        .as_str()
+        .expect("params")
+        .to_owned();
+
+    let run = Command::new(host_bin())
+        .args(&train)
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("host submit starts");
+    std::thread::sleep(Duration::from_millis(700));
+    drop(workers[0].take()); // SIGKILL C mid-run
+    let mut run = run;
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run ended before the kill: the test is void"
+    );
+    let out = run.wait_with_output().expect("host submit ends");
+    let faulted = json(&out);
+    let faulted_params = faulted["result"]["Ok"][0][1]
+        .as_str()
+        .expect("params")
+        .to_owned();
+
+    let calm = mlp_params(&a, &calm_params, &root.path().join("calm.bin"));
+    let faulted = mlp_params(&a, &faulted_params, &root.path().join("faulted.bin"));
+    let scale = calm.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = calm
+        .iter()
+        .zip(&faulted)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "parameters differ by {worst} (scale {scale})"
+    );
+}
