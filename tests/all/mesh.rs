@@ -885,24 +885,9 @@ fn mlp_params(node: &Joined, cid: &str, path: &Path) -> Vec<f32> {
 fn sync_training_survives_a_worker_killed_mid_run() {
     let root = tempfile::tempdir().unwrap();
     let b = Joined::start(root.path(), "b", &["--slots", "1"]);
-    let mut workers = vec![
-        Some(Joined::start(
-            root.path(),
-            "c",
-            &["--slots", "1", "--bootstrap", &b.addr],
-        )),
-        Some(b),
-    ];
-    let a = Joined::start(
-        root.path(),
-        "a",
-        &[
-            "--slots",
-            "1",
-            "--bootstrap",
-            &workers[1].as_ref().unwrap().addr,
-        ],
-    );
+    let worker = ["--slots", "1", "--bootstrap", &b.addr];
+    let mut victim = Some(Joined::start(root.path(), "c", &worker));
+    let a = Joined::start(root.path(), "a", &worker);
     wait_for_peers(&a, 2);
     let submit = |args: &[&str]| {
         let mut all = vec!["submit", wasm::MLP_DIGITS, "--json"];
@@ -964,7 +949,7 @@ fn sync_training_survives_a_worker_killed_mid_run() {
         .spawn()
         .expect("host submit starts");
     std::thread::sleep(Duration::from_millis(700));
-    drop(workers[0].take()); // SIGKILL C mid-run
+    drop(victim.take()); // SIGKILL C mid-run
     let mut run = run;
     assert!(
         run.try_wait().unwrap().is_none(),
