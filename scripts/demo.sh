@@ -27,9 +27,6 @@ join() {
   for _ in $(seq 100); do grep -q "^listening on" "$data/$name.out" 2>/dev/null && return; sleep 0.2; done
   echo "node $name did not start: $(cat "$data/$name.log")" >&2; exit 1
 }
-# The CID of output $1 in a `host submit` printout on stdin.
-output() { awk -v name="$1" '$1 == "output" && $2 == name { print $3 }'; }
-
 echo "== a 3-node mesh on 127.0.0.1 (one slot each)"
 join b
 b_addr=$(grep -m1 "^listening on" "$data/b.out" | cut -d' ' -f3)
@@ -41,23 +38,11 @@ done
 "$host" peers --data-dir "$data/a"
 
 mlp="$tasks/mlp_digits.wasm"
-echo "== split the digits (tasks/data, CC BY 4.0): 25% held out, 3 training shards"
-split=$("$host" submit "$mlp" --task split --input csv=tasks/data/digits.csv.gz \
-  --arg shards=3 --arg seed=7 --data-dir "$data/a")
-test_cid=$(output test <<<"$split")
-shards=()
-for i in 0 1 2; do shards+=(--input "shard$i=$(output "shard$i" <<<"$split")"); done
-params=$("$host" submit "$mlp" --task init --arg hidden=64 --arg seed=7 --data-dir "$data/a" | output params)
-
-echo "== train: 200 rounds of synchronous data-parallel SGD, one gradient task per shard per round"
-started=$(date +%s.%N)
-run=$("$host" submit "$mlp" --task train --input params="$params" --input test="$test_cid" "${shards[@]}" \
-  --arg rounds=200 --arg lr=1.0 --arg mode=sync --timeout 10m --data-dir "$data/a")
-report=$(output report <<<"$run")
-"$host" get "$report" -o "$data/report.txt" --data-dir "$data/a" 2>/dev/null
-sed -n '1,3p' "$data/report.txt"; echo "  ..."; tail -n 3 "$data/report.txt"
-echo "trained in $(echo "$(date +%s.%N) - $started" | bc) s; final parameters: $(output params <<<"$run")"
-echo "held-out accuracy: $(grep -o 'accuracy=[0-9.]*' "$data/report.txt" | tail -1 | cut -d= -f2)"
+echo "== host train mlp_digits.wasm --data tasks/data/digits.csv.gz (UCI digits, CC BY 4.0) --shards 3 --rounds 200"
+echo "   25% held out; 200 rounds of synchronous data-parallel SGD, one gradient task per shard per round"
+"$host" train "$mlp" --data tasks/data/digits.csv.gz --shards 3 --rounds 200 --lr 1.0 --seed 7 \
+  --data-dir "$data/a" >"$data/train.txt"
+sed -n '1,4p' "$data/train.txt"; echo "  ..."; grep -v "^round" "$data/train.txt" | tail -n +2
 echo
 
 echo "== small examples: host run in the sandbox, no node needed"

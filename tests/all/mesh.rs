@@ -974,3 +974,69 @@ fn sync_training_survives_a_worker_killed_mid_run() {
         "parameters differ by {worst} (scale {scale})"
     );
 }
+
+#[test]
+fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let b = Joined::start(root.path(), "b", &["--slots", "1"]);
+    let addr = b.addr.clone();
+    let worker = ["--slots", "1", "--bootstrap", &addr];
+    let mut nodes = [Some(Joined::start(root.path(), "c", &worker)), Some(b)];
+    // The starter runs nothing itself: the driver lands on B or C.
+    let s = Joined::start(root.path(), "s", &["--slots", "0", "--bootstrap", &addr]);
+    wait_for_peers(&s, 2);
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tasks/data/digits.csv.gz");
+    let train = |rounds: &str, resume: Option<&str>| {
+        let mut args = vec![
+            "train",
+            wasm::MLP_DIGITS,
+            "--data",
+            data,
+            "--shards",
+            "2",
+            "--hidden",
+            "16",
+            "--rounds",
+            rounds,
+            "--json",
+        ];
+        if let Some(cid) = resume {
+            args.extend(["--resume", cid]);
+        }
+        json(&s.host(&args))
+    };
+    let first = train("4", None);
+    assert_eq!(first["rounds"].as_array().map(Vec::len), Some(4), "{first}");
+    assert!(
+        first["test_accuracy"].as_f64().is_some_and(|a| a > 0.2),
+        "{first}"
+    );
+    let checkpoint = first["checkpoint"]
+        .as_str()
+        .expect("a checkpoint")
+        .to_owned();
+    // Kill the node that ran the driver; the starter holds the checkpoint.
+    let driver = first["driver"]
+        .as_str()
+        .expect("the driver's peer")
+        .to_owned();
+    let victim = nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|n| n.peer_id == driver))
+        .expect("the driver ran on B or C");
+    drop(nodes[victim].take());
+    let resumed = train("6", Some(&checkpoint));
+    let rounds: Vec<u64> = resumed["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rounds, [5, 6], "{resumed}");
+    assert_ne!(
+        resumed["driver"].as_str(),
+        Some(driver.as_str()),
+        "{resumed}"
+    );
+    assert!(resumed["test_accuracy"].as_f64().is_some(), "{resumed}");
+}

@@ -4,6 +4,7 @@ mod escape;
 mod local;
 mod mesh;
 mod parse;
+mod train;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,9 @@ pub enum Command {
     /// Show the local node's identity, addresses and slots.
     #[command(after_help = EXIT_CODES)]
     Status(QueryArgs),
+    /// Train a model on the mesh: split the data, initialise, run the trainer's driver.
+    #[command(after_help = EXIT_CODES)]
+    Train(TrainArgs),
     /// Delete every stored block that no pin and no running task holds: chunks of interrupted
     /// puts, fetched copies, expired outputs of other peers' tasks.
     #[command(after_help = EXIT_CODES)]
@@ -215,6 +219,49 @@ pub struct RunArgs {
 }
 
 /// `host put`.
+/// `host train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The trainer module: tasks `split`, `init` and `train` (e.g. `mlp_digits.wasm`).
+    pub module: PathBuf,
+    /// The data, given to `split` as input `csv` (e.g. `tasks/data/digits.csv.gz`).
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Training shards: one gradient task per shard per round.
+    #[arg(long, default_value_t = 3)]
+    pub shards: u32,
+    /// Rounds to train to (with `--resume`, counting the checkpoint's).
+    #[arg(long, default_value_t = 200)]
+    pub rounds: u32,
+    /// Learning rate.
+    #[arg(long, default_value = "1.0")]
+    pub lr: String,
+    /// `sync` (one averaged gradient step per round) or `local` (local steps, then the
+    /// parameters averaged).
+    #[arg(long, default_value = "sync")]
+    pub mode: String,
+    /// Hidden units of the model.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: u32,
+    /// Seed of the split, the initial parameters and the local steps.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from this checkpoint CID instead of fresh parameters.
+    #[arg(long, value_name = "CID")]
+    pub resume: Option<String>,
+    /// Linear memory limit of each task.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse::task_memory)]
+    pub memory: u64,
+    /// Wall-time limit of the driver (and the CPU budget its tasks share).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse::task_time)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Print the rounds, CIDs and accuracy as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct PutArgs {
     /// The file to store.
@@ -257,5 +304,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Peers(args) => mesh::peers(args),
         Command::Status(args) => mesh::status(args),
         Command::Gc(args) => local::gc(args),
+        Command::Train(args) => train::train(args),
     }
 }
