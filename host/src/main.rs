@@ -9,6 +9,13 @@ use cli::{Cli, Exit, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, cli::Command::Join(_)) {
+        // A one-shot verb piped into `head` ends quietly when the reader goes, as Unix tools
+        // do, instead of panicking on a failed print. A node keeps Rust's default (SIGPIPE
+        // ignored), so a peer that hangs up is an error on that socket, not the node's end.
+        // SAFETY: restoring a signal's default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // A node logs what it runs and for whom; one-shot verbs only warn.
     let default_filter = match cli.command {
         cli::Command::Join(_) => "warn,shoal_host=info,shoal_p2p=info",
