@@ -35,6 +35,8 @@ pub enum FetchError {
 
 impl NodeInner {
     pub(crate) async fn fetch_file(&self, cid: Cid, hints: &[PeerId]) -> Result<(), FetchError> {
+        // A GC while we fetch must not take the manifest or the chunks stored so far.
+        let _lease = self.store.lease(&[cid]);
         let mut providers: Vec<PeerId> = hints.to_vec();
         let bad = Arc::new(Mutex::new(HashSet::new()));
         if !self.store.has_block(&cid) {
