@@ -254,13 +254,18 @@ fn serve_slot(role: SlotRole) {
                     "the host failed running this task ({why}); its slot was kept"
                 ))
             });
-        let _ = reply.send(report);
-        if SLOT.with(|s| s.borrow().is_none()) {
-            // Lent: the busy count was given back when the slot was; this thread is done.
+        // Counted down before the reply goes, so whoever gets it sees the slot free.
+        let lent = SLOT.with(|s| s.borrow().is_none());
+        if lent {
+            // The busy count was given back when the slot was lent.
             LENT_SLOTS.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+        let _ = reply.send(report);
+        if lent {
             return;
         }
-        runtime.inner.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
