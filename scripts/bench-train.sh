@@ -11,19 +11,7 @@ cargo build -q -p shoal-host --bin host
 cargo build -q --release --target wasm32-wasip1 --target-dir target/wasm-tasks -p mlp-digits
 host=$PWD/target/debug/host
 mlp=$PWD/target/wasm-tasks/wasm32-wasip1/release/mlp_digits.wasm
-data=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
-trap cleanup EXIT
-
-join() {
-  local name=$1; shift
-  "$host" join --no-mdns --slots 1 --listen /ip4/127.0.0.1/tcp/0 --data-dir "$data/$name" "$@" \
-    >"$data/$name.out" 2>"$data/$name.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "^listening on" "$data/$name.out" 2>/dev/null && return; sleep 0.2; done
-  exit 1
-}
+source scripts/local-mesh.sh
 
 # 1347 training rows (75% of 1797) per round in sync mode; local mode takes H=10 batches of
 # 32 per shard per round.
@@ -44,12 +32,10 @@ for mode in sync local; do
   "$host" train "$mlp" --data tasks/data/digits.csv.gz --shards 3 --rounds "$rounds" --mode "$mode" \
     --data-dir "$data/a" --json | report "$mode" 3 "1 node"
 done
-a_addr=$(grep -m1 "^listening on" "$data/a.out" | cut -d' ' -f3)
+a_addr=$(addr_of a)
 join b --bootstrap "$a_addr"
 join c --bootstrap "$a_addr"
-for _ in $(seq 100); do
-  [ "$("$host" peers --data-dir "$data/a" 2>/dev/null | grep -c slots)" -ge 2 ] && break; sleep 0.2
-done
+wait_peers a 2
 for mode in sync local; do
   "$host" train "$mlp" --data tasks/data/digits.csv.gz --shards 3 --rounds "$rounds" --mode "$mode" \
     --data-dir "$data/a" --json | report "$mode" 3 "3 nodes"

@@ -13,28 +13,13 @@ cargo build --release --target wasm32-wasip1 --target-dir target/wasm-tasks \
   -p mlp-digits -p hello -p matmul-wasm -p matmul
 host=$PWD/target/debug/host
 tasks=$PWD/target/wasm-tasks/wasm32-wasip1/release
-data=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
-trap cleanup EXIT
-
-# Starts `host join` for node $1 with extra flags; prints nothing until it listens.
-join() {
-  local name=$1; shift
-  "$host" join --no-mdns --slots 1 --listen /ip4/127.0.0.1/tcp/0 --data-dir "$data/$name" "$@" \
-    >"$data/$name.out" 2>"$data/$name.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "^listening on" "$data/$name.out" 2>/dev/null && return; sleep 0.2; done
-  echo "node $name did not start: $(cat "$data/$name.log")" >&2; exit 1
-}
+source scripts/local-mesh.sh
 echo "== a 3-node mesh on 127.0.0.1 (one slot each)"
 join b
-b_addr=$(grep -m1 "^listening on" "$data/b.out" | cut -d' ' -f3)
+b_addr=$(addr_of b)
 join c --bootstrap "$b_addr"
 join a --bootstrap "$b_addr"
-for _ in $(seq 100); do
-  [ "$("$host" peers --data-dir "$data/a" 2>/dev/null | grep -c slots)" -ge 2 ] && break; sleep 0.2
-done
+wait_peers a 2
 "$host" peers --data-dir "$data/a"
 
 mlp="$tasks/mlp_digits.wasm"

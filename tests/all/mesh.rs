@@ -428,8 +428,7 @@ mod in_process {
     };
 
     use shoal_host::{
-        compute::DeviceChoice,
-        node::{Node, NodeConfig},
+        node::Node,
         runtime::{FailureKind, TaskSpec},
     };
     use shoal_p2p::{
@@ -437,6 +436,8 @@ mod in_process {
         TaskOutcome,
     };
     use tokio::sync::{Notify, watch};
+
+    use crate::util::node;
 
     /// A bare p2p peer on 127.0.0.1 that answers with `handler`.
     async fn scripted_peer(
@@ -450,22 +451,6 @@ mod in_process {
         let (client, _task) = Network::spawn(cfg, |_| handler).unwrap();
         let addr = client.listen_addrs().await.unwrap()[0].clone();
         (client, addr)
-    }
-
-    /// A node in `root/name` on 127.0.0.1 with `slots` slots for the mesh, cpu tensors.
-    async fn node(root: &std::path::Path, name: &str, slots: usize) -> Node {
-        Node::start(NodeConfig {
-            data_dir: root.join(name),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: vec![],
-            mdns: false,
-            slots,
-            device: DeviceChoice::Cpu,
-            store_limit: None,
-            memory_budget: None,
-        })
-        .await
-        .unwrap()
     }
 
     /// Connects `from` to `to`, returning `to`'s peer id.

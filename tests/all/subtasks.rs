@@ -4,27 +4,12 @@
 use std::time::{Duration, Instant};
 
 use shoal_host::{
-    compute::DeviceChoice,
-    node::{Node, NodeConfig},
+    node::Node,
     runtime::{FailureKind, Limits, TaskReport, TaskSpec},
 };
 use shoal_task_artifacts as wasm;
 
-/// A node with `slots` slots on 127.0.0.1, cpu tensors, in a fresh temp dir.
-async fn node(root: &std::path::Path, name: &str, slots: usize) -> Node {
-    Node::start(NodeConfig {
-        data_dir: root.join(name),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        mdns: false,
-        slots,
-        device: DeviceChoice::Cpu,
-        store_limit: None,
-        memory_budget: None,
-    })
-    .await
-    .unwrap()
-}
+use crate::util::node;
 
 /// Runs task `task` of the fanout module on `node`'s mesh with these arguments.
 async fn drive(node: &Node, task: &str, args: &[(&str, &str)]) -> TaskReport {

@@ -6,33 +6,19 @@
 //! The GPU test fails (never skips) when no wgpu adapter is usable; on Debian,
 //! `mesa-vulkan-drivers` provides lavapipe.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use shoal::abi::{ErrorCode, TensorOp};
 use shoal_host::{
-    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend},
-    runtime::{FailureKind, Limits, MIB, Runtime, RuntimeConfig, TaskReport, TaskSpec},
-    store::BlockStore,
+    compute::{Backend, CpuBackend, DeviceChoice},
+    runtime::{FailureKind, Limits, MIB, Runtime, TaskReport, TaskSpec},
 };
 use shoal_task_artifacts as wasm;
-use tempfile::TempDir;
 
 use crate::{
     compute::{cpu_after, process_cpu},
-    util::{assert_hello_works, spec, with_args},
+    util::{assert_hello_works, runtime_on, software_gpu, spec, with_args},
 };
-
-fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
-    let config = RuntimeConfig {
-        slots: 1,
-        device,
-        allow_software_gpu,
-        ..RuntimeConfig::default()
-    };
-    (dir, Runtime::new(store, config).expect("runtime"))
-}
 
 /// Runs a task that must succeed and returns its output `c` as f32s, with the report.
 fn product(rt: &Runtime, spec: &TaskSpec) -> (Vec<f32>, TaskReport) {
@@ -115,9 +101,7 @@ fn matmul_task_matches_wasm_on_cpu() {
 /// adapter (lavapipe), the same one a `GpuBackend` opened here finds.
 #[test]
 fn matmul_task_matches_wasm_on_software_gpu() {
-    let expected = GpuBackend::new(true).unwrap_or_else(|e| {
-        panic!("this test needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
-    });
+    let expected = software_gpu();
     assert!(
         expected.is_software(),
         "{} is a hardware GPU: this test is for the software adapter",

@@ -9,21 +9,17 @@
 //! documented bytes, not the crate's own decoder. The GPU test fails (never skips) when no
 //! wgpu adapter is usable; on Debian, `mesa-vulkan-drivers` provides lavapipe.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use shoal_host::{
-    compute::{Backend, CpuBackend, DeviceChoice, GpuBackend},
-    node::{Node, NodeConfig},
-    runtime::{Limits, Runtime, RuntimeConfig, TaskFailure, TaskReport, TaskSpec},
-    store::{BlockStore, Cid},
+    compute::{Backend, CpuBackend, DeviceChoice},
+    node::Node,
+    runtime::{Limits, Runtime, TaskFailure, TaskReport, TaskSpec},
+    store::Cid,
 };
 use shoal_task_artifacts::MLP_DIGITS;
-use tempfile::TempDir;
 
-use crate::util::{spec, with_args};
+use crate::util::{node, runtime_on, software_gpu, spec, with_args};
 
 /// The shipped data, as the `split` task takes it (gzipped).
 const DIGITS_GZ: &[u8] = include_bytes!("../../tasks/data/digits.csv.gz");
@@ -32,18 +28,6 @@ const PARAMS_HEADER_LEN: usize = 16;
 /// The digits model's inputs and classes.
 const INPUTS: usize = 64;
 const CLASSES: usize = 10;
-
-fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
-    let config = RuntimeConfig {
-        slots: 1,
-        device,
-        allow_software_gpu,
-        ..RuntimeConfig::default()
-    };
-    (dir, Runtime::new(store, config).expect("runtime"))
-}
 
 /// A successful run's outputs, read back from the store.
 struct Outputs {
@@ -239,9 +223,7 @@ fn mlp_gradient_matches_finite_differences_on_cpu() {
 /// `--device gpu` with software allowed: the shaders on wgpu over lavapipe.
 #[test]
 fn mlp_gradient_matches_finite_differences_on_software_gpu() {
-    let expected = GpuBackend::new(true).unwrap_or_else(|e| {
-        panic!("this test needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
-    });
+    let expected = software_gpu();
     let (_dir, rt) = runtime_on(DeviceChoice::Gpu, true);
     check_gradient(&rt, expected.name());
 }
@@ -294,22 +276,6 @@ fn sgd_on_one_shard_beats_chance_on_held_out_digits() {
     );
     assert!(accuracy > 0.85, "held-out accuracy {accuracy}");
     assert!(after.loss() < 0.5 * before.loss());
-}
-
-/// A node with `slots` slots on 127.0.0.1, cpu tensors, in a fresh directory under `root`.
-async fn node(root: &std::path::Path, name: &str, slots: usize) -> Node {
-    Node::start(NodeConfig {
-        data_dir: root.join(name),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        mdns: false,
-        slots,
-        device: DeviceChoice::Cpu,
-        store_limit: None,
-        memory_budget: None,
-    })
-    .await
-    .unwrap()
 }
 
 /// `n` nodes of one slot each, every pair connected.

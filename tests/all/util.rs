@@ -3,6 +3,8 @@
 use std::{path::Path, sync::Arc};
 
 use shoal_host::{
+    compute::{DeviceChoice, GpuBackend},
+    node::{Node, NodeConfig},
     runtime::{Limits, Runtime, RuntimeConfig, TaskReport, TaskSpec},
     store::{BlockStore, Cid},
 };
@@ -129,4 +131,40 @@ pub fn most_asleep_at_once(reports: &[TaskReport]) -> usize {
         })
         .max();
     usize::try_from(peak.unwrap_or(0)).unwrap_or(0)
+}
+
+/// A one-slot runtime computing on `device` (`allow_software_gpu` lets `Gpu` take lavapipe).
+pub fn runtime_on(device: DeviceChoice, allow_software_gpu: bool) -> (TempDir, Runtime) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(BlockStore::open(dir.path()).expect("store opens"));
+    let config = RuntimeConfig {
+        slots: 1,
+        device,
+        allow_software_gpu,
+        ..RuntimeConfig::default()
+    };
+    (dir, Runtime::new(store, config).expect("runtime"))
+}
+
+/// The software GPU the GPU tests run on; a machine without one fails the test, saying why.
+pub fn software_gpu() -> GpuBackend {
+    GpuBackend::new(true).unwrap_or_else(|e| {
+        panic!("this test needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
+    })
+}
+
+/// An in-process node in `root/name` on 127.0.0.1 with `slots` slots, cpu tensors.
+pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
+    Node::start(NodeConfig {
+        data_dir: root.join(name),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("an address")],
+        bootstrap: vec![],
+        mdns: false,
+        slots,
+        device: DeviceChoice::Cpu,
+        store_limit: None,
+        memory_budget: None,
+    })
+    .await
+    .expect("node starts")
 }

@@ -88,8 +88,9 @@ impl OpBudget {
     }
 }
 
-/// CPU time consumed by the calling thread (0 if the clock cannot be read).
-pub(super) fn thread_cpu_time() -> Duration {
+/// CPU time consumed by the calling thread (0 if the clock cannot be read): the one clock
+/// that task CPU budgets and op budgets both read.
+pub fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -37,7 +37,7 @@ mod gpu;
 mod pool;
 mod table;
 
-pub use budget::{OpBudget, Overrun};
+pub use budget::{OpBudget, Overrun, thread_cpu_time};
 pub use cpu::CpuBackend;
 pub use gpu::{GpuBackend, SHADERS};
 pub use table::{MAX_LIVE_TENSORS, MAX_TENSOR_ALLOCATIONS, TensorTable};

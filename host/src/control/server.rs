@@ -19,7 +19,7 @@ use crate::{
     node::{Node, NodeError},
     runtime::TaskSpec,
     sched::Placed,
-    store::{Cid, GcMode},
+    store::{Cid, GcMode, PinClass},
 };
 
 /// Control connections served at once.
@@ -161,7 +161,17 @@ async fn resolve(
     Ok((spec, on))
 }
 
-fn ran(placed: Placed) -> Ran {
+/// A placed task as the client sees it. What a user submitted is pinned here for good
+/// (fetched later, or already local); a driver's subtasks, placed by the same scheduler, are
+/// not: their outputs are the driver's to read, then garbage.
+fn ran(node: &Node, placed: Placed) -> Ran {
+    if let Ok(outputs) = &placed.report.result {
+        for (_, cid) in outputs {
+            if let Err(e) = node.store().pin(cid, PinClass::Submitted) {
+                tracing::warn!(%cid, "cannot pin a submitted task's output: {e}");
+            }
+        }
+    }
     Ran {
         peer: placed.peer.to_string(),
         report: placed.report,
@@ -170,7 +180,7 @@ fn ran(placed: Placed) -> Ran {
 
 async fn submit(node: &Node, r: Submit) -> Result<Ran, Failure> {
     let (spec, on) = resolve(node, r.task, r.on.as_deref()).await?;
-    Ok(ran(node.submit(spec, on).await))
+    Ok(ran(node, node.submit(spec, on).await))
 }
 
 /// Runs a map, sending a progress line each time an item starts or ends.
@@ -206,7 +216,7 @@ async fn map(
     Ok(Ok(items
         .map(|(item, placed)| MapItem {
             item,
-            ran: ran(placed),
+            ran: ran(node, placed),
         })
         .collect()))
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::compute::thread_cpu_time;
+
 /// 1 MiB.
 pub const MIB: u64 = 1 << 20;
 /// The most memory any task may be given (the pooling allocator reserves this per slot).
@@ -163,20 +165,6 @@ impl TaskClock {
             .saturating_sub(self.cpu_started)
             .saturating_add(self.charged)
     }
-}
-
-/// CPU time consumed by the calling thread.
-pub(crate) fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id is a constant libc knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Enforces the memory cap and remembers the peak and any refusal, so that an allocation

@@ -49,20 +49,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
             },
         )?;
         // Positioned I/O on a pipe is ESPIPE in POSIX; every fd a task has is a pipe.
-        linker.func_wrap(
-            module,
-            "fd_pwrite",
-            |c: Caller<'_, TaskState>, fd: i32, _: i32, _: i32, _: i64, _: i32| {
-                Ok(stdio_fd(&c, fd).map_or_else(|errno| errno, |_| ERRNO_SPIPE))
-            },
-        )?;
-        linker.func_wrap(
-            module,
-            "fd_pread",
-            |c: Caller<'_, TaskState>, fd: i32, _: i32, _: i32, _: i64, _: i32| {
-                Ok(stdio_fd(&c, fd).map_or_else(|errno| errno, |_| ERRNO_SPIPE))
-            },
-        )?;
+        for call in ["fd_pwrite", "fd_pread"] {
+            linker.func_wrap(
+                module,
+                call,
+                |c: Caller<'_, TaskState>, fd: i32, _: i32, _: i32, _: i64, _: i32| {
+                    Ok(stdio_fd(&c, fd).map_or_else(|errno| errno, |_| ERRNO_SPIPE))
+                },
+            )?;
+        }
     }
     linker.allow_shadowing(false);
     Ok(())

@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
 use crate::{
     runtime::{FailureKind, Runtime, TaskReport, TaskSpec},
-    store::{BlockStore, Cid, PinClass},
+    store::{BlockStore, Cid},
 };
 
 /// Tries per task before giving up on a lost or busy peer.
@@ -226,14 +226,6 @@ impl Scheduler {
             }
             tracing::info!(%peer, "task lost on peer; placing it elsewhere");
             tried.insert(peer);
-        }
-        // What this node submitted is kept for good here (fetched later, or already local).
-        if let Ok(outputs) = &last.report.result {
-            for (_, cid) in outputs {
-                if let Err(e) = self.store.pin(cid, PinClass::Submitted) {
-                    tracing::warn!(%cid, "cannot pin a submitted task's output: {e}");
-                }
-            }
         }
         last
     }
