@@ -14,8 +14,8 @@ pub const TASK_EXPORT_PREFIX: &str = "shoal_task:";
 mod subtasks;
 
 pub use self::subtasks::{
-    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, SpawnSpec, SubtaskResult,
-    decode_result, encode_result,
+    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, RunStats, SpawnSpec,
+    SubtaskResult, decode_result, encode_result,
 };
 pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError};
 
@@ -119,6 +119,9 @@ impl LogLevel {
             .find(|l| *l as i32 == code)
     }
 }
+
+/// The longest record `progress` takes, in bytes; longer is [`ErrorCode::TooLarge`].
+pub const MAX_PROGRESS_LEN: usize = 4096;
 
 /// The status a task entry point returns: 0 for success, anything else is the task's own
 /// failure (its message is whatever it logged).

@@ -146,6 +146,19 @@ impl Ctx {
         Ok(out)
     }
 
+    /// Reports progress to whoever submitted this task, as it runs: `host train` prints a
+    /// line per record of its driver, and `host submit` shows them. Records are at most
+    /// [`abi::MAX_PROGRESS_LEN`] bytes; they may be dropped on the way under back-pressure
+    /// (a task's outputs are its durable results), and a subtask's records go nowhere.
+    ///
+    /// # Errors
+    /// `TooLarge` for a record over the limit.
+    pub fn progress(&mut self, record: &[u8]) -> Result<(), Error> {
+        sys::progress(record)
+            .map(drop)
+            .map_err(|c| Error::host("reporting progress", c))
+    }
+
     /// Spawns a subtask on the mesh.
     ///
     /// # Errors

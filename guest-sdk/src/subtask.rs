@@ -8,7 +8,7 @@
 
 use crate::{
     Cid, Error,
-    abi::{FailureCode, SpawnSpec, decode_result},
+    abi::{FailureCode, RunStats, SpawnSpec, decode_result},
     sys,
 };
 
@@ -85,15 +85,20 @@ impl Handle {
         sys::subtask_wait(&[self.0]).map_err(|c| Error::host("waiting for a subtask", c))?;
         let bytes = sys::subtask_result(self.0)
             .map_err(|c| Error::host("reading a subtask's result", c))?;
-        let result = decode_result(&bytes)
+        let (result, stats) = decode_result(&bytes)
             .ok_or_else(|| Error::msg("the host sent a malformed subtask result"))?;
-        Ok(result.map(Outputs))
+        Ok(result.map(|named| Outputs { named, stats }))
     }
 }
 
-/// A finished subtask's named outputs.
+/// A finished subtask's named outputs, and what its run cost.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outputs(pub Vec<(String, Cid)>);
+pub struct Outputs {
+    /// The outputs by name, in the order written.
+    pub named: Vec<(String, Cid)>,
+    /// Its run's wall and fetch time and (as a number) the peer it ran on.
+    pub stats: RunStats,
+}
 
 impl Outputs {
     /// The output by that name.
@@ -101,7 +106,7 @@ impl Outputs {
     /// # Errors
     /// If the subtask wrote no output by that name.
     pub fn output(&self, name: &str) -> Result<Cid, Error> {
-        self.0
+        self.named
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, c)| *c)

@@ -29,6 +29,8 @@ pub struct NativeRun {
     pub outputs: Vec<(String, Vec<u8>)>,
     /// Log lines.
     pub logs: Vec<String>,
+    /// Progress records, in the order reported.
+    pub progress: Vec<Vec<u8>>,
 }
 
 impl NativeRun {
@@ -78,6 +80,7 @@ impl NativeHost {
         result.map(|()| NativeRun {
             outputs: done.outputs,
             logs: done.logs,
+            progress: done.progress,
         })
     }
 }

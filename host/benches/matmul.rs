@@ -1,14 +1,19 @@
 //! Matmul throughput: the native cpu kernel (gemm in blocks on all cores, each block checking
 //! the op's budget) next to one plain multi-threaded gemm call as its reference, and the wgpu
 //! shader on whatever adapter wgpu finds (a software one included, named in the output).
+//! The `deterministic` group sets the deterministic cpu backend (bit-identical on every CPU)
+//! beside the gemm one, on matmul and on an element-wise `tanh`.
 //!
 //! Criterion's throughput is reported in elements/s with one element per flop (`2 n^3` per
-//! matmul), so `Gelem/s` reads as GFLOP/s. Run with `cargo bench -p shoal-host --bench matmul`.
+//! matmul), so `Gelem/s` reads as GFLOP/s. Run with `cargo bench -p shoal-host --bench matmul`
+//! (`-- deterministic` for that group alone).
 
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use shoal_host::compute::{Backend, CpuBackend, GpuBackend, OpBudget, Shape, TensorOp};
+use shoal_host::compute::{
+    Backend, CpuBackend, DeterministicCpuBackend, GpuBackend, OpBudget, Shape, TensorOp, UnaryOp,
+};
 
 const CPU_SIZES: [u32; 4] = [256, 512, 1024, 2048];
 
@@ -132,5 +137,61 @@ fn bench_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_matmul);
+/// What bit-identical results cost: the deterministic backend's fast kernels (and, at the
+/// small size, its plain ones) beside gemm's, on all cores, each right after the other.
+fn bench_deterministic(c: &mut Criterion) {
+    let matmul = TensorOp::Matmul {
+        trans_a: false,
+        trans_b: false,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gemm = CpuBackend::new();
+    let fast = DeterministicCpuBackend::new();
+    let plain = DeterministicCpuBackend::with(threads, false);
+    let mut group = c.benchmark_group("deterministic");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in [256, 1024] {
+        let mut backends: Vec<&dyn Backend> = vec![&gemm, &fast];
+        if n == 256 {
+            backends.push(&plain);
+        }
+        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+        for backend in backends {
+            let (a, b) = operands(backend, n);
+            let id = BenchmarkId::new(format!("matmul/{}", backend.name()), n);
+            group.bench_with_input(id, &n, |bench, _| {
+                bench.iter(|| {
+                    black_box(
+                        backend
+                            .execute(matmul, &[&a, &b], &OpBudget::unlimited())
+                            .expect("matmul"),
+                    )
+                });
+            });
+        }
+    }
+    // Element-wise: `exp` and `tanh` come from the pure-Rust libm here, the platform's there.
+    let n = 1024;
+    let tanh = TensorOp::Activation(UnaryOp::Tanh);
+    group.throughput(Throughput::Elements(u64::from(n).pow(2)));
+    for backend in [&gemm as &dyn Backend, &fast] {
+        let (a, _) = operands(backend, n);
+        let id = BenchmarkId::new(format!("tanh/{}", backend.name()), n);
+        group.bench_with_input(id, &n, |bench, _| {
+            bench.iter(|| {
+                black_box(
+                    backend
+                        .execute(tanh, &[&a], &OpBudget::unlimited())
+                        .expect("tanh"),
+                )
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_matmul, bench_deterministic);
 criterion_main!(benches);

@@ -1,4 +1,4 @@
-//! The composed libp2p behaviour: identify, ping, Kademlia, optional mDNS and Shoal's three
+//! The composed libp2p behaviour: identify, ping, Kademlia, optional mDNS and Shoal's four
 //! request-response protocols.
 
 use std::time::Duration;
@@ -14,8 +14,8 @@ use libp2p::{
 use crate::{
     codec::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, BlockCodec, CAPACITY_LIMITS, CAPACITY_PROTOCOL,
-        CapacityCodec, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
-        TaskCodec,
+        CapacityCodec, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL,
+        ProgressCodec, TASK_LIMITS, TASK_PROTOCOL, TaskCodec,
     },
     network::Config,
 };
@@ -30,6 +30,7 @@ pub(crate) struct Behaviour {
     pub(crate) block: request_response::Behaviour<BlockCodec>,
     pub(crate) task: request_response::Behaviour<TaskCodec>,
     pub(crate) capacity: request_response::Behaviour<CapacityCodec>,
+    pub(crate) progress: request_response::Behaviour<ProgressCodec>,
 }
 
 impl Behaviour {
@@ -83,6 +84,11 @@ impl Behaviour {
             capacity: request_response::Behaviour::with_codec(
                 CapacityCodec::new(CAPACITY_LIMITS),
                 [(CAPACITY_PROTOCOL, ProtocolSupport::Full)],
+                rr(config.capacity_timeout),
+            ),
+            progress: request_response::Behaviour::with_codec(
+                ProgressCodec::new(PROGRESS_LIMITS),
+                [(PROGRESS_PROTOCOL, ProtocolSupport::Full)],
                 rr(config.capacity_timeout),
             ),
         })

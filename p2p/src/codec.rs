@@ -14,21 +14,26 @@ use libp2p::{StreamProtocol, request_response};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::messages::{
-    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_LEN, TaskOutcome, TaskSpec,
+    BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_LEN, MAX_PROGRESS_LEN,
+    ProgressRecord, TaskOutcome, TaskSpec,
 };
 
 /// `/shoal/block/1`: fetch a block by id.
 pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
-/// `/shoal/task/3`: submit a task, get its outcome.
+/// `/shoal/task/4`: submit a task, get its outcome.
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
 pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
+/// `/shoal/progress/1`: a task's progress record, from the peer running it to its submitter.
+pub const PROGRESS_PROTOCOL: StreamProtocol = StreamProtocol::new(PROGRESS_PROTOCOL_NAME);
 /// The name of [`BLOCK_PROTOCOL`].
 pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/1";
 /// The name of [`TASK_PROTOCOL`].
-pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/3";
+pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/4";
 /// The name of [`CAPACITY_PROTOCOL`].
 pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
+/// The name of [`PROGRESS_PROTOCOL`].
+pub const PROGRESS_PROTOCOL_NAME: &str = "/shoal/progress/1";
 /// Shoal's private Kademlia DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
 /// The protocol version peers announce through identify.
@@ -52,7 +57,7 @@ pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
     request: 64,
     response: MAX_BLOCK_LEN + 64,
 };
-/// `/shoal/task/3`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+/// `/shoal/task/4`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
     request: 1 << 20,
     response: 4 << 20,
@@ -61,6 +66,13 @@ pub const TASK_LIMITS: FrameLimits = FrameLimits {
 pub const CAPACITY_LIMITS: FrameLimits = FrameLimits {
     request: 16,
     response: 64,
+};
+
+/// `/shoal/progress/1`: a token and a record of at most [`MAX_PROGRESS_LEN`] bytes in; an
+/// empty acknowledgement out.
+pub const PROGRESS_LIMITS: FrameLimits = FrameLimits {
+    request: MAX_PROGRESS_LEN + 32,
+    response: 16,
 };
 
 fn invalid_data(msg: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
@@ -182,10 +194,12 @@ impl<Req, Resp> FramedCodec<Req, Resp> {
 
 /// The codec of `/shoal/block/1`.
 pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
-/// The codec of `/shoal/task/3`.
+/// The codec of `/shoal/task/4`.
 pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
 /// The codec of `/shoal/capacity/1`.
 pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
+/// The codec of `/shoal/progress/1`.
+pub type ProgressCodec = FramedCodec<ProgressRecord, ()>;
 
 impl<Req, Resp> request_response::Codec for FramedCodec<Req, Resp>
 where
@@ -296,8 +310,9 @@ mod tests {
             args in prop::collection::vec((".{0,20}", ".{0,40}"), 0..8),
             limits in task_limits(),
             depth in 0u32..8,
+            progress in any::<u64>(),
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits, depth }
+            TaskSpec { module, entry, inputs, args, limits, depth, progress }
         }
     }
 
@@ -316,8 +331,9 @@ mod tests {
             backend in ".{0,10}",
             limits in task_limits(),
             executed_by in ".{0,60}",
+            fetch_us in any::<u64>(),
         ) -> TaskStats {
-            TaskStats { wall_us, cpu_us, peak_memory_bytes, cached_module, backend, limits, executed_by }
+            TaskStats { wall_us, cpu_us, peak_memory_bytes, cached_module, backend, limits, executed_by, fetch_us }
         }
     }
 
@@ -373,6 +389,16 @@ mod tests {
         }
 
         #[test]
+        fn progress_round_trips(
+            token in any::<u64>(),
+            data in prop::collection::vec(any::<u8>(), 0..=MAX_PROGRESS_LEN),
+        ) {
+            let msg = ProgressRecord { token, data };
+            prop_assert_eq!(round_trip(&msg, PROGRESS_LIMITS.request), msg);
+            prop_assert_eq!(round_trip(&(), PROGRESS_LIMITS.response), ());
+        }
+
+        #[test]
         fn capacity_round_trips(
             free_slots in any::<u32>(),
             total_slots in any::<u32>(),
@@ -423,7 +449,9 @@ mod tests {
         check_read::<BlockRequest>(bytes, BLOCK_LIMITS.request, may_be_short)?;
         check_read::<BlockResponse>(bytes, BLOCK_LIMITS.response, may_be_short)?;
         check_read::<CapacityRequest>(bytes, CAPACITY_LIMITS.request, may_be_short)?;
-        check_read::<Capacity>(bytes, CAPACITY_LIMITS.response, may_be_short)
+        check_read::<Capacity>(bytes, CAPACITY_LIMITS.response, may_be_short)?;
+        check_read::<ProgressRecord>(bytes, PROGRESS_LIMITS.request, may_be_short)?;
+        check_read::<()>(bytes, PROGRESS_LIMITS.response, may_be_short)
     }
 
     // Hostile input: few and fixed cases, so that CI time stays bounded.

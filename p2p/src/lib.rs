@@ -5,9 +5,11 @@
 //! implementing [`InboundHandler`] and calling [`Network::spawn`]:
 //!
 //! - `/shoal/block/1` — fetch a block by [`Cid`] ([`NetworkClient::fetch_block`]);
-//! - `/shoal/task/3` — submit a [`TaskSpec`], get its [`TaskOutcome`]
+//! - `/shoal/task/4` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
+//! - `/shoal/progress/1` — a running task's [`ProgressRecord`], sent to its submitter
+//!   ([`NetworkClient::send_progress`], [`InboundHandler::progress`]);
 //! - Kademlia (`/shoal/kad/1.0.0`) for provider records, identify, ping, and optional mDNS.
 //!
 //! Transports are TCP (noise + yamux) and QUIC v1.
@@ -29,11 +31,11 @@ pub use tokio_util::sync::CancellationToken;
 pub use crate::{
     codec::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, CAPACITY_LIMITS, CAPACITY_PROTOCOL, FrameLimits,
-        KAD_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
+        KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
     },
     messages::{
-        BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, TaskLimits, TaskOutcome,
-        TaskSpec, TaskStats,
+        BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN, ProgressRecord,
+        TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     },
     network::{Config, DEFAULT_MAX_INBOUND_TASKS, Error, InboundHandler, Network, NetworkClient},
 };

@@ -39,7 +39,7 @@ pub struct TaskLimits {
     pub cpu_budget_ms: u64,
 }
 
-/// `/shoal/task/3` request: run this task and send back its outcome.
+/// `/shoal/task/4` request: run this task and send back its outcome.
 ///
 /// The executing peer fetches the module and inputs it lacks from the submitter, whose
 /// `PeerId` it knows from the connection (or from providers found through Kademlia).
@@ -57,6 +57,9 @@ pub struct TaskSpec {
     pub limits: TaskLimits,
     /// How deep in a tree of subtasks it is: 0 for a task a user submitted.
     pub depth: u32,
+    /// Nonzero: the submitter wants the task's progress records, sent to it over
+    /// `/shoal/progress/1` under this token.
+    pub progress: u64,
 }
 
 impl TaskSpec {
@@ -84,6 +87,9 @@ pub struct TaskStats {
     pub limits: TaskLimits,
     /// The peer that ran the task (its `PeerId` as a string).
     pub executed_by: String,
+    /// Time the executor spent fetching the module and inputs before the run, in
+    /// microseconds.
+    pub fetch_us: u64,
 }
 
 /// Why a task failed.
@@ -111,7 +117,7 @@ pub enum FailureKind {
     Other,
 }
 
-/// `/shoal/task/3` response: what became of a task.
+/// `/shoal/task/4` response: what became of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskOutcome {
     /// The task ran to completion.
@@ -146,6 +152,19 @@ impl TaskOutcome {
             stats: TaskStats::default(),
         }
     }
+}
+
+/// The longest progress record, in bytes.
+pub const MAX_PROGRESS_LEN: usize = 4096;
+
+/// `/shoal/progress/1` request: one progress record of a task this peer runs for the
+/// receiver, under the token the receiver put in the task's spec. The response is `()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// The spec's `progress` token.
+    pub token: u64,
+    /// What the task reported, at most [`MAX_PROGRESS_LEN`] bytes.
+    pub data: Vec<u8>,
 }
 
 /// `/shoal/capacity/1` request: tell me your advertised capacity.

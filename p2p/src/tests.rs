@@ -19,9 +19,11 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 
 use crate::{
     BLOCK_LIMITS, BLOCK_PROTOCOL, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity, Cid,
-    Config, Error, FailureKind, InboundHandler, Keypair, Multiaddr, Network, NetworkClient, PeerId,
-    TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+    Config, Error, FailureKind, InboundHandler, Keypair, MAX_PROGRESS_LEN, Multiaddr, Network,
+    NetworkClient, PeerId, TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec,
+    TaskStats,
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
+    messages::ProgressRecord,
     messages::{BlockRequest, BlockResponse, CapacityRequest},
 };
 
@@ -43,6 +45,7 @@ struct TestHandler {
     /// ...and then takes one permit from here before it completes.
     gate: Semaphore,
     me: Mutex<Option<PeerId>>,
+    progress: Mutex<Vec<(PeerId, ProgressRecord)>>,
 }
 
 impl Default for TestHandler {
@@ -51,6 +54,7 @@ impl Default for TestHandler {
             blocks: Mutex::default(),
             entered: Semaphore::new(0),
             gate: Semaphore::new(0),
+            progress: Mutex::default(),
             me: Mutex::default(),
         }
     }
@@ -120,6 +124,10 @@ impl InboundHandler for TestHandler {
     fn capacity(&self) -> BoxFuture<'_, Capacity> {
         async { CAPACITY }.boxed()
     }
+
+    fn progress(&self, from: PeerId, record: ProgressRecord) {
+        self.progress.lock().unwrap().push((from, record));
+    }
 }
 
 struct Node {
@@ -180,6 +188,7 @@ fn spec(entry: &str) -> TaskSpec {
             cpu_budget_ms: 1000,
         },
         depth: 0,
+        progress: 0,
     }
 }
 
@@ -324,6 +333,30 @@ async fn task_round_trip_and_capacity() {
     }
     assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY);
     assert_eq!(a.client.capacity(b.id()).await.unwrap(), CAPACITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_records_reach_the_handler_in_order() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    for i in 0..3u8 {
+        let record = ProgressRecord {
+            token: 7,
+            data: vec![i; MAX_PROGRESS_LEN],
+        };
+        b.client.send_progress(a.id(), record).await.unwrap();
+    }
+    let got = a.handler.progress.lock().unwrap().clone();
+    let firsts: Vec<(PeerId, u64, u8)> =
+        got.iter().map(|(p, r)| (*p, r.token, r.data[0])).collect();
+    assert_eq!(firsts, vec![(b.id(), 7, 0), (b.id(), 7, 1), (b.id(), 7, 2)]);
+    // One byte over the limit is refused by the codec, and the handler never sees it.
+    let over = ProgressRecord {
+        token: 7,
+        data: vec![0; MAX_PROGRESS_LEN + 32],
+    };
+    assert!(b.client.send_progress(a.id(), over).await.is_err());
+    assert_eq!(a.handler.progress.lock().unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,7 +881,7 @@ fn largest_spec() -> TaskSpec {
     spec
 }
 
-/// The request limits of `/shoal/task/3` and `/shoal/capacity/1` hold over libp2p: one byte
+/// The request limits of `/shoal/task/4` and `/shoal/capacity/1` hold over libp2p: one byte
 /// over the limit is refused on the header, promptly, while a request of exactly the limit is
 /// still served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ mod cli;
 mod compute;
 mod containment;
 mod decoders;
+mod deterministic;
 mod mesh;
 mod sandbox;
 mod subtasks;

@@ -961,7 +961,7 @@ fn sync_training_survives_a_worker_killed_mid_run() {
 }
 
 #[test]
-fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
+fn host_train_keeps_every_rounds_checkpoint_and_resumes_after_the_driver_node_dies() {
     let root = tempfile::tempdir().unwrap();
     let b = Joined::start(root.path(), "b", &["--slots", "1"]);
     let addr = b.addr.clone();
@@ -971,6 +971,8 @@ fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
     let s = Joined::start(root.path(), "s", &["--slots", "0", "--bootstrap", &addr]);
     wait_for_peers(&s, 2);
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tasks/data/digits.csv.gz");
+    let plot = root.path().join("curve.png");
+    let plot = plot.to_str().unwrap();
     let train = |rounds: &str, resume: Option<&str>| {
         let mut args = vec![
             "train",
@@ -983,6 +985,8 @@ fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
             "16",
             "--rounds",
             rounds,
+            "--plot",
+            plot,
             "--json",
         ];
         if let Some(cid) = resume {
@@ -991,14 +995,26 @@ fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
         json(&s.host(&args))
     };
     let first = train("4", None);
-    assert_eq!(first["rounds"].as_array().map(Vec::len), Some(4), "{first}");
+    let rounds = first["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 4, "{first}");
+    for r in rounds {
+        assert!(
+            r["accuracy"].as_f64().is_some(),
+            "evaluated every round: {r}"
+        );
+        assert!(r["peers"].as_u64().is_some_and(|p| p >= 1), "{r}");
+        assert!(r["samples"].as_u64().is_some_and(|s| s > 1000), "{r}");
+    }
     assert!(
         first["test_accuracy"].as_f64().is_some_and(|a| a > 0.2),
         "{first}"
     );
-    let checkpoint = first["checkpoint"]
+    let png = std::fs::read(plot).expect("the loss curve");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Round 2's checkpoint, made mid-run: the starter fetched and pinned it as it came.
+    let checkpoint = rounds[1]["checkpoint_cid"]
         .as_str()
-        .expect("a checkpoint")
+        .expect("a checkpoint per round")
         .to_owned();
     // Kill the node that ran the driver; the starter holds the checkpoint.
     let driver = first["driver"]
@@ -1010,14 +1026,14 @@ fn host_train_trains_and_a_killed_driver_node_is_resumed_from_its_checkpoint() {
         .position(|n| n.as_ref().is_some_and(|n| n.peer_id == driver))
         .expect("the driver ran on B or C");
     drop(nodes[victim].take());
-    let resumed = train("6", Some(&checkpoint));
+    let resumed = train("5", Some(&checkpoint));
     let rounds: Vec<u64> = resumed["rounds"]
         .as_array()
         .expect("rounds")
         .iter()
         .map(|r| r["round"].as_u64().unwrap())
         .collect();
-    assert_eq!(rounds, [5, 6], "{resumed}");
+    assert_eq!(rounds, [3, 4, 5], "{resumed}");
     assert_ne!(
         resumed["driver"].as_str(),
         Some(driver.as_str()),

@@ -609,7 +609,7 @@ fn an_input_missing_from_the_store_is_bad_input() {
 }
 
 /// Every `shoal_v1` import, with its parameter types in WAT. Checked against the host's list.
-const ABI: [(&str, &str); 22] = [
+const ABI: [(&str, &str); 23] = [
     ("args_len", ""),
     ("args_read", "i32 i32"),
     ("input_cid", "i32 i32"),
@@ -622,6 +622,7 @@ const ABI: [(&str, &str); 22] = [
     ("object_open", "i32"),
     ("object_put", "i32 i32 i32"),
     ("output_write", "i32 i32 i32 i32 i32"),
+    ("progress", "i32 i32"),
     ("self_module", "i32"),
     ("set_error", "i32 i32"),
     ("spawn", "i32 i32"),

@@ -97,6 +97,12 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
+    fn u64(&mut self) -> Option<u64> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Some(u64::from_le_bytes(b))
+    }
+
     fn u32(&mut self) -> Option<usize> {
         let b = self.take(4)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -162,8 +168,21 @@ impl SpawnSpec {
     }
 }
 
-/// Encodes a subtask's result for `subtask_result`.
-pub fn encode_result(result: &SubtaskResult) -> Vec<u8> {
+/// What a finished subtask's run cost, as the host measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Wall time of the run itself, in microseconds.
+    pub wall_us: u64,
+    /// Time its node spent fetching the module and inputs first, in microseconds.
+    pub fetch_us: u64,
+    /// Which peer ran it, as a number the driver's own subtasks share: equal numbers mean
+    /// the same peer (so a driver can count the peers it used), and nothing more.
+    pub peer: u32,
+}
+
+/// Encodes a subtask's result for `subtask_result`: the result, then the three `stats`
+/// fields (`u64`, `u64`, `u32`, little-endian).
+pub fn encode_result(result: &SubtaskResult, stats: &RunStats) -> Vec<u8> {
     let mut out = Vec::new();
     match result {
         Ok(outputs) => {
@@ -175,11 +194,14 @@ pub fn encode_result(result: &SubtaskResult) -> Vec<u8> {
             put_str(&mut out, message);
         }
     }
+    out.extend_from_slice(&stats.wall_us.to_le_bytes());
+    out.extend_from_slice(&stats.fetch_us.to_le_bytes());
+    out.extend_from_slice(&stats.peer.to_le_bytes());
     out
 }
 
 /// Decodes [`encode_result`]'s format; `None` if malformed.
-pub fn decode_result(bytes: &[u8]) -> Option<SubtaskResult> {
+pub fn decode_result(bytes: &[u8]) -> Option<(SubtaskResult, RunStats)> {
     let mut r = Reader(bytes);
     let result = match r.take(1)?[0] {
         0 => Ok(r.named_cids()?),
@@ -189,7 +211,12 @@ pub fn decode_result(bytes: &[u8]) -> Option<SubtaskResult> {
         }
         _ => return None,
     };
-    r.0.is_empty().then_some(result)
+    let stats = RunStats {
+        wall_us: r.u64()?,
+        fetch_us: r.u64()?,
+        peer: r.u32()? as u32,
+    };
+    r.0.is_empty().then_some((result, stats))
 }
 
 #[cfg(test)]
@@ -216,9 +243,15 @@ mod tests {
             Ok(vec![("grad".into(), Cid([3; 32]))]),
             Err((FailureCode::Trap, "wasm trap: unreachable".into())),
         ] {
-            let bytes = encode_result(&result);
-            assert_eq!(decode_result(&bytes), Some(result));
+            let stats = RunStats {
+                wall_us: 1234,
+                fetch_us: u64::MAX,
+                peer: 3,
+            };
+            let bytes = encode_result(&result, &stats);
+            assert_eq!(decode_result(&bytes), Some((result, stats)));
             assert_eq!(decode_result(&[bytes.as_slice(), &[0]].concat()), None);
+            assert_eq!(decode_result(&bytes[..bytes.len() - 1]), None);
         }
         assert_eq!(decode_result(&[0, 0xff, 0xff, 0xff, 0x7f]), None);
     }

@@ -12,6 +12,7 @@ pub(crate) struct NativeTask {
     pub(crate) outputs: Vec<(String, Vec<u8>)>,
     pub(crate) logs: Vec<String>,
     pub(crate) error: Option<String>,
+    pub(crate) progress: Vec<Vec<u8>>,
 }
 
 thread_local! {
@@ -74,6 +75,14 @@ pub(crate) fn output_write(name: &str, bytes: &[u8]) -> Result<[u8; CID_LEN], Er
 
 pub(crate) fn log(level: LogLevel, message: &str) {
     with(|t| t.logs.push(format!("[{level:?}] {message}")));
+}
+
+pub(crate) fn progress(record: &[u8]) -> Result<usize, ErrorCode> {
+    if record.len() > crate::abi::MAX_PROGRESS_LEN {
+        return Err(ErrorCode::TooLarge);
+    }
+    with(|t| t.progress.push(record.to_vec()));
+    Ok(0)
 }
 
 pub(crate) fn set_error(message: &str) {

@@ -21,6 +21,7 @@ mod raw {
         ) -> i32;
         pub fn log(level: i32, ptr: *const u8, len: usize) -> i32;
         pub fn set_error(ptr: *const u8, len: usize) -> i32;
+        pub fn progress(ptr: *const u8, len: usize) -> i32;
         pub fn tensor_create(rows: i32, cols: i32, ptr: *const u8, len: usize) -> i32;
         pub fn tensor_op(code: i32, param: i32, alpha: f32, a: i32, b: i32) -> i32;
         pub fn tensor_shape(handle: i32, out_ptr: *mut u8) -> i32;
@@ -111,6 +112,11 @@ pub(crate) fn output_write(name: &str, bytes: &[u8]) -> Result<[u8; CID_LEN], Er
 pub(crate) fn log(level: LogLevel, message: &str) {
     // SAFETY: the pointer and length describe `message`, alive across the call.
     let _ = unsafe { raw::log(level as i32, message.as_ptr(), message.len()) };
+}
+
+pub(crate) fn progress(record: &[u8]) -> Result<usize, ErrorCode> {
+    // SAFETY: the pointer and length describe `record`, alive across the call.
+    check(unsafe { raw::progress(record.as_ptr(), record.len()) })
 }
 
 pub(crate) fn set_error(message: &str) {

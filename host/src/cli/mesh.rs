@@ -4,7 +4,7 @@
 use std::{io::IsTerminal, path::Path, time::Duration};
 
 use shoal_host::{
-    control::{self, Call, Map, MapItem, Peers, Status, Submit, TaskRequest},
+    control::{self, Call, Map, MapItem, Peers, Status, Submit, TaskRequest, Update},
     node::{Node, NodeConfig},
     runtime::limits::fmt_bytes,
     sched::MapProgress,
@@ -12,11 +12,30 @@ use shoal_host::{
 
 use super::{Exit, JoinArgs, QueryArgs, SubmitArgs, escape, local::print_report, usage};
 
-/// Sends a request to the node on `data_dir`, showing map progress on stderr.
+/// Sends a request to the node on `data_dir`, showing map progress and a task's progress
+/// records on stderr.
 pub(super) fn call<C: Call>(data_dir: &Path, request: C) -> anyhow::Result<C::Reply> {
+    call_with(data_dir, request, |_, record| {
+        eprintln!(
+            "progress: {}",
+            escape::line(&String::from_utf8_lossy(&record))
+        );
+    })
+}
+
+/// [`call`], handing a submitted task's progress records, with the peer running it, to
+/// `on_record`.
+pub(super) fn call_with<C: Call>(
+    data_dir: &Path,
+    request: C,
+    mut on_record: impl FnMut(String, Vec<u8>),
+) -> anyhow::Result<C::Reply> {
     let bar = progress_bar();
     let finished = std::cell::Cell::new(0);
-    let reply = control::call(data_dir, request, |p| show_progress(&bar, p, &finished))?;
+    let reply = control::call(data_dir, request, |update| match update {
+        Update::Map(p) => show_progress(&bar, p, &finished),
+        Update::Task { peer, record } => on_record(peer, record),
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -4,6 +4,7 @@ mod escape;
 mod local;
 mod mesh;
 mod parse;
+mod plot;
 mod train;
 
 use std::path::PathBuf;
@@ -218,15 +219,18 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-/// `host put`.
 /// `host train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// The trainer module: tasks `split`, `init` and `train` (e.g. `mlp_digits.wasm`).
     pub module: PathBuf,
-    /// The data, given to `split` as input `csv` (e.g. `tasks/data/digits.csv.gz`).
+    /// The data, given to `split` as input `csv` (e.g. `tasks/data/digits.csv.gz`); a
+    /// trainer that makes its own data (linreg) needs none.
     #[arg(long, value_name = "FILE")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// An argument for the trainer's tasks (all three get it): KEY=VALUE. Repeatable.
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse::pair)]
+    pub args: Vec<(String, String)>,
     /// Training shards: one gradient task per shard per round.
     #[arg(long, default_value_t = 3)]
     pub shards: u32,
@@ -243,6 +247,12 @@ pub struct TrainArgs {
     /// Hidden units of the model.
     #[arg(long, default_value_t = 64)]
     pub hidden: u32,
+    /// Measure held-out accuracy every N rounds (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub eval_every: u32,
+    /// Where to draw the loss curve (PNG).
+    #[arg(long, value_name = "FILE", default_value = "loss-curve.png")]
+    pub plot: PathBuf,
     /// Seed of the split, the initial parameters and the local steps.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -262,6 +272,7 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// `host put`.
 #[derive(Args, Debug)]
 pub struct PutArgs {
     /// The file to store.

@@ -24,9 +24,9 @@ use super::{
 /// Below this many multiply-adds a matmul runs on the calling thread: sharing out costs more.
 const GEMM_PARALLEL_MIN_FLOPS: usize = 64 * 64 * 64;
 /// Below this many output elements the other kernels run on the calling thread.
-const PARALLEL_MIN_ELEMS: usize = 1 << 17;
+pub(super) const PARALLEL_MIN_ELEMS: usize = 1 << 17;
 /// Output elements per block of the element-wise kernels (well under a millisecond).
-const BLOCK_ELEMS: usize = 1 << 16;
+pub(super) const BLOCK_ELEMS: usize = 1 << 16;
 /// A matmul block: a tile of output rows and columns over a slice of the inner dimension,
 /// at most 2^28 multiply-adds (a few ms on one core). Tiles this large keep gemm's repacking
 /// of its operands, once per tile, to a few percent of the work.
@@ -51,7 +51,7 @@ impl Default for CpuBackend {
 }
 
 /// A worker thread's account with its op's budget.
-struct Worker<'b> {
+pub(super) struct Worker<'b> {
     budget: &'b OpBudget,
     /// The thread's CPU time when it last charged.
     charged: Duration,
@@ -66,7 +66,7 @@ impl Worker<'_> {
     }
 
     /// Charges, then errs if the op must stop.
-    fn checkpoint(&mut self) -> Result<(), ComputeError> {
+    pub(super) fn checkpoint(&mut self) -> Result<(), ComputeError> {
         self.charge();
         self.budget.check()
     }
@@ -92,7 +92,12 @@ impl SharedOut {
 impl CpuBackend {
     /// A backend using every available core.
     pub fn new() -> Self {
-        let threads = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Self::with_threads(thread::available_parallelism().map_or(1, NonZeroUsize::get))
+    }
+
+    /// A backend with `threads` worker threads (at least one).
+    pub(super) fn with_threads(threads: usize) -> Self {
+        let threads = threads.max(1);
         Self {
             name: format!("cpu (gemm, {threads} threads)"),
             threads,
@@ -101,7 +106,7 @@ impl CpuBackend {
         }
     }
 
-    fn host<'t>(&self, tensor: &'t Tensor) -> Result<&'t [f32], ComputeError> {
+    pub(super) fn host<'t>(&self, tensor: &'t Tensor) -> Result<&'t [f32], ComputeError> {
         match &tensor.storage {
             Storage::Host(data) => Ok(data),
             Storage::Device(_) => Err(ComputeError::WrongBackend {
@@ -115,7 +120,7 @@ impl CpuBackend {
     /// thread only waits, so all of the work's CPU is charged to `budget`. Workers
     /// check `budget` before every block (and `work` may check it between parts of one) and
     /// stop taking blocks once it fails: the op then fails with that error.
-    fn run_blocks<T: Send>(
+    pub(super) fn run_blocks<T: Send>(
         &self,
         blocks: impl ExactSizeIterator<Item = T> + Send,
         budget: &OpBudget,
@@ -309,7 +314,7 @@ impl CpuBackend {
 }
 
 /// A label's class index, if it is an integer in `0..cols`.
-fn label_index(label: f32, cols: usize) -> Option<usize> {
+pub(super) fn label_index(label: f32, cols: usize) -> Option<usize> {
     (label >= 0.0 && label.fract() == 0.0 && (label as usize) < cols).then_some(label as usize)
 }
 

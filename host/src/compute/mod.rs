@@ -33,12 +33,14 @@ pub use shoal::abi::{BinaryOp, ReduceAxis, ReduceOp, TensorOp, UnaryOp, XentRedu
 
 mod budget;
 mod cpu;
+mod deterministic;
 mod gpu;
 mod pool;
 mod table;
 
 pub use budget::{OpBudget, Overrun, thread_cpu_time};
 pub use cpu::CpuBackend;
+pub use deterministic::DeterministicCpuBackend;
 pub use gpu::{GpuBackend, SHADERS};
 pub use table::{MAX_LIVE_TENSORS, MAX_TENSOR_ALLOCATIONS, TensorTable};
 

@@ -3,7 +3,8 @@
 //! job API is CVE-2023-48022).
 //!
 //! Protocol: the client writes one JSON [`Request`] line; the node answers with zero or more
-//! [`Frame::Progress`] lines and then one final [`Frame::Done`] or [`Frame::Error`] line. Each
+//! [`Frame::Progress`] lines (a map's counts, or a task's own progress records) and then one
+//! final [`Frame::Done`] or [`Frame::Error`] line. Each
 //! request type names its reply type through [`Call`], so the CLI and the server share one
 //! typed definition of every verb.
 
@@ -104,6 +105,7 @@ macro_rules! calls {
 calls! {
     Put => Cid,
     Get => u64,
+    Keep => u64,
     Submit => Ran,
     Map => Vec<MapItem>,
     Peers => Vec<PeerInfo>,
@@ -133,6 +135,16 @@ pub struct Get {
     /// instead of refusing it.
     #[serde(default)]
     pub force: bool,
+}
+
+/// Fetch a file (from the mesh if needed) and pin it here as a training checkpoint, so it
+/// stays when the node that made it is gone; the reply is its length.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Keep {
+    /// The file's CID.
+    pub cid: Cid,
+    /// A peer to ask first (a peer id): the one whose task made it.
+    pub from: Option<String>,
 }
 
 /// Run one task on the mesh.
@@ -215,12 +227,27 @@ pub struct NodeStatus {
     pub store: StoreUsage,
 }
 
+/// Something that happened while a request runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Update {
+    /// A map's counts changed.
+    Map(MapProgress),
+    /// A submitted task reported progress (`shoal_v1::progress`).
+    Task {
+        /// The peer running it.
+        peer: String,
+        /// Its record, as it sent it.
+        record: Vec<u8>,
+    },
+}
+
 /// One line of the node's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Frame<R> {
-    /// A map's progress.
-    Progress(MapProgress),
+    /// Progress while the request runs.
+    Progress(Update),
     /// The final result.
     Done(R),
     /// The request failed.
@@ -244,7 +271,7 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// Sends a request to the node that owns `data_dir`, calls `on_progress` for each progress
+/// Sends a request to the node that owns `data_dir`, calls `on_update` for each progress
 /// line, and returns the final reply.
 ///
 /// # Errors
@@ -253,7 +280,7 @@ impl From<StoreError> for Failure {
 pub fn call<C: Call>(
     data_dir: &Path,
     request: C,
-    mut on_progress: impl FnMut(MapProgress),
+    mut on_update: impl FnMut(Update),
 ) -> Result<C::Reply, Failure> {
     let stream = UnixStream::connect(socket_path(data_dir)).map_err(|_| {
         Exit::Node.fail(format_args!(
@@ -275,7 +302,7 @@ pub fn call<C: Call>(
             return Err(io_failure("the node closed the connection"));
         }
         match serde_json::from_str::<Frame<C::Reply>>(&buf).map_err(malformed)? {
-            Frame::Progress(p) => on_progress(p),
+            Frame::Progress(u) => on_update(u),
             Frame::Done(reply) => return Ok(reply),
             Frame::Error(failure) => return Err(failure),
         }

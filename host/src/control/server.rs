@@ -12,8 +12,8 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    Exit, Failure, Frame, Get, MAX_REQUEST_LEN, Map, MapItem, NodeStatus, PeerInfo, Put, Ran,
-    Request, Submit, TaskRequest, socket_path,
+    Exit, Failure, Frame, Get, Keep, MAX_REQUEST_LEN, Map, MapItem, NodeStatus, PeerInfo, Put, Ran,
+    Request, Submit, TaskRequest, Update, socket_path,
 };
 use crate::{
     node::{Node, NodeError},
@@ -104,7 +104,11 @@ async fn handle(node: Node, stream: UnixStream) -> std::io::Result<()> {
         Err(failure) => finish::<()>(w, Err(failure)).await,
         Ok(Request::Put(r)) => finish(w, put(&node, r).await).await,
         Ok(Request::Get(r)) => finish(w, get(&node, r).await).await,
-        Ok(Request::Submit(r)) => finish(w, submit(&node, r).await).await,
+        Ok(Request::Keep(r)) => finish(w, keep(&node, r).await).await,
+        Ok(Request::Submit(r)) => {
+            let outcome = submit(&node, r, w).await?;
+            finish(w, outcome).await
+        }
         Ok(Request::Map(r)) => {
             let outcome = map(&node, r, w).await?;
             finish(w, outcome).await
@@ -143,18 +147,31 @@ async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
     blocking(move || super::write_out(&store, &r.cid, &r.path, r.force)).await
 }
 
+async fn keep(node: &Node, r: Keep) -> Result<u64, Failure> {
+    let from = r.from.as_deref().map(peer_id).transpose()?;
+    let _lease = node.store().lease(&[r.cid]);
+    node.fetch_file(r.cid, from.as_slice())
+        .await
+        .map_err(|e| Exit::Node.fail(e))?;
+    let store = node.store().clone();
+    blocking(move || {
+        store.pin(&r.cid, PinClass::Checkpoint)?;
+        Ok::<_, crate::store::StoreError>(store.manifest(&r.cid)?.len)
+    })
+    .await
+}
+
+fn peer_id(p: &str) -> Result<PeerId, Failure> {
+    PeerId::from_str(p).map_err(|e| Exit::Usage.fail(format_args!("{p}: not a peer id ({e})")))
+}
+
 /// Builds the task (storing its files), announces what it stored, and parses `on`.
 async fn resolve(
     node: &Node,
     task: TaskRequest,
     on: Option<&str>,
 ) -> Result<(TaskSpec, Option<PeerId>), Failure> {
-    let on = on
-        .map(|p| {
-            PeerId::from_str(p)
-                .map_err(|e| Exit::Usage.fail(format_args!("--on {p}: not a peer id ({e})")))
-        })
-        .transpose()?;
+    let on = on.map(peer_id).transpose()?;
     let store = node.store().clone();
     let spec = blocking(move || task.build(&store)).await?;
     node.announce_spec(&spec).await;
@@ -178,9 +195,36 @@ fn ran(node: &Node, placed: Placed) -> Ran {
     }
 }
 
-async fn submit(node: &Node, r: Submit) -> Result<Ran, Failure> {
-    let (spec, on) = resolve(node, r.task, r.on.as_deref()).await?;
-    Ok(ran(node, node.submit(spec, on).await))
+/// Runs a task, sending a progress line for each progress record it reports.
+async fn submit(
+    node: &Node,
+    r: Submit,
+    w: &mut OwnedWriteHalf,
+) -> std::io::Result<Result<Ran, Failure>> {
+    let (spec, on) = match resolve(node, r.task, r.on.as_deref()).await {
+        Ok(resolved) => resolved,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let progress: crate::sched::Reporter = Arc::new(move |peer, record| {
+        let _ = tx.try_send(Update::Task {
+            peer: peer.to_string(),
+            record,
+        });
+    });
+    let run = node.submit_reporting(spec, on, progress);
+    tokio::pin!(run);
+    let placed = loop {
+        tokio::select! {
+            placed = &mut run => break placed,
+            Some(update) = rx.recv() => send::<()>(w, &Frame::Progress(update)).await?,
+        }
+    };
+    // Records that arrived with the last moments of the run still go out, in order.
+    while let Ok(update) = rx.try_recv() {
+        send::<()>(w, &Frame::Progress(update)).await?;
+    }
+    Ok(Ok(ran(node, placed)))
 }
 
 /// Runs a map, sending a progress line each time an item starts or ends.
@@ -209,7 +253,7 @@ async fn map(
     let results = loop {
         tokio::select! {
             results = &mut run => break results,
-            Some(p) = rx.recv() => send::<()>(w, &Frame::Progress(p)).await?,
+            Some(p) = rx.recv() => send::<()>(w, &Frame::Progress(Update::Map(p))).await?,
         }
     };
     let items = items.into_iter().zip(results);

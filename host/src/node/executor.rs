@@ -2,7 +2,9 @@
 //! and runs the tasks they send (fetching module and inputs first, verified, from the
 //! sender).
 
-use shoal_p2p::{BoxFuture, Capacity, InboundHandler, PeerId, TaskOutcome};
+use std::{sync::Arc, time::Instant};
+
+use shoal_p2p::{BoxFuture, Capacity, InboundHandler, PeerId, ProgressRecord, TaskOutcome};
 use tracing::Instrument;
 
 use super::{FetchError, NodeInner};
@@ -31,7 +33,14 @@ impl InboundHandler for NodeInner {
     fn capacity(&self) -> BoxFuture<'_, Capacity> {
         Box::pin(async move { NodeInner::capacity(self) })
     }
+
+    fn progress(&self, from: PeerId, record: ProgressRecord) {
+        self.progress.deliver(from, record);
+    }
 }
+
+/// Progress records waiting to go back to a submitter; past this, new ones are dropped.
+const PROGRESS_QUEUE: usize = 64;
 
 impl NodeInner {
     /// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
@@ -43,7 +52,9 @@ impl NodeInner {
                 "this node runs no tasks (started with --slots 0)",
             );
         }
+        let token = spec.progress;
         let spec = spec_from_wire(spec);
+        let fetching = Instant::now();
         tracing::info!("running a task for peer {from}");
         // Each block with the failure it means when it is there but is no file: the spec's
         // fault, wherever it runs.
@@ -72,7 +83,10 @@ impl NodeInner {
                 return TaskOutcome::failed(kind, format!("cannot fetch {what} {cid}: {e}"));
             }
         }
-        let report = self.runtime.run(spec).await;
+        let fetched = fetching.elapsed();
+        let progress = (token != 0).then(|| self.send_progress_to(from, token));
+        let mut report = self.runtime.run_reporting(spec, progress).await;
+        report.stats.fetch = fetched;
         if let Ok(outputs) = &report.result {
             for (_, cid) in outputs {
                 self.announce(*cid).await;
@@ -83,5 +97,23 @@ impl NodeInner {
             "finished a task for peer {from}"
         );
         report_to_wire(report, self.net.local_peer_id())
+    }
+
+    /// A sink that sends a task's progress records to its submitter, one at a time and in
+    /// order, on a task that ends when the run drops the sink. The task never waits on the
+    /// network: a record that finds the queue full is dropped.
+    fn send_progress_to(&self, to: PeerId, token: u64) -> crate::runtime::Progress {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PROGRESS_QUEUE);
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if let Err(e) = net.send_progress(to, ProgressRecord { token, data }).await {
+                    tracing::debug!(peer = %to, "progress record not delivered: {e}");
+                }
+            }
+        });
+        Arc::new(move |data| {
+            let _ = tx.try_send(data);
+        })
     }
 }

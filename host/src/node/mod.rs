@@ -19,7 +19,7 @@ pub use self::fetch::FetchError;
 use crate::{
     compute::DeviceChoice,
     runtime::{Runtime, RuntimeConfig, default_memory_budget},
-    sched::{self, Scheduler},
+    sched::{self, ProgressRoutes, Scheduler},
     store::{BlockStore, Cid, PinClass, StoreConfig, StoreError},
 };
 
@@ -96,6 +96,8 @@ pub(crate) struct NodeInner {
     store: Arc<BlockStore>,
     runtime: Runtime,
     config: NodeConfig,
+    /// Progress records of tasks this node submitted, on their way back.
+    progress: Arc<ProgressRoutes>,
 }
 
 impl Node {
@@ -129,6 +131,7 @@ impl Node {
         net_config.bootstrap = config.bootstrap.clone();
         net_config.mdns = config.mdns;
         net_config.shutdown = shutdown.child_token();
+        let progress = Arc::new(ProgressRoutes::default());
         let mut inner = None;
         let (net, _actor) = Network::spawn(net_config, |net| {
             let made = Arc::new(NodeInner {
@@ -136,6 +139,7 @@ impl Node {
                 store: store.clone(),
                 runtime: runtime.clone(),
                 config: config.clone(),
+                progress: progress.clone(),
             });
             inner = Some(made.clone());
             made as Arc<dyn InboundHandler>
@@ -145,7 +149,13 @@ impl Node {
                 "the network made no handler".into(),
             )))
         })?;
-        let scheduler = Arc::new(Scheduler::new(net, runtime.clone(), store, config.slots));
+        let scheduler = Arc::new(Scheduler::new(
+            net,
+            runtime.clone(),
+            store,
+            config.slots,
+            progress,
+        ));
         runtime.attach_mesh(Arc::new(mesh::NodeMesh {
             inner: Arc::downgrade(&inner),
             scheduler: Arc::downgrade(&scheduler),
@@ -219,6 +229,19 @@ impl Node {
         on: Option<PeerId>,
     ) -> sched::Placed {
         self.scheduler.submit(spec, on).await
+    }
+
+    /// [`Node::submit`], handing the task's progress records, with the peer running it, to
+    /// `progress` as it runs.
+    pub async fn submit_reporting(
+        &self,
+        spec: crate::runtime::TaskSpec,
+        on: Option<PeerId>,
+        progress: sched::Reporter,
+    ) -> sched::Placed {
+        self.scheduler
+            .submit_reporting(spec, on, Some(progress))
+            .await
     }
 
     /// Runs `base` once per item, with input `name` set to each, spread over the mesh (or on

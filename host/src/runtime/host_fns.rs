@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use shoal::abi::{CID_LEN, ErrorCode, IMPORT_MODULE, LogLevel};
+use shoal::abi::{CID_LEN, ErrorCode, IMPORT_MODULE, LogLevel, MAX_PROGRESS_LEN};
 use wasmtime::{Caller, Linker};
 
 use super::{
@@ -298,6 +298,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
             })))
         },
     )?;
+
+    linker.func_wrap(m, "progress", |mut c: Call<'_>, ptr: i32, len: i32| {
+        Ok(encode(with_memory(&mut c, |data, state| {
+            let record = &data[guest_range(ptr, len, data.len())?];
+            if record.len() > MAX_PROGRESS_LEN {
+                return Err(ErrorCode::TooLarge);
+            }
+            if let Some(progress) = &state.progress {
+                progress(record.to_vec());
+            }
+            Ok(0)
+        })))
+    })?;
 
     linker.func_wrap(m, "set_error", |mut c: Call<'_>, ptr: i32, len: i32| {
         Ok(encode(with_memory(&mut c, |data, state| {

@@ -46,8 +46,17 @@ use crate::{
 pub const MAX_SLOTS: usize = 256;
 /// Tasks that may wait for a slot before `Runtime::run` callers wait to enqueue.
 const JOB_QUEUE_LEN: usize = 1024;
-/// A task for a slot thread, and where its report goes.
-type Job = (TaskSpec, tokio::sync::oneshot::Sender<TaskReport>);
+/// A task for a slot thread, where its progress records go, and where its report goes.
+type Job = (
+    TaskSpec,
+    Option<Progress>,
+    tokio::sync::oneshot::Sender<TaskReport>,
+);
+
+/// Where a running task's progress records go (`shoal_v1::progress`), each at most
+/// [`shoal::abi::MAX_PROGRESS_LEN`] bytes. Called on the task's slot thread: it must hand the
+/// record on and return, never wait.
+pub type Progress = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 
 /// How the node's runtime is set up.
 #[derive(Clone, Debug)]
@@ -165,6 +174,10 @@ pub struct TaskStats {
     /// identity of its own); remote reports carry the executor's word for it.
     #[serde(default)]
     pub executed_by: Option<String>,
+    /// Time the node spent fetching the module and inputs before the run (filled in by the
+    /// node that ran it).
+    #[serde(default)]
+    pub fetch: Duration,
 }
 
 /// Everything a task run produced.
@@ -194,8 +207,9 @@ impl TaskReport {
     }
 }
 
-/// How a slot thread runs one task: [`Runtime::run_blocking`], or a stand-in in tests.
-type Runner = fn(&Runtime, &TaskSpec) -> TaskReport;
+/// How a slot thread runs one task: [`Runtime::run_reporting_blocking`], or a stand-in in
+/// tests.
+type Runner = fn(&Runtime, &TaskSpec, Option<Progress>) -> TaskReport;
 
 /// Slots lent at once by tasks blocked in `subtask_wait`, node-wide. Past it a waiting task
 /// keeps its slot (the instance pool holds room for this many blocked tasks).
@@ -234,7 +248,7 @@ fn serve_slot(role: SlotRole) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .blocking_recv();
-        let (Some((spec, reply)), Some(inner)) = (job, weak.upgrade()) else {
+        let (Some((spec, progress, reply)), Some(inner)) = (job, weak.upgrade()) else {
             return;
         };
         let runtime = Runtime { inner };
@@ -242,8 +256,8 @@ fn serve_slot(role: SlotRole) {
         runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
         // A host bug must cost one task, not the slot: the panic becomes this task's failure
         // and the thread goes on serving the queue.
-        let report =
-            catch_unwind(AssertUnwindSafe(|| run(&runtime, &spec))).unwrap_or_else(|panic| {
+        let report = catch_unwind(AssertUnwindSafe(|| run(&runtime, &spec, progress)))
+            .unwrap_or_else(|panic| {
                 let why = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -338,6 +352,8 @@ pub(crate) struct TaskState {
     tensors: Option<TensorTable>,
     /// Its subtasks, objects, and what it may read.
     subtasks: subtasks::Subtasks,
+    /// Where its progress records go; `None` drops them.
+    progress: Option<Progress>,
 }
 
 /// The node's sandbox: compiles, caches and runs task modules.
@@ -381,7 +397,7 @@ impl Runtime {
     /// [`RuntimeError::Engine`] if wasmtime rejects the configuration (for example when the
     /// machine cannot reserve the pool's address space).
     pub fn new(store: Arc<BlockStore>, config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        Self::with_runner(store, config, Self::run_blocking)
+        Self::with_runner(store, config, Self::run_reporting_blocking)
     }
 
     fn with_runner(
@@ -508,6 +524,11 @@ impl Runtime {
 
     /// Runs a task on a blocking thread once a slot is free.
     pub async fn run(&self, spec: TaskSpec) -> TaskReport {
+        self.run_reporting(spec, None).await
+    }
+
+    /// [`Runtime::run`], handing the task's progress records to `progress` as it runs.
+    pub async fn run_reporting(&self, spec: TaskSpec, progress: Option<Progress>) -> TaskReport {
         let lost = TaskReport::lost;
         let needs = spec.limits.host_bytes().div_ceil(MIB);
         let budget = self.inner.budget_mib;
@@ -531,7 +552,7 @@ impl Runtime {
         };
         let (reply, report) = tokio::sync::oneshot::channel();
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.jobs.send((spec, reply)).await.is_err() {
+        if self.inner.jobs.send((spec, progress, reply)).await.is_err() {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
             return lost("the runtime is shutting down".into());
         }
@@ -542,12 +563,21 @@ impl Runtime {
 
     /// Runs a task on the calling thread, ignoring slots. Never panics on guest input.
     pub fn run_blocking(&self, spec: &TaskSpec) -> TaskReport {
+        self.run_reporting_blocking(spec, None)
+    }
+
+    /// [`Runtime::run_blocking`], handing the task's progress records to `progress`.
+    pub fn run_reporting_blocking(
+        &self,
+        spec: &TaskSpec,
+        progress: Option<Progress>,
+    ) -> TaskReport {
         let _run = tracing::debug_span!("run", module = %spec.module).entered();
         let limits = spec.limits.applied();
         let logs = LogSink::new(limits.log_bytes);
         let mut clock = TaskClock::start(&limits);
         let mut stats = TaskStats::default();
-        let result = self.execute(spec, &limits, &logs, &mut clock, &mut stats);
+        let result = self.execute(spec, progress, &limits, &logs, &mut clock, &mut stats);
         stats.limits = limits;
         stats.wall = clock.started.elapsed();
         stats.cpu = clock.cpu_used();
@@ -562,6 +592,7 @@ impl Runtime {
     fn execute(
         &self,
         spec: &TaskSpec,
+        progress: Option<Progress>,
         limits: &Limits,
         logs: &LogSink,
         clock: &mut TaskClock,
@@ -576,7 +607,8 @@ impl Runtime {
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let state = self.task_state(spec, limits, logs, *clock, inputs);
+        let mut state = self.task_state(spec, limits, logs, *clock, inputs);
+        state.progress = progress;
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -672,6 +704,7 @@ impl Runtime {
             compute: self.inner.compute.clone(),
             tensors: None,
             subtasks: subtasks::Subtasks::new(spec, limits, self.inner.mesh.get().cloned()),
+            progress: None,
         }
     }
 
@@ -878,9 +911,9 @@ mod tests {
     use super::*;
 
     /// Panics for tasks named `panic`, runs the rest for real.
-    fn panicky(runtime: &Runtime, spec: &TaskSpec) -> TaskReport {
+    fn panicky(runtime: &Runtime, spec: &TaskSpec, progress: Option<Progress>) -> TaskReport {
         assert_ne!(spec.task.as_deref(), Some("panic"), "injected host panic");
-        runtime.run_blocking(spec)
+        runtime.run_reporting_blocking(spec, progress)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ use std::{
 
 use shoal::abi::{
     CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS,
-    MAX_SUBTASKS_IN_FLIGHT, SpawnSpec, encode_result,
+    MAX_SUBTASKS_IN_FLIGHT, RunStats, SpawnSpec, encode_result,
 };
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Caller, Linker};
@@ -69,8 +69,11 @@ pub trait Mesh: Send + Sync {
 
 /// One spawned subtask.
 enum Subtask {
-    Running { reserved_cpu: Duration },
-    Done(Box<TaskReport>),
+    Running {
+        reserved_cpu: Duration,
+    },
+    /// Its report, and the number of the peer that ran it (see [`RunStats::peer`]).
+    Done(Box<TaskReport>, u32),
 }
 
 /// A task's subtasks, objects and what it may read.
@@ -87,6 +90,8 @@ pub(crate) struct Subtasks {
     done_tx: SyncSender<(usize, TaskReport)>,
     done_rx: Receiver<(usize, TaskReport)>,
     cancel: CancellationToken,
+    /// The peers that ran this task's subtasks, numbered in the order first seen.
+    peers: Vec<String>,
 }
 
 impl Drop for Subtasks {
@@ -113,6 +118,7 @@ impl Subtasks {
             done_tx,
             done_rx,
             cancel: CancellationToken::new(),
+            peers: Vec::new(),
         }
     }
 
@@ -125,7 +131,16 @@ impl Subtasks {
             if let Ok(outputs) = &report.result {
                 self.readable.extend(outputs.iter().map(|(_, c)| *c));
             }
-            self.table[index] = Subtask::Done(Box::new(report));
+            let peer = report.stats.executed_by.clone().unwrap_or_default();
+            let number = match self.peers.iter().position(|p| *p == peer) {
+                Some(n) => n,
+                None => {
+                    self.peers.push(peer);
+                    self.peers.len() - 1
+                }
+            };
+            let number = u32::try_from(number).unwrap_or(u32::MAX);
+            self.table[index] = Subtask::Done(Box::new(report), number);
         }
     }
 
@@ -260,7 +275,7 @@ fn wait(caller: &mut Call<'_>, ptr: i32, count: i32) -> wasmtime::Result<Result<
     let ready = |subs: &Subtasks| {
         wanted
             .iter()
-            .position(|&i| matches!(subs.table[i], Subtask::Done(_)))
+            .position(|&i| matches!(subs.table[i], Subtask::Done(..)))
     };
     let state = caller.data_mut();
     state.subtasks.drain();
@@ -314,14 +329,20 @@ fn result(
 ) -> Result<i32, ErrorCode> {
     guest_range(ptr, len, data.len())?;
     let index = state.subtasks.handle(handle)?;
-    let Subtask::Done(report) = &state.subtasks.table[index] else {
+    let Subtask::Done(report, peer) = &state.subtasks.table[index] else {
         return Err(ErrorCode::InvalidArgument);
+    };
+    let stats = RunStats {
+        wall_us: u64::try_from(report.stats.wall.as_micros()).unwrap_or(u64::MAX),
+        fetch_us: u64::try_from(report.stats.fetch.as_micros()).unwrap_or(u64::MAX),
+        peer: *peer,
     };
     let bytes = encode_result(
         &report
             .result
             .clone()
             .map_err(|f| (failure_code(f.kind), f.message)),
+        &stats,
     );
     if (len as u32 as usize) < bytes.len() {
         return len_result(bytes.len());

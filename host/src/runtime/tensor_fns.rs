@@ -311,6 +311,7 @@ mod tests {
                 &limits,
                 None,
             ),
+            progress: None,
         }
     }
 

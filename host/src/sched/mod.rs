@@ -5,6 +5,7 @@
 //! The scheduler owns what it uses: a network client, the local runtime and store. The other
 //! side, running a task another peer sent, is the node's.
 
+mod progress;
 mod wire;
 
 use std::{
@@ -17,9 +18,12 @@ use futures::{StreamExt, future::join_all, stream};
 use shoal_p2p::{Capacity, NetworkClient, PeerId, TaskOutcome};
 use tracing::Instrument;
 
-pub use self::wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire};
+pub use self::{
+    progress::ProgressRoutes,
+    wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire},
+};
 use crate::{
-    runtime::{FailureKind, Runtime, TaskReport, TaskSpec},
+    runtime::{FailureKind, Progress, Runtime, TaskReport, TaskSpec},
     store::{BlockStore, Cid},
 };
 
@@ -41,6 +45,9 @@ pub struct Placed {
     /// Its outputs or failure, logs and stats.
     pub report: TaskReport,
 }
+
+/// Where a submitted task's progress records go, with the peer that is running it.
+pub type Reporter = Arc<dyn Fn(PeerId, Vec<u8>) + Send + Sync>;
 
 /// Progress of a map, for the progress bar.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -80,6 +87,7 @@ pub struct Scheduler {
     capacities: Mutex<HashMap<PeerId, (Instant, Capacity)>>,
     in_flight: Mutex<HashMap<PeerId, i64>>,
     remote_permits: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+    progress: Arc<ProgressRoutes>,
 }
 
 /// Locks `m`, whether or not a panic poisoned it: every update to these maps is one step.
@@ -88,18 +96,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Scheduler {
-    /// A scheduler that places tasks through `net`, running local ones on `runtime`.
+    /// A scheduler that places tasks through `net`, running local ones on `runtime`; remote
+    /// runs' progress records come back through `progress`.
     pub fn new(
         net: NetworkClient,
         runtime: Runtime,
         store: Arc<BlockStore>,
         local_slots: usize,
+        progress: Arc<ProgressRoutes>,
     ) -> Self {
         Self {
             net,
             runtime,
             store,
             local_slots,
+            progress,
             capacities: Mutex::default(),
             in_flight: Mutex::default(),
             remote_permits: Mutex::default(),
@@ -165,12 +176,27 @@ impl Scheduler {
 
     /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
     pub async fn submit(&self, spec: TaskSpec, on: Option<PeerId>) -> Placed {
-        let wire = spec_to_wire(&spec);
-        let span = tracing::info_span!("task", id = %wire.id());
-        self.place(spec, wire, on).instrument(span).await
+        self.submit_reporting(spec, on, None).await
     }
 
-    async fn place(&self, spec: TaskSpec, wire: shoal_p2p::TaskSpec, on: Option<PeerId>) -> Placed {
+    /// [`Scheduler::submit`], handing the task's progress records, with the peer running it,
+    /// to `progress` as it runs (those of every attempt, if it is retried).
+    pub async fn submit_reporting(
+        &self,
+        spec: TaskSpec,
+        on: Option<PeerId>,
+        progress: Option<Reporter>,
+    ) -> Placed {
+        let span = tracing::info_span!("task", id = %spec_to_wire(&spec, 0).id());
+        self.place(spec, on, progress).instrument(span).await
+    }
+
+    async fn place(
+        &self,
+        spec: TaskSpec,
+        on: Option<PeerId>,
+        progress: Option<Reporter>,
+    ) -> Placed {
         let me = self.net.local_peer_id();
         let mut tried = HashSet::new();
         let mut last = Placed {
@@ -186,8 +212,14 @@ impl Scheduler {
                 },
             };
             self.adjust(peer, 1);
+            let progress: Option<Progress> = progress
+                .clone()
+                .map(|report| Arc::new(move |record| report(peer, record)) as Progress);
             let (report, busy) = if peer == me {
-                let mut report = self.runtime.run(spec.clone()).await;
+                let mut report = self
+                    .runtime
+                    .run_reporting(spec.clone(), progress.clone())
+                    .await;
                 report.stats.executed_by = Some(me.to_string());
                 (report, false)
             } else {
@@ -196,8 +228,10 @@ impl Scheduler {
                     .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_IN_FLIGHT)))
                     .clone();
                 let _permit = permits.acquire_owned().await;
+                let route = progress.clone().map(|p| self.progress.open(peer, p));
+                let wire = spec_to_wire(&spec, route.as_ref().map_or(0, |r| r.token()));
                 tracing::debug!(%peer, "sending the task");
-                match self.net.submit_task(peer, wire.clone()).await {
+                match self.net.submit_task(peer, wire).await {
                     Ok(TaskOutcome::Failed {
                         kind: shoal_p2p::FailureKind::Busy,
                         message,

@@ -1,4 +1,4 @@
-//! The one place where the runtime's task types meet their `/shoal/task/3` mirrors. The p2p
+//! The one place where the runtime's task types meet their `/shoal/task/4` mirrors. The p2p
 //! crate knows nothing of the host, so the wire keeps its own copy of a spec, a report and a
 //! failure kind; each converts here, both ways, and the tests below prove it lossless.
 
@@ -77,6 +77,7 @@ fn stats_to_wire(stats: TaskStats, me: PeerId) -> shoal_p2p::TaskStats {
         backend: stats.backend.unwrap_or_default(),
         limits: limits_to_wire(&stats.limits),
         executed_by: me.to_string(),
+        fetch_us: micros(stats.fetch),
     }
 }
 
@@ -89,6 +90,7 @@ fn stats_from_wire(stats: shoal_p2p::TaskStats) -> TaskStats {
         backend: (!stats.backend.is_empty()).then_some(stats.backend),
         limits: limits_from_wire(stats.limits),
         executed_by: (!stats.executed_by.is_empty()).then_some(stats.executed_by),
+        fetch: Duration::from_micros(stats.fetch_us),
     }
 }
 
@@ -101,8 +103,9 @@ fn logs_from_wire(text: String) -> Logs {
     }
 }
 
-/// A task spec as sent to another peer.
-pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
+/// A task spec as sent to another peer; a nonzero `progress` token asks for its progress
+/// records.
+pub fn spec_to_wire(spec: &TaskSpec, progress: u64) -> shoal_p2p::TaskSpec {
     shoal_p2p::TaskSpec {
         module: spec.module,
         entry: spec.task.clone().unwrap_or_default(),
@@ -110,6 +113,7 @@ pub fn spec_to_wire(spec: &TaskSpec) -> shoal_p2p::TaskSpec {
         args: spec.args.clone(),
         limits: limits_to_wire(&spec.limits),
         depth: spec.depth,
+        progress,
     }
 }
 
@@ -206,6 +210,7 @@ mod tests {
                     ..Limits::default()
                 },
                 executed_by: None,
+                fetch: Duration::from_micros(321),
             },
         }
     }
@@ -244,19 +249,22 @@ mod tests {
             limits: report(Ok(vec![])).stats.limits,
             depth: 0,
         };
-        assert_eq!(spec_from_wire(spec_to_wire(&spec)), spec);
+        assert_eq!(spec_from_wire(spec_to_wire(&spec, 9)), spec);
     }
 
     #[test]
     fn limits_from_the_wire_are_clamped_to_the_nodes_caps() {
-        let mut spec = spec_to_wire(&TaskSpec {
-            module: Cid([1; 32]),
-            task: None,
-            inputs: vec![],
-            args: vec![],
-            limits: Limits::default(),
-            depth: 0,
-        });
+        let mut spec = spec_to_wire(
+            &TaskSpec {
+                module: Cid([1; 32]),
+                task: None,
+                inputs: vec![],
+                args: vec![],
+                limits: Limits::default(),
+                depth: 0,
+            },
+            0,
+        );
         spec.limits = TaskLimits {
             memory_bytes: 64 * MAX_TASK_MEMORY,
             timeout_ms: u64::MAX,

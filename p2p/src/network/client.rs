@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Command, Config, Error, Reply};
-use crate::messages::{BlockResponse, Capacity, Cid, TaskOutcome, TaskSpec};
+use crate::messages::{BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec};
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
 /// (a typed error) normally fires first.
@@ -153,6 +153,20 @@ impl NetworkClient {
     pub async fn capacity(&self, peer: PeerId) -> Result<Capacity, Error> {
         self.call("capacity", self.timeouts.capacity, |tx| {
             Command::Capacity(peer, tx)
+        })
+        .await
+    }
+
+    /// Sends `peer` a progress record of a task it submitted here, and waits for its
+    /// acknowledgement.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerUnreachable`], [`Error::Stream`], [`Error::ConnectionClosed`],
+    /// [`Error::Timeout`] (after [`Config::capacity_timeout`]), [`Error::Shutdown`].
+    pub async fn send_progress(&self, peer: PeerId, record: ProgressRecord) -> Result<(), Error> {
+        self.call("send_progress", self.timeouts.capacity, |tx| {
+            Command::Progress(peer, record, tx)
         })
         .await
     }

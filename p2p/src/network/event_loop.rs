@@ -35,7 +35,10 @@ use super::{
 };
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
-    codec::{BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, TASK_PROTOCOL_NAME},
+    codec::{
+        BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, PROGRESS_PROTOCOL_NAME,
+        TASK_PROTOCOL_NAME,
+    },
     messages::{BlockRequest, BlockResponse, Capacity, CapacityRequest, TaskOutcome},
 };
 
@@ -137,6 +140,16 @@ impl EventLoop {
                     let behaviour = self.swarm.behaviour_mut();
                     let id = behaviour.capacity.send_request(&peer, CapacityRequest);
                     self.pending.capacity.insert(id, (), tx);
+                }
+            }
+            Command::Progress(peer, record, tx) => {
+                if let Some(tx) = self.pending.admit(tx) {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .progress
+                        .send_request(&peer, record);
+                    self.pending.progress.insert(id, (), tx);
                 }
             }
             Command::StartProviding(cid, tx) => {
@@ -345,6 +358,12 @@ impl EventLoop {
                     self.on_capacity_request(r);
                 }
             }
+            BehaviourEvent::Progress(event) => {
+                let pending = &mut self.pending.progress;
+                if let Some(r) = settle_outbound(pending, PROGRESS_PROTOCOL_NAME, event) {
+                    self.on_progress_request(r);
+                }
+            }
         }
     }
 
@@ -521,6 +540,7 @@ pub(super) struct Outbound {
     pub(super) block: Pending<OutboundRequestId, BlockResponse>,
     pub(super) task: Pending<OutboundRequestId, TaskOutcome>,
     pub(super) capacity: Pending<OutboundRequestId, Capacity>,
+    pub(super) progress: Pending<OutboundRequestId, ()>,
     pub(super) provide: Pending<kad::QueryId, ()>,
     pub(super) providers: Pending<kad::QueryId, HashSet<PeerId>, HashSet<PeerId>>,
     pub(super) max: usize,
@@ -547,6 +567,7 @@ impl Outbound {
             + self.block.len(prune)
             + self.task.len(prune)
             + self.capacity.len(prune)
+            + self.progress.len(prune)
             + self.provide.len(prune)
             + self.providers.len(prune)
     }

@@ -1,5 +1,6 @@
 //! Inbound block, task and capacity requests: each takes a permit or is answered `Busy`, then
 //! runs the [`InboundHandler`] on a spawned task whose answer comes back to the event loop.
+//! Progress records are handed on at once, on the loop.
 
 use std::{future::Future, sync::Arc};
 
@@ -20,7 +21,7 @@ use crate::{
     codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
     messages::{
         BlockRequest, BlockResponse, Capacity, CapacityRequest, Cid, FailureKind, MAX_BLOCK_LEN,
-        TaskOutcome, TaskSpec,
+        ProgressRecord, TaskOutcome, TaskSpec,
     },
 };
 
@@ -40,6 +41,12 @@ pub trait InboundHandler: Send + Sync + 'static {
 
     /// This peer's advertised capacity.
     fn capacity(&self) -> BoxFuture<'_, Capacity>;
+
+    /// A progress record from `from`, of a task it runs for this peer. Called on the event
+    /// loop itself, so it must only hand the record on, never wait. By default, dropped.
+    fn progress(&self, from: PeerId, record: ProgressRecord) {
+        let _ = (from, record);
+    }
 }
 
 /// An inbound request as the event loop received it.
@@ -111,6 +118,15 @@ impl EventLoop {
             let capacity = handler.capacity().await;
             move |b: &mut Behaviour| b.capacity.send_response(r.channel, capacity).is_ok()
         });
+    }
+
+    pub(super) fn on_progress_request(&mut self, r: Inbound<ProgressRecord, ()>) {
+        self.handler.progress(r.peer, r.request);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .progress
+            .send_response(r.channel, ());
     }
 
     /// Runs `call` with the handler on a spawned task under `span`, holding `permit` until

@@ -36,7 +36,7 @@ use self::event_loop::{EventLoop, Outbound};
 pub use self::{client::NetworkClient, inbound::InboundHandler};
 use crate::{
     behaviour::Behaviour,
-    messages::{BlockResponse, Capacity, Cid, TaskOutcome, TaskSpec},
+    messages::{BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
 };
 #[cfg(doc)]
 use libp2p::Swarm;
@@ -60,7 +60,7 @@ pub struct Config {
     pub mdns: bool,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
-    /// Longest wait for a `/shoal/task/3` outcome. Default 10 minutes.
+    /// Longest wait for a `/shoal/task/4` outcome. Default 10 minutes.
     pub task_timeout: Duration,
     /// Longest wait for a `/shoal/block/1` response. Default 30 s.
     pub block_timeout: Duration,
@@ -243,6 +243,7 @@ enum Command {
     FetchBlock(PeerId, Cid, Reply<BlockResponse>),
     SubmitTask(PeerId, TaskSpec, Reply<TaskOutcome>),
     Capacity(PeerId, Reply<Capacity>),
+    Progress(PeerId, ProgressRecord, Reply<()>),
     StartProviding(Cid, Reply<()>),
     StopProviding(Cid, Reply<()>),
     FindProviders(Cid, Reply<HashSet<PeerId>>),

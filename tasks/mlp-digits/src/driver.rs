@@ -31,12 +31,34 @@
 //! resuming from `rng` replays the same seeds. Input `resume` (a checkpoint) starts from it:
 //! its parameters, at its round + 1, with its RNG state.
 //!
-//! **Report** (`report` output), UTF-8 lines of `key=value` pairs: one per round,
-//! `round=1 loss=2.30 seconds=0.041`, the loss being the mean over all shards' samples (sync:
-//! at the parameters before the round's step; local: of the minibatches the round saw); then
-//! `test count=450 loss=0.21 accuracy=0.95`.
+//! **Rounds.** Each round's line is sent as a progress record (`Ctx::progress`) as soon as
+//! the round ends, and kept in the `report` output: UTF-8 `key=value` pairs,
+//!
+//! `round=1 loss=2.30 accuracy=0.11 samples=1347 peers=3 seconds=0.041 transfer=0.004
+//! compute=0.021 checkpoint=0.001 coordination=0.015 bytes=48216 checkpoint_cid=…`
+//!
+//! - `loss`: the mean over all shards' samples (sync: at the parameters before the round's
+//!   step; local: of the minibatches the round saw);
+//! - `accuracy`: on `test`, at the parameters the round started from (an `eval` subtask
+//!   beside the round's others), on rounds that are multiples of `eval_every` (0: never);
+//! - `samples`: rows the round's gradients or local steps went through; `peers`: distinct
+//!   peers that ran its subtasks;
+//! - the round's `seconds`, split: `transfer`, the slowest subtask's fetch of its inputs plus
+//!   the driver's reads of the results; `compute`, the slowest subtask's run plus the
+//!   driver's combine and update; `checkpoint`, storing the parameters object and the
+//!   checkpoint; `coordination`, the rest (placement, messages, queues). The slowest fetch
+//!   and the slowest run may be different subtasks', so this is the round's critical path
+//!   only approximately;
+//! - `bytes`: what the round moved at most: the parameters to each subtask and every result
+//!   read back (a subtask on the driver's own node moves nothing over the network);
+//! - `checkpoint_cid`: the round's checkpoint object, which the submitter can fetch and keep.
+//!
+//! The report ends with `test count=450 loss=0.21 accuracy=0.95` for the final parameters.
 
-use std::{io::Read, time::Instant};
+use std::{
+    io::Read,
+    time::{Duration, Instant},
+};
 
 use shoal::{
     Cid, Ctx, Error, Handle, Outputs, Spawn,
@@ -197,9 +219,57 @@ pub fn shard_rows(header: &[u8]) -> Result<u64, Error> {
     Ok(u64::from(u32::from_le_bytes(rows)))
 }
 
-/// One report line for a round.
-pub fn round_line(round: u32, loss: f64, seconds: f64) -> String {
-    format!("round={round} loss={loss} seconds={seconds:.3}")
+/// What one round did and where its time went (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Round {
+    /// The round's number.
+    pub round: u32,
+    /// Mean loss over the round's samples.
+    pub loss: f64,
+    /// Held-out accuracy at the round's starting parameters, if evaluated.
+    pub accuracy: Option<f64>,
+    /// Rows the round trained on.
+    pub samples: u64,
+    /// Distinct peers that ran its subtasks.
+    pub peers: usize,
+    /// Its wall time, and that split four ways, in seconds.
+    pub seconds: f64,
+    /// Fetching inputs and reading results.
+    pub transfer: f64,
+    /// Subtask runs and the driver's combine.
+    pub compute: f64,
+    /// Storing the parameters and the checkpoint.
+    pub checkpoint: f64,
+    /// Bytes moved at most.
+    pub bytes: u64,
+    /// The checkpoint object's CID.
+    pub checkpoint_cid: Option<Cid>,
+}
+
+impl Round {
+    /// The round's line: `key=value` pairs, as the module docs list them.
+    pub fn line(&self) -> String {
+        let mut line = format!("round={} loss={}", self.round, self.loss);
+        if let Some(accuracy) = self.accuracy {
+            line.push_str(&format!(" accuracy={accuracy}"));
+        }
+        let coordination = (self.seconds - self.transfer - self.compute - self.checkpoint).max(0.0);
+        line.push_str(&format!(
+            " samples={} peers={} seconds={:.4} transfer={:.4} compute={:.4} checkpoint={:.4} \
+             coordination={coordination:.4} bytes={}",
+            self.samples,
+            self.peers,
+            self.seconds,
+            self.transfer,
+            self.compute,
+            self.checkpoint,
+            self.bytes
+        ));
+        if let Some(cid) = self.checkpoint_cid {
+            line.push_str(&format!(" checkpoint_cid={cid}"));
+        }
+        line
+    }
 }
 
 /// The report's last line, from `eval`'s stats on the test shard.
@@ -258,14 +328,36 @@ fn run_all(
         .collect()
 }
 
-/// Reads a subtask's output as `T`.
-fn read_output<T>(
-    ctx: &Ctx,
-    outputs: &Outputs,
-    name: &str,
-    decode: impl Fn(&[u8]) -> Result<T, Error>,
-) -> Result<T, Error> {
-    decode(&ctx.read(outputs.output(name)?)?).map_err(|e| Error::msg(format!("`{name}`: {e}")))
+/// Reads subtasks' outputs, counting the time and bytes.
+#[derive(Default)]
+struct Reader {
+    time: Duration,
+    bytes: u64,
+}
+
+impl Reader {
+    /// Reads a subtask's output as `T`.
+    fn output<T>(
+        &mut self,
+        ctx: &Ctx,
+        outputs: &Outputs,
+        name: &str,
+        decode: impl Fn(&[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let bytes = ctx.read(outputs.output(name)?)?;
+        self.time += started.elapsed();
+        self.bytes += bytes.len() as u64;
+        decode(&bytes).map_err(|e| Error::msg(format!("`{name}`: {e}")))
+    }
+}
+
+/// `eval` of `params` on `test`.
+fn eval_spawn(module: Cid, params: Cid, test: Cid) -> Spawn {
+    Spawn::new(module)
+        .task("eval")
+        .input("params", params)
+        .input("shard", test)
 }
 
 /// The `train` task; see the module docs and the table in the crate docs.
@@ -276,6 +368,7 @@ fn read_output<T>(
 pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
     let rounds: u32 = ctx.arg_or("rounds", 20)?;
     let lr: f32 = ctx.arg_or("lr", 0.5)?;
+    let eval_every: u32 = ctx.arg_or("eval_every", 1)?;
     let mut seed: u64 = ctx.arg_or("seed", 0)?;
     let mode = match ctx.arg("mode").unwrap_or("sync") {
         "sync" => Mode::Sync,
@@ -308,10 +401,11 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
             .map_err(|e| Error::msg(format!("input `params`: {e}")))?;
         (params, 1, Rng::new(seed))
     };
-    // Every round spawns one subtask per shard, and `eval` one more: refuse up front a run
-    // the subtask count limit would stop half-way.
+    // Every round spawns one subtask per shard (and `eval` on evaluated rounds), and the end
+    // one `eval` more: refuse up front a run the subtask count limit would stop half-way.
+    let per_round = names.len() + usize::from(eval_every > 0);
     let needed =
-        (rounds.saturating_sub(first.saturating_sub(1)) as usize).saturating_mul(names.len()) + 1;
+        (rounds.saturating_sub(first.saturating_sub(1)) as usize).saturating_mul(per_round) + 1;
     if needed > MAX_SUBTASKS {
         return Err(Error::msg(format!(
             "{rounds} rounds of {} shards need {needed} subtasks, above the limit of {MAX_SUBTASKS}",
@@ -344,8 +438,10 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
     let mut checkpoint = None;
     for round in first..=rounds {
         let started = Instant::now();
-        let p = ctx.put(&params.encode()?)?;
-        let (task, spawns): (&str, Vec<Spawn>) = match mode {
+        let encoded = params.encode()?;
+        let p = ctx.put(&encoded)?;
+        let mut stored = started.elapsed();
+        let (task, mut spawns): (&str, Vec<Spawn>) = match mode {
             Mode::Sync => (
                 "grad",
                 shards
@@ -375,16 +471,42 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
                     .collect(),
             ),
         };
-        let what = |i: usize| format!("round {round}: subtask `{task}` on `{}`", shards[i].name);
-        let outputs = run_all(ctx, spawns, what)?;
+        let evaluate = eval_every > 0 && round % eval_every == 0;
+        if evaluate {
+            spawns.push(eval_spawn(module, p, test));
+        }
+        let spawned = spawns.len() as u64;
+        let what = |i: usize| match shards.get(i) {
+            Some(s) => format!("round {round}: subtask `{task}` on `{}`", s.name),
+            None => format!("round {round}: subtask `eval` on `test`"),
+        };
+        let mut outputs = run_all(ctx, spawns, what)?;
+        let slowest = |f: fn(&Outputs) -> u64| {
+            Duration::from_micros(outputs.iter().map(f).max().unwrap_or(0))
+        };
+        let (fetch, run) = (slowest(|o| o.stats.fetch_us), slowest(|o| o.stats.wall_us));
+        let mut peers: Vec<u32> = outputs.iter().map(|o| o.stats.peer).collect();
+        peers.sort_unstable();
+        peers.dedup();
 
+        let mut read = Reader::default();
+        let accuracy = match evaluate {
+            true => {
+                let out = outputs.pop().ok_or_else(|| Error::msg("no eval result"))?;
+                let stats = read.output(ctx, &out, "stats", Stats::decode)?;
+                stats.accuracy()
+            }
+            false => None,
+        };
         let mut loss = Stats::default();
         let mut parts = Vec::with_capacity(outputs.len());
         for (i, out) in outputs.iter().enumerate() {
-            let stats = read_output(ctx, out, "stats", Stats::decode)
+            let stats = read
+                .output(ctx, out, "stats", Stats::decode)
                 .map_err(|e| Error::msg(format!("{}: {e}", what(i))))?;
             let result_name = if mode == Mode::Sync { "grad" } else { "params" };
-            let values = read_output(ctx, out, result_name, Params::decode)
+            let values = read
+                .output(ctx, out, result_name, Params::decode)
                 .map_err(|e| Error::msg(format!("{}: {e}", what(i))))?;
             if values.dims != params.dims {
                 return Err(Error::msg(format!(
@@ -405,13 +527,16 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
             loss.loss_sum += stats.loss_sum;
             parts.push((weight, values.values));
         }
+        let combining = Instant::now();
         let parts: Vec<(u64, &[f32])> = parts.iter().map(|(w, v)| (*w, v.as_slice())).collect();
         let mean = weighted_mean(&parts)?;
         match mode {
             Mode::Sync => sgd_update(&mut params.values, &mean, lr),
             Mode::Local { .. } => params.values = mean,
         }
+        let combined = combining.elapsed();
 
+        let storing = Instant::now();
         let bytes = Checkpoint {
             round,
             seed,
@@ -420,20 +545,32 @@ pub fn train(ctx: &mut Ctx) -> Result<(), Error> {
         }
         .encode()?;
         let cid = ctx.put(&bytes)?;
+        stored += storing.elapsed();
         checkpoint = Some(bytes);
-        let line = round_line(round, loss.loss(), started.elapsed().as_secs_f64());
-        log!("{line} checkpoint={cid}");
+        let line = Round {
+            round,
+            loss: loss.loss(),
+            accuracy,
+            samples: loss.count,
+            peers: peers.len(),
+            seconds: started.elapsed().as_secs_f64(),
+            transfer: (fetch + read.time).as_secs_f64(),
+            compute: (run + combined).as_secs_f64(),
+            checkpoint: stored.as_secs_f64(),
+            bytes: encoded.len() as u64 * spawned + read.bytes,
+            checkpoint_cid: Some(cid),
+        }
+        .line();
+        log!("{line}");
+        ctx.progress(line.as_bytes())?;
         report.push_str(&line);
         report.push('\n');
     }
 
     let p = ctx.put(&params.encode()?)?;
-    let eval = Spawn::new(module)
-        .task("eval")
-        .input("params", p)
-        .input("shard", test);
+    let eval = eval_spawn(module, p, test);
     let outputs = run_all(ctx, vec![eval], |_| "subtask `eval` on `test`".to_owned())?;
-    let test_stats = read_output(ctx, &outputs[0], "stats", Stats::decode)?;
+    let test_stats = Reader::default().output(ctx, &outputs[0], "stats", Stats::decode)?;
     let line = test_line(&test_stats);
     log!("{line}");
     report.push_str(&line);
@@ -521,9 +658,23 @@ mod tests {
 
     #[test]
     fn report_lines_are_key_value() {
+        let round = Round {
+            round: 3,
+            loss: 0.25,
+            accuracy: Some(0.5),
+            samples: 10,
+            peers: 2,
+            seconds: 0.0414,
+            transfer: 0.01,
+            compute: 0.02,
+            checkpoint: 0.001,
+            bytes: 99,
+            checkpoint_cid: None,
+        };
         assert_eq!(
-            round_line(3, 0.25, 0.0414),
-            "round=3 loss=0.25 seconds=0.041"
+            round.line(),
+            "round=3 loss=0.25 accuracy=0.5 samples=10 peers=2 seconds=0.0414 transfer=0.0100 \
+             compute=0.0200 checkpoint=0.0010 coordination=0.0104 bytes=99"
         );
         let stats = Stats {
             count: 4,

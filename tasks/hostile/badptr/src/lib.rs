@@ -20,6 +20,7 @@ mod raw {
         pub fn output_write(name_ptr: u32, name_len: u32, ptr: u32, len: u32, cid_ptr: u32) -> i32;
         pub fn log(level: i32, ptr: u32, len: u32) -> i32;
         pub fn set_error(ptr: u32, len: u32) -> i32;
+        pub fn progress(ptr: u32, len: u32) -> i32;
         pub fn tensor_create(rows: i32, cols: i32, ptr: u32, len: u32) -> i32;
         pub fn tensor_shape(handle: i32, out_ptr: u32) -> i32;
         pub fn tensor_read(handle: i32, ptr: u32, len: u32) -> i32;
@@ -60,6 +61,9 @@ mod raw {
         -4
     }
     pub unsafe fn set_error(_: u32, _: u32) -> i32 {
+        -4
+    }
+    pub unsafe fn progress(_: u32, _: u32) -> i32 {
         -4
     }
     pub unsafe fn tensor_create(_: i32, _: i32, _: u32, _: u32) -> i32 {
@@ -163,6 +167,7 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
             answers.push(("output_write bytes", p, l, write));
             answers.push(("log text", p, l, raw::log(1, p, l)));
             answers.push(("set_error text", p, l, raw::set_error(p, l)));
+            answers.push(("progress record", p, l, raw::progress(p, l)));
             let create = raw::tensor_create(1, cols, p, l);
             answers.push(("tensor_create data", p, l, create));
             answers.push(("tensor_read buf", p, l, raw::tensor_read(h, p, l)));
@@ -207,6 +212,7 @@ fn badptr(ctx: &mut Ctx) -> Result<(), Error> {
             ),
             ("log", raw::log(1, body_ptr, 1)),
             ("set_error", raw::set_error(body_ptr, 0)),
+            ("progress", raw::progress(body_ptr, 1)),
             (
                 "tensor_create",
                 raw::tensor_create(1, 1, one.as_ptr() as u32, 4),
