@@ -96,6 +96,7 @@ impl Bench {
                 ..Limits::default()
             },
             depth: 0,
+            deterministic: false,
         };
         let started = Instant::now();
         let report = self.rt.run_blocking(&spec);

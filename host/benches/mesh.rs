@@ -88,6 +88,7 @@ fn main() {
             args: vec![],
             limits: Default::default(),
             depth: 0,
+            deterministic: false,
         };
         assert!(
             client

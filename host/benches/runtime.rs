@@ -40,6 +40,7 @@ fn setup(slots: usize) -> (tempfile::TempDir, Runtime, TaskSpec) {
         args: vec![],
         limits: Limits::default(),
         depth: 0,
+        deterministic: false,
     };
     assert!(rt.run_blocking(&spec).result.is_ok(), "noop runs");
     (dir, rt, spec)

@@ -40,6 +40,7 @@ fn spec(module: Cid, task: &str, inputs: Vec<(String, Cid)>, args: &[(&str, &str
             .collect(),
         limits: Limits::default(),
         depth: 0,
+        deterministic: false,
     }
 }
 

@@ -1,9 +1,10 @@
-//! The composed libp2p behaviour: identify, ping, Kademlia, optional mDNS and Shoal's four
-//! request-response protocols.
+//! The composed libp2p behaviour: connection limits, identify, ping, Kademlia, optional mDNS
+//! and Shoal's four request-response protocols.
 
 use std::time::Duration;
 
 use libp2p::{
+    connection_limits::{self, ConnectionLimits},
     identify,
     identity::Keypair,
     kad, mdns, ping,
@@ -23,6 +24,9 @@ use crate::{
 /// Everything a Shoal peer speaks. The derive generates `BehaviourEvent`, one variant a field.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// First, so that a connection over a limit is refused before any other behaviour sets
+    /// up state for it.
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kademlia: kad::Behaviour<kad::store::MemoryStore>,
@@ -66,7 +70,13 @@ impl Behaviour {
                 .with_max_concurrent_streams(config.max_concurrent_streams)
         };
 
+        let limits = ConnectionLimits::default()
+            .with_max_established(Some(config.max_established))
+            .with_max_established_per_peer(Some(config.max_established_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
+
         Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
             identify,
             ping: ping::Behaviour::default(),
             kademlia,

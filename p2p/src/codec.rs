@@ -311,8 +311,9 @@ mod tests {
             limits in task_limits(),
             depth in 0u32..8,
             progress in any::<u64>(),
+            deterministic in any::<bool>(),
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits, depth, progress }
+            TaskSpec { module, entry, inputs, args, limits, depth, progress, deterministic }
         }
     }
 

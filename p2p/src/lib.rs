@@ -13,6 +13,10 @@
 //! - Kademlia (`/shoal/kad/1.0.0`) for provider records, identify, ping, and optional mDNS.
 //!
 //! Transports are TCP (noise + yamux) and QUIC v1.
+//!
+//! A stranger cannot hog a node's network side: connections are capped in all, per peer and
+//! while pending, each requester gets at most a share of the inbound permits, and a
+//! requester's handlers are dropped when its last connection closes ([`Config`]).
 
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -37,5 +41,8 @@ pub use crate::{
         BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN, ProgressRecord,
         TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     },
-    network::{Config, DEFAULT_MAX_INBOUND_TASKS, Error, InboundHandler, Network, NetworkClient},
+    network::{
+        Config, DEFAULT_MAX_INBOUND_TASKS, DEFAULT_MAX_INBOUND_TASKS_PER_PEER, Error,
+        InboundHandler, Network, NetworkClient,
+    },
 };

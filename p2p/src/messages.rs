@@ -60,6 +60,9 @@ pub struct TaskSpec {
     /// Nonzero: the submitter wants the task's progress records, sent to it over
     /// `/shoal/progress/1` under this token.
     pub progress: u64,
+    /// Run its tensor math on the deterministic cpu backend, whatever the executor's device,
+    /// so that every honest peer produces the same output bytes (verified runs compare them).
+    pub deterministic: bool,
 }
 
 impl TaskSpec {

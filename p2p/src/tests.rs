@@ -189,6 +189,7 @@ fn spec(entry: &str) -> TaskSpec {
         },
         depth: 0,
         progress: 0,
+        deterministic: false,
     }
 }
 
@@ -446,7 +447,11 @@ async fn quic_transport_works() {
 /// reaching the handler, and the 32 held tasks all complete once released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request() {
-    let a = spawn_node(vec![], |_| {}).await;
+    // One requester fills the node here: give it the whole node as its share.
+    let a = spawn_node(vec![], |c| {
+        c.max_inbound_tasks_per_peer = DOCUMENTED_MAX_INBOUND_TASKS;
+    })
+    .await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
     let hold = |n: usize| -> Vec<JoinHandle<Result<TaskOutcome, Error>>> {
         (0..n)
@@ -982,4 +987,200 @@ async fn oversized_responses_fail_the_request_promptly() {
     // B knows A's address; A answers B, then asks B back over that connection.
     assert_eq!(b.client.capacity(a.id()).await.unwrap(), CAPACITY);
     assert_eq!(a.client.capacity(b.id()).await.unwrap(), CAPACITY);
+}
+
+/// Submits `n` `"wait"` tasks from `from` to `to`, each on its own task.
+fn hold_tasks(from: &Node, to: PeerId, n: usize) -> Vec<JoinHandle<Result<TaskOutcome, Error>>> {
+    (0..n)
+        .map(|_| {
+            let client = from.client.clone();
+            tokio::spawn(async move { client.submit_task(to, spec("wait")).await })
+        })
+        .collect()
+}
+
+fn is_busy(outcome: &TaskOutcome) -> bool {
+    matches!(
+        outcome,
+        TaskOutcome::Failed {
+            kind: FailureKind::Busy,
+            ..
+        }
+    )
+}
+
+/// A node with 3 task slots, 2 per requester: B fills its share and is refused a third,
+/// yet C still gets the slot that B could otherwise have taken; then the node-wide cap holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_filling_its_share_leaves_task_slots_for_others() {
+    let a = spawn_node(vec![], |c| {
+        c.max_inbound_tasks = 3;
+        c.max_inbound_tasks_per_peer = 2;
+    })
+    .await;
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    let c = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+
+    let mut held = hold_tasks(&b, a.id(), 2);
+    a.handler.until_entered(2).await;
+    let over = within(
+        PROMPT,
+        "B over its share",
+        b.client.submit_task(a.id(), spec("echo")),
+    )
+    .await
+    .unwrap();
+    assert!(is_busy(&over), "{over:?}");
+
+    // Without shares, B's third task would have taken this slot and C would be Busy.
+    held.extend(hold_tasks(&c, a.id(), 1));
+    a.handler.until_entered(1).await;
+    // The node is full now: C, well within its share, is refused by the node-wide cap.
+    let full = within(
+        PROMPT,
+        "C past the node cap",
+        c.client.submit_task(a.id(), spec("echo")),
+    )
+    .await
+    .unwrap();
+    assert!(is_busy(&full), "{full:?}");
+
+    a.handler.gate.add_permits(3);
+    for task in held {
+        let outcome = within(SETTLE, "released task", task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+    }
+}
+
+/// B fills every task slot of A with waiting tasks, then shuts down: A drops B's handlers as
+/// soon as B's connection closes, and C can use the full share at once, without any of B's
+/// tasks being let through the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_requester_releases_its_permits() {
+    let a = spawn_node(vec![], |c| {
+        c.max_inbound_tasks = 2;
+        c.max_inbound_tasks_per_peer = 2;
+    })
+    .await;
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    let c = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+
+    let b_tasks = hold_tasks(&b, a.id(), 2);
+    a.handler.until_entered(2).await;
+    let busy = c.client.submit_task(a.id(), spec("echo")).await.unwrap();
+    assert!(is_busy(&busy), "{busy:?}");
+
+    b.client.shutdown().await;
+    within(SETTLE, "B stops", b.handle).await.unwrap();
+    for task in b_tasks {
+        assert!(
+            within(SETTLE, "B's task ends", task)
+                .await
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    // No event tells C when A has noticed; the gate stays shut all along.
+    eventually(SETTLE, "A frees B's slots", || async {
+        let outcome = c.client.submit_task(a.id(), spec("echo")).await.unwrap();
+        (!is_busy(&outcome)).then_some(())
+    })
+    .await;
+    let held = hold_tasks(&c, a.id(), 2);
+    a.handler.until_entered(2).await;
+    a.handler.gate.add_permits(2);
+    for task in held {
+        let outcome = within(SETTLE, "C's task", task).await.unwrap().unwrap();
+        assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+    }
+}
+
+/// With one connection allowed per peer, a raw peer's second connection to A is closed or
+/// refused promptly, while its first stays up and keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_from_one_peer_is_refused() {
+    let a = spawn_node(vec![], |c| c.max_established_per_peer = 1).await;
+    let addr = a.tcp_addr().await;
+    let mut raw = raw_peer(CAPACITY_PROTOCOL, ProtocolSupport::Outbound);
+
+    let connect = |raw: &mut RawPeer| {
+        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .build();
+        let id = opts.connection_id();
+        raw.dial(opts).unwrap();
+        id
+    };
+    let first = connect(&mut raw);
+    within(SETTLE, "first connection", async {
+        loop {
+            match raw.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { connection_id, .. }
+                    if connection_id == first =>
+                {
+                    break;
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+
+    let second = connect(&mut raw);
+    within(PROMPT, "second connection refused", async {
+        loop {
+            match raw.select_next_some().await {
+                SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                    assert_eq!(connection_id, second, "the first connection closed");
+                    break;
+                }
+                SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                    assert_eq!(connection_id, second);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+
+    // The first connection still carries requests.
+    let good = RawFrame {
+        bytes: encode_frame(CAPACITY_LIMITS.request, &CapacityRequest).unwrap(),
+        hold: false,
+    };
+    let id = raw.behaviour_mut().send_request(&a.id(), good);
+    let answer = within(SETTLE, "capacity over the first connection", async {
+        loop {
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    connection_id,
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => {
+                    assert_eq!(connection_id, first);
+                    break response.bytes;
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("{error}"),
+                SwarmEvent::ConnectionClosed { cause, .. } => panic!("closed: {cause:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
+        CAPACITY
+    );
 }

@@ -9,8 +9,12 @@ use std::{
     process::Command,
 };
 
+/// The package's name, if it is a task: a `cdylib` (a library such as `train-kit` is not).
 fn package_name(manifest: &Path) -> Option<String> {
     let text = fs::read_to_string(manifest).ok()?;
+    if !text.contains("\"cdylib\"") {
+        return None;
+    }
     let line = text.lines().find(|l| l.trim_start().starts_with("name"))?;
     Some(line.split('"').nth(1)?.to_owned())
 }

@@ -12,3 +12,4 @@ mod subtasks;
 mod tensor_abi;
 mod training;
 mod util;
+mod verify;

@@ -472,6 +472,7 @@ mod in_process {
             args: vec![],
             limits: Default::default(),
             depth: 0,
+            deterministic: false,
         }
     }
 
@@ -720,13 +721,18 @@ mod in_process {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_submitter_keeps_at_most_32_tasks_in_flight_on_one_peer() {
+    async fn a_submitter_keeps_at_most_its_per_peer_share_in_flight_on_one_peer() {
         let root = tempfile::tempdir().unwrap();
         let a = node(root.path(), "a", 1).await;
-        // The gate would take far more than 32 at once: only the submitter's own bound holds.
+        // The gate would take far more at once: only the submitter's own bound (the peer's
+        // default per-peer share) holds.
+        const SHARE: usize = shoal_p2p::DEFAULT_MAX_INBOUND_TASKS_PER_PEER;
         let gate = Arc::new(Gate::new());
-        let (_gate_net, gate_addr) =
-            scripted_peer(gate.clone(), |c| c.max_inbound_tasks = 1000).await;
+        let (_gate_net, gate_addr) = scripted_peer(gate.clone(), |c| {
+            c.max_inbound_tasks = 1000;
+            c.max_inbound_tasks_per_peer = 1000;
+        })
+        .await;
         let gate_id = a.net().dial(gate_addr).await.unwrap();
         let spec = hello_spec(&a).await;
         let submits: Vec<_> = (0..40)
@@ -738,20 +744,20 @@ mod in_process {
         let mut count = gate.count.subscribe();
         tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            count.wait_for(|n| *n >= 32),
+            count.wait_for(|n| *n >= SHARE),
         )
         .await
-        .expect("32 tasks reach the peer")
+        .expect("a full share of tasks reaches the peer")
         .unwrap();
-        // Nothing more may arrive while those 32 are held: watch for a while.
+        // Nothing more may arrive while those are held: watch for a while.
         let more = tokio::time::timeout(
             std::time::Duration::from_millis(500),
-            count.wait_for(|n| *n > 32),
+            count.wait_for(|n| *n > SHARE),
         )
         .await;
         assert!(
-            more.is_err() && gate.peak.load(Ordering::SeqCst) == 32,
-            "a 33rd task reached the peer (peak {})",
+            more.is_err() && gate.peak.load(Ordering::SeqCst) == SHARE,
+            "one task too many reached the peer (peak {})",
             gate.peak.load(Ordering::SeqCst)
         );
         gate.released.store(true, Ordering::SeqCst);
@@ -760,7 +766,7 @@ mod in_process {
             let placed = submit.await.unwrap();
             assert!(placed.report.result.is_ok(), "{:?}", placed.report.result);
         }
-        assert_eq!(gate.peak.load(Ordering::SeqCst), 32);
+        assert_eq!(gate.peak.load(Ordering::SeqCst), SHARE);
         assert_eq!(gate.from.lock().unwrap().len(), 40);
     }
 

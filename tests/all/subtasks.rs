@@ -32,6 +32,7 @@ async fn drive_with(node: &Node, task: &str, args: &[(&str, &str)], cpu: Duratio
             ..Limits::default()
         },
         depth: 0,
+        deterministic: false,
     };
     node.submit(spec, None).await.report
 }

@@ -279,6 +279,7 @@ fn matmul_forever(rt: &Runtime, n: u32) -> TaskSpec {
         args: vec![],
         limits: Limits::default(),
         depth: 0,
+        deterministic: false,
     }
 }
 

@@ -44,6 +44,7 @@ pub fn spec(rt: &Runtime, path: &str, inputs: &[(&str, &[u8])]) -> TaskSpec {
         args: vec![],
         limits: Limits::default(),
         depth: 0,
+        deterministic: false,
     }
 }
 
@@ -89,6 +90,7 @@ pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
         args: vec![],
         limits: Limits::default(),
         depth: 0,
+        deterministic: false,
     }
 }
 

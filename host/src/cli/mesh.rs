@@ -84,11 +84,19 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
     }
     let data_dir = args.data_dir.resolve();
     let on = args.on.clone();
+    let verify = args.verify.unwrap_or(0);
     let Some((name, list)) = &args.map else {
-        let ran = call(&data_dir, Submit { task, on })?;
+        let ran = call(&data_dir, Submit { task, on, verify })?;
         let exit = print_report(&ran.report, args.json)?;
         if !args.json {
             println!("ran on {}", ran.peer);
+            if !ran.verified_by.is_empty() {
+                println!(
+                    "verified: {} peers agreed ({})",
+                    ran.verified_by.len(),
+                    ran.verified_by.join(", ")
+                );
+            }
         }
         return Ok(exit);
     };
@@ -114,6 +122,7 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
             on,
             name: name.clone(),
             items,
+            verify,
         },
     )?;
     if args.json {
@@ -157,12 +166,18 @@ pub(super) fn peers(args: QueryArgs) -> anyhow::Result<Exit> {
         println!("no peers connected");
     }
     for p in peers {
-        match p.capacity {
-            Some(c) => println!(
+        let line = match (p.connected, p.capacity) {
+            (true, Some(c)) => format!(
                 "{}  slots {}/{} free, queue {}, gpu {}",
                 p.peer, c.free_slots, c.total_slots, c.queue_len, c.has_gpu
             ),
-            None => println!("{}  (did not answer)", p.peer),
+            (true, None) => format!("{}  (did not answer)", p.peer),
+            (false, _) => format!("{}  (not connected)", p.peer),
+        };
+        match &p.faulty {
+            // The reason quotes what the peer claimed: escaped like anything a peer wrote.
+            Some(why) => println!("{line}  FAULTY: {}", escape::line(why)),
+            None => println!("{line}"),
         }
     }
     Ok(Exit::Ok)

@@ -132,6 +132,16 @@ pub struct SubmitArgs {
     /// or NAME=@FILE (one per line).
     #[arg(long, value_name = "NAME=CIDS|@FILE", value_parser = parse::pair)]
     pub map: Option<(String, String)>,
+    /// Run the task deterministic on N distinct peers (2 to 16) and take their agreed
+    /// outputs; on a mismatch one more peer breaks the tie and the peers in the minority are
+    /// marked faulty (see `host peers`). Implies --deterministic.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "on",
+        value_parser = clap::value_parser!(u32).range(2..=i64::from(shoal_host::sched::MAX_VERIFY))
+    )]
+    pub verify: Option<u32>,
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// Print the result as JSON.
@@ -188,6 +198,10 @@ pub struct TaskArgs {
     /// Wall-time limit, e.g. 30s or 500ms; also the CPU budget.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse::task_time)]
     pub timeout: std::time::Duration,
+    /// Run the tensor math on the deterministic cpu backend, whatever the node's --device:
+    /// the same output bytes on every machine, at some cost in speed.
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 impl TaskArgs {
@@ -200,6 +214,7 @@ impl TaskArgs {
             args: self.args.clone(),
             memory: self.memory,
             timeout: self.timeout,
+            deterministic: self.deterministic,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! which spawns one gradient (or local-steps) task per shard each round over the mesh.
 //!
 //! The driver reports each round as a progress record (`key=value` pairs, see
-//! `tasks/mlp-digits/src/driver.rs`): this command prints it as it comes, and has this node
+//! `tasks/train-kit/src/report.rs`): this command prints it as it comes, and has this node
 //! fetch and pin the round's checkpoint, so a run can be resumed with `--resume` even after
 //! the driver's node is gone. At the end it prints the final parameters' CID, the last
 //! checkpoint and the held-out accuracy, and draws the loss curve.
@@ -167,9 +167,18 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
             args: targs,
             memory: args.memory,
             timeout: args.timeout,
+            deterministic: false,
         }
         .absolute();
-        let ran = call_with(&data_dir, Submit { task, on: None }, on_record)?;
+        let ran = call_with(
+            &data_dir,
+            Submit {
+                task,
+                on: None,
+                verify: 0,
+            },
+            on_record,
+        )?;
         let exit = Exit::of(&ran.report);
         anyhow::Ok(match ran.report.result {
             Ok(outputs) => Ok::<Ran, Exit>((

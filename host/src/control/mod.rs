@@ -154,6 +154,10 @@ pub struct Submit {
     pub task: TaskRequest,
     /// Run only on this peer (a peer id).
     pub on: Option<String>,
+    /// Run it deterministic on this many distinct peers and return their agreed outputs
+    /// (`--verify N`); 0 or 1 runs it once.
+    #[serde(default)]
+    pub verify: u32,
 }
 
 /// A task that ran (or failed) somewhere.
@@ -163,6 +167,9 @@ pub struct Ran {
     pub peer: String,
     /// Its outputs or failure, logs and stats.
     pub report: TaskReport,
+    /// For a verified task, the peers whose runs agreed on its outputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_by: Vec<String>,
 }
 
 /// Run one task per item, with input `name` set to each item (a CID or a file path); the
@@ -177,6 +184,9 @@ pub struct Map {
     pub name: String,
     /// The items.
     pub items: Vec<String>,
+    /// Verify each item on this many distinct peers, as [`Submit::verify`].
+    #[serde(default)]
+    pub verify: u32,
 }
 
 /// One map item's result.
@@ -193,13 +203,24 @@ pub struct MapItem {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Peers;
 
-/// A connected peer.
+/// A peer: connected, or marked faulty by this node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Its peer id.
     pub peer: String,
-    /// What it advertises, if it answered.
+    /// What it advertises, if it answered (`None` too when it is not connected).
     pub capacity: Option<Capacity>,
+    /// Why this node no longer places work on it: its outputs disagreed with the majority of
+    /// a verified run. `None` for a peer in good standing.
+    #[serde(default)]
+    pub faulty: Option<String>,
+    /// Whether it is connected now (a faulty peer is listed even when it is not).
+    #[serde(default = "connected_by_default")]
+    pub connected: bool,
+}
+
+fn connected_by_default() -> bool {
+    true
 }
 
 /// The node's own state.

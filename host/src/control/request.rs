@@ -32,6 +32,10 @@ pub struct TaskRequest {
     pub memory: u64,
     /// Wall-time limit, also the CPU budget.
     pub timeout: Duration,
+    /// Run its tensor math on the deterministic cpu backend, whatever the node's device
+    /// (`--deterministic`; `--verify` implies it).
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 impl TaskRequest {
@@ -71,6 +75,7 @@ impl TaskRequest {
                 ..Limits::default()
             },
             depth: 0,
+            deterministic: self.deterministic,
         })
     }
 }

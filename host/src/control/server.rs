@@ -18,7 +18,7 @@ use super::{
 use crate::{
     node::{Node, NodeError},
     runtime::TaskSpec,
-    sched::Placed,
+    sched::{MAX_VERIFY, Placed},
     store::{Cid, GcMode, PinClass},
 };
 
@@ -165,12 +165,25 @@ fn peer_id(p: &str) -> Result<PeerId, Failure> {
     PeerId::from_str(p).map_err(|e| Exit::Usage.fail(format_args!("{p}: not a peer id ({e})")))
 }
 
-/// Builds the task (storing its files), announces what it stored, and parses `on`.
+/// Builds the task (storing its files), announces what it stored, and parses `on`; refuses
+/// `--verify` with `--on`, or past [`MAX_VERIFY`].
 async fn resolve(
     node: &Node,
     task: TaskRequest,
     on: Option<&str>,
+    verify: u32,
 ) -> Result<(TaskSpec, Option<PeerId>), Failure> {
+    if verify >= 2 && on.is_some() {
+        return Err(Exit::Usage.fail(format_args!(
+            "--verify {verify} runs the task on {verify} distinct peers: it cannot be pinned \
+             with --on"
+        )));
+    }
+    if verify > MAX_VERIFY {
+        return Err(Exit::Usage.fail(format_args!(
+            "--verify {verify}: at most {MAX_VERIFY} peers"
+        )));
+    }
     let on = on.map(peer_id).transpose()?;
     let store = node.store().clone();
     let spec = blocking(move || task.build(&store)).await?;
@@ -192,6 +205,7 @@ fn ran(node: &Node, placed: Placed) -> Ran {
     Ran {
         peer: placed.peer.to_string(),
         report: placed.report,
+        verified_by: placed.verified_by.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -201,7 +215,7 @@ async fn submit(
     r: Submit,
     w: &mut OwnedWriteHalf,
 ) -> std::io::Result<Result<Ran, Failure>> {
-    let (spec, on) = match resolve(node, r.task, r.on.as_deref()).await {
+    let (spec, on) = match resolve(node, r.task, r.on.as_deref(), r.verify).await {
         Ok(resolved) => resolved,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -212,7 +226,12 @@ async fn submit(
             record,
         });
     });
-    let run = node.submit_reporting(spec, on, progress);
+    let run = async {
+        match r.verify {
+            0 | 1 => node.submit_reporting(spec, on, progress).await,
+            copies => node.submit_verified(spec, copies, Some(progress)).await,
+        }
+    };
     tokio::pin!(run);
     let placed = loop {
         tokio::select! {
@@ -239,14 +258,14 @@ async fn map(
     let mut task = r.task;
     task.inputs
         .extend(items.iter().map(|item| (r.name.clone(), item.clone())));
-    let (mut spec, on) = match resolve(node, task, r.on.as_deref()).await {
+    let (mut spec, on) = match resolve(node, task, r.on.as_deref(), r.verify).await {
         Ok(resolved) => resolved,
         Err(failure) => return Ok(Err(failure)),
     };
     let cids = spec.inputs.split_off(spec.inputs.len() - items.len());
     let cids = cids.into_iter().map(|(_, cid)| cid).collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let run = node.map(spec, &r.name, cids, on, |p| {
+    let run = node.map(spec, &r.name, cids, on, r.verify, |p| {
         let _ = tx.try_send(p);
     });
     tokio::pin!(run);
@@ -265,14 +284,29 @@ async fn map(
         .collect()))
 }
 
+/// Connected peers, then faulty ones that are not connected.
 async fn peers(node: &Node) -> Vec<PeerInfo> {
     let connected = node.net().connected_peers().await.unwrap_or_default();
+    let faulty: std::collections::HashMap<PeerId, String> =
+        node.faulty_peers().into_iter().collect();
     let mut peers = Vec::with_capacity(connected.len());
-    for peer in connected {
+    for &peer in &connected {
         peers.push(PeerInfo {
             peer: peer.to_string(),
             capacity: node.net().capacity(peer).await.ok(),
+            faulty: faulty.get(&peer).cloned(),
+            connected: true,
         });
+    }
+    for (peer, reason) in node.faulty_peers() {
+        if !connected.contains(&peer) {
+            peers.push(PeerInfo {
+                peer: peer.to_string(),
+                capacity: None,
+                faulty: Some(reason),
+                connected: false,
+            });
+        }
     }
     peers
 }

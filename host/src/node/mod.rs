@@ -106,6 +106,23 @@ impl Node {
     /// # Errors
     /// [`NodeError`] when any part cannot start (a locked data dir, a bad listen address, ...).
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_with(config, |handler| handler).await
+    }
+
+    /// [`Node::start`], with the node's answers to other peers passed through `wrap`: it gets
+    /// the node's own [`InboundHandler`] and returns the one the network serves. The node's own
+    /// side (its scheduler, its subtasks, its control socket) is unchanged.
+    ///
+    /// This is the seam for tests and embedders: a test wraps a real node to make it lie about
+    /// its outputs or answer Busy to every task while advertising free slots; an embedder
+    /// might add its own admission policy in front of the executor.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_with(
+        config: NodeConfig,
+        wrap: impl FnOnce(Arc<dyn InboundHandler>) -> Arc<dyn InboundHandler>,
+    ) -> Result<Self, NodeError> {
         create_private_dir(&config.data_dir)?;
         let store = Arc::new(BlockStore::open_with(
             &config.data_dir,
@@ -142,7 +159,7 @@ impl Node {
                 progress: progress.clone(),
             });
             inner = Some(made.clone());
-            made as Arc<dyn InboundHandler>
+            wrap(made)
         })?;
         let inner = inner.ok_or_else(|| {
             NodeError::Network(Box::new(shoal_p2p::Error::Build(
@@ -244,17 +261,44 @@ impl Node {
             .await
     }
 
+    /// Runs `spec` deterministic on `copies` distinct peers and returns their agreed answer,
+    /// marking the peers that disagreed with the majority faulty; see
+    /// [`Scheduler::submit_verified`]. `progress` gets the first run's records.
+    pub async fn submit_verified(
+        &self,
+        spec: crate::runtime::TaskSpec,
+        copies: u32,
+        progress: Option<sched::Reporter>,
+    ) -> sched::Placed {
+        self.scheduler.submit_verified(spec, copies, progress).await
+    }
+
     /// Runs `base` once per item, with input `name` set to each, spread over the mesh (or on
-    /// `on`); results in item order, and `progress` sees every change.
+    /// `on`), each verified on `verify` peers when that is 2 or more; results in item order,
+    /// and `progress` sees every change.
     pub async fn map(
         &self,
         base: crate::runtime::TaskSpec,
         name: &str,
         items: Vec<Cid>,
         on: Option<PeerId>,
+        verify: u32,
         progress: impl Fn(sched::MapProgress),
     ) -> Vec<sched::Placed> {
-        self.scheduler.map(base, name, items, on, progress).await
+        self.scheduler
+            .map(base, name, items, on, verify, progress)
+            .await
+    }
+
+    /// Peers this node's verified runs caught disagreeing with the majority, with the reason:
+    /// it never places work on them again.
+    pub fn faulty_peers(&self) -> Vec<(PeerId, String)> {
+        self.scheduler.faulty_peers()
+    }
+
+    /// How much longer `peer` is left out of placement for answering Busy, if it is.
+    pub fn backed_off(&self, peer: &PeerId) -> Option<std::time::Duration> {
+        self.scheduler.backed_off(peer)
     }
 
     /// Announces the task's module and inputs that this node holds, so the peer that runs

@@ -104,6 +104,11 @@ pub struct TaskSpec {
     /// How deep in a tree of subtasks it is: 0 for a task a user submitted.
     #[serde(default)]
     pub depth: u32,
+    /// Run its tensor math on the node's [`DeterministicCpuBackend`](crate::compute::DeterministicCpuBackend)
+    /// whatever the node's `--device`, so that its outputs are the same bytes on every honest
+    /// node (verified runs compare them). Its subtasks inherit it.
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 /// How a task failed.
@@ -379,6 +384,8 @@ struct Inner {
     ticker_stop: Arc<AtomicBool>,
     /// The compute backend, shared by every task; made lazily (see `tensor_fns`).
     compute: Arc<tensor_fns::LazyBackend>,
+    /// The deterministic cpu backend, for tasks that ask for it; made lazily too.
+    deterministic: Arc<tensor_fns::LazyBackend>,
     /// Where subtasks go; set once by the node (`host run` has none).
     mesh: std::sync::OnceLock<Arc<dyn Mesh>>,
 }
@@ -466,6 +473,7 @@ impl Runtime {
                     config.device,
                     config.allow_software_gpu,
                 )),
+                deterministic: Arc::new(tensor_fns::LazyBackend::deterministic()),
                 mesh: std::sync::OnceLock::new(),
             }),
         };
@@ -701,7 +709,10 @@ impl Runtime {
             limits: limits.clone(),
             logs: logs.clone(),
             error_message: None,
-            compute: self.inner.compute.clone(),
+            compute: match spec.deterministic {
+                true => self.inner.deterministic.clone(),
+                false => self.inner.compute.clone(),
+            },
             tensors: None,
             subtasks: subtasks::Subtasks::new(spec, limits, self.inner.mesh.get().cloned()),
             progress: None,
@@ -719,6 +730,7 @@ impl Runtime {
             args: Vec::new(),
             limits: limits.clone(),
             depth: 0,
+            deterministic: false,
         };
         let state = self.task_state(
             &spec,
@@ -940,6 +952,7 @@ mod tests {
             args: vec![],
             limits: Limits::default(),
             depth: 0,
+            deterministic: false,
         };
         // Panic on every slot more than once over.
         for _ in 0..4 {

@@ -81,6 +81,9 @@ pub(crate) struct Subtasks {
     mesh: Option<Arc<dyn Mesh>>,
     module: Cid,
     depth: u32,
+    /// Whether the task runs deterministic: its subtasks do too, so a verified driver's
+    /// whole tree gives the same bytes everywhere.
+    deterministic: bool,
     limits: Limits,
     pub(super) readable: HashSet<Cid>,
     table: Vec<Subtask>,
@@ -110,6 +113,7 @@ impl Subtasks {
             mesh,
             module: spec.module,
             depth: spec.depth,
+            deterministic: spec.deterministic,
             limits: limits.clone(),
             readable,
             table: Vec::new(),
@@ -234,6 +238,7 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
             ..subs.limits.clone()
         },
         depth: subs.depth + 1,
+        deterministic: subs.deterministic,
     };
     let index = subs.table.len();
     subs.table.push(Subtask::Running { reserved_cpu });

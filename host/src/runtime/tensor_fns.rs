@@ -22,26 +22,50 @@ use super::{
     logs::LogSink,
 };
 use crate::compute::{
-    Backend, ComputeError, DeviceChoice, OpBudget, Shape, TensorTable, select_backend,
+    Backend, ComputeError, DeterministicCpuBackend, DeviceChoice, OpBudget, Shape, TensorTable,
+    select_backend,
 };
 
 type Call<'a> = Caller<'a, TaskState>;
 type GuestResult = Result<i32, ErrorCode>;
 
-/// The node's compute backend, made on first use and shared by every task.
+/// Which backend a [`LazyBackend`] makes.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The node's `--device`.
+    Device {
+        choice: DeviceChoice,
+        allow_software: bool,
+    },
+    /// [`DeterministicCpuBackend`], for tasks that ask for bit-identical results.
+    Deterministic,
+}
+
+/// A node-wide compute backend, made on first use and shared by every task that uses it.
 pub(crate) struct LazyBackend {
-    choice: DeviceChoice,
-    allow_software: bool,
+    source: Source,
     /// The backend, or why it could not be made (kept, so a broken device is not retried by
     /// every call of every task).
     cell: OnceLock<Result<Arc<dyn Backend>, String>>,
 }
 
 impl LazyBackend {
+    /// The backend for `--device choice`.
     pub(crate) fn new(choice: DeviceChoice, allow_software: bool) -> Self {
         Self {
-            choice,
-            allow_software,
+            source: Source::Device {
+                choice,
+                allow_software,
+            },
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// The deterministic cpu backend, on every core with its fast kernels (which give the same
+    /// bits as the plain ones, on any thread count).
+    pub(crate) fn deterministic() -> Self {
+        Self {
+            source: Source::Deterministic,
             cell: OnceLock::new(),
         }
     }
@@ -49,11 +73,17 @@ impl LazyBackend {
     /// The backend, making it on the first call; concurrent first calls wait for one start-up.
     fn get(&self) -> Result<&Arc<dyn Backend>, &str> {
         self.cell
-            .get_or_init(|| {
-                select_backend(self.choice, self.allow_software).map_err(|e| {
-                    tracing::warn!(%e, choice = ?self.choice, "no compute backend; tensor calls will fail");
-                    format!("no compute backend for --device {:?}: {e}", self.choice)
-                })
+            .get_or_init(|| match self.source {
+                Source::Device {
+                    choice,
+                    allow_software,
+                } => select_backend(choice, allow_software).map_err(|e| {
+                    tracing::warn!(%e, ?choice, "no compute backend; tensor calls will fail");
+                    format!("no compute backend for --device {choice:?}: {e}")
+                }),
+                Source::Deterministic => {
+                    Ok(Arc::new(DeterministicCpuBackend::new()) as Arc<dyn Backend>)
+                }
             })
             .as_ref()
             .map_err(String::as_str)
@@ -307,6 +337,7 @@ mod tests {
                     args: Vec::new(),
                     limits: limits.clone(),
                     depth: 0,
+                    deterministic: false,
                 },
                 &limits,
                 None,

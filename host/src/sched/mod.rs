@@ -1,11 +1,18 @@
 //! Placement across the mesh: picks a peer by advertised capacity (preferring peers that
 //! already hold the inputs), runs the task there, retries elsewhere when a peer is lost or
-//! busy, and fans a `--map` out over the mesh with results in input order.
+//! busy, runs a verified task on several peers and takes their agreed answer, and fans a
+//! `--map` out over the mesh with results in input order.
+//!
+//! Claims a peer makes that cannot be checked (its capacity, its outputs) are trusted only as
+//! far as its behaviour bears them out: a peer that answers Busy is backed off, and one caught
+//! disagreeing with a verified majority is never chosen again (see `trust`).
 //!
 //! The scheduler owns what it uses: a network client, the local runtime and store. The other
 //! side, running a task another peer sent, is the node's.
 
 mod progress;
+mod trust;
+mod verify;
 mod wire;
 
 use std::{
@@ -18,20 +25,23 @@ use futures::{StreamExt, future::join_all, stream};
 use shoal_p2p::{Capacity, NetworkClient, PeerId, TaskOutcome};
 use tracing::Instrument;
 
+use self::trust::Trust;
 pub use self::{
     progress::ProgressRoutes,
+    verify::MAX_VERIFY,
     wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire},
 };
 use crate::{
-    runtime::{FailureKind, Progress, Runtime, TaskReport, TaskSpec},
+    runtime::{FailureKind, Progress, Runtime, TaskFailure, TaskReport, TaskSpec},
     store::{BlockStore, Cid},
 };
 
-/// Tries per task before giving up on a lost or busy peer.
+/// Tries per task before giving up on a lost or busy peer (a wait for a backed-off peer
+/// counts as one).
 const MAX_ATTEMPTS: usize = 5;
-/// Our tasks in flight on one remote peer: its default inbound task limit, so that one
-/// submitter alone never makes a peer answer "busy".
-const REMOTE_IN_FLIGHT: usize = shoal_p2p::DEFAULT_MAX_INBOUND_TASKS;
+/// Our tasks in flight on one remote peer: its default inbound task limit for one peer, so
+/// that one submitter alone never makes a peer answer "busy".
+const REMOTE_IN_FLIGHT: usize = shoal_p2p::DEFAULT_MAX_INBOUND_TASKS_PER_PEER;
 /// How long advertised capacities are trusted.
 const CAPACITY_TTL: Duration = Duration::from_secs(2);
 /// The most map items in flight at once, whatever the mesh's size.
@@ -44,6 +54,19 @@ pub struct Placed {
     pub peer: PeerId,
     /// Its outputs or failure, logs and stats.
     pub report: TaskReport,
+    /// For a verified task, the peers whose runs gave the agreed answer (`peer` among them);
+    /// empty otherwise, and when the runs did not agree.
+    pub verified_by: Vec<PeerId>,
+}
+
+/// What placement may do next.
+enum Pick {
+    /// Run it there.
+    Peer(PeerId),
+    /// Every candidate left is backed off for answering Busy; the first is back after this.
+    Wait(Duration),
+    /// No candidate left.
+    None,
 }
 
 /// Where a submitted task's progress records go, with the peer that is running it.
@@ -88,6 +111,8 @@ pub struct Scheduler {
     in_flight: Mutex<HashMap<PeerId, i64>>,
     remote_permits: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
     progress: Arc<ProgressRoutes>,
+    /// Busy backoffs and faulty peers.
+    trust: Mutex<Trust>,
 }
 
 /// Locks `m`, whether or not a panic poisoned it: every update to these maps is one step.
@@ -114,7 +139,18 @@ impl Scheduler {
             capacities: Mutex::default(),
             in_flight: Mutex::default(),
             remote_permits: Mutex::default(),
+            trust: Mutex::default(),
         }
+    }
+
+    /// Peers marked faulty by this scheduler's verified runs, with the reason, oldest first.
+    pub fn faulty_peers(&self) -> Vec<(PeerId, String)> {
+        lock(&self.trust).faulty()
+    }
+
+    /// How much longer `peer` is left out of placement for answering Busy, if it is.
+    pub fn backed_off(&self, peer: &PeerId) -> Option<Duration> {
+        lock(&self.trust).backed_off(peer, Instant::now())
     }
 
     fn adjust(&self, peer: PeerId, by: i64) {
@@ -140,16 +176,48 @@ impl Scheduler {
         join_all(asks).await.into_iter().flatten().collect()
     }
 
-    /// Chooses a peer: the most free slots after counting our own tasks in flight, preferring
-    /// peers that hold the task's inputs.
-    async fn pick(&self, spec: &TaskSpec, exclude: &HashSet<PeerId>) -> Option<PeerId> {
-        let me = self.net.local_peer_id();
+    /// The peers placement may consider: connected ones and this node (if it has slots),
+    /// less those marked faulty.
+    async fn candidates(&self) -> Vec<PeerId> {
         let mut candidates = self.net.connected_peers().await.unwrap_or_default();
         if self.local_slots > 0 {
-            candidates.push(me);
+            candidates.push(self.net.local_peer_id());
         }
+        let trust = lock(&self.trust);
+        candidates.retain(|p| !trust.is_faulty(p));
+        candidates
+    }
+
+    /// Chooses a peer outside `exclude`, faulty and backed-off peers: the most free slots
+    /// after counting our own tasks in flight, preferring peers that hold the task's inputs.
+    async fn pick(&self, spec: &TaskSpec, exclude: &HashSet<PeerId>) -> Pick {
+        let mut candidates = self.candidates().await;
         candidates.retain(|p| !exclude.contains(p));
-        let capacities = self.capacities(&candidates).await;
+        let now = Instant::now();
+        let mut soonest: Option<Duration> = None;
+        {
+            let trust = lock(&self.trust);
+            candidates.retain(|p| match trust.backed_off(p, now) {
+                Some(left) => {
+                    soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                    false
+                }
+                None => true,
+            });
+        }
+        match self.best(spec, &candidates).await {
+            Some(peer) => Pick::Peer(peer),
+            None => soonest.map_or(Pick::None, Pick::Wait),
+        }
+    }
+
+    /// The best of `candidates` for `spec`, among those that offer slots.
+    async fn best(&self, spec: &TaskSpec, candidates: &[PeerId]) -> Option<PeerId> {
+        let me = self.net.local_peer_id();
+        if candidates.is_empty() {
+            return None;
+        }
+        let capacities = self.capacities(candidates).await;
         let mut holders: HashMap<PeerId, usize> = HashMap::new();
         for (_, cid) in &spec.inputs {
             if let Ok(found) = self.net.find_providers(*cid).await {
@@ -174,7 +242,7 @@ impl Scheduler {
             .map(|(peer, _)| peer)
     }
 
-    /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost.
+    /// Runs one task on the mesh (or on `on`), retrying elsewhere if its peer is lost or busy.
     pub async fn submit(&self, spec: TaskSpec, on: Option<PeerId>) -> Placed {
         self.submit_reporting(spec, on, None).await
     }
@@ -188,7 +256,28 @@ impl Scheduler {
         progress: Option<Reporter>,
     ) -> Placed {
         let span = tracing::info_span!("task", id = %spec_to_wire(&spec, 0).id());
-        self.place(spec, on, progress).instrument(span).await
+        self.place(spec, on, progress, None).instrument(span).await
+    }
+
+    /// Picks a peer outside `tried`, and outside `claimed` when given (the peers other runs of
+    /// the same verified task hold), claiming it there.
+    async fn pick_claiming(
+        &self,
+        spec: &TaskSpec,
+        tried: &HashSet<PeerId>,
+        claimed: Option<&tokio::sync::Mutex<HashSet<PeerId>>>,
+    ) -> Pick {
+        let Some(claimed) = claimed else {
+            return self.pick(spec, tried).await;
+        };
+        // Held across the pick, so concurrent runs never take the same peer.
+        let mut held = claimed.lock().await;
+        let exclude: HashSet<PeerId> = tried.union(&held).copied().collect();
+        let pick = self.pick(spec, &exclude).await;
+        if let Pick::Peer(peer) = pick {
+            held.insert(peer);
+        }
+        pick
     }
 
     async fn place(
@@ -196,32 +285,63 @@ impl Scheduler {
         spec: TaskSpec,
         on: Option<PeerId>,
         progress: Option<Reporter>,
+        claimed: Option<&tokio::sync::Mutex<HashSet<PeerId>>>,
     ) -> Placed {
         let me = self.net.local_peer_id();
+        // Peers this placement tried: lost for good, or busy (those may be asked again once
+        // their backoff has passed, if no other peer is left).
         let mut tried = HashSet::new();
+        let mut busy_tried = HashSet::new();
         let mut last = Placed {
             peer: me,
             report: TaskReport::lost("no peer in the mesh offers task slots".into()),
+            verified_by: Vec::new(),
         };
+        // A pinned peer that answered Busy is asked again after its backoff.
+        let mut pinned_wait = None;
         for _ in 0..MAX_ATTEMPTS {
             let peer = match on {
-                Some(peer) => peer,
-                None => match self.pick(&spec, &tried).await {
-                    Some(peer) => peer,
-                    None => return last,
+                Some(peer) => {
+                    if let Some(wait) = pinned_wait.take() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    peer
+                }
+                None => match self.pick_claiming(&spec, &tried, claimed).await {
+                    Pick::Peer(peer) => peer,
+                    Pick::Wait(wait) => {
+                        tracing::debug!(?wait, "every candidate is backed off; waiting");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    Pick::None if !busy_tried.is_empty() => {
+                        // Only busy peers are left: ask them again once the first is back.
+                        let wait = busy_tried
+                            .iter()
+                            .filter_map(|p| self.backed_off(p))
+                            .min()
+                            .unwrap_or_default();
+                        tracing::debug!(?wait, "only busy peers are left; waiting");
+                        tokio::time::sleep(wait).await;
+                        for peer in busy_tried.drain() {
+                            tried.remove(&peer);
+                        }
+                        continue;
+                    }
+                    Pick::None => return last,
                 },
             };
             self.adjust(peer, 1);
             let progress: Option<Progress> = progress
                 .clone()
                 .map(|report| Arc::new(move |record| report(peer, record)) as Progress);
-            let (report, busy) = if peer == me {
+            let (report, busy, accepted) = if peer == me {
                 let mut report = self
                     .runtime
                     .run_reporting(spec.clone(), progress.clone())
                     .await;
                 report.stats.executed_by = Some(me.to_string());
-                (report, false)
+                (report, false, true)
             } else {
                 let permits = lock(&self.remote_permits)
                     .entry(peer)
@@ -239,21 +359,34 @@ impl Scheduler {
                     }) => (
                         TaskReport::lost(format!("peer {peer} is busy: {message}")),
                         true,
+                        false,
                     ),
-                    Ok(outcome) => (report_from_wire(outcome), false),
+                    Ok(outcome) => (report_from_wire(outcome), false, true),
                     Err(e @ shoal_p2p::Error::Busy { .. }) => {
-                        (TaskReport::lost(e.to_string()), true)
+                        (TaskReport::lost(e.to_string()), true, false)
                     }
-                    Err(e) => (TaskReport::lost(format!("peer {peer}: {e}")), false),
+                    Err(e) => (TaskReport::lost(format!("peer {peer}: {e}")), false, false),
                 }
             };
             self.adjust(peer, -1);
             let lost_it = matches!(&report.result, Err(f) if f.kind == FailureKind::Lost);
-            last = Placed { peer, report };
+            last = Placed {
+                peer,
+                report,
+                verified_by: Vec::new(),
+            };
             if busy {
-                // Busy is transient: back off, then try again (the same peer if pinned).
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Its advertised capacity said otherwise: it is left out of placement for a
+                // while, and this task goes elsewhere (or, pinned, asks again after the wait).
+                let wait = lock(&self.trust).busy(peer, Instant::now());
+                tracing::info!(%peer, ?wait, "peer is busy; backing off");
+                pinned_wait = Some(wait);
+                tried.insert(peer);
+                busy_tried.insert(peer);
                 continue;
+            }
+            if accepted {
+                lock(&self.trust).accepted(peer);
             }
             if !lost_it || on.is_some() {
                 break;
@@ -264,7 +397,115 @@ impl Scheduler {
         last
     }
 
-    /// Runs `base` once per item, with input `name` set to the item, spread over the mesh.
+    /// Runs `spec` deterministic on `copies` distinct peers (at least 2, at most
+    /// [`MAX_VERIFY`]) and compares what they answer. If all agree, that is the result. If not,
+    /// it runs once more on another distinct peer and takes the answer of a strict majority
+    /// (of at least two); the peers that answered otherwise are marked faulty and never chosen
+    /// again. No majority is a `TaskError` listing each peer's answer; fewer than `copies`
+    /// distinct non-faulty peers is `Lost`, naming how many there are.
+    ///
+    /// The report is the first agreeing run's; `verified_by` lists the agreeing peers.
+    /// `progress` sees the first run's records only.
+    pub async fn submit_verified(
+        &self,
+        spec: TaskSpec,
+        copies: u32,
+        progress: Option<Reporter>,
+    ) -> Placed {
+        let span = tracing::info_span!("verified", id = %spec_to_wire(&spec, 0).id(), copies);
+        self.verify(spec, copies, progress).instrument(span).await
+    }
+
+    async fn verify(&self, mut spec: TaskSpec, copies: u32, progress: Option<Reporter>) -> Placed {
+        let me = self.net.local_peer_id();
+        let failed = |report| Placed {
+            peer: me,
+            report,
+            verified_by: Vec::new(),
+        };
+        if !(2..=MAX_VERIFY).contains(&copies) {
+            return failed(TaskReport::failed(TaskFailure::new(
+                FailureKind::Denied,
+                format!("--verify {copies}: a verified task runs on 2 to {MAX_VERIFY} peers"),
+            )));
+        }
+        spec.deterministic = true;
+        let copies = copies as usize;
+        // Count those that offer slots; a backed-off peer still counts (placement waits for it).
+        let candidates = self.candidates().await;
+        let available = self
+            .capacities(&candidates)
+            .await
+            .iter()
+            .filter(|(_, cap)| cap.total_slots > 0)
+            .count();
+        if available < copies {
+            let faulty = lock(&self.trust).faulty().len();
+            return failed(TaskReport::lost(format!(
+                "--verify {copies} needs {copies} distinct peers that offer task slots and are \
+                 not marked faulty; {available} available ({faulty} marked faulty)"
+            )));
+        }
+        let claimed = tokio::sync::Mutex::new(HashSet::new());
+        let claimed = &claimed;
+        let runs = (0..copies).map(|i| {
+            let progress = if i == 0 { progress.clone() } else { None };
+            self.place(spec.clone(), None, progress, Some(claimed))
+        });
+        let mut runs = join_all(runs).await;
+        if !verify::unanimous(&runs) {
+            tracing::info!(runs = %verify::tally(&runs), "verified runs disagree; one more run");
+            runs.push(self.place(spec.clone(), None, None, Some(claimed)).await);
+        }
+        let Some(agreed) = verify::majority(&runs) else {
+            let voted = runs
+                .iter()
+                .filter(|r| verify::vote(&r.report).is_some())
+                .count();
+            let (kind, why) = match voted {
+                0 | 1 => (
+                    FailureKind::Lost,
+                    format!("only {voted} of {} verified runs answered", runs.len()),
+                ),
+                _ => (
+                    FailureKind::TaskError,
+                    format!(
+                        "the {} verified runs disagreed, with no majority",
+                        runs.len()
+                    ),
+                ),
+            };
+            let message = format!("{why}: {}", verify::tally(&runs));
+            tracing::warn!("{message}");
+            return failed(TaskReport::failed(TaskFailure::new(kind, message)));
+        };
+        let agreeing: Vec<&Placed> = runs
+            .iter()
+            .filter(|r| verify::vote(&r.report).as_ref() == Some(&agreed))
+            .collect();
+        let id = spec_to_wire(&spec, 0).id();
+        for wrong in verify::minority(&runs, &agreed) {
+            let (peer, said) = (wrong.peer, verify::describe(&wrong.report));
+            let reason = format!(
+                "gave {said} where {} of {} peers gave {} (verified task {id})",
+                agreeing.len(),
+                runs.len(),
+                verify::describe(&agreeing[0].report)
+            );
+            tracing::warn!(%peer, %reason, "peer disagreed with a verified majority; marked faulty");
+            lock(&self.trust).mark_faulty(peer, reason, Instant::now());
+        }
+        let verified_by = agreeing.iter().map(|r| r.peer).collect();
+        let first = agreeing[0];
+        Placed {
+            peer: first.peer,
+            report: first.report.clone(),
+            verified_by,
+        }
+    }
+
+    /// Runs `base` once per item, with input `name` set to the item, spread over the mesh
+    /// (each item verified on `verify` peers when that is 2 or more).
     /// Results come back in input order; `progress` sees every change.
     pub async fn map(
         &self,
@@ -272,6 +513,7 @@ impl Scheduler {
         name: &str,
         items: Vec<Cid>,
         on: Option<PeerId>,
+        verify: u32,
         progress: impl Fn(MapProgress),
     ) -> Vec<Placed> {
         let state = Mutex::new(MapProgress {
@@ -286,8 +528,7 @@ impl Scheduler {
             };
             progress(snapshot);
         };
-        let mut all = self.net.connected_peers().await.unwrap_or_default();
-        all.push(self.net.local_peer_id());
+        let all = self.candidates().await;
         let slots: usize = self
             .capacities(&all)
             .await
@@ -303,7 +544,10 @@ impl Scheduler {
                 let update = &update;
                 async move {
                     update(&|p| p.running += 1);
-                    let placed = self.submit(spec, on).await;
+                    let placed = match verify {
+                        0 | 1 => self.submit(spec, on).await,
+                        n => self.submit_verified(spec, n, None).await,
+                    };
                     let ok = placed.report.result.is_ok();
                     update(&|p| {
                         p.running -= 1;

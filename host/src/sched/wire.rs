@@ -114,6 +114,7 @@ pub fn spec_to_wire(spec: &TaskSpec, progress: u64) -> shoal_p2p::TaskSpec {
         limits: limits_to_wire(&spec.limits),
         depth: spec.depth,
         progress,
+        deterministic: spec.deterministic,
     }
 }
 
@@ -126,6 +127,7 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
         args: spec.args,
         limits: limits_from_wire(spec.limits),
         depth: spec.depth,
+        deterministic: spec.deterministic,
     }
 }
 
@@ -248,8 +250,18 @@ mod tests {
             args: vec![("lr".into(), "0.1".into())],
             limits: report(Ok(vec![])).stats.limits,
             depth: 0,
+            deterministic: false,
         };
         assert_eq!(spec_from_wire(spec_to_wire(&spec, 9)), spec);
+        let deterministic = TaskSpec {
+            deterministic: true,
+            depth: 3,
+            ..spec
+        };
+        assert_eq!(
+            spec_from_wire(spec_to_wire(&deterministic, 0)),
+            deterministic
+        );
     }
 
     #[test]
@@ -262,6 +274,7 @@ mod tests {
                 args: vec![],
                 limits: Limits::default(),
                 depth: 0,
+                deterministic: false,
             },
             0,
         );

@@ -19,10 +19,7 @@ use libp2p::{
         dial_opts::{DialOpts, PeerCondition},
     },
 };
-use tokio::{
-    sync::{Semaphore, mpsc},
-    task::JoinSet,
-};
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, info_span, trace, warn};
 
@@ -30,7 +27,7 @@ use tracing::{Span, debug, info, info_span, trace, warn};
 use super::NetworkClient;
 use super::{
     Command, Error, Reply,
-    inbound::{Inbound, InboundHandler, InboundReply},
+    inbound::{Inbound, InboundHandler, InboundPermits, InboundReply},
     peer_of,
 };
 use crate::{
@@ -54,9 +51,9 @@ pub(super) struct EventLoop {
     pub(super) reply_tx: mpsc::Sender<InboundReply>,
     pub(super) reply_rx: mpsc::Receiver<InboundReply>,
     pub(super) handler: Arc<dyn InboundHandler>,
-    pub(super) task_permits: Arc<Semaphore>,
-    pub(super) request_permits: Arc<Semaphore>,
-    pub(super) inbound: JoinSet<()>,
+    pub(super) permits: InboundPermits,
+    /// Inbound handlers in flight, each ending with the peer it served.
+    pub(super) inbound: JoinSet<PeerId>,
     pub(super) shutdown: CancellationToken,
     pub(super) bootstrap_peers: HashSet<PeerId>,
     pub(super) listen_addrs: Vec<Multiaddr>,
@@ -80,10 +77,15 @@ impl EventLoop {
                     None => break,
                 },
                 Some(joined) = self.inbound.join_next(), if !self.inbound.is_empty() => {
-                    if let Err(e) = joined
-                        && e.is_panic()
-                    {
-                            warn!("an inbound request handler panicked; its request was dropped");
+                    match joined {
+                        Ok(peer) => self.permits.drop_if_idle(&peer),
+                        Err(e) => {
+                            if e.is_panic() {
+                                warn!("an inbound request handler panicked; its request was dropped");
+                            }
+                            // A panicked task no longer says whose it was.
+                            self.permits.drop_all_idle();
+                        }
                     }
                 }
             }
@@ -268,6 +270,7 @@ impl EventLoop {
                 self.pending.dial.settle(&connection_id, peer_id);
             }
             SwarmEvent::ConnectionClosed {
+                peer_id,
                 connection_id,
                 cause,
                 num_established,
@@ -275,6 +278,10 @@ impl EventLoop {
             } => {
                 if let Some(span) = self.connection_spans.remove(&connection_id) {
                     span.in_scope(|| debug!(num_established, ?cause, "connection closed"));
+                }
+                if num_established == 0 {
+                    // Nothing can carry an answer back to this peer any more.
+                    self.permits.disconnected(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -316,6 +323,7 @@ impl EventLoop {
                     }
                 }
             }
+            BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {

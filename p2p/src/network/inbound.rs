@@ -1,8 +1,9 @@
-//! Inbound block, task and capacity requests: each takes a permit or is answered `Busy`, then
-//! runs the [`InboundHandler`] on a spawned task whose answer comes back to the event loop.
-//! Progress records are handed on at once, on the loop.
+//! Inbound block, task and capacity requests: each takes a permit from its peer's share and
+//! one from the node's pool, or is answered `Busy`, then runs the [`InboundHandler`] on a
+//! spawned task whose answer comes back to the event loop. Progress records are handed on at
+//! once, on the loop.
 
-use std::{future::Future, sync::Arc};
+use std::{collections::HashMap, fmt, future::Future, sync::Arc};
 
 use futures::future::BoxFuture;
 use libp2p::{
@@ -10,12 +11,11 @@ use libp2p::{
     request_response::{InboundRequestId, ResponseChannel},
     swarm::ConnectionId,
 };
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
-#[cfg(doc)]
-use super::Config;
-use super::event_loop::EventLoop;
+use super::{Config, event_loop::EventLoop};
 use crate::{
     behaviour::Behaviour,
     codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
@@ -27,10 +27,20 @@ use crate::{
 
 /// Answers to inbound requests, supplied by the node that embeds the network.
 ///
-/// The actor calls these on spawned tasks, at most
-/// [`Config::max_inbound_tasks`] task calls and [`Config::max_inbound_requests`] block and
-/// capacity calls at a time; beyond that it answers `Busy` without calling them. A method that
+/// The actor calls these on spawned tasks, at most [`Config::max_inbound_tasks`] task calls
+/// and [`Config::max_inbound_requests`] block and capacity calls at a time, and of those at
+/// most [`Config::max_inbound_tasks_per_peer`] and [`Config::max_inbound_requests_per_peer`]
+/// for any one requester; beyond that it answers `Busy` without calling them. A method that
 /// panics drops its request (the requester sees the stream close), nothing more.
+///
+/// # Cancel safety
+///
+/// The future a method returns can be dropped at any await point, and then never polled
+/// again: when the requester's last connection to this peer closes (its request can no longer
+/// be answered, and the permit goes to someone else), and when the network shuts down. Keep
+/// no state across an await that a drop there would leave inconsistent. A requester that
+/// closes only its request's stream but keeps the connection is not noticed: its handler runs
+/// to the end and holds its permit until then.
 pub trait InboundHandler: Send + Sync + 'static {
     /// The bytes of block `cid` if this peer holds it. Blocks over [`MAX_BLOCK_LEN`] are
     /// never sent: the requester gets `NotFound`.
@@ -46,6 +56,139 @@ pub trait InboundHandler: Send + Sync + 'static {
     /// loop itself, so it must only hand the record on, never wait. By default, dropped.
     fn progress(&self, from: PeerId, record: ProgressRecord) {
         let _ = (from, record);
+    }
+}
+
+/// Which pool of permits an inbound request draws from.
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    /// `/shoal/task/4`.
+    Tasks,
+    /// `/shoal/block/1` and `/shoal/capacity/1`.
+    Requests,
+}
+
+/// Why an inbound request got no permit.
+#[derive(Debug, Clone, Copy)]
+enum Full {
+    /// The requester already uses its whole share.
+    Peer,
+    /// Every permit of the node is taken.
+    Node,
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Peer => "the requester uses its whole share",
+            Self::Node => "every slot of this peer is taken",
+        })
+    }
+}
+
+/// The permits for inbound work: the node's pools, and each requesting peer's share of them.
+///
+/// A peer's inbound handlers are dropped when its last connection closes, through the
+/// [`CancellationToken`] of its share, which every one of its handler tasks selects on. A
+/// token rather than a `JoinSet` per peer keeps one `JoinSet` for the loop to poll, and lets
+/// a task still report which peer it served when it ends, cancelled or not, so that the
+/// share can be dropped once idle.
+pub(super) struct InboundPermits {
+    tasks: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    tasks_per_peer: usize,
+    requests_per_peer: usize,
+    /// Only peers with work in flight: a share goes as soon as its last permit is back, so
+    /// the map holds no more entries than there are requests in flight.
+    peers: HashMap<PeerId, PeerShare>,
+}
+
+/// One peer's share of the inbound permits.
+struct PeerShare {
+    tasks: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    /// Cancelled when the peer's last connection closes.
+    gone: CancellationToken,
+}
+
+/// What an admitted request holds while its handler runs: its permits, given back on drop,
+/// and its requester's token.
+pub(super) struct Admission {
+    _peer: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+    gone: CancellationToken,
+}
+
+impl InboundPermits {
+    pub(super) fn new(config: &Config) -> Self {
+        Self {
+            tasks: Arc::new(Semaphore::new(config.max_inbound_tasks)),
+            requests: Arc::new(Semaphore::new(config.max_inbound_requests)),
+            tasks_per_peer: config.max_inbound_tasks_per_peer,
+            requests_per_peer: config.max_inbound_requests_per_peer,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// A permit from `peer`'s share of `pool` and one from the node's, or why not.
+    fn admit(&mut self, peer: PeerId, pool: Pool) -> Result<Admission, Full> {
+        let (tasks_per_peer, requests_per_peer) = (self.tasks_per_peer, self.requests_per_peer);
+        let share = self.peers.entry(peer).or_insert_with(|| PeerShare {
+            tasks: Arc::new(Semaphore::new(tasks_per_peer)),
+            requests: Arc::new(Semaphore::new(requests_per_peer)),
+            gone: CancellationToken::new(),
+        });
+        let (of_peer, of_node) = match pool {
+            Pool::Tasks => (&share.tasks, &self.tasks),
+            Pool::Requests => (&share.requests, &self.requests),
+        };
+        let admitted = match Arc::clone(of_peer).try_acquire_owned() {
+            Err(_) => Err(Full::Peer),
+            Ok(peer_permit) => match Arc::clone(of_node).try_acquire_owned() {
+                Err(_) => Err(Full::Node),
+                Ok(node_permit) => Ok(Admission {
+                    _peer: peer_permit,
+                    _node: node_permit,
+                    gone: share.gone.clone(),
+                }),
+            },
+        };
+        if admitted.is_err() {
+            self.drop_if_idle(&peer);
+        }
+        admitted
+    }
+
+    /// Forgets `peer`'s share if none of its permits is out.
+    pub(super) fn drop_if_idle(&mut self, peer: &PeerId) {
+        if self.peers.get(peer).is_some_and(|s| self.is_idle(s)) {
+            self.peers.remove(peer);
+        }
+    }
+
+    /// Forgets every share none of whose permits is out.
+    pub(super) fn drop_all_idle(&mut self) {
+        let (tasks_per_peer, requests_per_peer) = (self.tasks_per_peer, self.requests_per_peer);
+        self.peers.retain(|_, s| {
+            s.tasks.available_permits() < tasks_per_peer
+                || s.requests.available_permits() < requests_per_peer
+        });
+    }
+
+    fn is_idle(&self, share: &PeerShare) -> bool {
+        share.tasks.available_permits() >= self.tasks_per_peer
+            && share.requests.available_permits() >= self.requests_per_peer
+    }
+
+    /// `peer`'s last connection closed: drop the handlers of its requests, which can no
+    /// longer be answered. Their permits come back as their tasks end; until then they still
+    /// count against the share, which keeps it (with a fresh token, for requests arriving
+    /// over a new connection).
+    pub(super) fn disconnected(&mut self, peer: &PeerId) {
+        if let Some(share) = self.peers.get_mut(peer) {
+            share.gone.cancel();
+            share.gone = CancellationToken::new();
+        }
     }
 }
 
@@ -65,16 +208,19 @@ pub(super) type InboundReply = Box<dyn FnOnce(&mut Behaviour) -> bool + Send>;
 impl EventLoop {
     pub(super) fn on_block_request(&mut self, r: Inbound<BlockRequest, BlockResponse>) {
         let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %BLOCK_PROTOCOL, peer = %r.peer, request = %r.id, cid = %r.request.cid);
-        let Ok(permit) = self.request_permits.clone().try_acquire_owned() else {
-            span.in_scope(|| debug!("at capacity; answering Busy"));
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .block
-                .send_response(r.channel, BlockResponse::Busy);
-            return;
+        let admission = match self.permits.admit(r.peer, Pool::Requests) {
+            Ok(admission) => admission,
+            Err(full) => {
+                span.in_scope(|| debug!("{full}; answering Busy"));
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .block
+                    .send_response(r.channel, BlockResponse::Busy);
+                return;
+            }
         };
-        self.spawn_inbound(permit, span, |handler| async move {
+        self.spawn_inbound(r.peer, admission, span, |handler| async move {
             let response = match handler.block(r.peer, r.request.cid).await {
                 Some(bytes) if bytes.len() <= MAX_BLOCK_LEN => BlockResponse::Found(bytes),
                 Some(bytes) => {
@@ -93,15 +239,23 @@ impl EventLoop {
     pub(super) fn on_task_request(&mut self, r: Inbound<TaskSpec, TaskOutcome>) {
         let spec = &r.request;
         let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %TASK_PROTOCOL, peer = %r.peer, request = %r.id, module = %spec.module, entry = %spec.entry);
-        let Ok(permit) = self.task_permits.clone().try_acquire_owned() else {
-            span.in_scope(|| debug!("at capacity; answering Busy"));
-            let _ = self.swarm.behaviour_mut().task.send_response(
-                r.channel,
-                TaskOutcome::failed(FailureKind::Busy, "no free task slot on this peer"),
-            );
-            return;
+        let admission = match self.permits.admit(r.peer, Pool::Tasks) {
+            Ok(admission) => admission,
+            Err(full) => {
+                span.in_scope(|| debug!("{full}; answering Busy"));
+                let message = match full {
+                    Full::Peer => "no free task slot on this peer for the requester",
+                    Full::Node => "no free task slot on this peer",
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .task
+                    .send_response(r.channel, TaskOutcome::failed(FailureKind::Busy, message));
+                return;
+            }
         };
-        self.spawn_inbound(permit, span, |handler| async move {
+        self.spawn_inbound(r.peer, admission, span, |handler| async move {
             let outcome = fit_outcome(handler.task(r.peer, r.request).await);
             move |b: &mut Behaviour| b.task.send_response(r.channel, outcome).is_ok()
         });
@@ -109,12 +263,15 @@ impl EventLoop {
 
     pub(super) fn on_capacity_request(&mut self, r: Inbound<CapacityRequest, Capacity>) {
         let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %CAPACITY_PROTOCOL, peer = %r.peer, request = %r.id);
-        let Ok(permit) = self.request_permits.clone().try_acquire_owned() else {
-            // Dropping the channel closes the stream: the asker sees an error and moves on.
-            span.in_scope(|| debug!("at capacity; dropping capacity request"));
-            return;
+        let admission = match self.permits.admit(r.peer, Pool::Requests) {
+            Ok(admission) => admission,
+            Err(full) => {
+                // Dropping the channel closes the stream: the asker sees an error and moves on.
+                span.in_scope(|| debug!("{full}; dropping capacity request"));
+                return;
+            }
         };
-        self.spawn_inbound(permit, span, |handler| async move {
+        self.spawn_inbound(r.peer, admission, span, |handler| async move {
             let capacity = handler.capacity().await;
             move |b: &mut Behaviour| b.capacity.send_response(r.channel, capacity).is_ok()
         });
@@ -129,11 +286,14 @@ impl EventLoop {
             .send_response(r.channel, ());
     }
 
-    /// Runs `call` with the handler on a spawned task under `span`, holding `permit` until
-    /// its answer is handed back to the loop.
+    /// Runs `call` with the handler on a spawned task under `span` for `peer`, holding
+    /// `admission` until its answer is handed back to the loop, or dropping the handler's
+    /// future as soon as `peer` disconnects. The task ends with `peer`, whose share the loop
+    /// then drops if it is idle.
     fn spawn_inbound<F, S>(
         &mut self,
-        permit: OwnedSemaphorePermit,
+        peer: PeerId,
+        admission: Admission,
         span: Span,
         call: impl FnOnce(Arc<dyn InboundHandler>) -> F,
     ) where
@@ -144,9 +304,20 @@ impl EventLoop {
         let replies = self.reply_tx.clone();
         self.inbound.spawn(
             async move {
-                // The reply channel has room for every permit holder: this never waits long.
-                let _ = replies.send(Box::new(reply.await)).await;
-                drop(permit);
+                let gone = admission.gone.clone();
+                tokio::select! {
+                    biased;
+                    () = gone.cancelled() => {
+                        debug!("requester disconnected; handler dropped");
+                    }
+                    reply = reply => {
+                        // The reply channel has room for every permit holder: this never
+                        // waits long.
+                        let _ = replies.send(Box::new(reply)).await;
+                    }
+                }
+                drop(admission);
+                peer
             }
             .instrument(span),
         );

@@ -5,11 +5,12 @@
 //! Shape (after rust-libp2p `examples/file-sharing`): every client call sends a [`Command`]
 //! carrying a oneshot reply sender; the loop starts the libp2p operation and parks the sender
 //! in a `pending` map keyed by the operation's id until the matching swarm event arrives.
-//! Inbound requests run on spawned tasks, bounded by semaphores, and hand their answers back
-//! to the loop through a bounded reply channel.
+//! Inbound requests run on spawned tasks, bounded by semaphores (node-wide and per remote
+//! peer), and hand their answers back to the loop through a bounded reply channel.
 //!
 //! Everything is bounded: the command channel, the reply channel, the pending maps, inbound
-//! work in flight, and streams per connection and protocol.
+//! work in flight (in all and per peer), connections (in all, per peer and pending), and
+//! streams per connection and protocol.
 
 mod client;
 mod event_loop;
@@ -26,14 +27,17 @@ use libp2p::{
     swarm::dial_opts::DialOpts, tcp, yamux,
 };
 use tokio::{
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
     task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
-use self::event_loop::{EventLoop, Outbound};
 pub use self::{client::NetworkClient, inbound::InboundHandler};
+use self::{
+    event_loop::{EventLoop, Outbound},
+    inbound::InboundPermits,
+};
 use crate::{
     behaviour::Behaviour,
     messages::{BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
@@ -41,9 +45,14 @@ use crate::{
 #[cfg(doc)]
 use libp2p::Swarm;
 
-/// Inbound task requests a peer handles at once by default; past that it answers `Busy`.
-/// Submitters keep at most this many of their tasks in flight on one peer.
+/// Inbound task requests a peer handles at once by default, from all peers together; past
+/// that it answers `Busy`.
 pub const DEFAULT_MAX_INBOUND_TASKS: usize = 32;
+
+/// Inbound task requests a peer handles at once by default for any one remote peer; past that
+/// it answers that peer `Busy`. Submitters keep at most this many of their tasks in flight on
+/// one peer.
+pub const DEFAULT_MAX_INBOUND_TASKS_PER_PEER: usize = 8;
 
 /// How to start a [`Network`]. Build with [`Config::new`], then adjust the public fields.
 #[derive(Debug)]
@@ -72,11 +81,27 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Connections with no open stream close after this. Default 60 s.
     pub idle_connection_timeout: Duration,
-    /// Inbound task requests handled at once; more are answered `Busy`. Default 32.
+    /// Inbound task requests handled at once, from all peers together; more are answered
+    /// `Busy`. Default 32 ([`DEFAULT_MAX_INBOUND_TASKS`]).
     pub max_inbound_tasks: usize,
-    /// Inbound block and capacity requests handled at once; more are answered `Busy` (blocks)
-    /// or dropped (capacity). Default 64.
+    /// Inbound task requests handled at once for any one remote peer, within
+    /// `max_inbound_tasks`; more from that peer are answered `Busy`, so that one peer cannot
+    /// take every slot. Default 8 ([`DEFAULT_MAX_INBOUND_TASKS_PER_PEER`]).
+    pub max_inbound_tasks_per_peer: usize,
+    /// Inbound block and capacity requests handled at once, from all peers together; more are
+    /// answered `Busy` (blocks) or dropped (capacity). Default 64.
     pub max_inbound_requests: usize,
+    /// Inbound block and capacity requests handled at once for any one remote peer, within
+    /// `max_inbound_requests`; more from that peer are answered `Busy` (blocks) or dropped
+    /// (capacity). Default 16.
+    pub max_inbound_requests_per_peer: usize,
+    /// Established connections, inbound and outbound together; more are refused. Default 256.
+    pub max_established: u32,
+    /// Established connections with any one peer; more are refused. Default 4.
+    pub max_established_per_peer: u32,
+    /// Incoming connections still in their handshake; more are refused before the handshake.
+    /// Default 64.
+    pub max_pending_incoming: u32,
     /// Concurrent streams per connection and protocol. Default 64.
     pub max_concurrent_streams: usize,
     /// Outbound operations (requests, dials, queries) awaiting an answer. Default 1024.
@@ -103,7 +128,12 @@ impl Config {
             query_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(60),
             max_inbound_tasks: DEFAULT_MAX_INBOUND_TASKS,
+            max_inbound_tasks_per_peer: DEFAULT_MAX_INBOUND_TASKS_PER_PEER,
             max_inbound_requests: 64,
+            max_inbound_requests_per_peer: 16,
+            max_established: 256,
+            max_established_per_peer: 4,
+            max_pending_incoming: 64,
             max_concurrent_streams: 64,
             max_pending_outbound: 1024,
             command_buffer: 256,
@@ -345,8 +375,7 @@ impl Network {
             reply_tx,
             reply_rx,
             handler: handler(client.clone()),
-            task_permits: Arc::new(Semaphore::new(config.max_inbound_tasks)),
-            request_permits: Arc::new(Semaphore::new(config.max_inbound_requests)),
+            permits: InboundPermits::new(&config),
             inbound: JoinSet::new(),
             shutdown: config.shutdown,
             bootstrap_peers: bootstrap.into_iter().map(|(p, _)| p).collect(),

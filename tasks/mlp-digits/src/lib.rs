@@ -2,7 +2,8 @@
 //! 10`, ReLU, softmax cross-entropy averaged over the batch. Every matrix op runs on the
 //! host's tensors (GPU or CPU kernels); the task itself only moves bytes and counts.
 //!
-//! The file formats (parameters and gradients, shards, stats) are documented in [`format`].
+//! The file formats (parameters and gradients, shards, stats) are documented in
+//! [`format`](mod@format).
 //! The tasks, one module, chosen with `--task`:
 //!
 //! | task | inputs | args (default) | outputs |
@@ -26,7 +27,8 @@ pub mod driver;
 pub mod format;
 pub mod gzip;
 pub mod model;
-pub mod rng;
+/// The seeded PRNG, shared with the driver's checkpoints (`train_kit`'s).
+pub use train_kit::rng;
 
 use format::{Dims, Params, Shard};
 use model::{Batch, DeviceParams, Sgd};
