@@ -615,7 +615,7 @@ impl Runtime {
         let export = pick_task(&compiled.tasks, spec.task.as_deref())?;
         let inputs = self.open_inputs(&spec.inputs)?;
 
-        let mut state = self.task_state(spec, limits, logs, *clock, inputs);
+        let mut state = self.task_state(spec, limits, logs, clock.clone(), inputs);
         state.progress = progress;
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -668,7 +668,7 @@ impl Runtime {
         };
         let state = store.data();
         // Hand back what host calls charged, so the report's CPU includes it.
-        *clock = state.clock;
+        *clock = state.clock.clone();
         stats.peak_memory = state.limiter.peak_memory as u64;
         stats.backend = state
             .tensors
