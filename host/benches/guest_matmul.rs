@@ -97,6 +97,7 @@ impl Bench {
             },
             depth: 0,
             deterministic: false,
+            tenant: None,
         };
         let started = Instant::now();
         let report = self.rt.run_blocking(&spec);

@@ -28,6 +28,7 @@ fn config(dir: &std::path::Path, slots: usize) -> NodeConfig {
         slots,
         store_limit: None,
         memory_budget: None,
+        policy: Default::default(),
         device: DeviceChoice::Cpu,
     }
 }
@@ -89,6 +90,7 @@ fn main() {
             limits: Default::default(),
             depth: 0,
             deterministic: false,
+            tenant: None,
         };
         assert!(
             client

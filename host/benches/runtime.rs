@@ -41,6 +41,7 @@ fn setup(slots: usize) -> (tempfile::TempDir, Runtime, TaskSpec) {
         limits: Limits::default(),
         depth: 0,
         deterministic: false,
+        tenant: None,
     };
     assert!(rt.run_blocking(&spec).result.is_ok(), "noop runs");
     (dir, rt, spec)

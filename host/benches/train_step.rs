@@ -47,6 +47,7 @@ fn spec(module: Cid, task: &str, inputs: Vec<(String, Cid)>, args: &[(&str, &str
         limits: Limits::default(),
         depth: 0,
         deterministic: false,
+        tenant: None,
     }
 }
 
@@ -195,7 +196,10 @@ fn main() {
             // The task copies the batch's rows out of its shard: so does this loop.
             let take: Vec<usize> = (next..next + batch).map(|i| i % rows as usize).collect();
             next += batch;
-            let bx: Vec<f32> = take.iter().flat_map(|&i| x[i * f..(i + 1) * f].to_vec()).collect();
+            let bx: Vec<f32> = take
+                .iter()
+                .flat_map(|&i| x[i * f..(i + 1) * f].to_vec())
+                .collect();
             let by: Vec<f32> = take.iter().map(|&i| y[i]).collect();
             let b = batch as u32;
             let (bx, by) = (up(&mut t, &bx, b, features), up(&mut t, &by, b, 1));

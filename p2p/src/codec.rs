@@ -255,7 +255,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::messages::{Cid, FailureKind, TaskLimits, TaskStats};
+    use crate::messages::{
+        AuthError, Cid, Delegation, FailureKind, TaskAuth, TaskLimits, TaskStats,
+    };
 
     fn round_trip<M>(msg: &M, max: usize) -> M
     where
@@ -312,8 +314,33 @@ mod tests {
             depth in 0u32..8,
             progress in any::<u64>(),
             deterministic in any::<bool>(),
+            auth in task_auth(),
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits, depth, progress, deterministic }
+            TaskSpec { module, entry, inputs, args, limits, depth, progress, deterministic, auth: Box::new(auth) }
+        }
+    }
+
+    prop_compose! {
+        fn task_auth()(
+            tenant in prop::collection::vec(any::<u8>(), 0..48),
+            (issued_at_ms, nonce) in any::<(u64, u64)>(),
+            delegation in prop::option::of(delegation()),
+            signer in prop::collection::vec(any::<u8>(), 0..48),
+            signature in prop::collection::vec(any::<u8>(), 0..80),
+        ) -> TaskAuth {
+            TaskAuth { tenant, issued_at_ms, nonce, delegation, signer, signature }
+        }
+    }
+
+    prop_compose! {
+        fn delegation()(
+            audience in prop::collection::vec(any::<u8>(), 0..48),
+            expires_at_ms in any::<u64>(),
+            task in block_id(),
+            max_subtasks in any::<u32>(),
+            signature in prop::collection::vec(any::<u8>(), 0..80),
+        ) -> Delegation {
+            Delegation { audience, expires_at_ms, task, max_subtasks, signature }
         }
     }
 
@@ -606,5 +633,98 @@ mod tests {
         .expect("rejected without waiting for the body");
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidData);
         writer.abort();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// A signed spec verifies as its tenant's, survives the wire, and any change to what
+        /// was signed (here: the entry, the limits, the tenant's stamp) breaks it.
+        #[test]
+        fn signed_specs_verify_and_tampering_breaks_them(
+            mut spec in task_spec(),
+            nonce in any::<u64>(),
+            flip in any::<u64>(),
+        ) {
+            let tenant = libp2p::identity::Keypair::generate_ed25519();
+            *spec.auth = TaskAuth::default();
+            spec.sign(&tenant, 1_000, nonce).unwrap();
+            let back = round_trip(&spec, usize::MAX);
+            prop_assert_eq!(back.verify(2_000), Ok(tenant.public().to_peer_id()));
+            let mut entry = back.clone();
+            entry.entry.push('x');
+            prop_assert_eq!(entry.verify(2_000), Err(AuthError::BadSignature));
+            let mut limits = back.clone();
+            limits.limits.memory_bytes ^= flip | 1;
+            prop_assert_eq!(limits.verify(2_000), Err(AuthError::BadSignature));
+            let mut stamp = back;
+            stamp.auth.nonce ^= flip | 1;
+            prop_assert_eq!(stamp.verify(2_000), Err(AuthError::BadSignature));
+        }
+    }
+
+    fn plain_spec() -> TaskSpec {
+        TaskSpec {
+            module: Cid([1; 32]),
+            entry: "drive".into(),
+            inputs: vec![],
+            args: vec![],
+            limits: TaskLimits::default(),
+            depth: 0,
+            progress: 0,
+            deterministic: false,
+            auth: Box::default(),
+        }
+    }
+
+    /// A delegate's signature holds only with an unexpired delegation to it from the tenant.
+    #[test]
+    fn delegated_specs_need_a_live_delegation_to_their_signer() {
+        let tenant = libp2p::identity::Keypair::generate_ed25519();
+        let driver = libp2p::identity::Keypair::generate_ed25519();
+        let other = libp2p::identity::Keypair::generate_ed25519();
+        let mut parent = plain_spec();
+        parent.sign(&tenant, 0, 1).unwrap();
+        let to = |audience: &libp2p::identity::Keypair, expires| {
+            Delegation::new(
+                &tenant,
+                audience.public().to_peer_id(),
+                expires,
+                parent.id(),
+                8,
+            )
+            .unwrap()
+        };
+        let subtask = |delegation: Option<Delegation>, signer: &libp2p::identity::Keypair| {
+            let mut spec = plain_spec();
+            spec.entry = "grad".into();
+            spec.auth.tenant = tenant.public().encode_protobuf();
+            spec.auth.delegation = delegation;
+            spec.sign(signer, 500, 2).unwrap();
+            spec
+        };
+        let t = tenant.public().to_peer_id();
+        assert_eq!(
+            subtask(Some(to(&driver, 1_000)), &driver).verify(999),
+            Ok(t)
+        );
+        assert!(matches!(
+            subtask(Some(to(&driver, 1_000)), &driver).verify(1_000),
+            Err(AuthError::Expired { ago_ms: 0, .. })
+        ));
+        assert!(matches!(
+            subtask(Some(to(&driver, 1_000)), &other).verify(999),
+            Err(AuthError::NotTheAudience { .. })
+        ));
+        assert!(matches!(
+            subtask(None, &driver).verify(999),
+            Err(AuthError::NoDelegation { .. })
+        ));
+        let mut forged = to(&driver, 1_000);
+        forged.expires_at_ms = u64::MAX;
+        assert!(matches!(
+            subtask(Some(forged), &driver).verify(999),
+            Err(AuthError::BadDelegation { .. })
+        ));
     }
 }

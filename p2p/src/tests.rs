@@ -190,6 +190,7 @@ fn spec(entry: &str) -> TaskSpec {
         depth: 0,
         progress: 0,
         deterministic: false,
+        auth: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ mod deterministic;
 mod mesh;
 mod sandbox;
 mod subtasks;
+mod tenants;
 mod tensor_abi;
 mod training;
 mod util;

@@ -473,6 +473,7 @@ mod in_process {
             limits: Default::default(),
             depth: 0,
             deterministic: false,
+            tenant: None,
         }
     }
 
@@ -812,7 +813,14 @@ fn a_peer_cannot_drive_a_node_past_its_memory_budget() {
     let b = Joined::start(
         root.path(),
         "b",
-        &["--slots", "1", "--memory-budget", "2GiB"],
+        &[
+            "--slots",
+            "1",
+            "--memory-budget",
+            "2GiB",
+            "--open-max-memory",
+            "4GiB",
+        ],
     );
     let a = Joined::start(root.path(), "a", &["--slots", "0", "--bootstrap", &b.addr]);
     wait_for_peers(&a, 1);

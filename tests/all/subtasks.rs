@@ -33,6 +33,7 @@ async fn drive_with(node: &Node, task: &str, args: &[(&str, &str)], cpu: Duratio
         },
         depth: 0,
         deterministic: false,
+        tenant: None,
     };
     node.submit(spec, None).await.report
 }

@@ -280,6 +280,7 @@ fn matmul_forever(rt: &Runtime, n: u32) -> TaskSpec {
         limits: Limits::default(),
         depth: 0,
         deterministic: false,
+        tenant: None,
     }
 }
 

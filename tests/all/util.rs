@@ -45,6 +45,7 @@ pub fn spec(rt: &Runtime, path: &str, inputs: &[(&str, &[u8])]) -> TaskSpec {
         limits: Limits::default(),
         depth: 0,
         deterministic: false,
+        tenant: None,
     }
 }
 
@@ -91,6 +92,7 @@ pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
         limits: Limits::default(),
         depth: 0,
         deterministic: false,
+        tenant: None,
     }
 }
 
@@ -166,6 +168,7 @@ pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
         device: DeviceChoice::Cpu,
         store_limit: None,
         memory_budget: None,
+        policy: Default::default(),
     })
     .await
     .expect("node starts")

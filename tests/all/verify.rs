@@ -96,6 +96,7 @@ fn config(root: &Path, name: &str, slots: usize) -> NodeConfig {
         device: DeviceChoice::Cpu,
         store_limit: None,
         memory_budget: None,
+        policy: Default::default(),
     }
 }
 
@@ -147,6 +148,7 @@ async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
         },
         depth: 0,
         deterministic: false,
+        tenant: None,
     }
 }
 

@@ -233,6 +233,7 @@ pub(super) fn join(args: JoinArgs) -> anyhow::Result<Exit> {
             device: args.device.choice(),
             store_limit: args.store_limit,
             memory_budget: args.memory_budget,
+            policy: args.policy(),
         };
         let node_err = |e| Exit::Node.fail(e);
         let node = Node::start(config).await.map_err(node_err)?;

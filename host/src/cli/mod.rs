@@ -7,7 +7,7 @@ mod parse;
 mod plot;
 mod train;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use shoal_host::control::TaskRequest;
@@ -116,8 +116,52 @@ pub struct JoinArgs {
     /// the machine's memory).
     #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     pub memory_budget: Option<u64>,
+    /// Whose tasks this node runs: anyone's (`open`: allowed tenants with the node's full
+    /// caps, others within the --open-max-* limits) or allowed tenants' only (`allowlist`).
+    /// Tasks are signed by their tenant; this node's own identity is always allowed.
+    #[arg(long, value_enum, default_value_t = AcceptArg::Open)]
+    pub accept: AcceptArg,
+    /// A tenant (its key as a peer id, e.g. a node's `peer id:`) to run tasks for with this
+    /// node's full caps (4 GiB, 1 h). Repeatable.
+    #[arg(long, value_name = "PEER_ID")]
+    pub allow: Vec<shoal_p2p::PeerId>,
+    /// The most memory an open tenant's task may ask here.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size, default_value = "256MiB")]
+    pub open_max_memory: u64,
+    /// The longest time an open tenant's task may ask here (`host train`'s driver asks 30m).
+    #[arg(long, value_name = "DUR", value_parser = parse::duration, default_value = "1h")]
+    pub open_max_time: Duration,
+    /// An open tenant's tasks running here at once.
+    #[arg(long, value_name = "N", default_value_t = shoal_host::node::OPEN_MAX_TASKS)]
+    pub open_max_tasks: usize,
     #[command(flatten)]
     pub data_dir: DataDirArg,
+}
+
+/// `join --accept`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AcceptArg {
+    /// Anyone's tasks.
+    #[default]
+    Open,
+    /// Allowed tenants' tasks only.
+    Allowlist,
+}
+
+impl JoinArgs {
+    /// The node's admission policy from the flags.
+    pub fn policy(&self) -> shoal_host::node::Policy {
+        shoal_host::node::Policy {
+            accept: match self.accept {
+                AcceptArg::Open => shoal_host::node::Accept::Open,
+                AcceptArg::Allowlist => shoal_host::node::Accept::Allowlist,
+            },
+            allow: self.allow.iter().copied().collect(),
+            open_max_memory: self.open_max_memory,
+            open_max_time: self.open_max_time,
+            open_max_tasks: self.open_max_tasks,
+        }
+    }
 }
 
 /// `host submit`.

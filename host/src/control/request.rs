@@ -76,6 +76,7 @@ impl TaskRequest {
             },
             depth: 0,
             deterministic: self.deterministic,
+            tenant: None,
         })
     }
 }

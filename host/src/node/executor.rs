@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::{FetchError, NodeInner};
 use crate::{
-    sched::{report_to_wire, spec_from_wire},
+    sched::{now_ms, report_to_wire, spec_from_wire},
     store::{Cid, StoreError},
 };
 
@@ -52,6 +52,26 @@ impl NodeInner {
                 "this node runs no tasks (started with --slots 0)",
             );
         }
+        // Who it runs for, proven, and whether this node's policy lets it in: checked before
+        // anything is fetched or run, so a forged or unwelcome spec costs a signature check.
+        let tenant = match spec.verify(now_ms()) {
+            Ok(tenant) => tenant,
+            Err(e) => {
+                tracing::info!("refused a task from peer {from}: {e}");
+                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e.to_string());
+            }
+        };
+        let me = self.net.local_peer_id();
+        let _admitted = match self
+            .tenants
+            .admit(&self.config.policy, me, tenant, &spec.limits)
+        {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                tracing::info!("refused a task from peer {from}: {why}");
+                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
+            }
+        };
         let token = spec.progress;
         let spec = spec_from_wire(spec);
         let fetching = Instant::now();

@@ -6,6 +6,7 @@ mod executor;
 mod fetch;
 mod identity;
 mod mesh;
+mod policy;
 
 use std::{
     path::{Path, PathBuf},
@@ -15,7 +16,10 @@ use std::{
 use shoal_p2p::{Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
 use tokio_util::sync::CancellationToken;
 
-pub use self::fetch::FetchError;
+pub use self::{
+    fetch::FetchError,
+    policy::{Accept, OPEN_MAX_MEMORY, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy},
+};
 use crate::{
     compute::DeviceChoice,
     runtime::{Runtime, RuntimeConfig, default_memory_budget},
@@ -43,6 +47,8 @@ pub struct NodeConfig {
     /// Host memory running tasks may cost together (`--memory-budget`); `None` derives one
     /// from the machine.
     pub memory_budget: Option<u64>,
+    /// Whose tasks it runs, and within what (`--accept`, `--allow`, `--open-max-*`).
+    pub policy: Policy,
 }
 
 /// Errors starting a node.
@@ -98,6 +104,8 @@ pub(crate) struct NodeInner {
     config: NodeConfig,
     /// Progress records of tasks this node submitted, on their way back.
     progress: Arc<ProgressRoutes>,
+    /// Other tenants' tasks running here, for the policy's per-tenant cap.
+    tenants: policy::Tenants,
 }
 
 impl Node {
@@ -143,7 +151,7 @@ impl Node {
             },
         )?;
         let shutdown = CancellationToken::new();
-        let mut net_config = shoal_p2p::Config::new(keypair);
+        let mut net_config = shoal_p2p::Config::new(keypair.clone());
         net_config.listen = config.listen.clone();
         net_config.bootstrap = config.bootstrap.clone();
         net_config.mdns = config.mdns;
@@ -157,6 +165,7 @@ impl Node {
                 runtime: runtime.clone(),
                 config: config.clone(),
                 progress: progress.clone(),
+                tenants: policy::Tenants::default(),
             });
             inner = Some(made.clone());
             wrap(made)
@@ -168,6 +177,7 @@ impl Node {
         })?;
         let scheduler = Arc::new(Scheduler::new(
             net,
+            keypair,
             runtime.clone(),
             store,
             config.slots,

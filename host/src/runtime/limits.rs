@@ -158,7 +158,8 @@ impl TaskClock {
 
     /// CPU the task may still use before its budget runs out (at least; see the type's docs).
     pub(crate) fn cpu_left(&self) -> Duration {
-        self.cpu_budget.saturating_sub(self.cpu_used_at_most(Instant::now()))
+        self.cpu_budget
+            .saturating_sub(self.cpu_used_at_most(Instant::now()))
     }
 
     /// Errs once the task is past its wall-time limit or CPU budget.
@@ -301,7 +302,10 @@ mod tests {
             }
         }
         let used = clock.cpu_used();
-        assert!(used > budget, "stopped at {used:?}, before the {budget:?} budget");
+        assert!(
+            used > budget,
+            "stopped at {used:?}, before the {budget:?} budget"
+        );
         assert!(
             used < budget + CPU_READ_INTERVAL,
             "ran on to {used:?} past the {budget:?} budget"

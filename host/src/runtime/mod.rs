@@ -109,6 +109,12 @@ pub struct TaskSpec {
     /// node (verified runs compare them). Its subtasks inherit it.
     #[serde(default)]
     pub deterministic: bool,
+    /// The tenant it runs for when that is not this node, as the peer that sent it proved
+    /// it: opaque here (`sched` encodes the wire's tenant key and delegation), and inherited
+    /// by its subtasks, which are then submitted in that tenant's name. `None`: this node's
+    /// own task.
+    #[serde(default)]
+    pub tenant: Option<Vec<u8>>,
 }
 
 /// How a task failed.
@@ -731,6 +737,7 @@ impl Runtime {
             limits: limits.clone(),
             depth: 0,
             deterministic: false,
+            tenant: None,
         };
         let state = self.task_state(
             &spec,
@@ -953,6 +960,7 @@ mod tests {
             limits: Limits::default(),
             depth: 0,
             deterministic: false,
+            tenant: None,
         };
         // Panic on every slot more than once over.
         for _ in 0..4 {

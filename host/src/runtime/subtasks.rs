@@ -84,6 +84,8 @@ pub(crate) struct Subtasks {
     /// Whether the task runs deterministic: its subtasks do too, so a verified driver's
     /// whole tree gives the same bytes everywhere.
     deterministic: bool,
+    /// The tenant it runs for (see [`TaskSpec::tenant`]): its subtasks run for it too.
+    tenant: Option<Vec<u8>>,
     limits: Limits,
     pub(super) readable: HashSet<Cid>,
     table: Vec<Subtask>,
@@ -114,6 +116,7 @@ impl Subtasks {
             module: spec.module,
             depth: spec.depth,
             deterministic: spec.deterministic,
+            tenant: spec.tenant.clone(),
             limits: limits.clone(),
             readable,
             table: Vec::new(),
@@ -239,6 +242,7 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
         },
         depth: subs.depth + 1,
         deterministic: subs.deterministic,
+        tenant: subs.tenant.clone(),
     };
     let index = subs.table.len();
     subs.table.push(Subtask::Running { reserved_cpu });

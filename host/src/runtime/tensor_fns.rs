@@ -338,6 +338,7 @@ mod tests {
                     limits: limits.clone(),
                     depth: 0,
                     deterministic: false,
+                    tenant: None,
                 },
                 &limits,
                 None,

@@ -11,6 +11,7 @@
 //! side, running a task another peer sent, is the node's.
 
 mod progress;
+mod tenant;
 mod trust;
 mod verify;
 mod wire;
@@ -22,12 +23,13 @@ use std::{
 };
 
 use futures::{StreamExt, future::join_all, stream};
-use shoal_p2p::{Capacity, NetworkClient, PeerId, TaskOutcome};
+use shoal_p2p::{Capacity, Keypair, NetworkClient, PeerId, TaskOutcome};
 use tracing::Instrument;
 
 use self::trust::Trust;
 pub use self::{
     progress::ProgressRoutes,
+    tenant::{now_ms, sign_for},
     verify::MAX_VERIFY,
     wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire},
 };
@@ -103,6 +105,9 @@ pub fn capacity(runtime: &Runtime, slots: usize, has_gpu: bool) -> Capacity {
 /// The submitting side's view of the mesh: cached capacities and its own tasks in flight.
 pub struct Scheduler {
     net: NetworkClient,
+    /// This node's identity: the tenant of what it submits, and the signer of subtasks it
+    /// submits for other tenants' drivers.
+    keypair: Keypair,
     runtime: Runtime,
     store: Arc<BlockStore>,
     /// This node's own slots for the mesh: 0 keeps every task off it.
@@ -121,10 +126,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Scheduler {
-    /// A scheduler that places tasks through `net`, running local ones on `runtime`; remote
-    /// runs' progress records come back through `progress`.
+    /// A scheduler that places tasks through `net`, signed with `keypair` (the node's
+    /// identity), running local ones on `runtime`; remote runs' progress records come back
+    /// through `progress`.
     pub fn new(
         net: NetworkClient,
+        keypair: Keypair,
         runtime: Runtime,
         store: Arc<BlockStore>,
         local_slots: usize,
@@ -132,6 +139,7 @@ impl Scheduler {
     ) -> Self {
         Self {
             net,
+            keypair,
             runtime,
             store,
             local_slots,
@@ -349,9 +357,16 @@ impl Scheduler {
                     .clone();
                 let _permit = permits.acquire_owned().await;
                 let route = progress.clone().map(|p| self.progress.open(peer, p));
-                let wire = spec_to_wire(&spec, route.as_ref().map_or(0, |r| r.token()));
+                let mut wire = spec_to_wire(&spec, route.as_ref().map_or(0, |r| r.token()));
                 tracing::debug!(%peer, "sending the task");
-                match self.net.submit_task(peer, wire).await {
+                let sent = match sign_for(&mut wire, &self.keypair, peer) {
+                    Ok(()) => self.net.submit_task(peer, wire).await,
+                    Err(e) => Ok(TaskOutcome::failed(
+                        shoal_p2p::FailureKind::Denied,
+                        e.to_string(),
+                    )),
+                };
+                match sent {
                     Ok(TaskOutcome::Failed {
                         kind: shoal_p2p::FailureKind::Busy,
                         message,
@@ -370,6 +385,13 @@ impl Scheduler {
             };
             self.adjust(peer, -1);
             let lost_it = matches!(&report.result, Err(f) if f.kind == FailureKind::Lost);
+            // Refused before it ran (the peer's policy, its memory budget): another peer may
+            // take it, so it is placed elsewhere like a busy one, without a backoff (the
+            // refusal is about this task, not the peer's load). If none does, the last
+            // refusal is the answer.
+            let refused = peer != me
+                && report.stats.wall.is_zero()
+                && matches!(&report.result, Err(f) if f.kind == FailureKind::Denied);
             last = Placed {
                 peer,
                 report,
@@ -383,6 +405,11 @@ impl Scheduler {
                 pinned_wait = Some(wait);
                 tried.insert(peer);
                 busy_tried.insert(peer);
+                continue;
+            }
+            if refused && on.is_none() {
+                tracing::info!(%peer, "peer refused the task; placing it elsewhere");
+                tried.insert(peer);
                 continue;
             }
             if accepted {

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use shoal_p2p::{FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome};
+use serde::{Deserialize, Serialize};
+use shoal_p2p::{
+    FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome,
+    messages::{Delegation, TaskAuth},
+};
 
 use crate::runtime::{
     FailureKind, Limits, Logs, MAX_TASK_MEMORY, TaskFailure, TaskReport, TaskSpec, TaskStats,
@@ -115,7 +119,26 @@ pub fn spec_to_wire(spec: &TaskSpec, progress: u64) -> shoal_p2p::TaskSpec {
         depth: spec.depth,
         progress,
         deterministic: spec.deterministic,
+        auth: spec
+            .tenant
+            .as_deref()
+            .and_then(|bytes| postcard::from_bytes::<Grant>(bytes).ok())
+            .map_or_else(Box::default, |grant| {
+                Box::new(TaskAuth {
+                    tenant: grant.tenant,
+                    delegation: grant.delegation,
+                    ..TaskAuth::default()
+                })
+            }),
     }
+}
+
+/// What a received task keeps of its proof, as [`TaskSpec::tenant`]: its tenant and the
+/// delegation that lets this node submit its subtasks in the tenant's name.
+#[derive(Serialize, Deserialize)]
+struct Grant {
+    tenant: Vec<u8>,
+    delegation: Option<Delegation>,
 }
 
 /// A task spec received from another peer.
@@ -128,6 +151,15 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
         limits: limits_from_wire(spec.limits),
         depth: spec.depth,
         deterministic: spec.deterministic,
+        tenant: (!spec.auth.tenant.is_empty())
+            .then(|| {
+                postcard::to_stdvec(&Grant {
+                    tenant: spec.auth.tenant,
+                    delegation: spec.auth.delegation,
+                })
+                .ok()
+            })
+            .flatten(),
     }
 }
 
@@ -251,6 +283,7 @@ mod tests {
             limits: report(Ok(vec![])).stats.limits,
             depth: 0,
             deterministic: false,
+            tenant: None,
         };
         assert_eq!(spec_from_wire(spec_to_wire(&spec, 9)), spec);
         let deterministic = TaskSpec {
@@ -275,6 +308,7 @@ mod tests {
                 limits: Limits::default(),
                 depth: 0,
                 deterministic: false,
+                tenant: None,
             },
             0,
         );

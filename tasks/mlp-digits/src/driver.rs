@@ -21,7 +21,7 @@
 //! output: UTF-8 `key=value` pairs ([`train_kit::report`] defines every field),
 //!
 //! `round=1 loss=2.30 accuracy=0.11 samples=1347 peers=3 seconds=0.041 transfer=0.004
-//! compute=0.021 checkpoint=0.001 coordination=0.015 bytes=48216 checkpoint_cid=…`
+//! compute=0.021 checkpoint=0.001 coordination=0.015 bytes=48216 combine=mean checkpoint_cid=…`
 //!
 //! where `loss` is the mean cross-entropy and `accuracy` the held-out fraction classified
 //! right. The report ends with `test count=450 loss=0.21 accuracy=0.95` for the final

@@ -10,15 +10,20 @@
 //! |---|---|---|---|
 //! | `split` | `csv` | `shards` (1), `seed` (0), `test_fraction` (0.25) | `test`, `shard0` … `shard{N-1}` |
 //! | `init` | | `hidden` (64), `seed` (0) | `params` |
-//! | `grad` | `params`, `shard` | | `grad`, `stats` |
+//! | `grad` | `params`, `shard` | `scale` (1) | `grad`, `stats` |
 //! | `step` | `params`, `shard` | `lr` (0.1), `steps` (1), `batch` (32), `seed` (0) | `params`, `stats` |
 //! | `eval` | `params`, `shard` | | `stats` (with `correct` and `accuracy`) |
-//! | `train` | `params`, `test`, `shard0` … `shard{N-1}`; or `resume` for `params` | `rounds` (20), `lr` (0.5), `mode` (`sync`), `local_steps` (10), `batch` (32), `seed` (0) | `params`, `checkpoint`, `report` |
+//! | `train` | `params`, `test`, `shard0` … `shard{N-1}`; or `resume` for `params` | `rounds` (20), `lr` (0.5), `mode` (`sync`), `local_steps` (10), `batch` (32), `seed` (0), `combine` (`mean`; or `median`, `trimmed`, `centered_clip`) | `params`, `checkpoint`, `report` |
 //!
 //! `grad` is the gradient of the mean loss over the whole shard, with the shard's sample
 //! count and loss sum in `stats`, so a driver combines shards by their sizes:
 //! `g = Σ count_j · g_j / Σ count_j`. `train` is that driver, spawning the other tasks of
-//! this module as subtasks; its checkpoint and report formats are in [`driver`].
+//! this module as subtasks; its checkpoint and report formats are in [`driver`], its other
+//! arguments in [`train_kit::driver`].
+//!
+//! `grad`'s `scale` multiplies the gradient it writes: it exists only so that a robustness
+//! test can make one worker lie (the driver's `poison_shard`, see [`train_kit::driver`]), and
+//! is 1 otherwise.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -101,18 +106,25 @@ fn init(ctx: &mut Ctx) -> Result<(), Error> {
     Ok(())
 }
 
-/// The gradient of the mean loss over `shard`, and the shard's count and loss sum.
+/// The gradient of the mean loss over `shard`, and the shard's count and loss sum. Argument
+/// `scale` (1) multiplies the gradient: a simulated liar, for the driver's robustness tests.
 #[shoal::task]
 fn grad(ctx: &mut Ctx) -> Result<(), Error> {
+    let scale: f32 = ctx.arg_or("scale", 1.0)?;
     let (params, shard) = params_and_shard(ctx)?;
     let batch = Batch::upload(&shard, params.dims)?;
     let (loss, grad) = model::loss_and_grad(&DeviceParams::upload(&params)?, &batch)?;
+    let mut grad = grad.download()?;
+    if scale != 1.0 {
+        grad.values.iter_mut().for_each(|g| *g *= scale);
+        log!("gradient scaled by {scale} (a simulated liar)");
+    }
     let stats = format::Stats {
         count: shard.rows() as u64,
         loss_sum: f64::from(loss) * shard.rows() as f64,
         correct: None,
     };
-    ctx.output("grad", &grad.download()?.encode()?)?;
+    ctx.output("grad", &grad.encode()?)?;
     ctx.output("stats", stats.encode().as_bytes())?;
     log!("{} rows, mean loss {loss}", shard.rows());
     Ok(())
@@ -217,6 +229,38 @@ mod tests {
         let accuracy = stats(eval.output("stats")).accuracy().unwrap();
         assert!(accuracy > 0.8, "held-out accuracy {accuracy}");
         eprintln!("native: held-out accuracy {accuracy} after 300 steps");
+    }
+
+    /// `grad`'s `scale` (the simulated liar of the driver's `poison_shard`) multiplies the
+    /// gradient and nothing else.
+    #[test]
+    fn grad_scale_multiplies_the_gradient() {
+        let split = NativeHost::new()
+            .input("csv", DIGITS_GZ)
+            .arg("shards", "8")
+            .run(super::split)
+            .unwrap();
+        let init = NativeHost::new()
+            .arg("hidden", "4")
+            .run(super::init)
+            .unwrap();
+        let grad = |scale: Option<&str>| {
+            let mut host = NativeHost::new()
+                .input("params", init.output("params").unwrap())
+                .input("shard", split.output("shard0").unwrap());
+            if let Some(scale) = scale {
+                host = host.arg("scale", scale);
+            }
+            let run = host.run(super::grad).unwrap();
+            let g = Params::decode(run.output("grad").unwrap()).unwrap();
+            (g, stats(run.output("stats")))
+        };
+        let ((plain, s1), (flipped, s2)) = (grad(None), grad(Some("-50")));
+        assert_eq!(s1, s2);
+        assert_eq!(plain.dims, flipped.dims);
+        let scaled: Vec<f32> = plain.values.iter().map(|g| -50.0 * g).collect();
+        assert_eq!(flipped.values, scaled);
+        assert!(plain.values.iter().any(|g| *g != 0.0));
     }
 
     #[test]

@@ -17,12 +17,24 @@
 //!   weighted by each shard's row count (read from its header).
 //!
 //! The combine is done here in plain Rust ([`crate::combine`]), accumulated in f64 in shard
-//! order, so a run is deterministic.
+//! order, so a run is deterministic. Argument `combine` picks it, in both modes: `mean` (the
+//! weighted means above, the default), or a robust one that a minority of lying workers
+//! cannot drag arbitrarily far, `median`, `trimmed` (with `trim`) or `centered_clip` (with
+//! `tau` and `clip_iters`); see [`Combine`].
 //!
 //! Arguments: `rounds` ([`Trainer::DEFAULT_ROUNDS`]), `lr` ([`Trainer::DEFAULT_LR`]), `mode`
-//! (`sync`), `local_steps` (10), `batch` (32), `seed` (0), `eval_every` (1). Inputs:
-//! `params` or `resume` (a checkpoint: its parameters, from its round + 1, with its RNG
-//! state), `test`, and `shard0` … `shard{N-1}`.
+//! (`sync`), `local_steps` (10), `batch` (32), `seed` (0), `eval_every` (1), `combine`
+//! (`mean`), `trim` (0.2), `tau` (the median distance), `clip_iters` (3). Inputs: `params`
+//! or `resume` (a checkpoint: its parameters, from its round + 1, with its RNG state),
+//! `test`, and `shard0` … `shard{N-1}`.
+//!
+//! **Simulated poisoning, for robustness tests**: `poison_shard=K` (sync mode only) passes
+//! `scale` (argument `poison_scale`, default −50) to the `grad` subtask of `shard{K}`, every
+//! round; a trainer's `grad` that honours `scale` multiplies its gradient by it (mlp-digits'
+//! does). It stands in for a hostile worker: a real one is a peer outside the driver's
+//! control, and the combine sees only the gradients either way, so a module that lies about
+//! one shard tests the combine as a hostile peer would. It is not a defence and not meant
+//! for real runs.
 
 use std::{
     io::Read,
@@ -33,7 +45,7 @@ use shoal::{Cid, Ctx, Error, Outputs, Spawn, abi::MAX_SUBTASKS, log};
 
 use crate::{
     Checkpoint, Rng,
-    combine::{sgd_update, weighted_mean},
+    combine::{Combine, sgd_update},
     report::{Round, Stats, test_line},
     subtasks::{Reader, run_all},
 };
@@ -151,6 +163,36 @@ fn eval_spawn(module: Cid, params: Cid, test: Cid) -> Spawn {
         .input("shard", test)
 }
 
+/// The simulated poisoning arguments (see the module docs): the shard index and the scale
+/// its `grad` gets, if `poison_shard` is given.
+fn poison(ctx: &Ctx, mode: Mode, shards: usize) -> Result<Option<(usize, f32)>, Error> {
+    let Some(shard) = ctx
+        .arg("poison_shard")
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|e| Error::msg(format!("argument `poison_shard={v}`: {e}")))
+        })
+        .transpose()?
+    else {
+        if ctx.arg("poison_scale").is_some() {
+            return Err(Error::msg("argument `poison_scale` needs `poison_shard`"));
+        }
+        return Ok(None);
+    };
+    if mode != Mode::Sync {
+        return Err(Error::msg(
+            "poison_shard: only sync mode's `grad` takes a `scale`",
+        ));
+    }
+    if shard >= shards {
+        return Err(Error::msg(format!(
+            "poison_shard={shard}: there are {shards} shard(s)"
+        )));
+    }
+    let scale: f32 = ctx.arg_or("poison_scale", -50.0)?;
+    Ok(Some((shard, scale)))
+}
+
 /// The `train` task of trainer `T`; see the module docs.
 ///
 /// # Errors
@@ -178,7 +220,9 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
             )));
         }
     };
+    let combine = Combine::from_args(|key| ctx.arg(key))?;
     let names = shard_names(&ctx.input_names())?;
+    let poison = poison(ctx, mode, names.len())?;
     let test = ctx.input_cid("test")?;
     let module = ctx.module()?;
 
@@ -227,10 +271,14 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
         shards.push(ShardInput { name, cid, rows });
     }
     log!(
-        "training {} parameters on {} shard(s), rounds {first}..={rounds}, {mode:?}, lr {lr}",
+        "training {} parameters on {} shard(s), rounds {first}..={rounds}, {mode:?}, lr {lr}, \
+         combine {combine}",
         T::values(&params).len(),
         shards.len()
     );
+    if let Some((shard, scale)) = poison {
+        log!("poisoning: the gradient of `shard{shard}` is scaled by {scale} every round");
+    }
 
     let mut report = String::new();
     let mut checkpoint = None;
@@ -244,11 +292,16 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
                 "grad",
                 shards
                     .iter()
-                    .map(|s| {
-                        Spawn::new(module)
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let spawn = Spawn::new(module)
                             .task("grad")
                             .input("params", p)
-                            .input("shard", s.cid)
+                            .input("shard", s.cid);
+                        match poison {
+                            Some((shard, scale)) if shard == i => spawn.arg("scale", scale),
+                            _ => spawn,
+                        }
                     })
                     .collect(),
             ),
@@ -329,10 +382,10 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
         }
         let combining = Instant::now();
         let parts: Vec<(u64, &[f32])> = parts.iter().map(|(w, v)| (*w, T::values(v))).collect();
-        let mean = weighted_mean(&parts)?;
+        let combined = combine.combine(&parts)?;
         match mode {
-            Mode::Sync => sgd_update(T::values_mut(&mut params), &mean, lr),
-            Mode::Local { .. } => T::values_mut(&mut params).copy_from_slice(&mean),
+            Mode::Sync => sgd_update(T::values_mut(&mut params), &combined, lr),
+            Mode::Local { .. } => T::values_mut(&mut params).copy_from_slice(&combined),
         }
         let combined = combining.elapsed();
 
@@ -358,6 +411,7 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
             compute: (run + combined).as_secs_f64(),
             checkpoint: stored.as_secs_f64(),
             bytes: encoded.len() as u64 * spawned + read.bytes,
+            combine: Some(combine.name()),
             checkpoint_cid: Some(cid),
         }
         .line();

@@ -7,7 +7,7 @@
 //!
 //! | task | inputs | args | outputs |
 //! |---|---|---|---|
-//! | `grad` | `params`, `shard` | | `grad` (parameters' layout), `stats` |
+//! | `grad` | `params`, `shard` | `scale` (only from `poison_shard`, see [`driver`]) | `grad` (parameters' layout), `stats` |
 //! | `step` (local mode only) | `params`, `shard` | `lr`, `steps`, `batch`, `seed` | `params`, `stats` |
 //! | `eval` | `params`, `shard` (`test`) | | `stats` |
 //!
@@ -15,7 +15,7 @@
 //! - [`checkpoint`]: the checkpoint layout, behind each trainer's own magic;
 //! - [`report`]: the per-round `key=value` lines that `host train` parses;
 //! - [`subtasks`]: running a round's subtasks and reading their outputs;
-//! - [`combine`]: the weighted mean and the SGD step;
+//! - [`combine`]: the weighted mean, the robust combines ([`Combine`]) and the SGD step;
 //! - [`rng`]: the seeded PRNG whose state a checkpoint carries.
 
 #![deny(missing_docs)]
@@ -29,6 +29,7 @@ pub mod rng;
 pub mod subtasks;
 
 pub use checkpoint::Checkpoint;
+pub use combine::Combine;
 pub use driver::{LocalShards, Mode, Trainer, train};
 pub use report::{Round, Stats};
 pub use rng::Rng;

@@ -3,7 +3,7 @@
 //! `host train` parses these lines (only `round`, `loss` and `seconds` are required there):
 //!
 //! `round=1 loss=2.30 accuracy=0.11 samples=1347 peers=3 seconds=0.041 transfer=0.004
-//! compute=0.021 checkpoint=0.001 coordination=0.015 bytes=48216 checkpoint_cid=…`
+//! compute=0.021 checkpoint=0.001 coordination=0.015 bytes=48216 combine=mean checkpoint_cid=…`
 //!
 //! - `loss`: the mean over all shards' samples (sync: at the parameters before the round's
 //!   step; local: of the minibatches the round saw);
@@ -20,6 +20,8 @@
 //!   only approximately;
 //! - `bytes`: what the round moved at most: the parameters to each subtask and every result
 //!   read back (a subtask on the driver's own node moves nothing over the network);
+//! - `combine`: how the round's results were combined (the driver's `combine` argument:
+//!   `mean`, `median`, `trimmed` or `centered_clip`);
 //! - `checkpoint_cid`: the round's checkpoint object, which the submitter can fetch and keep.
 //!
 //! The report ends with `test count=450 loss=0.21 accuracy=0.95` for the final parameters
@@ -70,6 +72,8 @@ pub struct Round {
     pub checkpoint: f64,
     /// Bytes moved at most.
     pub bytes: u64,
+    /// The combine that ran (the `combine` argument's value).
+    pub combine: Option<&'static str>,
     /// The checkpoint object's CID.
     pub checkpoint_cid: Option<Cid>,
 }
@@ -93,6 +97,9 @@ impl Round {
             self.checkpoint,
             self.bytes
         ));
+        if let Some(combine) = self.combine {
+            line.push_str(&format!(" combine={combine}"));
+        }
         if let Some(cid) = self.checkpoint_cid {
             line.push_str(&format!(" checkpoint_cid={cid}"));
         }
@@ -127,6 +134,7 @@ mod tests {
             compute: 0.02,
             checkpoint: 0.001,
             bytes: 99,
+            combine: None,
             checkpoint_cid: None,
         };
         assert_eq!(
@@ -136,13 +144,17 @@ mod tests {
         );
         let bare = Round {
             accuracy: None,
+            combine: Some("median"),
             checkpoint_cid: Some(Cid([7; 32])),
             ..round
         };
         let line = bare.line();
         assert!(line.starts_with("round=3 loss=0.25 samples=10 "), "{line}");
         assert!(
-            line.ends_with(&format!(" checkpoint_cid={}", Cid([7; 32]))),
+            line.ends_with(&format!(
+                " bytes=99 combine=median checkpoint_cid={}",
+                Cid([7; 32])
+            )),
             "{line}"
         );
         let stats = Stats {
