@@ -6,6 +6,7 @@ mod compute;
 mod containment;
 mod decoders;
 mod deterministic;
+mod fairness;
 mod mesh;
 mod sandbox;
 mod subtasks;

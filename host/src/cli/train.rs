@@ -77,6 +77,9 @@ impl Round {
             line.push_str(&format!("  {peers} peer(s)"));
         }
         line.push_str(&format!("  {:.3} s", self.seconds));
+        if let Some(cid) = &self.checkpoint_cid {
+            line.push_str(&format!("  checkpoint {cid}"));
+        }
         line
     }
 }
@@ -104,10 +107,17 @@ struct Live<'a> {
     data_dir: &'a Path,
     json: bool,
     bar: Option<indicatif::ProgressBar>,
+    /// The peer the driver's records last came from, to say when it changes.
+    driver: std::cell::RefCell<Option<String>>,
 }
 
 impl Live<'_> {
     fn record(&self, peer: String, record: &[u8]) {
+        if self.driver.borrow().as_ref() != Some(&peer) {
+            // The first record, or the driver was placed again after its peer was lost.
+            self.say(format!("the driver runs on {peer}"));
+            *self.driver.borrow_mut() = Some(peer.clone());
+        }
         let text = String::from_utf8_lossy(record);
         let Some(round) = Round::parse(&text) else {
             self.say(format!("driver: {}", escape::line(&text)));
@@ -242,6 +252,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
             );
             bar
         }),
+        driver: std::cell::RefCell::default(),
     };
     let trained = run("train", inputs, extra(train_args), &mut |peer, r| {
         live.record(peer, &r)

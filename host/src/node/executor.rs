@@ -105,7 +105,10 @@ impl NodeInner {
         }
         let fetched = fetching.elapsed();
         let progress = (token != 0).then(|| self.send_progress_to(from, token));
-        let mut report = self.runtime.run_reporting(spec, progress).await;
+        // Queued as its tenant's, so one tenant's flood waits behind its own tasks, not
+        // behind others'; this node's own identity shares its local tasks' queue.
+        let queue = (tenant != me).then(|| tenant.to_string());
+        let mut report = self.runtime.run_for(queue, spec, progress).await;
         report.stats.fetch = fetched;
         if let Ok(outputs) = &report.result {
             for (_, cid) in outputs {

@@ -5,6 +5,7 @@ mod compile;
 mod host_fns;
 pub mod limits;
 mod logs;
+mod queue;
 mod subtasks;
 mod tensor_fns;
 mod wasi;
@@ -30,11 +31,13 @@ pub use self::{
     },
     limits::{HOST_ALLOWANCE, Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB, default_memory_budget},
     logs::Logs,
+    queue::{MAX_QUEUED, MAX_QUEUED_PER_TENANT, QueueFull},
     subtasks::Mesh,
 };
 use self::{
     limits::{Kill, TaskClock, TaskLimiter, fmt_bytes},
     logs::LogSink,
+    queue::{Admission, FairQueue, Place},
 };
 use crate::{
     compute::{DeviceChoice, TensorTable},
@@ -44,14 +47,20 @@ use crate::{
 /// The most slots a runtime runs: each is a thread, and the instance pool holds two
 /// memories' worth of address space per slot.
 pub const MAX_SLOTS: usize = 256;
-/// Tasks that may wait for a slot before `Runtime::run` callers wait to enqueue.
-const JOB_QUEUE_LEN: usize = 1024;
+/// The node's own tasks that may wait (for memory or a slot) before further ones wait to be
+/// queued: other tenants' tasks are refused past their bounds instead ([`QueueFull`]).
+const OWN_QUEUE_LEN: usize = MAX_QUEUED_PER_TENANT;
+
 /// A task for a slot thread, where its progress records go, and where its report goes.
-type Job = (
-    TaskSpec,
-    Option<Progress>,
-    tokio::sync::oneshot::Sender<TaskReport>,
-);
+struct Job {
+    spec: TaskSpec,
+    progress: Option<Progress>,
+    reply: tokio::sync::oneshot::Sender<TaskReport>,
+    /// Its place in its tenant's queue bound, given back when a slot takes it.
+    place: Place,
+    /// For the node's own tasks, their room in [`OWN_QUEUE_LEN`], likewise.
+    own_room: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 /// Where a running task's progress records go (`shoal_v1::progress`), each at most
 /// [`shoal::abi::MAX_PROGRESS_LEN`] bytes. Called on the task's slot thread: it must hand the
@@ -232,7 +241,7 @@ static LENT_SLOTS: AtomicUsize = AtomicUsize::new(0);
 struct SlotRole {
     slot: usize,
     inner: std::sync::Weak<Inner>,
-    job_rx: Arc<Mutex<tokio::sync::mpsc::Receiver<Job>>>,
+    jobs: Arc<FairQueue<Job>>,
     run: Runner,
 }
 
@@ -252,16 +261,21 @@ fn spawn_slot(role: SlotRole) -> std::io::Result<()> {
 /// its slot to another (its task blocked on subtasks), until its current task ends.
 fn serve_slot(role: SlotRole) {
     let _slot = tracing::info_span!("slot", slot = role.slot).entered();
-    let (job_rx, weak, run) = (role.job_rx.clone(), role.inner.clone(), role.run);
+    let (jobs, weak, run) = (role.jobs.clone(), role.inner.clone(), role.run);
     SLOT.with(|s| *s.borrow_mut() = Some(role));
     loop {
-        let job = job_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .blocking_recv();
-        let (Some((spec, progress, reply)), Some(inner)) = (job, weak.upgrade()) else {
+        let (Some(job), Some(inner)) = (jobs.pop(), weak.upgrade()) else {
             return;
         };
+        let Job {
+            spec,
+            progress,
+            reply,
+            place,
+            own_room,
+        } = job;
+        // No longer waiting: its tenant may queue another.
+        drop((place, own_room));
         let runtime = Runtime { inner };
         runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
         runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
@@ -378,8 +392,12 @@ struct Inner {
     linker: Linker<TaskState>,
     modules: Mutex<compile::ModuleCache<Compiled>>,
     store: Arc<BlockStore>,
-    /// Jobs for the slot threads; bounded, so a flood of submissions waits instead of piling up.
-    jobs: tokio::sync::mpsc::Sender<Job>,
+    /// Jobs for the slot threads, one queue per tenant served in turn.
+    jobs: Arc<FairQueue<Job>>,
+    /// What each tenant has waiting, bounded so a flood is refused instead of piling up.
+    admission: Arc<Admission>,
+    /// Room for the node's own waiting tasks (see [`OWN_QUEUE_LEN`]).
+    own_room: Arc<tokio::sync::Semaphore>,
     slot_count: usize,
     busy: AtomicUsize,
     queued: AtomicUsize,
@@ -399,6 +417,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        // The slot threads hold the runtime weakly and wait on the queue: closing it ends them.
+        self.jobs.close();
     }
 }
 
@@ -460,14 +480,16 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
 
         let budget_mib = u32::try_from(config.memory_budget / MIB).unwrap_or(u32::MAX);
-        let (jobs, job_rx) = tokio::sync::mpsc::channel::<Job>(JOB_QUEUE_LEN);
+        let jobs = Arc::new(FairQueue::default());
         let runtime = Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 modules: Mutex::default(),
                 store,
-                jobs,
+                jobs: jobs.clone(),
+                admission: Arc::default(),
+                own_room: Arc::new(tokio::sync::Semaphore::new(OWN_QUEUE_LEN)),
                 slot_count: slots,
                 busy: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
@@ -483,24 +505,23 @@ impl Runtime {
                 mesh: std::sync::OnceLock::new(),
             }),
         };
-        runtime.start_slots(slots, job_rx, run)?;
+        runtime.start_slots(slots, &jobs, run)?;
         Ok(runtime)
     }
 
-    /// One thread per slot pulls jobs off the shared queue. The threads hold the runtime only
-    /// weakly, so dropping the last `Runtime` closes the queue and ends them.
+    /// One thread per slot takes jobs off the shared fair queue. The threads hold the runtime
+    /// only weakly, so dropping the last `Runtime` closes the queue and ends them.
     fn start_slots(
         &self,
         slots: usize,
-        job_rx: tokio::sync::mpsc::Receiver<Job>,
+        jobs: &Arc<FairQueue<Job>>,
         run: Runner,
     ) -> Result<(), RuntimeError> {
-        let job_rx = Arc::new(Mutex::new(job_rx));
         for slot in 0..slots {
             spawn_slot(SlotRole {
                 slot,
                 inner: Arc::downgrade(&self.inner),
-                job_rx: job_rx.clone(),
+                jobs: jobs.clone(),
                 run,
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start slot thread: {e}")))?;
@@ -536,13 +557,39 @@ impl Runtime {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
-    /// Runs a task on a blocking thread once a slot is free.
+    /// Runs a task on a blocking thread once a slot is free. Tasks wait in one queue per
+    /// tenant ([`TaskSpec::tenant`]), served in turn; see [`Runtime::run_for`].
     pub async fn run(&self, spec: TaskSpec) -> TaskReport {
         self.run_reporting(spec, None).await
     }
 
-    /// [`Runtime::run`], handing the task's progress records to `progress` as it runs.
+    /// [`Runtime::run`], handing the task's progress records to `progress` as it runs. The
+    /// task queues as its [`TaskSpec::tenant`]'s (the node's own when `None`); a caller that
+    /// knows the tenant's identity should name it with [`Runtime::run_for`], since the spec's
+    /// opaque proof may differ between tasks of one tenant.
     pub async fn run_reporting(&self, spec: TaskSpec, progress: Option<Progress>) -> TaskReport {
+        let tenant = spec.tenant.as_deref().map(|proof| {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(proof);
+            format!("(delegated, {hash:016x})")
+        });
+        self.run_for(tenant, spec, progress).await
+    }
+
+    /// [`Runtime::run_reporting`] in the queue of `tenant` (`None`: the node's own). Each
+    /// tenant's tasks run in the order they came; tenants with tasks waiting take turns at
+    /// the slots, one task each, so one tenant's backlog does not delay another's task.
+    ///
+    /// # Errors
+    /// A report failed with [`FailureKind::Denied`] at once when `tenant` already has
+    /// [`MAX_QUEUED_PER_TENANT`] tasks waiting here, or all tenants [`MAX_QUEUED`]. The
+    /// node's own tasks are not refused: past [`MAX_QUEUED_PER_TENANT`] they wait for room.
+    pub async fn run_for(
+        &self,
+        tenant: Option<String>,
+        spec: TaskSpec,
+        progress: Option<Progress>,
+    ) -> TaskReport {
         let lost = TaskReport::lost;
         let needs = spec.limits.host_bytes().div_ceil(MIB);
         let budget = self.inner.budget_mib;
@@ -560,13 +607,35 @@ impl Runtime {
                 ),
             ));
         };
+        // Counted from here until a slot takes it, waiting for memory included, so a tenant
+        // past its bound is refused before it waits for anything.
+        let own_room = match tenant {
+            Some(_) => None,
+            None => match self.inner.own_room.clone().acquire_owned().await {
+                Ok(room) => Some(room),
+                Err(_) => return lost("the runtime is shutting down".into()),
+            },
+        };
+        let place = match self.inner.admission.admit(tenant.clone()) {
+            Ok(place) => place,
+            Err(full) => {
+                return TaskReport::failed(TaskFailure::new(FailureKind::Denied, full.to_string()));
+            }
+        };
         // Held until the report is back: the task's memory is the node's until it ends.
         let Ok(_budget) = self.inner.budget.clone().acquire_many_owned(needs).await else {
             return lost("the runtime is shutting down".into());
         };
         let (reply, report) = tokio::sync::oneshot::channel();
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.jobs.send((spec, progress, reply)).await.is_err() {
+        let job = Job {
+            spec,
+            progress,
+            reply,
+            place,
+            own_room,
+        };
+        if self.inner.jobs.push(tenant, job).is_err() {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
             return lost("the runtime is shutting down".into());
         }
