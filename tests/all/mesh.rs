@@ -1025,12 +1025,24 @@ fn host_train_keeps_every_rounds_checkpoint_and_resumes_after_the_driver_node_di
     );
     let png = std::fs::read(plot).expect("the loss curve");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(rounds.iter().all(|r| r["checkpoint_cid"].is_string()), "{first}");
+    assert!(
+        rounds.iter().all(|r| r["checkpoint_cid"].is_string()),
+        "{first}"
+    );
 
     // A long run, followed live: kill -9 the driver's node once round 3 is reported.
     let mut live = Command::new(host_bin())
         .args(["train", wasm::MLP_DIGITS, "--data", data, "--shards", "2"])
-        .args(["--hidden", "16", "--rounds", "120", "--eval-every", "0", "--plot", plot])
+        .args([
+            "--hidden",
+            "16",
+            "--rounds",
+            "120",
+            "--eval-every",
+            "0",
+            "--plot",
+            plot,
+        ])
         .arg("--data-dir")
         .arg(&s.data_dir)
         .stdout(Stdio::piped())
@@ -1068,7 +1080,10 @@ fn host_train_keeps_every_rounds_checkpoint_and_resumes_after_the_driver_node_di
     // what matters is that the checkpoint outlives the driver's node.
     let deadline = Instant::now() + Duration::from_secs(120);
     while live.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "host train hangs after its driver died");
+        assert!(
+            Instant::now() < deadline,
+            "host train hangs after its driver died"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let resumed = train("5", Some(&checkpoint));
