@@ -19,8 +19,9 @@ use std::{
 
 use shoal::abi::ErrorCode;
 use shoal_host::compute::{
-    Backend, BackendKind, ComputeError, DeviceChoice, GpuBackend, OpBudget, Overrun, ReduceAxis,
-    ReduceOp, Shape, TensorOp, TensorTable, UnaryOp, XentReduction, select_backend,
+    Backend, BackendKind, ComputeError, DeterministicCpuBackend, DeviceChoice, GpuBackend,
+    OpBudget, Overrun, ReduceAxis, ReduceOp, Shape, TensorOp, TensorTable, UnaryOp, XentReduction,
+    select_backend,
 };
 
 const QUOTA: u64 = 1 << 30;
@@ -46,7 +47,7 @@ fn cpu() -> Arc<dyn Backend> {
 }
 
 /// Deterministic values in [-1, 1] (xorshift64*).
-fn values(len: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -119,7 +120,7 @@ fn matmul_ref(
     (out, mag)
 }
 
-fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, ta: bool, tb: bool) {
+pub(crate) fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, ta: bool, tb: bool) {
     let mut t = TensorTable::new(backend.clone(), QUOTA);
     let sa = if ta {
         Shape::new(k, m)
@@ -152,6 +153,10 @@ fn matmul_awkward(backend: Arc<dyn Backend>) {
         (1, 129, 3),
         (130, 1, 70),
         (64, 64, 64),
+        // Ends mid-way through the deterministic kernels' register tiles and depth blocks.
+        (37, 53, 29),
+        (97, 257, 33),
+        (9, 7, 259),
     ] {
         for ta in [false, true] {
             for tb in [false, true] {
@@ -634,6 +639,15 @@ macro_rules! backend_tests {
 
 backend_tests!(cpu_backend, cpu());
 backend_tests!(gpu_backend, gpu());
+// The deterministic backend meets the same reference, on its fast kernels and its plain ones.
+backend_tests!(
+    deterministic_fast_kernels,
+    Arc::new(DeterministicCpuBackend::with(2, true)) as Arc<dyn Backend>
+);
+backend_tests!(
+    deterministic_plain_kernels,
+    Arc::new(DeterministicCpuBackend::with(1, false)) as Arc<dyn Backend>
+);
 
 #[test]
 fn gpu_backend_is_a_gpu() {
