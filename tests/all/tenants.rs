@@ -25,7 +25,7 @@ use shoal_p2p::{
 };
 use shoal_task_artifacts as wasm;
 
-use crate::util::node;
+use crate::util::{connect, node, spec_for};
 
 /// An in-process node on 127.0.0.1 with this policy.
 async fn node_with(root: &Path, name: &str, slots: usize, policy: Policy) -> Node {
@@ -48,35 +48,6 @@ async fn node_with(root: &Path, name: &str, slots: usize, policy: Policy) -> Nod
 fn identity(root: &Path, name: &str) -> Keypair {
     let bytes = std::fs::read(root.join(name).join("identity.key")).expect("identity key");
     Keypair::from_protobuf_encoding(&bytes).expect("a key")
-}
-
-/// Connects `from` to `to`, returning `to`'s peer id.
-async fn connect(from: &Node, to: &Node) -> PeerId {
-    let addr = to.net().listen_addrs().await.expect("addresses")[0].clone();
-    from.net().dial(addr).await.expect("dial")
-}
-
-/// A spec for the module at `path`, stored and announced by `node`.
-async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
-    let spec = TaskSpec {
-        module: node.put_path(path.into()).await.expect("module"),
-        task: None,
-        inputs: vec![],
-        args: args
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        limits: Limits {
-            timeout: Duration::from_secs(30),
-            cpu_budget: Duration::from_secs(30),
-            ..Limits::default()
-        },
-        depth: 0,
-        deterministic: false,
-        tenant: None,
-    };
-    node.announce_spec(&spec).await;
-    spec
 }
 
 /// The failure a report carries, or a test failure.

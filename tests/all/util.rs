@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use shoal_host::{
     compute::{DeviceChoice, GpuBackend},
@@ -172,4 +172,34 @@ pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
     })
     .await
     .expect("node starts")
+}
+
+/// Connects `from` to `to`, returning `to`'s peer id.
+pub async fn connect(from: &Node, to: &Node) -> shoal_p2p::PeerId {
+    let addr = to.net().listen_addrs().await.expect("addresses")[0].clone();
+    from.net().dial(addr).await.expect("dial")
+}
+
+/// A spec for the module at `path` with `args`, stored and announced by `node`, with 30 s of
+/// time and CPU.
+pub async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
+    let spec = TaskSpec {
+        module: node.put_path(path.into()).await.expect("module"),
+        task: None,
+        inputs: vec![],
+        args: args
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        limits: Limits {
+            timeout: Duration::from_secs(30),
+            cpu_budget: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        depth: 0,
+        deterministic: false,
+        tenant: None,
+    };
+    node.announce_spec(&spec).await;
+    spec
 }

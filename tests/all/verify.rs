@@ -18,7 +18,7 @@ use shoal_host::{
     compute::DeviceChoice,
     control::{self, Peers},
     node::{Node, NodeConfig},
-    runtime::{FailureKind, Limits, TaskSpec},
+    runtime::{FailureKind, TaskSpec},
     store::{BlockStore, Cid},
 };
 use shoal_p2p::{
@@ -26,6 +26,8 @@ use shoal_p2p::{
     TaskOutcome,
 };
 use shoal_task_artifacts as wasm;
+
+use crate::util::{connect, spec_for};
 
 /// How a wrapped node answers other peers' tasks.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -123,33 +125,6 @@ async fn wrapped(root: &Path, name: &str, behaviour: Behaviour) -> (Node, Arc<At
     .expect("wrapped node starts");
     store.set(node.store().clone()).ok();
     (node, tasks)
-}
-
-/// Connects `from` to `to`, returning `to`'s peer id.
-async fn connect(from: &Node, to: &Node) -> PeerId {
-    let addr = to.net().listen_addrs().await.expect("addresses")[0].clone();
-    from.net().dial(addr).await.expect("dial")
-}
-
-/// A spec for the module at `path`, stored (and announced) by `node`.
-async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
-    TaskSpec {
-        module: node.put_path(path.into()).await.expect("module"),
-        task: None,
-        inputs: vec![],
-        args: args
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        limits: Limits {
-            timeout: Duration::from_secs(30),
-            cpu_budget: Duration::from_secs(30),
-            ..Limits::default()
-        },
-        depth: 0,
-        deterministic: false,
-        tenant: None,
-    }
 }
 
 /// A hello spec whose module and input are in `node`'s store.
