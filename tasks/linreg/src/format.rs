@@ -34,6 +34,7 @@
 //! when read. Floats are written in Rust's shortest form that reads back exactly.
 
 use shoal::Error;
+use train_kit::report::{pairs, value as value_of};
 
 /// The magic that starts a parameter or gradient file.
 pub const PARAMS_MAGIC: [u8; 4] = *b"LRP1";
@@ -276,17 +277,12 @@ impl Stats {
     /// Text that is not UTF-8, a pair without `=`, a value that does not parse, or no
     /// `count` or `loss_sum`.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let text = std::str::from_utf8(bytes).map_err(|e| Error::msg(format!("stats: {e}")))?;
         let (mut count, mut loss_sum, mut sst) = (None, None, None);
-        for pair in text.split_whitespace() {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| Error::msg(format!("stats: `{pair}` is not key=value")))?;
-            let bad = |e: &dyn std::fmt::Display| Error::msg(format!("stats `{pair}`: {e}"));
+        for (key, value) in pairs(bytes)? {
             match key {
-                "count" => count = Some(value.parse().map_err(|e| bad(&e))?),
-                "loss_sum" => loss_sum = Some(value.parse().map_err(|e| bad(&e))?),
-                "sst" => sst = Some(value.parse().map_err(|e| bad(&e))?),
+                "count" => count = Some(value_of(key, value)?),
+                "loss_sum" => loss_sum = Some(value_of(key, value)?),
+                "sst" => sst = Some(value_of(key, value)?),
                 _ => {}
             }
         }

@@ -27,7 +27,34 @@
 //! The report ends with `test count=450 loss=0.21 accuracy=0.95` for the final parameters
 //! (`accuracy=NaN` where the trainer's `eval` reports none).
 
-use shoal::Cid;
+use shoal::{Cid, Error};
+
+/// The `key=value` pairs of a stats text (what a trainer's `grad` and `eval` write), in order.
+///
+/// # Errors
+/// Text that is not UTF-8, or a pair without `=`.
+pub fn pairs(bytes: &[u8]) -> Result<Vec<(&str, &str)>, Error> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::msg(format!("stats: {e}")))?;
+    text.split_whitespace()
+        .map(|pair| {
+            pair.split_once('=')
+                .ok_or_else(|| Error::msg(format!("stats: `{pair}` is not key=value")))
+        })
+        .collect()
+}
+
+/// `value` of `key` in a stats text, parsed.
+///
+/// # Errors
+/// A value that does not parse, naming the pair.
+pub fn value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| Error::msg(format!("stats `{key}={value}`: {e}")))
+}
 
 /// What the driver reads from a subtask's `stats`: each trainer decodes its own format into
 /// this.
