@@ -25,20 +25,13 @@ use shoal_p2p::{
 };
 use shoal_task_artifacts as wasm;
 
-use crate::util::{connect, node, spec_for};
+use crate::util::{connect, node, node_config, spec_for};
 
 /// An in-process node on 127.0.0.1 with this policy.
 async fn node_with(root: &Path, name: &str, slots: usize, policy: Policy) -> Node {
     Node::start(NodeConfig {
-        data_dir: root.join(name),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("an address")],
-        bootstrap: vec![],
-        mdns: false,
-        slots,
-        device: DeviceChoice::Cpu,
-        store_limit: None,
-        memory_budget: None,
         policy,
+        ..node_config(root, name, slots)
     })
     .await
     .expect("node starts")

@@ -157,9 +157,10 @@ pub fn software_gpu() -> GpuBackend {
     })
 }
 
-/// An in-process node in `root/name` on 127.0.0.1 with `slots` slots, cpu tensors.
-pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
-    Node::start(NodeConfig {
+/// The config of an in-process node in `root/name` on 127.0.0.1 with `slots` slots, cpu
+/// tensors, no mDNS and the default policy.
+pub fn node_config(root: &Path, name: &str, slots: usize) -> NodeConfig {
+    NodeConfig {
         data_dir: root.join(name),
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("an address")],
         bootstrap: vec![],
@@ -169,9 +170,14 @@ pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
         store_limit: None,
         memory_budget: None,
         policy: Default::default(),
-    })
-    .await
-    .expect("node starts")
+    }
+}
+
+/// A node started from [`node_config`].
+pub async fn node(root: &Path, name: &str, slots: usize) -> Node {
+    Node::start(node_config(root, name, slots))
+        .await
+        .expect("node starts")
 }
 
 /// Connects `from` to `to`, returning `to`'s peer id.

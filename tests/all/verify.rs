@@ -15,9 +15,8 @@ use std::{
 };
 
 use shoal_host::{
-    compute::DeviceChoice,
     control::{self, Peers},
-    node::{Node, NodeConfig},
+    node::Node,
     runtime::{FailureKind, TaskSpec},
     store::{BlockStore, Cid},
 };
@@ -27,7 +26,7 @@ use shoal_p2p::{
 };
 use shoal_task_artifacts as wasm;
 
-use crate::util::{connect, spec_for};
+use crate::util::{connect, node, node_config, spec_for};
 
 /// How a wrapped node answers other peers' tasks.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,32 +87,12 @@ impl InboundHandler for Wrapped {
     }
 }
 
-fn config(root: &Path, name: &str, slots: usize) -> NodeConfig {
-    NodeConfig {
-        data_dir: root.join(name),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("an address")],
-        bootstrap: vec![],
-        mdns: false,
-        slots,
-        device: DeviceChoice::Cpu,
-        store_limit: None,
-        memory_budget: None,
-        policy: Default::default(),
-    }
-}
-
-async fn node(root: &Path, name: &str, slots: usize) -> Node {
-    Node::start(config(root, name, slots))
-        .await
-        .expect("node starts")
-}
-
 /// A one-slot node whose answers to other peers are wrapped; and the count of tasks it got.
 async fn wrapped(root: &Path, name: &str, behaviour: Behaviour) -> (Node, Arc<AtomicUsize>) {
     let store = Arc::new(OnceLock::new());
     let tasks = Arc::new(AtomicUsize::new(0));
     let (store_slot, counter) = (store.clone(), tasks.clone());
-    let node = Node::start_with(config(root, name, 1), move |inner| {
+    let node = Node::start_with(node_config(root, name, 1), move |inner| {
         Arc::new(Wrapped {
             inner,
             behaviour,
