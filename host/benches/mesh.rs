@@ -79,7 +79,7 @@ fn main() {
         let worker_id = client.net().dial(addr).await.expect("dial");
 
         let module = client
-            .put_path(shoal_task_artifacts::NOOP.into())
+            .put_path(shoal_task_artifacts::NOOP.into(), false)
             .await
             .expect("put noop");
         let spec = TaskSpec {
@@ -150,13 +150,21 @@ fn main() {
             .collect();
         let file = root.path().join("big.bin");
         std::fs::write(&file, &data).expect("write file");
-        let cid = worker.put_path(file).await.expect("put");
+        // Public: the client is another tenant.
+        let cid = worker.put_path(file, true).await.expect("put");
         let manifest = worker.store().manifest(&cid).expect("manifest");
         let t = Instant::now();
         for c in manifest.chunks.iter().take(16) {
             client
                 .net()
-                .fetch_block(worker_id, *c)
+                .fetch_block(
+                    worker_id,
+                    shoal_p2p::BlockRequest {
+                        cid: *c,
+                        file: cid,
+                        credential: client.credential().clone(),
+                    },
+                )
                 .await
                 .expect("block")
                 .expect("found");

@@ -18,18 +18,18 @@ use crate::messages::{
     ProgressRecord, TaskOutcome, TaskSpec,
 };
 
-/// `/shoal/block/1`: fetch a block by id.
+/// `/shoal/block/2`: fetch a block by id.
 pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
-/// `/shoal/task/4`: submit a task, get its outcome.
+/// `/shoal/task/5`: submit a task, get its outcome.
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
 pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
 /// `/shoal/progress/1`: a task's progress record, from the peer running it to its submitter.
 pub const PROGRESS_PROTOCOL: StreamProtocol = StreamProtocol::new(PROGRESS_PROTOCOL_NAME);
 /// The name of [`BLOCK_PROTOCOL`].
-pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/1";
+pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/2";
 /// The name of [`TASK_PROTOCOL`].
-pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/4";
+pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/5";
 /// The name of [`CAPACITY_PROTOCOL`].
 pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
 /// The name of [`PROGRESS_PROTOCOL`].
@@ -51,13 +51,14 @@ pub struct FrameLimits {
     pub response: usize,
 }
 
-/// `/shoal/block/1`: a 32-byte id in; a block of at most 1 MiB plus the enum tag and length
-/// varint out.
+/// `/shoal/block/2`: two 32-byte ids and a credential in (a chain of at most
+/// [`crate::auth::MAX_CHAIN`] links of about 200 bytes); a block of at most 1 MiB plus the enum
+/// tag and length varint out.
 pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
-    request: 64,
+    request: 4096,
     response: MAX_BLOCK_LEN + 64,
 };
-/// `/shoal/task/4`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+/// `/shoal/task/5`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
     request: 1 << 20,
     response: 4 << 20,
@@ -192,9 +193,9 @@ impl<Req, Resp> FramedCodec<Req, Resp> {
     }
 }
 
-/// The codec of `/shoal/block/1`.
+/// The codec of `/shoal/block/2`.
 pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
-/// The codec of `/shoal/task/4`.
+/// The codec of `/shoal/task/5`.
 pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
 /// The codec of `/shoal/capacity/1`.
 pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
@@ -256,7 +257,7 @@ mod tests {
 
     use super::*;
     use crate::messages::{
-        AuthError, Cid, Delegation, FailureKind, TaskAuth, TaskLimits, TaskStats,
+        AuthError, Cid, Credential, Delegation, FailureKind, TaskAuth, TaskLimits, TaskStats,
     };
 
     fn round_trip<M>(msg: &M, max: usize) -> M
@@ -314,21 +315,29 @@ mod tests {
             depth in 0u32..8,
             progress in any::<u64>(),
             deterministic in any::<bool>(),
+            sources in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..4),
             auth in task_auth(),
         ) -> TaskSpec {
-            TaskSpec { module, entry, inputs, args, limits, depth, progress, deterministic, auth: Box::new(auth) }
+            TaskSpec { module, entry, inputs, args, limits, depth, progress, deterministic, sources, auth: Box::new(auth) }
         }
     }
 
     prop_compose! {
         fn task_auth()(
-            tenant in prop::collection::vec(any::<u8>(), 0..48),
+            credential in credential(),
             (issued_at_ms, nonce) in any::<(u64, u64)>(),
-            delegation in prop::option::of(delegation()),
-            signer in prop::collection::vec(any::<u8>(), 0..48),
             signature in prop::collection::vec(any::<u8>(), 0..80),
         ) -> TaskAuth {
-            TaskAuth { tenant, issued_at_ms, nonce, delegation, signer, signature }
+            TaskAuth { credential, issued_at_ms, nonce, signature }
+        }
+    }
+
+    prop_compose! {
+        fn credential()(
+            tenant in prop::collection::vec(any::<u8>(), 0..48),
+            chain in prop::collection::vec(delegation(), 0..3),
+        ) -> Credential {
+            Credential { tenant, chain }
         }
     }
 
@@ -338,9 +347,10 @@ mod tests {
             expires_at_ms in any::<u64>(),
             task in block_id(),
             max_subtasks in any::<u32>(),
+            parent in block_id(),
             signature in prop::collection::vec(any::<u8>(), 0..80),
         ) -> Delegation {
-            Delegation { audience, expires_at_ms, task, max_subtasks, signature }
+            Delegation { audience, expires_at_ms, task, max_subtasks, parent, signature }
         }
     }
 
@@ -390,8 +400,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn block_request_round_trips(cid in block_id()) {
-            let msg = BlockRequest { cid };
+        fn block_request_round_trips(cid in block_id(), file in block_id(), credential in credential()) {
+            let msg = BlockRequest { cid, file, credential };
             prop_assert_eq!(round_trip(&msg, BLOCK_LIMITS.request), msg);
         }
 
@@ -400,6 +410,7 @@ mod tests {
             msg in prop_oneof![
                 prop::collection::vec(any::<u8>(), 0..4096).prop_map(BlockResponse::Found),
                 Just(BlockResponse::NotFound),
+                Just(BlockResponse::Denied),
                 Just(BlockResponse::Busy),
             ]
         ) {
@@ -647,84 +658,26 @@ mod tests {
             flip in any::<u64>(),
         ) {
             let tenant = libp2p::identity::Keypair::generate_ed25519();
+            let executor = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
             *spec.auth = TaskAuth::default();
+            spec.auth.credential = Credential::of(&tenant)
+                .delegate(&tenant, executor, 10_000, spec.id(), 8)
+                .unwrap();
             spec.sign(&tenant, 1_000, nonce).unwrap();
             let back = round_trip(&spec, usize::MAX);
-            prop_assert_eq!(back.verify(2_000), Ok(tenant.public().to_peer_id()));
+            prop_assert_eq!(back.verify(executor, 2_000), Ok(tenant.public().to_peer_id()));
+            // A change to the spec is another task: the delegation no longer names it.
             let mut entry = back.clone();
             entry.entry.push('x');
-            prop_assert_eq!(entry.verify(2_000), Err(AuthError::BadSignature));
+            let other = matches!(entry.verify(executor, 2_000), Err(AuthError::OtherTask { .. }));
+            prop_assert!(other);
             let mut limits = back.clone();
             limits.limits.memory_bytes ^= flip | 1;
-            prop_assert_eq!(limits.verify(2_000), Err(AuthError::BadSignature));
+            let other = matches!(limits.verify(executor, 2_000), Err(AuthError::OtherTask { .. }));
+            prop_assert!(other);
             let mut stamp = back;
             stamp.auth.nonce ^= flip | 1;
-            prop_assert_eq!(stamp.verify(2_000), Err(AuthError::BadSignature));
+            prop_assert_eq!(stamp.verify(executor, 2_000), Err(AuthError::BadSignature));
         }
-    }
-
-    fn plain_spec() -> TaskSpec {
-        TaskSpec {
-            module: Cid([1; 32]),
-            entry: "drive".into(),
-            inputs: vec![],
-            args: vec![],
-            limits: TaskLimits::default(),
-            depth: 0,
-            progress: 0,
-            deterministic: false,
-            auth: Box::default(),
-        }
-    }
-
-    /// A delegate's signature holds only with an unexpired delegation to it from the tenant.
-    #[test]
-    fn delegated_specs_need_a_live_delegation_to_their_signer() {
-        let tenant = libp2p::identity::Keypair::generate_ed25519();
-        let driver = libp2p::identity::Keypair::generate_ed25519();
-        let other = libp2p::identity::Keypair::generate_ed25519();
-        let mut parent = plain_spec();
-        parent.sign(&tenant, 0, 1).unwrap();
-        let to = |audience: &libp2p::identity::Keypair, expires| {
-            Delegation::new(
-                &tenant,
-                audience.public().to_peer_id(),
-                expires,
-                parent.id(),
-                8,
-            )
-            .unwrap()
-        };
-        let subtask = |delegation: Option<Delegation>, signer: &libp2p::identity::Keypair| {
-            let mut spec = plain_spec();
-            spec.entry = "grad".into();
-            spec.auth.tenant = tenant.public().encode_protobuf();
-            spec.auth.delegation = delegation;
-            spec.sign(signer, 500, 2).unwrap();
-            spec
-        };
-        let t = tenant.public().to_peer_id();
-        assert_eq!(
-            subtask(Some(to(&driver, 1_000)), &driver).verify(999),
-            Ok(t)
-        );
-        assert!(matches!(
-            subtask(Some(to(&driver, 1_000)), &driver).verify(1_000),
-            Err(AuthError::Expired { ago_ms: 0, .. })
-        ));
-        assert!(matches!(
-            subtask(Some(to(&driver, 1_000)), &other).verify(999),
-            Err(AuthError::NotTheAudience { .. })
-        ));
-        assert!(matches!(
-            subtask(None, &driver).verify(999),
-            Err(AuthError::NoDelegation { .. })
-        ));
-        let mut forged = to(&driver, 1_000);
-        forged.expires_at_ms = u64::MAX;
-        assert!(matches!(
-            subtask(Some(forged), &driver).verify(999),
-            Err(AuthError::BadDelegation { .. })
-        ));
     }
 }

@@ -4,8 +4,9 @@
 //! The crate moves opaque typed messages and knows nothing of wasm. A node embeds it by
 //! implementing [`InboundHandler`] and calling [`Network::spawn`]:
 //!
-//! - `/shoal/block/1` — fetch a block by [`Cid`] ([`NetworkClient::fetch_block`]);
-//! - `/shoal/task/4` — submit a [`TaskSpec`], get its [`TaskOutcome`]
+//! - `/shoal/block/2` — fetch a block by [`Cid`], presenting a [`Credential`]
+//!   ([`NetworkClient::fetch_block`]);
+//! - `/shoal/task/5` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
 //! - `/shoal/progress/1` — a running task's [`ProgressRecord`], sent to its submitter
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 mod behaviour;
 pub mod codec;
 pub mod messages;
@@ -37,8 +39,9 @@ pub use crate::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, CAPACITY_LIMITS, CAPACITY_PROTOCOL, FrameLimits,
         KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
     },
+    auth::{AuthError, Credential, Delegation, TaskAuth},
     messages::{
-        BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN, ProgressRecord,
+        BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN, ProgressRecord,
         TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     },
     network::{

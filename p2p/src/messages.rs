@@ -4,26 +4,39 @@
 //! each whole frame (see [`crate::codec`]), so no `String` or `Vec` in a message can outgrow
 //! the frame it arrived in.
 
-use libp2p::identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 pub use shoal::abi::{Cid, MAX_BLOCK_LEN};
 
-/// `/shoal/block/1` request: send me the block named `cid`.
+pub use crate::auth::{AuthError, Credential, Delegation, TaskAuth};
+
+/// `/shoal/block/2` request: send me the block named `cid`, part of file `file`, which the
+/// tenant I act for may read.
+///
+/// The provider serves it only when the credential holds for the requester and names a
+/// tenant that may read `file` there (the provider's own identity may read all it holds),
+/// and `cid` is `file` or one of its chunks. Anything else is `Denied`, whether the block is
+/// there or not, so that a peer cannot probe for content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRequest {
     /// The block wanted.
     pub cid: Cid,
+    /// The file it belongs to (`cid` itself for a file's manifest).
+    pub file: Cid,
+    /// The tenant the requester acts for, and the proof.
+    pub credential: Credential,
 }
 
-/// `/shoal/block/1` response.
+/// `/shoal/block/2` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlockResponse {
     /// The block's bytes (at most [`MAX_BLOCK_LEN`]). The requester checks them against the
     /// cid it asked for.
     Found(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The peer does not hold the block.
+    /// The peer does not hold the block (said only to a tenant that may read the file).
     NotFound,
+    /// The requester may not read the file here, or it is not here: the two look the same.
+    Denied,
     /// The peer is serving too many requests; ask another provider or retry later.
     Busy,
 }
@@ -40,7 +53,7 @@ pub struct TaskLimits {
     pub cpu_budget_ms: u64,
 }
 
-/// `/shoal/task/4` request: run this task and send back its outcome.
+/// `/shoal/task/5` request: run this task and send back its outcome.
 ///
 /// The executing peer fetches the module and inputs it lacks from the submitter, whose
 /// `PeerId` it knows from the connection (or from providers found through Kademlia).
@@ -64,124 +77,13 @@ pub struct TaskSpec {
     /// Run its tensor math on the deterministic cpu backend, whatever the executor's device,
     /// so that every honest peer produces the same output bytes (verified runs compare them).
     pub deterministic: bool,
+    /// Other peers (their `PeerId` bytes) that hold some of the module and inputs, asked
+    /// after the sender: private blocks are not announced, so the submitter says where they
+    /// are (a subtask's inputs may be other subtasks' outputs, held where those ran).
+    pub sources: Vec<Vec<u8>>,
     /// Who the task runs for, and the signatures that prove it (boxed: it is over half of a
     /// spec's size, and specs travel in the network actor's commands).
     pub auth: Box<TaskAuth>,
-}
-
-/// Who a task runs for (its tenant) and the proof: every spec on the wire is signed.
-///
-/// **What is signed.** [`TaskSpec::signed_bytes`]: the context string
-/// `shoal/task-spec/1\n` followed by the spec's postcard encoding with `auth.signature`
-/// empty (every other field, `auth` included, as sent). Postcard is canonical for these
-/// types (no maps, no floats, fixed field order), so both sides compute the same bytes.
-///
-/// **Who signs.** A task a user submits is signed by its tenant (`signer` empty). A driver's
-/// subtask carries its driver's tenant and [`Delegation`], and is signed by the node that
-/// runs the driver (`signer`), which must be the delegation's audience. The executor checks
-/// it all ([`TaskSpec::verify`]) before it fetches anything.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct TaskAuth {
-    /// The tenant's ed25519 public key, protobuf-encoded as libp2p encodes keys; its
-    /// `PeerId` form is how nodes name the tenant (`--allow`).
-    pub tenant: Vec<u8>,
-    /// When it was signed, in milliseconds since the Unix epoch.
-    pub issued_at_ms: u64,
-    /// Random: two signings of the same spec differ. Signed; not yet checked for replays.
-    pub nonce: u64,
-    /// The tenant's leave for the peer that runs this task to submit subtasks in its name:
-    /// set by the tenant on each attempt (it knows the peer then), and carried unchanged by
-    /// those subtasks.
-    pub delegation: Option<Delegation>,
-    /// Empty when the tenant signed; otherwise the signer's public key (protobuf), which
-    /// must be `delegation`'s audience.
-    pub signer: Vec<u8>,
-    /// The ed25519 signature of the signer (the tenant, or `signer`) over
-    /// [`TaskSpec::signed_bytes`].
-    pub signature: Vec<u8>,
-}
-
-/// A tenant's leave for one peer to submit subtasks of one task in the tenant's name, until
-/// a time. The tenant signs the context string `shoal/delegation/1\n` followed by the
-/// postcard encoding of this struct with `signature` empty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delegation {
-    /// The peer allowed to sign subtasks (its `PeerId` bytes).
-    pub audience: Vec<u8>,
-    /// Not valid from this time on, in milliseconds since the Unix epoch.
-    pub expires_at_ms: u64,
-    /// The driver task's id ([`TaskSpec::id`]).
-    pub task: Cid,
-    /// How many subtasks the audience may submit under it (not yet counted by executors).
-    pub max_subtasks: u32,
-    /// The tenant's signature.
-    pub signature: Vec<u8>,
-}
-
-/// Why a spec's signatures do not hold; the executor refuses the task with it (`Denied`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// The tenant (or signer) key is missing or not an ed25519 key.
-    #[error("the task's {what} key is missing or malformed")]
-    BadKey {
-        /// `tenant` or `signer`.
-        what: &'static str,
-    },
-    /// The signature over the spec is wrong: the spec was changed after signing, or signed
-    /// with another key.
-    #[error("the task's signature does not verify")]
-    BadSignature,
-    /// A subtask signed by someone other than its tenant, with no delegation.
-    #[error(
-        "the task is signed by {signer}, not by its tenant {tenant}, and carries no delegation"
-    )]
-    NoDelegation {
-        /// The tenant.
-        tenant: String,
-        /// Who signed.
-        signer: String,
-    },
-    /// The delegation names another peer than the signer.
-    #[error("the task is signed by {signer}, but its tenant {tenant} delegated to {audience}")]
-    NotTheAudience {
-        /// The tenant.
-        tenant: String,
-        /// Who signed.
-        signer: String,
-        /// Whom the tenant delegated to.
-        audience: String,
-    },
-    /// The delegation was not signed by the tenant.
-    #[error("the task's delegation is not signed by its tenant {tenant}")]
-    BadDelegation {
-        /// The tenant.
-        tenant: String,
-    },
-    /// The delegation's time is up.
-    #[error("the task's delegation from tenant {tenant} expired {ago_ms} ms ago")]
-    Expired {
-        /// The tenant.
-        tenant: String,
-        /// How long ago.
-        ago_ms: u64,
-    },
-    /// The key could not sign.
-    #[error("cannot sign: {0}")]
-    Signing(String),
-}
-
-const SPEC_CONTEXT: &[u8] = b"shoal/task-spec/1\n";
-const DELEGATION_CONTEXT: &[u8] = b"shoal/delegation/1\n";
-
-fn context_and(context: &[u8], value: &impl Serialize) -> Vec<u8> {
-    let mut bytes = context.to_vec();
-    bytes.extend(postcard::to_stdvec(value).unwrap_or_default());
-    bytes
-}
-
-fn public_key(bytes: &[u8], what: &'static str) -> Result<PublicKey, AuthError> {
-    PublicKey::try_decode_protobuf(bytes).map_err(|_| AuthError::BadKey { what })
 }
 
 impl TaskSpec {
@@ -194,129 +96,6 @@ impl TaskSpec {
             ..self.clone()
         };
         Cid::of(&postcard::to_stdvec(&unsigned).unwrap_or_default())
-    }
-
-    /// The bytes the signer signs: see [`TaskAuth`].
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut unsigned = self.clone();
-        unsigned.auth.signature = Vec::new();
-        context_and(SPEC_CONTEXT, &unsigned)
-    }
-
-    /// Signs the spec with `keypair`, stamping `issued_at_ms` and `nonce`. With no tenant
-    /// set (or `keypair`'s own), `keypair` signs as the tenant; with another tenant set (a
-    /// subtask carrying its driver's tenant and delegation), it signs as that delegation's
-    /// audience, in `signer`.
-    ///
-    /// # Errors
-    /// [`AuthError::Signing`] when the key cannot sign.
-    pub fn sign(
-        &mut self,
-        keypair: &Keypair,
-        issued_at_ms: u64,
-        nonce: u64,
-    ) -> Result<(), AuthError> {
-        let mine = keypair.public().encode_protobuf();
-        if self.auth.tenant.is_empty() || self.auth.tenant == mine {
-            self.auth.tenant = mine;
-            self.auth.signer = Vec::new();
-        } else {
-            self.auth.signer = mine;
-        }
-        self.auth.issued_at_ms = issued_at_ms;
-        self.auth.nonce = nonce;
-        self.auth.signature = keypair
-            .sign(&self.signed_bytes())
-            .map_err(|e| AuthError::Signing(e.to_string()))?;
-        Ok(())
-    }
-
-    /// Checks the spec's signatures at time `now_ms` and returns its tenant: the tenant's
-    /// signature, or else a delegation signed by the tenant to the signer, unexpired, and
-    /// the signer's signature.
-    ///
-    /// # Errors
-    /// [`AuthError`] naming what does not hold.
-    pub fn verify(&self, now_ms: u64) -> Result<PeerId, AuthError> {
-        let auth = &self.auth;
-        let tenant_key = public_key(&auth.tenant, "tenant")?;
-        let tenant = tenant_key.to_peer_id();
-        let named = tenant.to_string();
-        let signed = self.signed_bytes();
-        if auth.signer.is_empty() {
-            return if tenant_key.verify(&signed, &auth.signature) {
-                Ok(tenant)
-            } else {
-                Err(AuthError::BadSignature)
-            };
-        }
-        let signer_key = public_key(&auth.signer, "signer")?;
-        let signer = signer_key.to_peer_id();
-        let Some(delegation) = &auth.delegation else {
-            return Err(AuthError::NoDelegation {
-                tenant: named,
-                signer: signer.to_string(),
-            });
-        };
-        if delegation.audience != signer.to_bytes() {
-            let audience = PeerId::from_bytes(&delegation.audience)
-                .map_or_else(|_| "a malformed peer id".to_owned(), |p| p.to_string());
-            return Err(AuthError::NotTheAudience {
-                tenant: named,
-                signer: signer.to_string(),
-                audience,
-            });
-        }
-        if !tenant_key.verify(&delegation.signed_bytes(), &delegation.signature) {
-            return Err(AuthError::BadDelegation { tenant: named });
-        }
-        if now_ms >= delegation.expires_at_ms {
-            return Err(AuthError::Expired {
-                tenant: named,
-                ago_ms: now_ms - delegation.expires_at_ms,
-            });
-        }
-        if signer_key.verify(&signed, &auth.signature) {
-            Ok(tenant)
-        } else {
-            Err(AuthError::BadSignature)
-        }
-    }
-}
-
-impl Delegation {
-    /// The tenant's (`keypair`'s) leave for `audience` to submit up to `max_subtasks`
-    /// subtasks of task `task` in its name until `expires_at_ms`.
-    ///
-    /// # Errors
-    /// [`AuthError::Signing`] when the key cannot sign.
-    pub fn new(
-        keypair: &Keypair,
-        audience: PeerId,
-        expires_at_ms: u64,
-        task: Cid,
-        max_subtasks: u32,
-    ) -> Result<Self, AuthError> {
-        let mut delegation = Self {
-            audience: audience.to_bytes(),
-            expires_at_ms,
-            task,
-            max_subtasks,
-            signature: Vec::new(),
-        };
-        delegation.signature = keypair
-            .sign(&delegation.signed_bytes())
-            .map_err(|e| AuthError::Signing(e.to_string()))?;
-        Ok(delegation)
-    }
-
-    /// The bytes the tenant signs: see [`Delegation`].
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let unsigned = Self {
-            signature: Vec::new(),
-            ..self.clone()
-        };
-        context_and(DELEGATION_CONTEXT, &unsigned)
     }
 }
 
@@ -367,7 +146,7 @@ pub enum FailureKind {
     Other,
 }
 
-/// `/shoal/task/4` response: what became of a task.
+/// `/shoal/task/5` response: what became of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskOutcome {
     /// The task ran to completion.

@@ -67,6 +67,19 @@ const CAPACITY: Capacity = Capacity {
     queue_len: 1,
 };
 
+/// A file every [`TestHandler`] denies.
+const PRIVATE: &[u8] = b"private";
+
+/// A request for block `cid` as a file of its own, with no credential: the test handler
+/// does not check them (the host's executor does).
+fn ask(cid: Cid) -> BlockRequest {
+    BlockRequest {
+        cid,
+        file: cid,
+        credential: Default::default(),
+    }
+}
+
 impl TestHandler {
     fn put(&self, bytes: &[u8]) -> Cid {
         let cid = Cid::of(bytes);
@@ -86,9 +99,18 @@ impl TestHandler {
 }
 
 impl InboundHandler for TestHandler {
-    fn block(&self, _from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
-        let found = self.blocks.lock().unwrap().get(&cid).cloned();
-        async move { found }.boxed()
+    fn block(&self, _from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+        let response = if request.file == Cid::of(PRIVATE) {
+            BlockResponse::Denied
+        } else {
+            self.blocks
+                .lock()
+                .unwrap()
+                .get(&request.cid)
+                .cloned()
+                .map_or(BlockResponse::NotFound, BlockResponse::Found)
+        };
+        async move { response }.boxed()
     }
 
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome> {
@@ -190,6 +212,7 @@ fn spec(entry: &str) -> TaskSpec {
         depth: 0,
         progress: 0,
         deterministic: false,
+        sources: vec![],
         auth: Default::default(),
     }
 }
@@ -303,10 +326,10 @@ async fn three_nodes_find_providers_and_fetch_block() {
     assert!(!providers.contains(&c.id()), "{providers:?}");
 
     // C has never been given B's address: the swarm gets it from Kademlia.
-    let fetched = c.client.fetch_block(b.id(), cid).await.unwrap();
+    let fetched = c.client.fetch_block(b.id(), ask(cid)).await.unwrap();
     assert_eq!(fetched.as_deref(), Some(&data[..]));
     // A does not hold it.
-    assert_eq!(c.client.fetch_block(a.id(), cid).await.unwrap(), None);
+    assert_eq!(c.client.fetch_block(a.id(), ask(cid)).await.unwrap(), None);
 
     let peers = c.client.connected_peers().await.unwrap();
     assert!(
@@ -368,10 +391,17 @@ async fn unknown_block_is_none_within_bounded_time() {
     let started = Instant::now();
     let got = b
         .client
-        .fetch_block(a.id(), Cid::of(b"nobody has this"))
+        .fetch_block(a.id(), ask(Cid::of(b"nobody has this")))
         .await
         .unwrap();
     assert_eq!(got, None);
+    // A provider's refusal is its own error, not an absence.
+    let err = b
+        .client
+        .fetch_block(a.id(), ask(Cid::of(PRIVATE)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Denied { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let providers = b
         .client
@@ -392,7 +422,7 @@ async fn block_with_wrong_bytes_is_rejected() {
         .lock()
         .unwrap()
         .insert(cid, b"forged bytes".to_vec());
-    let err = b.client.fetch_block(a.id(), cid).await.unwrap_err();
+    let err = b.client.fetch_block(a.id(), ask(cid)).await.unwrap_err();
     assert!(matches!(err, Error::BlockMismatch { len: 12, .. }), "{err}");
 }
 
@@ -533,7 +563,7 @@ async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot
     let full = |r: Result<_, Error>| matches!(r, Err(Error::TooManyInFlight { limit: 2 }));
     assert!(full(b.client.capacity(a.id()).await.map(drop)));
     assert!(full(
-        b.client.fetch_block(a.id(), Cid::of(b"x")).await.map(drop)
+        b.client.fetch_block(a.id(), ask(Cid::of(b"x"))).await.map(drop)
     ));
     assert!(full(b.client.find_providers(Cid::of(b"x")).await.map(drop)));
     assert!(full(b.client.dial(a.tcp_addr().await).await.map(drop)));
@@ -845,7 +875,7 @@ async fn decode<M: serde::de::DeserializeOwned>(bytes: Vec<u8>, max: usize) -> M
         .unwrap()
 }
 
-/// A real libp2p peer sends oversized and malformed frames on `/shoal/block/1`: each stream is
+/// A real libp2p peer sends oversized and malformed frames on `/shoal/block/2`: each stream is
 /// reset promptly, without an answer and without waiting for bytes that were promised but
 /// never sent; the connection stays up and the node keeps serving on it and to others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,7 +884,7 @@ async fn hostile_peer_frames_are_dropped_without_a_panic() {
     let data = b"served to honest peers";
     let cid = a.handler.put(data);
 
-    let mut trailing = postcard::to_allocvec(&BlockRequest { cid }).unwrap();
+    let mut trailing = postcard::to_allocvec(&ask(cid)).unwrap();
     trailing.extend_from_slice(&[0; 8]);
     let bad = vec![
         // 4 GiB declared: refused on the header alone.
@@ -865,13 +895,13 @@ async fn hostile_peer_frames_are_dropped_without_a_panic() {
         // A valid request with bytes left over.
         RawFrame::held_payload(&trailing),
     ];
-    let good = encode_frame(BLOCK_LIMITS.request, &BlockRequest { cid }).unwrap();
+    let good = encode_frame(BLOCK_LIMITS.request, &ask(cid)).unwrap();
     let answer = refused_then_served(&a, BLOCK_PROTOCOL, bad, good).await;
     let answer: BlockResponse = decode(answer, BLOCK_LIMITS.response).await;
     assert_eq!(answer, BlockResponse::Found(data.to_vec()));
 
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
-    let got = b.client.fetch_block(a.id(), cid).await.unwrap();
+    let got = b.client.fetch_block(a.id(), ask(cid)).await.unwrap();
     assert_eq!(got.as_deref(), Some(&data[..]));
     assert!(!a.handle.is_finished());
 }
@@ -887,7 +917,7 @@ fn largest_spec() -> TaskSpec {
     spec
 }
 
-/// The request limits of `/shoal/task/4` and `/shoal/capacity/1` hold over libp2p: one byte
+/// The request limits of `/shoal/task/5` and `/shoal/capacity/1` hold over libp2p: one byte
 /// over the limit is refused on the header, promptly, while a request of exactly the limit is
 /// still served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -979,7 +1009,7 @@ async fn oversized_responses_fail_the_request_promptly() {
 
     let (addr, _block) = raw_server(BLOCK_PROTOCOL, over(BLOCK_LIMITS.response)).await;
     let peer = a.client.dial(addr).await.unwrap();
-    let err = within(PROMPT, "block", a.client.fetch_block(peer, Cid::of(b"x")))
+    let err = within(PROMPT, "block", a.client.fetch_block(peer, ask(Cid::of(b"x"))))
         .await
         .unwrap_err();
     assert!(is_over_limit(&err), "{err}");

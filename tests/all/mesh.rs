@@ -185,7 +185,8 @@ fn three_processes_map_fetch_and_fail_cleanly() {
         c.log()
     );
 
-    // C fetches a 20 MiB file that only B holds, chunk by chunk, verified.
+    // C fetches a 20 MiB file that only B holds, chunk by chunk, verified: once B makes it
+    // public. Before, it is B's alone, and nobody else can find or read it.
     let big: Vec<u8> = (0..20u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -195,6 +196,11 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     assert!(out.status.success(), "{}", text(&out));
     let cid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let dest = root.path().join("big.out");
+    let out = c.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
+    assert!(!out.status.success(), "a private file was fetched: {}", text(&out));
+    assert!(text(&out).contains("was not found in the mesh"), "{}", text(&out));
+    let out = b.host(&["put", "--public", big_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = c.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -432,8 +438,8 @@ mod in_process {
         runtime::{FailureKind, TaskSpec},
     };
     use shoal_p2p::{
-        BoxFuture, Capacity, Cid, InboundHandler, Keypair, Network, NetworkClient, PeerId,
-        TaskOutcome,
+        BlockRequest, BlockResponse, BoxFuture, Capacity, InboundHandler, Keypair, Network,
+        NetworkClient, PeerId, TaskOutcome,
     };
     use tokio::sync::{Notify, watch};
 
@@ -466,7 +472,7 @@ mod in_process {
         inputs: Vec<(String, shoal_host::store::Cid)>,
     ) -> TaskSpec {
         TaskSpec {
-            module: node.put_path(path.into()).await.unwrap(),
+            module: node.put_path(path.into(), false).await.unwrap(),
             task: None,
             inputs,
             args: vec![],
@@ -495,9 +501,9 @@ mod in_process {
     }
 
     impl InboundHandler for Liar {
-        fn block(&self, _: PeerId, _: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
+        fn block(&self, _: PeerId, _: BlockRequest) -> BoxFuture<'_, BlockResponse> {
             self.asked.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Some(vec![0xEE; 1 << 20]) })
+            Box::pin(async { BlockResponse::Found(vec![0xEE; 1 << 20]) })
         }
         fn task(&self, _: PeerId, _: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
             Box::pin(async {
@@ -523,7 +529,8 @@ mod in_process {
         let data: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
         let file = root.path().join("data.bin");
         std::fs::write(&file, &data).unwrap();
-        let cid = holder.put_path(file).await.unwrap();
+        // Public: the fetcher is another tenant.
+        let cid = holder.put_path(file, true).await.unwrap();
 
         // The liar is listed first, so it is asked for the manifest, fails verification, and
         // is never asked again during this fetch.
@@ -687,8 +694,8 @@ mod in_process {
     }
 
     impl InboundHandler for Gate {
-        fn block(&self, _: PeerId, _: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
-            Box::pin(async { None })
+        fn block(&self, _: PeerId, _: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+            Box::pin(async { BlockResponse::NotFound })
         }
         fn task(&self, from: PeerId, _: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
             Box::pin(async move {

@@ -168,7 +168,9 @@ impl shoal_host::runtime::Mesh for InstantMesh {
         });
     }
 
-    fn fetch(&self, _: Cid) -> Result<(), String> {
+    fn written(&self, _: Cid, _: &[u8]) {}
+
+    fn fetch(&self, _: Cid, _: Option<&[u8]>) -> Result<(), String> {
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ async fn drive(node: &Node, task: &str, args: &[(&str, &str)]) -> TaskReport {
 /// [`drive`] with this CPU budget, which the task shares with its subtasks.
 async fn drive_with(node: &Node, task: &str, args: &[(&str, &str)], cpu: Duration) -> TaskReport {
     let spec = TaskSpec {
-        module: node.put_path(wasm::FANOUT.into()).await.unwrap(),
+        module: node.put_path(wasm::FANOUT.into(), false).await.unwrap(),
         task: Some(task.into()),
         inputs: vec![],
         args: args

@@ -1,6 +1,7 @@
 //! Tenants and trust: every spec is signed by its tenant, a node runs other peers' tasks only
 //! under its policy (`--accept`, `--allow`, `--open-max-*`), and a refusal is a typed `Denied`
-//! that names the reason, given before anything is fetched.
+//! that names the reason, given before anything is fetched. A tenant's blocks are served only
+//! to those acting for it, and a refusal does not say whether the block exists.
 
 use std::{
     path::Path,
@@ -19,9 +20,9 @@ use shoal_host::{
     store::Cid,
 };
 use shoal_p2p::{
-    BoxFuture, Capacity, FailureKind as WireKind, InboundHandler, Keypair, PeerId, ProgressRecord,
+    BlockRequest, BlockResponse, BoxFuture, Capacity, Credential, Error as NetError,
+    FailureKind as WireKind, InboundHandler, Keypair, PeerId, ProgressRecord, TaskAuth,
     TaskOutcome,
-    messages::{Delegation, TaskAuth},
 };
 use shoal_task_artifacts as wasm;
 
@@ -112,27 +113,40 @@ async fn a_tampered_signature_is_denied_before_anything_is_fetched() {
 
     let mut tampered = spec_to_wire(&spec, 0);
     sign_for(&mut tampered, &key, b_id).unwrap();
-    tampered.limits.memory_bytes *= 2;
+    tampered.auth.nonce ^= 1;
     let outcome = a.net().submit_task(b_id, tampered).await.unwrap();
     assert_eq!(
         denied_on_wire(&outcome),
         "the task's signature does not verify"
+    );
+    // A changed spec is another task: the delegation it carries names the one signed.
+    let mut changed = spec_to_wire(&spec, 0);
+    sign_for(&mut changed, &key, b_id).unwrap();
+    changed.limits.memory_bytes *= 2;
+    let outcome = a.net().submit_task(b_id, changed).await.unwrap();
+    assert_eq!(
+        denied_on_wire(&outcome),
+        format!("tenant {}'s delegation is for another task", a.peer_id())
     );
     let mut unsigned = spec_to_wire(&spec, 0);
     *unsigned.auth = TaskAuth::default();
     let outcome = a.net().submit_task(b_id, unsigned).await.unwrap();
     assert_eq!(
         denied_on_wire(&outcome),
-        "the task's tenant key is missing or malformed"
+        "the tenant key is missing or malformed"
     );
     // Signed by another key than the tenant it names.
     let mut forged = spec_to_wire(&spec, 0);
     sign_for(&mut forged, &key, b_id).unwrap();
-    forged.auth.tenant = identity(root.path(), "b").public().encode_protobuf();
+    let b_key = identity(root.path(), "b").public();
+    forged.auth.credential.tenant = b_key.encode_protobuf();
     let outcome = a.net().submit_task(b_id, forged).await.unwrap();
     assert_eq!(
         denied_on_wire(&outcome),
-        "the task's signature does not verify"
+        format!(
+            "link 0 of tenant {}'s delegation chain is forged or out of place",
+            b_key.to_peer_id()
+        )
     );
     assert!(
         !b.store().has_block(&spec.module),
@@ -206,85 +220,110 @@ async fn an_open_task_over_the_memory_cap_is_refused() {
     assert!(ran.report.result.is_ok(), "{:?}", ran.report.result);
 }
 
-/// A subtask as the driver's node `signer` would send it: tenant `tenant`'s, under
-/// `delegation`.
+/// `spec` as a driver's node (`driver_key`, holding `held`) sends it to `executor` as a
+/// subtask.
 fn subtask(
     spec: &TaskSpec,
-    tenant: &Keypair,
-    delegation: Delegation,
-    signer: &Keypair,
+    held: &Credential,
+    driver_key: &Keypair,
+    executor: PeerId,
 ) -> shoal_p2p::TaskSpec {
     let mut wire = spec_to_wire(spec, 0);
     wire.depth = 1;
-    wire.auth.tenant = tenant.public().encode_protobuf();
-    wire.auth.delegation = Some(delegation);
-    wire.sign(signer, now_ms(), 7).unwrap();
+    wire.auth.credential = held.clone();
+    sign_for(&mut wire, driver_key, executor).unwrap();
     wire
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_and_retargeted_delegations_are_refused() {
+async fn expired_replayed_and_widened_delegations_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let tenant = node(root.path(), "tenant", 0).await;
     let driver = node(root.path(), "driver", 0).await;
     let other = node(root.path(), "other", 0).await;
-    // B runs the tenant's tasks only: a subtask is let in only as the tenant's.
+    // B and C run the tenant's tasks only: a subtask is let in only as the tenant's.
     let policy = Policy {
         accept: Accept::Allowlist,
         allow: [tenant.peer_id()].into(),
         ..Policy::default()
     };
-    let b = node_with(root.path(), "b", 1, policy).await;
+    let b = node_with(root.path(), "b", 1, policy.clone()).await;
+    let c = node_with(root.path(), "c", 1, policy).await;
     let b_id = connect(&driver, &b).await;
+    let c_id = connect(&driver, &c).await;
     connect(&other, &b).await;
-    connect(&tenant, &driver).await;
     let (tenant_key, driver_key, other_key) = (
         identity(root.path(), "tenant"),
         identity(root.path(), "driver"),
         identity(root.path(), "other"),
     );
     let spec = spec_for(&driver, wasm::NOOP, &[]).await;
-    let delegation = |expires_at_ms| {
-        Delegation::new(
-            &tenant_key,
-            driver.peer_id(),
-            expires_at_ms,
-            spec_to_wire(&spec, 0).id(),
-            16,
-        )
-        .unwrap()
+    // The driver's node hands the subtask's module over, as its scheduler does.
+    driver
+        .store()
+        .grant(&spec.module, &tenant.peer_id().to_string())
+        .unwrap();
+    let driver_task = spec_to_wire(&spec, 0).id();
+    let held = |expires_at_ms| {
+        Credential::of(&tenant_key)
+            .delegate(&tenant_key, driver.peer_id(), expires_at_ms, driver_task, 16)
+            .unwrap()
     };
     let later = now_ms() + 60_000;
+    let refused = |outcome: &TaskOutcome| denied_on_wire(outcome).to_owned();
 
-    let expired = subtask(&spec, &tenant_key, delegation(now_ms() - 1), &driver_key);
-    let outcome = driver.net().submit_task(b_id, expired).await.unwrap();
-    let why = denied_on_wire(&outcome);
+    let expired = subtask(&spec, &held(now_ms() - 1), &driver_key, b_id);
+    let why = refused(&driver.net().submit_task(b_id, expired).await.unwrap());
     assert!(
-        why.contains(&format!(
-            "delegation from tenant {} expired",
-            tenant.peer_id()
-        )),
+        why.contains(&format!("tenant {}'s delegation expired", tenant.peer_id())),
         "{why}"
     );
 
-    // The delegation names the driver's node; another node cannot use it.
-    let retargeted = subtask(&spec, &tenant_key, delegation(later), &other_key);
-    let outcome = other.net().submit_task(b_id, retargeted).await.unwrap();
+    // A chain the driver's node holds, extended by a node that does not hold it.
+    let mut stolen = subtask(&spec, &held(later), &driver_key, b_id);
+    let link = &mut stolen.auth.credential.chain[1];
+    link.audience = b_id.to_bytes();
+    link.signature = other_key.sign(&link.signed_bytes()).unwrap();
+    stolen.sign(&other_key, now_ms(), 3).unwrap();
+    let why = refused(&other.net().submit_task(b_id, stolen).await.unwrap());
     assert_eq!(
-        denied_on_wire(&outcome),
+        why,
         format!(
-            "the task is signed by {}, but its tenant {} delegated to {}",
-            other.peer_id(),
-            tenant.peer_id(),
-            driver.peer_id()
+            "link 1 of tenant {}'s delegation chain is forged or out of place",
+            tenant.peer_id()
+        )
+    );
+
+    // Widened: the driver's node gives the subtask more subtasks than it was given itself.
+    let mut widened = subtask(&spec, &held(later), &driver_key, b_id);
+    let link = &mut widened.auth.credential.chain[1];
+    link.max_subtasks = 17;
+    link.signature = driver_key.sign(&link.signed_bytes()).unwrap();
+    widened.sign(&driver_key, now_ms(), 4).unwrap();
+    let why = refused(&driver.net().submit_task(b_id, widened).await.unwrap());
+    assert_eq!(
+        why,
+        format!(
+            "link 1 of tenant {}'s delegation chain is wider than its parent",
+            tenant.peer_id()
         )
     );
     assert!(!b.store().has_block(&spec.module), "nothing was fetched");
 
-    // The audience itself, in time: the tenant's task, let in by the tenant's allowlisting.
-    let honest = subtask(&spec, &tenant_key, delegation(later), &driver_key);
-    let outcome = driver.net().submit_task(b_id, honest).await.unwrap();
+    // The honest subtask runs once; sent again to B, or on to C, it is refused.
+    let honest = subtask(&spec, &held(later), &driver_key, b_id);
+    let outcome = driver.net().submit_task(b_id, honest.clone()).await.unwrap();
     assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+    let why = refused(&driver.net().submit_task(b_id, honest.clone()).await.unwrap());
+    assert_eq!(why, "this signed task was already received here: a replay");
+    let why = refused(&driver.net().submit_task(c_id, honest).await.unwrap());
+    assert_eq!(
+        why,
+        format!(
+            "tenant {}'s delegation is for {b_id}, not for {c_id}",
+            tenant.peer_id()
+        )
+    );
 }
 
 /// A real node's answers to other peers, counting the tasks it ran and refused.
@@ -295,8 +334,8 @@ struct Counting {
 }
 
 impl InboundHandler for Counting {
-    fn block(&self, from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
-        self.inner.block(from, cid)
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+        self.inner.block(from, request)
     }
 
     fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
@@ -411,7 +450,7 @@ fn signing_cost() {
     let verifying = (0..1000)
         .map(|_| {
             let t = std::time::Instant::now();
-            wire.verify(now_ms()).unwrap();
+            wire.verify(peer, now_ms()).unwrap();
             t.elapsed()
         })
         .collect();
@@ -421,4 +460,111 @@ fn signing_cost() {
         median(signing),
         median(verifying)
     );
+}
+
+/// A block request for file `cid` from `from`, acting for itself.
+async fn ask(from: &Node, key: &Keypair, peer: PeerId, cid: Cid) -> Result<Option<Vec<u8>>, NetError> {
+    let request = BlockRequest {
+        cid,
+        file: cid,
+        credential: Credential::of(key),
+    };
+    from.net().fetch_block(peer, request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_blocks_are_denied_alike_whether_they_exist_or_not() {
+    let root = tempfile::tempdir().unwrap();
+    let alice = node(root.path(), "alice", 0).await;
+    let bob = node(root.path(), "bob", 0).await;
+    let e = node(root.path(), "e", 1).await;
+    let e_id = connect(&alice, &e).await;
+    connect(&bob, &e).await;
+    let alice_id = connect(&bob, &alice).await;
+    connect(&e, &alice).await;
+    let bob_key = identity(root.path(), "bob");
+
+    // Alice's secret, given to her task on E: E now holds it too, as hers.
+    let secret = root.path().join("secret.txt");
+    std::fs::write(&secret, "alice's low-entropy secret").unwrap();
+    let secret = alice.put_path(secret, false).await.unwrap();
+    let mut spec = spec_for(&alice, wasm::HELLO, &[]).await;
+    spec.inputs = vec![("name".into(), secret)];
+    let ran = alice.submit(spec.clone(), Some(e_id)).await;
+    let outputs = ran.report.result.clone().expect("alice's task runs");
+    assert!(e.store().has_block(&secret));
+    // Alice reads her output from E.
+    alice.fetch_file(outputs[0].1, &[e_id]).await.unwrap();
+
+    // Bob asks for it directly, from Alice's node and from E: denied, exactly as for a
+    // block nobody has.
+    let missing = Cid::of(b"nobody stored this");
+    for peer in [alice_id, e_id] {
+        for cid in [secret, outputs[0].1, missing] {
+            let err = ask(&bob, &bob_key, peer, cid).await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("peer {peer} denied block {cid}: the tenant may not read it there, or it is not there")
+            );
+        }
+    }
+    // Claiming to act for Alice without her delegation is no better.
+    let claimed = BlockRequest {
+        cid: secret,
+        file: secret,
+        credential: Credential {
+            tenant: identity(root.path(), "alice").public().encode_protobuf(),
+            chain: vec![],
+        },
+    };
+    let err = bob.net().fetch_block(alice_id, claimed).await.unwrap_err();
+    assert!(matches!(err, NetError::Denied { .. }), "{err}");
+
+    // Bob's task naming Alice's secret, and one naming a block that does not exist, are
+    // denied on E alike, though E holds the secret.
+    let mut bobs = spec_for(&bob, wasm::HELLO, &[]).await;
+    for cid in [secret, missing] {
+        bobs.inputs = vec![("name".into(), cid)];
+        let placed = bob.submit(bobs.clone(), Some(e_id)).await;
+        let why = denied(&placed.report);
+        let expected = format!(
+            "cannot fetch input `name` {cid}: no peer would serve block {cid} to tenant {}: \
+             it is not the tenant's to read, or it does not exist (asked",
+            bob.peer_id()
+        );
+        assert!(why.starts_with(&expected), "{why}");
+    }
+    // What Bob may read, E serves him: his own task's output.
+    bobs.inputs = vec![("name".into(), bob.store().put_bytes(b"bob").unwrap())];
+    let ran = bob.submit(bobs, Some(e_id)).await;
+    let outputs = ran.report.result.clone().expect("bob's task runs");
+    assert!(ask(&bob, &bob_key, e_id, outputs[0].1).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tenant_over_its_stored_bytes_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let a = node(root.path(), "a", 0).await;
+    let policy = Policy {
+        open_max_stored: 1 << 20,
+        ..Policy::default()
+    };
+    let b = node_with(root.path(), "b", 1, policy).await;
+    let b_id = connect(&a, &b).await;
+    let big = root.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 3 << 19]).unwrap();
+    let big = a.put_path(big, false).await.unwrap();
+    let mut spec = spec_for(&a, wasm::NOOP, &[]).await;
+    let small = spec.clone();
+    spec.inputs = vec![("data".into(), big)];
+    let refused = a.submit(spec, Some(b_id)).await;
+    let why = denied(&refused.report);
+    assert!(
+        why.starts_with(&format!("tenant {} stores ", a.peer_id()))
+            && why.ends_with(" MiB on this node, over its 1 MiB stored-bytes quota"),
+        "{why}"
+    );
+    // Now over it, even a task that brings nothing new is refused before it is fetched.
+    let refused = a.submit(small, Some(b_id)).await;
+    assert!(denied(&refused.report).contains("stored-bytes quota"));
 }

@@ -314,7 +314,7 @@ async fn submit_module(
     deterministic: bool,
 ) -> (Result<Vec<(String, Cid)>, TaskFailure>, String, Duration) {
     let spec = TaskSpec {
-        module: node.put_path(module.into()).await.unwrap(),
+        module: node.put_path(module.into(), false).await.unwrap(),
         task: Some(task.into()),
         inputs: inputs.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
         args: args

@@ -186,11 +186,10 @@ pub async fn connect(from: &Node, to: &Node) -> shoal_p2p::PeerId {
     from.net().dial(addr).await.expect("dial")
 }
 
-/// A spec for the module at `path` with `args`, stored and announced by `node`, with 30 s of
-/// time and CPU.
+/// A spec for the module at `path` with `args`, stored by `node`, with 30 s of time and CPU.
 pub async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
     let spec = TaskSpec {
-        module: node.put_path(path.into()).await.expect("module"),
+        module: node.put_path(path.into(), false).await.expect("module"),
         task: None,
         inputs: vec![],
         args: args
@@ -206,6 +205,5 @@ pub async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpe
         deterministic: false,
         tenant: None,
     };
-    node.announce_spec(&spec).await;
     spec
 }

@@ -18,11 +18,11 @@ use shoal_host::{
     control::{self, Peers},
     node::Node,
     runtime::{FailureKind, TaskSpec},
-    store::{BlockStore, Cid},
+    store::BlockStore,
 };
 use shoal_p2p::{
-    BoxFuture, Capacity, FailureKind as WireKind, InboundHandler, PeerId, ProgressRecord,
-    TaskOutcome,
+    BlockRequest, BlockResponse, BoxFuture, Capacity, FailureKind as WireKind, InboundHandler,
+    PeerId, ProgressRecord, TaskOutcome,
 };
 use shoal_task_artifacts as wasm;
 
@@ -49,8 +49,8 @@ struct Wrapped {
 }
 
 impl InboundHandler for Wrapped {
-    fn block(&self, from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
-        self.inner.block(from, cid)
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+        self.inner.block(from, request)
     }
 
     fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
@@ -113,7 +113,6 @@ async fn hello_spec(node: &Node) -> TaskSpec {
         "name".into(),
         node.store().put_bytes(b"verify").expect("input"),
     )];
-    node.announce_spec(&spec).await;
     spec
 }
 

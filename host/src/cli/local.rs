@@ -93,7 +93,7 @@ fn node_running(data_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(shoal_host::control::socket_path(data_dir)).is_ok()
 }
 
-/// `host put`: through the local node if one runs (it also announces the file), else directly.
+/// `host put`: through the local node if one runs (it announces a public file), else directly.
 pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
     let data_dir = args.data_dir.resolve();
     let cid = if node_running(&data_dir) {
@@ -101,9 +101,22 @@ pub(super) fn put(args: PutArgs) -> anyhow::Result<Exit> {
         if !path.is_file() {
             return Err(usage(format!("cannot read {}", args.file.display())));
         }
-        super::mesh::call(&data_dir, Put { path })?
+        super::mesh::call(
+            &data_dir,
+            Put {
+                path,
+                public: args.public,
+            },
+        )?
     } else {
-        control::store_file(&open_store(&data_dir)?, &args.file)?
+        let store = open_store(&data_dir)?;
+        let cid = control::store_file(&store, &args.file)?;
+        if args.public {
+            store
+                .grant(&cid, shoal_host::store::PUBLIC)
+                .map_err(Failure::from)?;
+        }
+        cid
     };
     if args.json {
         println!("{}", serde_json::json!({ "cid": cid }));

@@ -134,6 +134,10 @@ pub struct JoinArgs {
     /// An open tenant's tasks running here at once.
     #[arg(long, value_name = "N", default_value_t = shoal_host::node::OPEN_MAX_TASKS)]
     pub open_max_tasks: usize,
+    /// The bytes of an open tenant's files (inputs fetched for it, its outputs) this node
+    /// keeps; past it, the tenant's next task is refused.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size, default_value = "1GiB")]
+    pub open_max_stored: u64,
     #[command(flatten)]
     pub data_dir: DataDirArg,
 }
@@ -160,6 +164,7 @@ impl JoinArgs {
             open_max_memory: self.open_max_memory,
             open_max_time: self.open_max_time,
             open_max_tasks: self.open_max_tasks,
+            open_max_stored: self.open_max_stored,
         }
     }
 }
@@ -341,6 +346,11 @@ pub struct PutArgs {
     /// Print {"cid": ...} as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Let any peer read the file, and announce it to the mesh (a running node announces it
+    /// at once, else the node does when it starts). Without it, only this node and the
+    /// tasks it gives the file to may read it.
+    #[arg(long)]
+    pub public: bool,
 }
 
 /// `host get`.

@@ -117,11 +117,13 @@ calls! {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Gc;
 
-/// Store a file (a path on this machine) and announce it; the reply is its CID.
+/// Store a file (a path on this machine); the reply is its CID.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Put {
     /// The file.
     pub path: PathBuf,
+    /// Let any peer read it, and announce it to the mesh.
+    pub public: bool,
 }
 
 /// Fetch a file (from the mesh if needed) and write it to `path`; the reply is its length.

@@ -135,7 +135,7 @@ where
 }
 
 async fn put(node: &Node, r: Put) -> Result<Cid, Failure> {
-    Ok(node.put_path(r.path).await?)
+    Ok(node.put_path(r.path, r.public).await?)
 }
 
 async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
@@ -165,7 +165,7 @@ fn peer_id(p: &str) -> Result<PeerId, Failure> {
     PeerId::from_str(p).map_err(|e| Exit::Usage.fail(format_args!("{p}: not a peer id ({e})")))
 }
 
-/// Builds the task (storing its files), announces what it stored, and parses `on`; refuses
+/// Builds the task (storing its files) and parses `on`; refuses
 /// `--verify` with `--on`, or past [`MAX_VERIFY`].
 async fn resolve(
     node: &Node,
@@ -187,7 +187,6 @@ async fn resolve(
     let on = on.map(peer_id).transpose()?;
     let store = node.store().clone();
     let spec = blocking(move || task.build(&store)).await?;
-    node.announce_spec(&spec).await;
     Ok((spec, on))
 }
 

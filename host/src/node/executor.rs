@@ -1,10 +1,13 @@
-//! The node's answers to other peers: it serves the blocks it holds, reports its capacity,
-//! and runs the tasks they send (fetching module and inputs first, verified, from the
-//! sender).
+//! The node's answers to other peers: it serves the blocks a requester's tenant may read,
+//! reports its capacity, and runs the tasks they send (fetching module and inputs first,
+//! verified, from the sender and the sources it names).
 
 use std::{sync::Arc, time::Instant};
 
-use shoal_p2p::{BoxFuture, Capacity, InboundHandler, PeerId, ProgressRecord, TaskOutcome};
+use shoal_p2p::{
+    BlockRequest, BlockResponse, BoxFuture, Capacity, InboundHandler, PeerId, ProgressRecord,
+    TaskOutcome,
+};
 use tracing::Instrument;
 
 use super::{FetchError, NodeInner};
@@ -14,13 +17,32 @@ use crate::{
 };
 
 impl InboundHandler for NodeInner {
-    fn block(&self, _from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>> {
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
         Box::pin(async move {
+            // Whom the requester acts for, proven; then whether that tenant may read the file
+            // here. A refusal never looks at the block, so it says nothing of whether it is here.
+            let reader = match request.credential.verify(from, now_ms()) {
+                Ok(tenant) if tenant == self.net.local_peer_id() => None,
+                Ok(tenant) => Some(tenant.to_string()),
+                Err(e) => {
+                    tracing::debug!(peer = %from, "block request refused: {e}");
+                    return BlockResponse::Denied;
+                }
+            };
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.get_block(&cid).ok())
-                .await
-                .ok()
-                .flatten()
+            tokio::task::spawn_blocking(move || {
+                let BlockRequest { cid, file, .. } = request;
+                if let Some(reader) = reader
+                    && !store.may_read(&file, &cid, &reader)
+                {
+                    return BlockResponse::Denied;
+                }
+                store
+                    .get_block(&cid)
+                    .map_or(BlockResponse::NotFound, BlockResponse::Found)
+            })
+            .await
+            .unwrap_or(BlockResponse::NotFound)
         })
     }
 
@@ -39,6 +61,9 @@ impl InboundHandler for NodeInner {
     }
 }
 
+/// Sources of a spec asked besides its sender; the rest are ignored.
+const MAX_SOURCES: usize = 16;
+
 /// Progress records waiting to go back to a submitter; past this, new ones are dropped.
 const PROGRESS_QUEUE: usize = 64;
 
@@ -54,17 +79,23 @@ impl NodeInner {
         }
         // Who it runs for, proven, and whether this node's policy lets it in: checked before
         // anything is fetched or run, so a forged or unwelcome spec costs a signature check.
-        let tenant = match spec.verify(now_ms()) {
+        let me = self.net.local_peer_id();
+        let now = now_ms();
+        let checked = spec
+            .verify(me, now)
+            .map_err(|e| e.to_string())
+            .and_then(|tenant| self.replays.check(&spec.auth, now).map(|()| tenant));
+        let tenant = match checked {
             Ok(tenant) => tenant,
             Err(e) => {
                 tracing::info!("refused a task from peer {from}: {e}");
-                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e.to_string());
+                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e);
             }
         };
-        let me = self.net.local_peer_id();
+        let stored = || self.store.granted_bytes(&tenant.to_string());
         let _admitted = match self
             .tenants
-            .admit(&self.config.policy, me, tenant, &spec.limits)
+            .admit(&self.config.policy, me, tenant, &spec.limits, stored())
         {
             Ok(admitted) => admitted,
             Err(why) => {
@@ -73,6 +104,15 @@ impl NodeInner {
             }
         };
         let token = spec.progress;
+        let credential = spec.auth.credential.clone();
+        let mut providers = vec![from];
+        providers.extend(
+            spec.sources
+                .iter()
+                .filter_map(|p| PeerId::from_bytes(p).ok())
+                .filter(|p| *p != from && *p != me)
+                .take(MAX_SOURCES),
+        );
         let spec = spec_from_wire(spec);
         let fetching = Instant::now();
         tracing::info!("running a task for peer {from}");
@@ -93,15 +133,20 @@ impl NodeInner {
             .collect();
         let _lease = self.store.lease(&cids);
         for (what, cid, not_a_file) in std::iter::once(module).chain(inputs) {
-            if let Err(e) = self.fetch_file(cid, &[from]).await {
-                // Anything else may pass (a provider went away, this disk is full): lost, so
-                // the submitter tries another peer.
+            if let Err(e) = self.fetch_file(cid, &providers, &credential).await {
+                // A block no peer would serve to the tenant is refused, whether it exists or
+                // not. Anything else may pass (a provider went away, this disk is full): lost,
+                // so the submitter tries another peer.
                 let kind = match e {
                     FetchError::Store(StoreError::NotAFile { .. }) => not_a_file,
+                    FetchError::Denied { .. } => shoal_p2p::FailureKind::Denied,
                     _ => shoal_p2p::FailureKind::Lost,
                 };
                 return TaskOutcome::failed(kind, format!("cannot fetch {what} {cid}: {e}"));
             }
+        }
+        if let Err(why) = self.tenants.check_stored(&self.config.policy, me, tenant, stored()) {
+            return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
         }
         let fetched = fetching.elapsed();
         let progress = (token != 0).then(|| self.send_progress_to(from, token));
@@ -110,11 +155,6 @@ impl NodeInner {
         let queue = (tenant != me).then(|| tenant.to_string());
         let mut report = self.runtime.run_for(queue, spec, progress).await;
         report.stats.fetch = fetched;
-        if let Ok(outputs) = &report.result {
-            for (_, cid) in outputs {
-                self.announce(*cid).await;
-            }
-        }
         tracing::info!(
             ok = report.result.is_ok(),
             "finished a task for peer {from}"

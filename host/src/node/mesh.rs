@@ -42,13 +42,33 @@ impl Mesh for NodeMesh {
         });
     }
 
-    fn fetch(&self, cid: Cid) -> Result<(), String> {
+    fn written(&self, cid: Cid, tenant: &[u8]) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let reader = postcard::from_bytes::<shoal_p2p::Credential>(tenant)
+            .ok()
+            .and_then(|c| c.tenant().ok());
+        if let Some(reader) = reader
+            && let Err(e) = inner.store.grant(&cid, &reader.to_string())
+        {
+            tracing::warn!(%cid, error = %e, "cannot grant a task's output to its tenant");
+        }
+    }
+
+    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>) -> Result<(), String> {
         let inner = self
             .inner
             .upgrade()
             .ok_or_else(|| "the node is shutting down".to_owned())?;
+        // The task's tenant's credential (the chain to this node), or this node's own.
+        let credential = match tenant {
+            Some(bytes) => postcard::from_bytes(bytes)
+                .map_err(|e| format!("the task's credential does not decode: {e}"))?,
+            None => inner.own.clone(),
+        };
         self.tokio
-            .block_on(inner.fetch_file(cid, &[]))
+            .block_on(inner.fetch_file(cid, &[], &credential))
             .map_err(|e| e.to_string())
     }
 }

@@ -13,18 +13,20 @@ use std::{
     sync::Arc,
 };
 
-use shoal_p2p::{Capacity, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
+use shoal_p2p::{Capacity, Credential, InboundHandler, Multiaddr, Network, NetworkClient, PeerId};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
     fetch::FetchError,
-    policy::{Accept, OPEN_MAX_MEMORY, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy},
+    policy::{
+        Accept, OPEN_MAX_MEMORY, OPEN_MAX_STORED, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy, REPLAY_WINDOW,
+    },
 };
 use crate::{
     compute::DeviceChoice,
     runtime::{Runtime, RuntimeConfig, default_memory_budget},
-    sched::{self, ProgressRoutes, Scheduler},
-    store::{BlockStore, Cid, PinClass, StoreConfig, StoreError},
+    sched::{self, Locations, ProgressRoutes, Scheduler},
+    store::{BlockStore, Cid, PUBLIC, PinClass, StoreConfig, StoreError},
 };
 
 /// How to start a node (`host join`'s flags).
@@ -106,6 +108,12 @@ pub(crate) struct NodeInner {
     progress: Arc<ProgressRoutes>,
     /// Other tenants' tasks running here, for the policy's per-tenant cap.
     tenants: policy::Tenants,
+    /// Signed specs seen within the replay window.
+    replays: policy::Replays,
+    /// This node acting for itself, as it asks for blocks of its own.
+    own: Credential,
+    /// Where the outputs of this node's remote tasks are (the scheduler records them).
+    locations: Arc<Locations>,
 }
 
 impl Node {
@@ -157,6 +165,8 @@ impl Node {
         net_config.mdns = config.mdns;
         net_config.shutdown = shutdown.child_token();
         let progress = Arc::new(ProgressRoutes::default());
+        let locations = Arc::new(Locations::default());
+        let own = Credential::of(&keypair);
         let mut inner = None;
         let (net, _actor) = Network::spawn(net_config, |net| {
             let made = Arc::new(NodeInner {
@@ -166,6 +176,9 @@ impl Node {
                 config: config.clone(),
                 progress: progress.clone(),
                 tenants: policy::Tenants::default(),
+                replays: policy::Replays::default(),
+                own: own.clone(),
+                locations: locations.clone(),
             });
             inner = Some(made.clone());
             wrap(made)
@@ -182,7 +195,11 @@ impl Node {
             store,
             config.slots,
             progress,
+            locations,
         ));
+        for cid in inner.store.public_files() {
+            inner.announce(cid).await;
+        }
         runtime.attach_mesh(Arc::new(mesh::NodeMesh {
             inner: Arc::downgrade(&inner),
             scheduler: Arc::downgrade(&scheduler),
@@ -205,6 +222,11 @@ impl Node {
         self.net().local_peer_id()
     }
 
+    /// This node acting for itself: what it presents when it asks for blocks of its own.
+    pub fn credential(&self) -> &Credential {
+        &self.inner.own
+    }
+
     /// The local block store.
     pub fn store(&self) -> &Arc<BlockStore> {
         &self.inner.store
@@ -220,11 +242,12 @@ impl Node {
         self.shutdown.clone()
     }
 
-    /// Stores a file from disk and announces it to the mesh.
+    /// Stores a file from disk. A `public` file may be read by any peer and is announced to
+    /// the mesh; any other is this node's, and its tasks' where it is one of their inputs.
     ///
     /// # Errors
     /// Store errors (unreadable file, full disk).
-    pub async fn put_path(&self, path: PathBuf) -> Result<Cid, StoreError> {
+    pub async fn put_path(&self, path: PathBuf, public: bool) -> Result<Cid, StoreError> {
         let store = self.inner.store.clone();
         let cid = blocking("storing a file", move || {
             let file = std::fs::File::open(&path).map_err(|source| StoreError::Io {
@@ -237,16 +260,22 @@ impl Node {
             )
         })
         .await?;
-        self.inner.announce(cid).await;
+        if public {
+            let store = self.inner.store.clone();
+            blocking("granting a file", move || store.grant(&cid, PUBLIC)).await?;
+            self.inner.announce(cid).await;
+        }
         Ok(cid)
     }
 
-    /// Makes sure a whole file is in the local store, fetching what is missing from the mesh.
+    /// Makes sure a whole file is in the local store, fetching what is missing from the mesh
+    /// as this node's own tenant: from `hints`, from where this node's tasks left it, or
+    /// from the peers that announce it (public files).
     ///
     /// # Errors
-    /// [`FetchError`] when a block cannot be found or every copy is corrupt.
+    /// [`FetchError`] when no peer asked would serve it or every copy is corrupt.
     pub async fn fetch_file(&self, cid: Cid, hints: &[PeerId]) -> Result<(), FetchError> {
-        self.inner.fetch_file(cid, hints).await
+        self.inner.fetch_file(cid, hints, &self.inner.own).await
     }
 
     /// Places and runs one task on the mesh (or on `on`), returning its outcome and where it ran.
@@ -311,16 +340,6 @@ impl Node {
         self.scheduler.backed_off(peer)
     }
 
-    /// Announces the task's module and inputs that this node holds, so the peer that runs
-    /// it can find them.
-    pub async fn announce_spec(&self, spec: &crate::runtime::TaskSpec) {
-        for cid in std::iter::once(spec.module).chain(spec.inputs.iter().map(|(_, c)| *c)) {
-            if self.inner.store.has_block(&cid) {
-                self.inner.announce(cid).await;
-            }
-        }
-    }
-
     /// This node's capacity as it advertises it.
     pub fn capacity(&self) -> Capacity {
         self.inner.capacity()
@@ -334,7 +353,7 @@ impl Node {
 }
 
 impl NodeInner {
-    /// Publishes a provider record so other peers can find the file.
+    /// Publishes a provider record so other peers can find the file: public files only.
     pub(crate) async fn announce(&self, cid: Cid) {
         if let Err(e) = self.net.start_providing(cid).await {
             tracing::warn!(%cid, error = %e, "cannot announce block");

@@ -1,6 +1,7 @@
 //! Whose tasks this node runs, and how much of it each tenant may have: `host join`'s
 //! `--accept`, `--allow` and `--open-max-*`. A task outside the policy is refused `Denied`,
-//! naming the limit, before anything is fetched for it.
+//! naming the limit, before anything is fetched for it. Also the replay window: a signed
+//! spec is run at most once, and only while it is fresh.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use shoal_p2p::{PeerId, TaskLimits};
+use shoal_p2p::{PeerId, TaskAuth, TaskLimits};
 
 use crate::runtime::limits::{fmt_bytes as fmt_small, fmt_duration};
 
@@ -46,6 +47,9 @@ pub struct Policy {
     pub open_max_time: Duration,
     /// An open tenant's tasks running here at once.
     pub open_max_tasks: usize,
+    /// The bytes of an open tenant's files (inputs fetched for it, its outputs) this node
+    /// keeps.
+    pub open_max_stored: u64,
 }
 
 /// `--open-max-memory`'s default.
@@ -56,6 +60,8 @@ pub const OPEN_MAX_TIME: Duration = Duration::from_secs(3600);
 /// `--open-max-tasks`'s default: one submitter's share of a peer's inbound tasks
 /// ([`shoal_p2p::DEFAULT_MAX_INBOUND_TASKS_PER_PEER`]), so a lone submitter never meets it.
 pub const OPEN_MAX_TASKS: usize = shoal_p2p::DEFAULT_MAX_INBOUND_TASKS_PER_PEER;
+/// `--open-max-stored`'s default.
+pub const OPEN_MAX_STORED: u64 = 1 << 30;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -65,6 +71,7 @@ impl Default for Policy {
             open_max_memory: OPEN_MAX_MEMORY,
             open_max_time: OPEN_MAX_TIME,
             open_max_tasks: OPEN_MAX_TASKS,
+            open_max_stored: OPEN_MAX_STORED,
         }
     }
 }
@@ -98,17 +105,21 @@ impl Drop for Admitted {
 }
 
 impl Tenants {
-    /// Lets `tenant`'s task asking `limits` in under `policy` (`me` is this node), or says
-    /// why not.
+    /// Lets `tenant`'s task asking `limits` in under `policy` (`me` is this node), with
+    /// `stored` bytes of the tenant's files here already, or says why not.
     pub(super) fn admit(
         &self,
         policy: &Policy,
         me: PeerId,
         tenant: PeerId,
         limits: &TaskLimits,
+        stored: u64,
     ) -> Result<Admitted, String> {
         if tenant == me || policy.allow.contains(&tenant) {
             return Ok(Admitted { counted: None });
+        }
+        if stored >= policy.open_max_stored {
+            return Err(stored_over(tenant, stored, policy));
         }
         if policy.accept == Accept::Allowlist {
             return Err(format!("tenant {tenant} is not on this node's allowlist"));
@@ -141,6 +152,80 @@ impl Tenants {
             counted: Some((tenant, self.running.clone())),
         })
     }
+
+    /// Whether an open `tenant` with `stored` bytes here (its inputs fetched) is within its
+    /// stored-bytes quota. Its outputs are counted when its next task asks.
+    pub(super) fn check_stored(
+        &self,
+        policy: &Policy,
+        me: PeerId,
+        tenant: PeerId,
+        stored: u64,
+    ) -> Result<(), String> {
+        let open = tenant != me && !policy.allow.contains(&tenant);
+        if open && stored > policy.open_max_stored {
+            return Err(stored_over(tenant, stored, policy));
+        }
+        Ok(())
+    }
+}
+
+fn stored_over(tenant: PeerId, stored: u64, policy: &Policy) -> String {
+    format!(
+        "tenant {tenant} stores {} on this node, over its {} stored-bytes quota",
+        crate::store::space::fmt_bytes(stored),
+        fmt_bytes(policy.open_max_stored)
+    )
+}
+
+/// How long a signed spec is accepted after it was signed. Submitters sign each attempt
+/// when they send it, so only a wait on the wire or a clock set wrong counts against it.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(600);
+/// How far ahead of this node's clock a signing time may be.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Specs remembered at most; past this a new one is refused until old ones leave the window.
+const MAX_REMEMBERED: usize = 1 << 20;
+
+/// The signatures of the specs run here within the replay window, with their signing times.
+#[derive(Default)]
+pub(super) struct Replays {
+    seen: Mutex<HashMap<shoal::abi::Cid, u64>>,
+}
+
+impl Replays {
+    /// Accepts a spec signed at `auth.issued_at_ms` once, within the window around `now_ms`;
+    /// says why not otherwise.
+    pub(super) fn check(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+        let window = u64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let skew = u64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+        let issued = auth.issued_at_ms;
+        if issued.saturating_add(window) < now_ms {
+            return Err(format!(
+                "the task was signed {} ago, outside this node's {} replay window",
+                fmt_duration(Duration::from_millis(now_ms - issued)),
+                fmt_duration(REPLAY_WINDOW)
+            ));
+        }
+        if issued > now_ms.saturating_add(skew) {
+            return Err("the task is signed with a time ahead of this node's clock".into());
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() >= MAX_REMEMBERED {
+            seen.retain(|_, at| at.saturating_add(window) >= now_ms);
+        }
+        if seen.len() >= MAX_REMEMBERED {
+            return Err("this node has seen too many tasks in its replay window; retry later".into());
+        }
+        match seen.entry(shoal::abi::Cid::of(&auth.signature)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                Err("this signed task was already received here: a replay".into())
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(issued);
+                Ok(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,37 +250,79 @@ mod tests {
         };
         let tenants = Tenants::default();
         let big = limits(4096, 3600);
-        assert!(tenants.admit(&policy, me, me, &big).is_ok());
-        assert!(tenants.admit(&policy, me, friend, &big).is_ok());
-        let e = tenants.admit(&policy, me, stranger, &big).err().unwrap();
+        assert!(tenants.admit(&policy, me, me, &big, 0).is_ok());
+        assert!(tenants.admit(&policy, me, friend, &big, 0).is_ok());
+        let e = tenants.admit(&policy, me, stranger, &big, 0).err().unwrap();
         assert_eq!(
             e,
             "task asks 4 GiB of memory, open tenants get at most 256 MiB on this node"
         );
-        let e = tenants
-            .admit(&policy, me, stranger, &limits(256, 7200))
+        let e = tenants.admit(&policy, me, stranger, &limits(256, 7200), 0)
             .err()
             .unwrap();
         assert!(e.contains("open tenants get at most 3600 s"), "{e}");
         let small = limits(64, 60);
-        let one = tenants.admit(&policy, me, stranger, &small).unwrap();
-        let _two = tenants.admit(&policy, me, stranger, &small).unwrap();
-        let e = tenants.admit(&policy, me, stranger, &small).err().unwrap();
+        let one = tenants.admit(&policy, me, stranger, &small, 0).unwrap();
+        let _two = tenants.admit(&policy, me, stranger, &small, 0).unwrap();
+        let e = tenants.admit(&policy, me, stranger, &small, 0).err().unwrap();
         assert_eq!(
             e,
             format!("tenant {stranger} already runs 2 tasks here, its limit")
         );
         drop(one);
-        assert!(tenants.admit(&policy, me, stranger, &small).is_ok());
+        assert!(tenants.admit(&policy, me, stranger, &small, 0).is_ok());
         let closed = Policy {
             accept: Accept::Allowlist,
             ..policy
         };
-        let e = tenants.admit(&closed, me, stranger, &small).err().unwrap();
+        let e = tenants.admit(&closed, me, stranger, &small, 0).err().unwrap();
         assert_eq!(
             e,
             format!("tenant {stranger} is not on this node's allowlist")
         );
-        assert!(tenants.admit(&closed, me, friend, &big).is_ok());
+        assert!(tenants.admit(&closed, me, friend, &big, 0).is_ok());
+    }
+
+    #[test]
+    fn open_tenants_are_refused_past_their_stored_bytes() {
+        let (me, stranger) = (PeerId::random(), PeerId::random());
+        let policy = Policy {
+            open_max_stored: 10 << 20,
+            ..Policy::default()
+        };
+        let tenants = Tenants::default();
+        let small = limits(64, 60);
+        assert!(tenants.admit(&policy, me, stranger, &small, 9 << 20).is_ok());
+        let e = tenants
+            .admit(&policy, me, stranger, &small, 10 << 20)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "tenant {stranger} stores 10.0 MiB on this node, over its 10 MiB stored-bytes quota"
+            )
+        );
+        assert!(tenants.check_stored(&policy, me, stranger, 10 << 20).is_ok());
+        assert!(tenants.check_stored(&policy, me, stranger, 11 << 20).is_err());
+        assert!(tenants.check_stored(&policy, me, me, u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn a_signed_spec_runs_once_and_only_while_fresh() {
+        let replays = Replays::default();
+        let now = 10_000_000;
+        let auth = |issued_at_ms, signature: &[u8]| TaskAuth {
+            issued_at_ms,
+            signature: signature.to_vec(),
+            ..TaskAuth::default()
+        };
+        assert!(replays.check(&auth(now - 1_000, b"a"), now).is_ok());
+        let e = replays.check(&auth(now - 1_000, b"a"), now).unwrap_err();
+        assert!(e.contains("a replay"), "{e}");
+        assert!(replays.check(&auth(now - 1_000, b"b"), now).is_ok());
+        let e = replays.check(&auth(now - 700_000, b"c"), now).unwrap_err();
+        assert!(e.contains("outside this node's 600 s replay window"), "{e}");
+        assert!(replays.check(&auth(now + 120_000, b"d"), now).is_err());
     }
 }

@@ -191,6 +191,7 @@ pub(super) fn store_bytes(
         })?;
     state.output_bytes = total;
     state.subtasks.readable.insert(cid);
+    state.subtasks.written(cid);
     Ok(cid)
 }
 

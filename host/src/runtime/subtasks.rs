@@ -60,11 +60,17 @@ pub trait Mesh: Send + Sync {
     );
 
     /// Makes file `cid` (its manifest and chunks) present in the local store, fetching it
-    /// from the mesh if needed. Blocks: it is called on a slot thread.
+    /// from the mesh if needed, for `tenant` (the task's [`TaskSpec::tenant`]; `None`: this
+    /// node's own). Blocks: it is called on a slot thread.
     ///
     /// # Errors
     /// Why it could not be fetched.
-    fn fetch(&self, cid: Cid) -> Result<(), String>;
+    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>) -> Result<(), String>;
+
+    /// Lets `tenant` (a task's [`TaskSpec::tenant`]) read file `cid`, which its task just
+    /// wrote here, from other peers: its node and the executors of its subtasks fetch it
+    /// while the task still runs.
+    fn written(&self, cid: Cid, tenant: &[u8]);
 }
 
 /// One spawned subtask.
@@ -126,6 +132,13 @@ impl Subtasks {
             done_rx,
             cancel: CancellationToken::new(),
             peers: Vec::new(),
+        }
+    }
+
+    /// Tells the node that the task wrote file `cid`, so its tenant may read it.
+    pub(super) fn written(&self, cid: Cid) {
+        if let (Some(mesh), Some(tenant)) = (&self.mesh, &self.tenant) {
+            mesh.written(cid, tenant);
         }
     }
 
@@ -375,7 +388,7 @@ fn open(state: &mut TaskState, cid: Cid) -> Result<i32, ErrorCode> {
     }
     if !state.store.has_block(&cid)
         && let Some(mesh) = state.subtasks.mesh.clone()
-        && let Err(e) = mesh.fetch(cid)
+        && let Err(e) = mesh.fetch(cid, state.subtasks.tenant.as_deref())
     {
         note(state, &format!("fetching {cid}: {e}"));
         return Err(ErrorCode::Unavailable);

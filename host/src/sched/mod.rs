@@ -10,6 +10,7 @@
 //! The scheduler owns what it uses: a network client, the local runtime and store. The other
 //! side, running a task another peer sent, is the node's.
 
+mod locations;
 mod progress;
 mod tenant;
 mod trust;
@@ -28,10 +29,11 @@ use tracing::Instrument;
 
 use self::trust::Trust;
 pub use self::{
+    locations::Locations,
     progress::ProgressRoutes,
     tenant::{now_ms, sign_for},
     verify::MAX_VERIFY,
-    wire::{report_from_wire, report_to_wire, spec_from_wire, spec_to_wire},
+    wire::{credential_of, report_from_wire, report_to_wire, spec_from_wire, spec_to_wire},
 };
 use crate::{
     runtime::{FailureKind, Progress, Runtime, TaskFailure, TaskReport, TaskSpec},
@@ -116,6 +118,8 @@ pub struct Scheduler {
     in_flight: Mutex<HashMap<PeerId, i64>>,
     remote_permits: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
     progress: Arc<ProgressRoutes>,
+    /// Where remote runs left their outputs.
+    locations: Arc<Locations>,
     /// Busy backoffs and faulty peers.
     trust: Mutex<Trust>,
 }
@@ -128,7 +132,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Scheduler {
     /// A scheduler that places tasks through `net`, signed with `keypair` (the node's
     /// identity), running local ones on `runtime`; remote runs' progress records come back
-    /// through `progress`.
+    /// through `progress`, and where their outputs are goes into `locations`.
     pub fn new(
         net: NetworkClient,
         keypair: Keypair,
@@ -136,6 +140,7 @@ impl Scheduler {
         store: Arc<BlockStore>,
         local_slots: usize,
         progress: Arc<ProgressRoutes>,
+        locations: Arc<Locations>,
     ) -> Self {
         Self {
             net,
@@ -144,6 +149,7 @@ impl Scheduler {
             store,
             local_slots,
             progress,
+            locations,
             capacities: Mutex::default(),
             in_flight: Mutex::default(),
             remote_permits: Mutex::default(),
@@ -159,6 +165,31 @@ impl Scheduler {
     /// How much longer `peer` is left out of placement for answering Busy, if it is.
     pub fn backed_off(&self, peer: &PeerId) -> Option<Duration> {
         lock(&self.trust).backed_off(peer, Instant::now())
+    }
+
+    /// Readies `spec`'s files for the peer it is sent to: what this node holds is granted to
+    /// the spec's tenant when that is another (a driver's subtask), so the executor may fetch
+    /// it here; the peers known to hold the rest are returned, for the spec's `sources`.
+    fn hand_over(&self, spec: &TaskSpec) -> Vec<Vec<u8>> {
+        let tenant = credential_of(spec)
+            .and_then(|c| c.tenant().ok())
+            .filter(|t| *t != self.net.local_peer_id());
+        let mut sources = Vec::new();
+        for cid in std::iter::once(spec.module).chain(spec.inputs.iter().map(|(_, c)| *c)) {
+            if self.store.has_block(&cid) {
+                if let Some(tenant) = tenant
+                    && let Err(e) = self.store.grant(&cid, &tenant.to_string())
+                {
+                    tracing::warn!(%cid, error = %e, "cannot grant a subtask's input");
+                }
+            } else if let Some(peer) = self.locations.of(&cid) {
+                let peer = peer.to_bytes();
+                if !sources.contains(&peer) {
+                    sources.push(peer);
+                }
+            }
+        }
+        sources
     }
 
     fn adjust(&self, peer: PeerId, by: i64) {
@@ -235,6 +266,9 @@ impl Scheduler {
             }
             if self.store.has_block(cid) {
                 *holders.entry(me).or_default() += 1;
+            }
+            if let Some(peer) = self.locations.of(cid) {
+                *holders.entry(peer).or_default() += 1;
             }
         }
         let in_flight = lock(&self.in_flight).clone();
@@ -358,6 +392,7 @@ impl Scheduler {
                 let _permit = permits.acquire_owned().await;
                 let route = progress.clone().map(|p| self.progress.open(peer, p));
                 let mut wire = spec_to_wire(&spec, route.as_ref().map_or(0, |r| r.token()));
+                wire.sources = self.hand_over(&spec);
                 tracing::debug!(%peer, "sending the task");
                 let sent = match sign_for(&mut wire, &self.keypair, peer) {
                     Ok(()) => self.net.submit_task(peer, wire).await,
@@ -376,7 +411,14 @@ impl Scheduler {
                         true,
                         false,
                     ),
-                    Ok(outcome) => (report_from_wire(outcome), false, true),
+                    Ok(outcome) => {
+                        if let TaskOutcome::Ok { outputs, .. } = &outcome {
+                            for (_, cid) in outputs {
+                                self.locations.record(*cid, peer);
+                            }
+                        }
+                        (report_from_wire(outcome), false, true)
+                    }
                     Err(e @ shoal_p2p::Error::Busy { .. }) => {
                         (TaskReport::lost(e.to_string()), true, false)
                     }

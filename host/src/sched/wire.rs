@@ -1,14 +1,10 @@
-//! The one place where the runtime's task types meet their `/shoal/task/4` mirrors. The p2p
+//! The one place where the runtime's task types meet their `/shoal/task/5` mirrors. The p2p
 //! crate knows nothing of the host, so the wire keeps its own copy of a spec, a report and a
 //! failure kind; each converts here, both ways, and the tests below prove it lossless.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use shoal_p2p::{
-    FailureKind as WireKind, PeerId, TaskLimits, TaskOutcome,
-    messages::{Delegation, TaskAuth},
-};
+use shoal_p2p::{Credential, FailureKind as WireKind, PeerId, TaskAuth, TaskLimits, TaskOutcome};
 
 use crate::runtime::{
     FailureKind, Limits, Logs, MAX_TASK_MEMORY, TaskFailure, TaskReport, TaskSpec, TaskStats,
@@ -119,26 +115,19 @@ pub fn spec_to_wire(spec: &TaskSpec, progress: u64) -> shoal_p2p::TaskSpec {
         depth: spec.depth,
         progress,
         deterministic: spec.deterministic,
-        auth: spec
-            .tenant
-            .as_deref()
-            .and_then(|bytes| postcard::from_bytes::<Grant>(bytes).ok())
-            .map_or_else(Box::default, |grant| {
-                Box::new(TaskAuth {
-                    tenant: grant.tenant,
-                    delegation: grant.delegation,
-                    ..TaskAuth::default()
-                })
-            }),
+        sources: Vec::new(),
+        auth: Box::new(TaskAuth {
+            credential: credential_of(spec).unwrap_or_default(),
+            ..TaskAuth::default()
+        }),
     }
 }
 
-/// What a received task keeps of its proof, as [`TaskSpec::tenant`]: its tenant and the
-/// delegation that lets this node submit its subtasks in the tenant's name.
-#[derive(Serialize, Deserialize)]
-struct Grant {
-    tenant: Vec<u8>,
-    delegation: Option<Delegation>,
+/// The credential a received task keeps as [`TaskSpec::tenant`]: its tenant, and the chain
+/// that ends at this node, which lets it fetch the tenant's blocks and submit the task's
+/// subtasks in the tenant's name. `None` for this node's own tasks.
+pub fn credential_of(spec: &TaskSpec) -> Option<Credential> {
+    postcard::from_bytes(spec.tenant.as_deref()?).ok()
 }
 
 /// A task spec received from another peer.
@@ -151,14 +140,8 @@ pub fn spec_from_wire(spec: shoal_p2p::TaskSpec) -> TaskSpec {
         limits: limits_from_wire(spec.limits),
         depth: spec.depth,
         deterministic: spec.deterministic,
-        tenant: (!spec.auth.tenant.is_empty())
-            .then(|| {
-                postcard::to_stdvec(&Grant {
-                    tenant: spec.auth.tenant,
-                    delegation: spec.auth.delegation,
-                })
-                .ok()
-            })
+        tenant: (!spec.auth.credential.tenant.is_empty())
+            .then(|| postcard::to_stdvec(&spec.auth.credential).ok())
             .flatten(),
     }
 }

@@ -199,6 +199,9 @@ impl BlockStore {
         // exact again, whatever drift there was.
         state.used = report.kept_bytes;
         state.blocks = report.kept_blocks;
+        if report.freed_blocks > 0 {
+            super::grants_lock(&self.grants).sweep(|file| !self.has_block(file));
+        }
         if report.freed_blocks > 0 || report.expired_pins > 0 {
             tracing::info!(?report, "store GC");
         }

@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod gc;
+pub mod grants;
 pub mod manifest;
 pub mod pins;
 pub mod space;
@@ -33,6 +34,7 @@ use std::{
 
 pub use block::{BlockKind, DATA_HEADER_LEN, DATA_TAG};
 pub use gc::{GcMode, GcReport, StoreUsage};
+pub use grants::PUBLIC;
 pub use manifest::{CHUNK_SIZE, MAX_FILE_LEN, Manifest, ManifestError};
 pub use pins::{DEFAULT_REMOTE_OUTPUT_RETENTION, Lease, Pin, PinClass};
 pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
@@ -141,6 +143,11 @@ pub enum StoreError {
     },
 }
 
+/// The grants, whatever a panicking holder left: each change is one whole insert or remove.
+fn grants_lock(grants: &Mutex<grants::GrantMap>) -> std::sync::MutexGuard<'_, grants::GrantMap> {
+    grants.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let what = what.into();
     move |source| StoreError::Io { what, source }
@@ -189,6 +196,9 @@ pub struct BlockStore {
     tmp_counter: AtomicU64,
     state: Arc<Mutex<State>>,
     retention: Duration,
+    /// Who besides this node may read which file ([`grants`]); its own lock, so that
+    /// serving a block never waits on a GC or a commit.
+    grants: Mutex<grants::GrantMap>,
     // Held for the store's lifetime; the OS drops the lock with the file.
     _lock: File,
 }
@@ -241,6 +251,9 @@ impl BlockStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        let grants_dir = data_dir.join("grants");
+        let grants = grants::GrantMap::load(&grants_dir)
+            .map_err(io_err(format!("reading grants in {}", grants_dir.display())))?;
         let pins = pins::load(&pins_dir)
             .map_err(io_err(format!("reading pins in {}", pins_dir.display())))?;
         let found = gc::walk_blocks(&blocks)
@@ -265,6 +278,7 @@ impl BlockStore {
             tmp_counter: AtomicU64::new(0),
             state: Arc::new(Mutex::new(state)),
             retention: config.remote_output_retention,
+            grants: Mutex::new(grants),
             _lock: lock,
         })
     }
@@ -272,6 +286,39 @@ impl BlockStore {
     fn path_of(&self, cid: &Cid) -> PathBuf {
         let hex = cid.to_hex();
         self.blocks.join(&hex[..2]).join(hex)
+    }
+
+    /// Lets `reader` (a tenant's peer id, or [`PUBLIC`]) fetch file `file` from this node:
+    /// its manifest and chunks. See [`grants`].
+    ///
+    /// # Errors
+    /// [`StoreError::NotAFile`] and read errors of the manifest; [`StoreError::Io`] when the
+    /// grant cannot be written.
+    pub fn grant(&self, file: &Cid, reader: &str) -> Result<(), StoreError> {
+        let len = self.manifest(file)?.len;
+        grants_lock(&self.grants)
+            .grant(file, len, reader)
+            .map_err(io_err(format!("granting {file} to {reader}")))
+    }
+
+    /// Whether `reader` may fetch block `cid` of file `file` from this node: the file is
+    /// granted to it (or public), and `cid` is the file's manifest or one of its chunks.
+    pub fn may_read(&self, file: &Cid, cid: &Cid, reader: &str) -> bool {
+        grants_lock(&self.grants).may_read(file, reader)
+            && (cid == file
+                || self
+                    .manifest(file)
+                    .is_ok_and(|m| m.chunks.contains(cid)))
+    }
+
+    /// The files anyone may read here: announced by the node when it starts.
+    pub fn public_files(&self) -> Vec<Cid> {
+        grants_lock(&self.grants).files_of(PUBLIC)
+    }
+
+    /// The bytes of the files granted to `reader` here: its stored-bytes quota's measure.
+    pub fn granted_bytes(&self, reader: &str) -> u64 {
+        grants_lock(&self.grants).bytes_of(reader)
     }
 
     /// Whether the block is present (not verified).

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Command, Config, Error, Reply};
-use crate::messages::{BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec};
+use crate::messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec};
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
 /// (a typed error) normally fires first.
@@ -100,20 +100,25 @@ impl NetworkClient {
             .await
     }
 
-    /// Fetches block `cid` from `peer`. `Ok(None)` means the peer does not hold it. The bytes
-    /// returned are checked against `cid`.
+    /// Fetches the block `request` names from `peer`. `Ok(None)` means the peer does not
+    /// hold it. The bytes returned are checked against the cid.
     ///
     /// # Errors
     ///
-    /// [`Error::BlockMismatch`] if the bytes do not hash to `cid`; [`Error::Busy`] if the peer
-    /// is at capacity; [`Error::PeerUnreachable`], [`Error::Stream`],
+    /// [`Error::BlockMismatch`] if the bytes do not hash to the cid; [`Error::Denied`] if the
+    /// request's tenant may not read it there; [`Error::Busy`] if the peer is at capacity; [`Error::PeerUnreachable`], [`Error::Stream`],
     /// [`Error::ConnectionClosed`], [`Error::Timeout`] (after [`Config::block_timeout`]),
     /// [`Error::Shutdown`].
-    #[tracing::instrument(skip(self), fields(%peer, %cid))]
-    pub async fn fetch_block(&self, peer: PeerId, cid: Cid) -> Result<Option<Vec<u8>>, Error> {
+    #[tracing::instrument(skip_all, fields(%peer, cid = %request.cid))]
+    pub async fn fetch_block(
+        &self,
+        peer: PeerId,
+        request: BlockRequest,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let cid = request.cid;
         let response = self
             .call("fetch_block", self.timeouts.block, |tx| {
-                Command::FetchBlock(peer, cid, tx)
+                Command::FetchBlock(peer, Box::new(request), tx)
             })
             .await?;
         match response {
@@ -124,6 +129,7 @@ impl NetworkClient {
                 len: bytes.len(),
             }),
             BlockResponse::NotFound => Ok(None),
+            BlockResponse::Denied => Err(Error::Denied { peer, cid }),
             BlockResponse::Busy => Err(Error::Busy { peer }),
         }
     }

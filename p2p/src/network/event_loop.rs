@@ -36,7 +36,7 @@ use crate::{
         BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, PROGRESS_PROTOCOL_NAME,
         TASK_PROTOCOL_NAME,
     },
-    messages::{BlockRequest, BlockResponse, Capacity, CapacityRequest, TaskOutcome},
+    messages::{BlockResponse, Capacity, CapacityRequest, TaskOutcome},
 };
 
 /// Identify can report any number of addresses; we keep this many per peer.
@@ -124,10 +124,10 @@ impl EventLoop {
                     self.dial(addr, tx);
                 }
             }
-            Command::FetchBlock(peer, cid, tx) => {
+            Command::FetchBlock(peer, request, tx) => {
                 if let Some(tx) = self.pending.admit(tx) {
                     let behaviour = self.swarm.behaviour_mut();
-                    let id = behaviour.block.send_request(&peer, BlockRequest { cid });
+                    let id = behaviour.block.send_request(&peer, *request);
                     self.pending.block.insert(id, (), tx);
                 }
             }

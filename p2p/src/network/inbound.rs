@@ -20,7 +20,7 @@ use crate::{
     behaviour::Behaviour,
     codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
     messages::{
-        BlockRequest, BlockResponse, Capacity, CapacityRequest, Cid, FailureKind, MAX_BLOCK_LEN,
+        BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind, MAX_BLOCK_LEN,
         ProgressRecord, TaskOutcome, TaskSpec,
     },
 };
@@ -42,9 +42,10 @@ use crate::{
 /// closes only its request's stream but keeps the connection is not noticed: its handler runs
 /// to the end and holds its permit until then.
 pub trait InboundHandler: Send + Sync + 'static {
-    /// The bytes of block `cid` if this peer holds it. Blocks over [`MAX_BLOCK_LEN`] are
-    /// never sent: the requester gets `NotFound`.
-    fn block(&self, from: PeerId, cid: Cid) -> BoxFuture<'_, Option<Vec<u8>>>;
+    /// The answer to `from`'s block request: the bytes, or `NotFound`, or `Denied` when the
+    /// request's credential does not let `from` read it (see [`BlockRequest`]). Blocks over
+    /// [`MAX_BLOCK_LEN`] are never sent: the requester gets `NotFound`.
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse>;
 
     /// Run `spec` for `from` and report its outcome. May take as long as the task does.
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome>;
@@ -62,9 +63,9 @@ pub trait InboundHandler: Send + Sync + 'static {
 /// Which pool of permits an inbound request draws from.
 #[derive(Debug, Clone, Copy)]
 enum Pool {
-    /// `/shoal/task/4`.
+    /// `/shoal/task/5`.
     Tasks,
-    /// `/shoal/block/1` and `/shoal/capacity/1`.
+    /// `/shoal/block/2` and `/shoal/capacity/1`.
     Requests,
 }
 
@@ -221,16 +222,15 @@ impl EventLoop {
             }
         };
         self.spawn_inbound(r.peer, admission, span, |handler| async move {
-            let response = match handler.block(r.peer, r.request.cid).await {
-                Some(bytes) if bytes.len() <= MAX_BLOCK_LEN => BlockResponse::Found(bytes),
-                Some(bytes) => {
+            let response = match handler.block(r.peer, r.request).await {
+                BlockResponse::Found(bytes) if bytes.len() > MAX_BLOCK_LEN => {
                     warn!(
                         len = bytes.len(),
                         "block over the size limit; answering NotFound"
                     );
                     BlockResponse::NotFound
                 }
-                None => BlockResponse::NotFound,
+                response => response,
             };
             move |b: &mut Behaviour| b.block.send_response(r.channel, response).is_ok()
         });
@@ -375,7 +375,7 @@ fn log_tail(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
-    use crate::messages::TaskStats;
+    use crate::messages::{Cid, TaskStats};
 
     #[test]
     fn oversized_outcome_keeps_the_tail_of_its_logs() {

@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     behaviour::Behaviour,
-    messages::{BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
+    messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
 };
 #[cfg(doc)]
 use libp2p::Swarm;
@@ -69,9 +69,9 @@ pub struct Config {
     pub mdns: bool,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
-    /// Longest wait for a `/shoal/task/4` outcome. Default 10 minutes.
+    /// Longest wait for a `/shoal/task/5` outcome. Default 10 minutes.
     pub task_timeout: Duration,
-    /// Longest wait for a `/shoal/block/1` response. Default 30 s.
+    /// Longest wait for a `/shoal/block/2` response. Default 30 s.
     pub block_timeout: Duration,
     /// Longest wait for a `/shoal/capacity/1` response. Default 10 s.
     pub capacity_timeout: Duration,
@@ -244,6 +244,15 @@ pub enum Error {
         /// How many bytes came back.
         len: usize,
     },
+    /// The peer would not serve the block to the tenant the request acted for (or does not
+    /// hold it: it says the same).
+    #[error("peer {peer} denied block {cid}: the tenant may not read it there, or it is not there")]
+    Denied {
+        /// The peer.
+        peer: PeerId,
+        /// The block asked for.
+        cid: Cid,
+    },
     /// Too many outbound operations are already awaiting answers.
     #[error("too many network operations in flight (limit {limit})")]
     TooManyInFlight {
@@ -270,7 +279,7 @@ enum Command {
     ListenAddrs(Reply<Vec<Multiaddr>>),
     ConnectedPeers(Reply<Vec<PeerId>>),
     Dial(Multiaddr, Reply<PeerId>),
-    FetchBlock(PeerId, Cid, Reply<BlockResponse>),
+    FetchBlock(PeerId, Box<BlockRequest>, Reply<BlockResponse>),
     SubmitTask(PeerId, TaskSpec, Reply<TaskOutcome>),
     Capacity(PeerId, Reply<Capacity>),
     Progress(PeerId, ProgressRecord, Reply<()>),
