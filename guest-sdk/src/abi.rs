@@ -14,7 +14,7 @@ pub const TASK_EXPORT_PREFIX: &str = "shoal_task:";
 mod subtasks;
 
 pub use self::subtasks::{
-    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, RunStats, SpawnSpec,
+    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, MAX_VERIFY, RunStats, SpawnSpec,
     SubtaskResult, decode_result, encode_result,
 };
 pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError};

@@ -24,7 +24,18 @@ impl Spawn {
             task: None,
             inputs: Vec::new(),
             args: Vec::new(),
+            verify: 0,
         })
+    }
+
+    /// Runs it deterministic on `copies` distinct peers (2 to [`crate::abi::MAX_VERIFY`]) and
+    /// takes their agreed output: a peer whose result disagrees with the majority is caught,
+    /// and this node never places work on it again. A driver re-executes a sample of its
+    /// gradient tasks this way.
+    #[must_use]
+    pub fn verified(mut self, copies: u32) -> Self {
+        self.0.verify = copies;
+        self
     }
 
     /// Calls this task of the module (needed when it has several).

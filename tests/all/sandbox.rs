@@ -158,6 +158,7 @@ impl shoal_host::runtime::Mesh for InstantMesh {
     fn submit(
         &self,
         _: TaskSpec,
+        _: u32,
         _: tokio_util::sync::CancellationToken,
         done: Box<dyn FnOnce(TaskReport) + Send>,
     ) {

@@ -801,3 +801,72 @@ async fn a_poisoned_gradient_wrecks_the_mean_but_not_the_robust_combines() {
         );
     }
 }
+
+/// Sampled re-execution (`recheck=1`: every gradient task verified on two peers): a worker
+/// that lies about every output it returns is outvoted by a third run, marked faulty and
+/// given no more work, and the training's parameters come out bit-identical to a clean run's
+/// (verified subtasks run the deterministic kernels). The liar is a real node whose executor
+/// is wrapped ([`crate::verify`]), advertising 1000 free slots so that it is chosen first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rechecked_gradients_catch_a_lying_worker_and_match_a_clean_run() {
+    let root = tempfile::tempdir().unwrap();
+    // Two slots on the driver's node: one for the driver, one for the subtasks it verifies.
+    let (a, b) = (
+        node(root.path(), "a", 2).await,
+        node(root.path(), "b", 1).await,
+    );
+    let (liar, lied_to) =
+        crate::verify::wrapped(root.path(), "liar", crate::verify::Behaviour::Liar).await;
+    let liar_id = liar.peer_id();
+    for n in [&a, &b] {
+        crate::util::connect(&liar, n).await;
+    }
+    crate::util::connect(&a, &b).await;
+    // Split and init run on a node outside the mesh, out of the liar's reach.
+    let data = node(root.path(), "data", 1).await;
+    let inputs = training_inputs(&data, &a, 3, 8).await;
+    let train = |recheck: &'static str| {
+        let (a, inputs) = (&a, &inputs);
+        async move {
+            let spec = TaskSpec {
+                module: a.put_path(MLP_DIGITS.into(), false).await.unwrap(),
+                task: Some("train".into()),
+                inputs: inputs.clone(),
+                args: [
+                    ("rounds", "3"),
+                    ("lr", "0.5"),
+                    ("eval_every", "0"),
+                    ("recheck", recheck),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                limits: Limits::default(),
+                depth: 0,
+                deterministic: true,
+                tenant: None,
+            };
+            // The driver runs here; its subtasks go wherever the scheduler places them.
+            let report = a.submit(spec, Some(a.peer_id())).await.report;
+            let outputs = report
+                .result
+                .unwrap_or_else(|f| panic!("train failed: {f}\nlogs: {}", report.logs));
+            cid_of(&outputs, "params")
+        }
+    };
+    let rechecked = train("1").await;
+    assert!(lied_to.load(std::sync::atomic::Ordering::SeqCst) > 0, "the liar got work");
+    let faulty = a.faulty_peers();
+    assert!(
+        faulty.iter().any(|(p, _)| *p == liar_id),
+        "the liar is marked faulty: {faulty:?}"
+    );
+    let before = lied_to.load(std::sync::atomic::Ordering::SeqCst);
+    let clean = train("0").await;
+    assert_eq!(
+        lied_to.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "an excluded peer gets no more work"
+    );
+    assert_eq!(rechecked, clean, "the lies never reached the parameters");
+}

@@ -30,7 +30,7 @@ use crate::util::{connect, node, node_config, spec_for};
 
 /// How a wrapped node answers other peers' tasks.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     /// Runs them, then swaps every output for bytes of its own.
     Liar,
     /// Refuses them all as Busy.
@@ -88,7 +88,7 @@ impl InboundHandler for Wrapped {
 }
 
 /// A one-slot node whose answers to other peers are wrapped; and the count of tasks it got.
-async fn wrapped(root: &Path, name: &str, behaviour: Behaviour) -> (Node, Arc<AtomicUsize>) {
+pub(crate) async fn wrapped(root: &Path, name: &str, behaviour: Behaviour) -> (Node, Arc<AtomicUsize>) {
     let store = Arc::new(OnceLock::new());
     let tasks = Arc::new(AtomicUsize::new(0));
     let (store_slot, counter) = (store.clone(), tasks.clone());

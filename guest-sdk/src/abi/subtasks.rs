@@ -7,7 +7,8 @@
 //!
 //! Encodings, all integers little-endian `u32`, strings UTF-8 with a `u32` length first:
 //! - spawn spec: module CID (32 bytes), task name (empty: the module's only task), input count,
-//!   then per input its name and CID, then the arguments in [`super::encode_args`]' format.
+//!   then per input its name and CID, then the number of peers to verify it on, then the
+//!   arguments in [`super::encode_args`]' format.
 //! - result: a status byte. `0`: output count, then per output its name and CID. `1`: the
 //!   failure kind's code ([`FailureCode`]) as one byte, then its message.
 
@@ -21,6 +22,8 @@ pub const MAX_SUBTASKS_IN_FLIGHT: usize = 16;
 /// How deep subtasks may nest: a task submitted by a user is depth 0, and a `spawn` deeper
 /// than this is [`super::ErrorCode::Denied`] (no fork bombs).
 pub const MAX_DEPTH: u32 = 4;
+/// The most peers a task (or a subtask, [`SpawnSpec::verify`]) may be verified on.
+pub const MAX_VERIFY: u32 = 16;
 
 /// A task to spawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +36,10 @@ pub struct SpawnSpec {
     pub inputs: Vec<(String, Cid)>,
     /// Arguments.
     pub args: Vec<(String, String)>,
+    /// Run it deterministic on this many distinct peers (2 to [`MAX_VERIFY`]) and take their
+    /// agreed output; a peer that disagrees with the majority is marked faulty and never
+    /// chosen again by this node. 0 or 1: run it once.
+    pub verify: u32,
 }
 
 /// How a subtask failed, as the ABI carries it.
@@ -146,6 +153,7 @@ impl SpawnSpec {
         let mut out = self.module.0.to_vec();
         put_str(&mut out, self.task.as_deref().unwrap_or(""));
         put_named_cids(&mut out, &self.inputs);
+        out.extend_from_slice(&self.verify.to_le_bytes());
         out.extend(encode_args(
             self.args.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ));
@@ -158,12 +166,14 @@ impl SpawnSpec {
         let module = r.cid()?;
         let task = Some(r.str()?).filter(|t| !t.is_empty());
         let inputs = r.named_cids()?;
+        let verify = u32::try_from(r.u32()?).ok()?;
         let args = decode_args(r.0)?;
         Some(Self {
             module,
             task,
             inputs,
             args,
+            verify,
         })
     }
 }
@@ -233,6 +243,7 @@ mod tests {
                 ("shard".into(), Cid([2; 32])),
             ],
             args: vec![("lr".into(), "0.1".into())],
+            verify: 2,
         };
         let bytes = spec.encode();
         assert_eq!(SpawnSpec::decode(&bytes), Some(spec.clone()));

@@ -24,6 +24,7 @@ impl Mesh for NodeMesh {
     fn submit(
         &self,
         spec: TaskSpec,
+        verify: u32,
         cancel: CancellationToken,
         done: Box<dyn FnOnce(TaskReport) + Send>,
     ) {
@@ -36,7 +37,13 @@ impl Mesh for NodeMesh {
         };
         self.tokio.spawn(async move {
             tokio::select! {
-                placed = scheduler.submit(spec, None) => done(placed.report),
+                placed = async {
+                    if verify >= 2 {
+                        scheduler.submit_verified(spec, verify, None).await
+                    } else {
+                        scheduler.submit(spec, None).await
+                    }
+                } => done(placed.report),
                 () = cancel.cancelled() => {}
             }
         });

@@ -28,7 +28,7 @@ use std::{
 };
 
 use shoal::abi::{
-    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS,
+    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS, MAX_VERIFY,
     MAX_SUBTASKS_IN_FLIGHT, RunStats, SpawnSpec, encode_result,
 };
 use tokio_util::sync::CancellationToken;
@@ -50,11 +50,13 @@ const CPU_SHARE: u32 = 16;
 
 /// How subtasks reach the mesh; the node implements it with its scheduler.
 pub trait Mesh: Send + Sync {
-    /// Runs `spec` somewhere on the mesh and calls `done` with its report. Once `cancel` is
-    /// cancelled the task is abandoned (`done` may then never be called).
+    /// Runs `spec` somewhere on the mesh (deterministic on `verify` distinct peers, taking
+    /// their agreed answer, when that is 2 or more) and calls `done` with its report. Once
+    /// `cancel` is cancelled the task is abandoned (`done` may then never be called).
     fn submit(
         &self,
         spec: TaskSpec,
+        verify: u32,
         cancel: CancellationToken,
         done: Box<dyn FnOnce(TaskReport) + Send>,
     );
@@ -204,6 +206,10 @@ fn refusal(subs: &Subtasks, spec: &SpawnSpec) -> Option<(ErrorCode, String)> {
         let why = format!("a task may spawn at most {MAX_SUBTASKS} subtasks, the count limit");
         return Some((ErrorCode::QuotaExceeded, why));
     }
+    if spec.verify > MAX_VERIFY {
+        let why = format!("a subtask may be verified on at most {MAX_VERIFY} peers");
+        return Some((ErrorCode::InvalidArgument, why));
+    }
     if subs.in_flight >= MAX_SUBTASKS_IN_FLIGHT {
         let why = format!(
             "a task may have at most {MAX_SUBTASKS_IN_FLIGHT} subtasks running at once; wait for one"
@@ -264,6 +270,7 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
     let done_tx = subs.done_tx.clone();
     mesh.submit(
         child,
+        spec.verify,
         subs.cancel.child_token(),
         Box::new(move |report| {
             // The channel holds every subtask's report, so this never blocks; a task that

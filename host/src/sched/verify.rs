@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The most runs one verified task may ask for (the extra tie-breaking run comes on top).
-pub const MAX_VERIFY: u32 = 16;
+pub const MAX_VERIFY: u32 = shoal::abi::MAX_VERIFY;
 /// Outputs named in a disagreement message, per run.
 const SHOWN_OUTPUTS: usize = 4;
 

@@ -22,9 +22,16 @@
 //! cannot drag arbitrarily far, `median`, `trimmed` (with `trim`) or `centered_clip` (with
 //! `tau` and `clip_iters`); see [`Combine`].
 //!
+//! **Sampled re-execution**: with `recheck=P` (0 to 1), each shard subtask is, with
+//! probability P, run on two peers and verified ([`Spawn::verified`]); a peer whose result
+//! disagrees is outvoted by a third run, marked faulty, and never given work by this node
+//! again, so a lying worker is caught within about 1/P of its subtasks and then excluded.
+//! Verified subtasks run the deterministic kernels, so honest peers agree bit for bit.
+//!
 //! Arguments: `rounds` ([`Trainer::DEFAULT_ROUNDS`]), `lr` ([`Trainer::DEFAULT_LR`]), `mode`
 //! (`sync`), `local_steps` (10), `batch` (32), `seed` (0), `eval_every` (1), `combine`
-//! (`mean`), `trim` (0.2), `tau` (the median distance), `clip_iters` (3). Inputs: `params`
+//! (`mean`), `trim` (0.2), `tau` (the median distance), `clip_iters` (3), `recheck` (0).
+//! Inputs: `params`
 //! or `resume` (a checkpoint: its parameters, from its round + 1, with its RNG state),
 //! `test`, and `shard0` … `shard{N-1}`.
 //!
@@ -221,6 +228,14 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
         }
     };
     let combine = Combine::from_args(|key| ctx.arg(key))?;
+    let recheck: f32 = ctx.arg_or("recheck", 0.0)?;
+    if !(0.0..=1.0).contains(&recheck) {
+        return Err(Error::msg(format!(
+            "recheck={recheck}: a probability, from 0 to 1"
+        )));
+    }
+    // Its own stream, so that rechecking leaves the training's random numbers as they are.
+    let mut sampler = Rng::new(seed ^ 0x7265_6368_6563_6b21);
     let names = shard_names(&ctx.input_names())?;
     let poison = poison(ctx, mode, names.len())?;
     let test = ctx.input_cid("test")?;
@@ -322,6 +337,11 @@ pub fn train<T: Trainer>(ctx: &mut Ctx) -> Result<(), Error> {
                     .collect(),
             ),
         };
+        for spawn in &mut spawns {
+            if recheck > 0.0 && sampler.next_f32() < recheck {
+                *spawn = spawn.clone().verified(2);
+            }
+        }
         let evaluate = eval_every > 0 && round % eval_every == 0;
         if evaluate {
             spawns.push(eval_spawn(module, p, test));
