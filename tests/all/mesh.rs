@@ -197,8 +197,16 @@ fn three_processes_map_fetch_and_fail_cleanly() {
     let cid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let dest = root.path().join("big.out");
     let out = c.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
-    assert!(!out.status.success(), "a private file was fetched: {}", text(&out));
-    assert!(text(&out).contains("was not found in the mesh"), "{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a private file was fetched: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("was not found in the mesh"),
+        "{}",
+        text(&out)
+    );
     let out = b.host(&["put", "--public", big_path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let out = c.host(&["get", &cid, "-o", dest.to_str().unwrap()]);
@@ -1107,4 +1115,72 @@ fn host_train_keeps_every_rounds_checkpoint_and_resumes_after_the_driver_node_di
         "{resumed}"
     );
     assert!(resumed["test_accuracy"].as_f64().is_some(), "{resumed}");
+}
+
+/// `--key`: a tenant other than the node. B runs the tenant's tasks only; A submits with the
+/// tenant's key, and the output is the tenant's: A's own identity is denied it, the key gets
+/// it.
+#[test]
+fn a_tenant_key_submits_as_its_tenant_and_owns_the_outputs() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("tenant.key");
+    let made = Command::new(host_bin())
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .expect("host runs");
+    let tenant = String::from_utf8_lossy(&made.stdout)
+        .strip_prefix("tenant: ")
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_else(|| panic!("{}", text(&made)));
+    let b = Joined::start(
+        root.path(),
+        "b",
+        &["--accept", "allowlist", "--allow", &tenant],
+    );
+    let a = Joined::start(root.path(), "a", &["--slots", "0", "--bootstrap", &b.addr]);
+    wait_for_peers(&a, 1);
+    let name = root.path().join("name.txt");
+    std::fs::write(&name, "tenant").unwrap();
+    let input = format!("name={}", name.display());
+    let key = key.to_str().unwrap();
+
+    let refused = a.host(&["submit", wasm::HELLO, "--input", &input]);
+    assert!(
+        text(&refused).contains(&format!(
+            "tenant {} is not on this node's allowlist",
+            a.peer_id
+        )),
+        "{}",
+        text(&refused)
+    );
+    let out = a.host(&[
+        "submit",
+        wasm::HELLO,
+        "--input",
+        &input,
+        "--key",
+        key,
+        "--json",
+    ]);
+    let report = json(&out);
+    let cid = report["result"]["Ok"][0][1]
+        .as_str()
+        .expect("an output")
+        .to_owned();
+    let dest = root.path().join("out.txt");
+    let dest = dest.to_str().unwrap();
+    let theirs = a.host(&["get", &cid, "-o", dest]);
+    assert!(!theirs.status.success(), "{}", text(&theirs));
+    assert!(
+        text(&theirs).contains(&format!(
+            "no peer would serve block {cid} to tenant {}",
+            a.peer_id
+        )),
+        "{}",
+        text(&theirs)
+    );
+    let mine = a.host(&["get", &cid, "-o", dest, "--key", key]);
+    assert!(mine.status.success(), "{}", text(&mine));
+    assert_eq!(std::fs::read_to_string(dest).unwrap(), "Hello, tenant!");
 }

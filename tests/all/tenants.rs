@@ -266,7 +266,13 @@ async fn expired_replayed_and_widened_delegations_are_refused() {
     let driver_task = spec_to_wire(&spec, 0).id();
     let held = |expires_at_ms| {
         Credential::of(&tenant_key)
-            .delegate(&tenant_key, driver.peer_id(), expires_at_ms, driver_task, 16)
+            .delegate(
+                &tenant_key,
+                driver.peer_id(),
+                expires_at_ms,
+                driver_task,
+                16,
+            )
             .unwrap()
     };
     let later = now_ms() + 60_000;
@@ -312,9 +318,19 @@ async fn expired_replayed_and_widened_delegations_are_refused() {
 
     // The honest subtask runs once; sent again to B, or on to C, it is refused.
     let honest = subtask(&spec, &held(later), &driver_key, b_id);
-    let outcome = driver.net().submit_task(b_id, honest.clone()).await.unwrap();
+    let outcome = driver
+        .net()
+        .submit_task(b_id, honest.clone())
+        .await
+        .unwrap();
     assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
-    let why = refused(&driver.net().submit_task(b_id, honest.clone()).await.unwrap());
+    let why = refused(
+        &driver
+            .net()
+            .submit_task(b_id, honest.clone())
+            .await
+            .unwrap(),
+    );
     assert_eq!(why, "this signed task was already received here: a replay");
     let why = refused(&driver.net().submit_task(c_id, honest).await.unwrap());
     assert_eq!(
@@ -463,7 +479,12 @@ fn signing_cost() {
 }
 
 /// A block request for file `cid` from `from`, acting for itself.
-async fn ask(from: &Node, key: &Keypair, peer: PeerId, cid: Cid) -> Result<Option<Vec<u8>>, NetError> {
+async fn ask(
+    from: &Node,
+    key: &Keypair,
+    peer: PeerId,
+    cid: Cid,
+) -> Result<Option<Vec<u8>>, NetError> {
     let request = BlockRequest {
         cid,
         file: cid,
@@ -504,7 +525,9 @@ async fn another_tenants_blocks_are_denied_alike_whether_they_exist_or_not() {
             let err = ask(&bob, &bob_key, peer, cid).await.unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!("peer {peer} denied block {cid}: the tenant may not read it there, or it is not there")
+                format!(
+                    "peer {peer} denied block {cid}: the tenant may not read it there, or it is not there"
+                )
             );
         }
     }
@@ -538,7 +561,12 @@ async fn another_tenants_blocks_are_denied_alike_whether_they_exist_or_not() {
     bobs.inputs = vec![("name".into(), bob.store().put_bytes(b"bob").unwrap())];
     let ran = bob.submit(bobs, Some(e_id)).await;
     let outputs = ran.report.result.clone().expect("bob's task runs");
-    assert!(ask(&bob, &bob_key, e_id, outputs[0].1).await.unwrap().is_some());
+    assert!(
+        ask(&bob, &bob_key, e_id, outputs[0].1)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -855,7 +855,10 @@ async fn rechecked_gradients_catch_a_lying_worker_and_match_a_clean_run() {
         }
     };
     let rechecked = train("1").await;
-    assert!(lied_to.load(std::sync::atomic::Ordering::SeqCst) > 0, "the liar got work");
+    assert!(
+        lied_to.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the liar got work"
+    );
     let faulty = a.faulty_peers();
     assert!(
         faulty.iter().any(|(p, _)| *p == liar_id),

@@ -88,7 +88,11 @@ impl InboundHandler for Wrapped {
 }
 
 /// A one-slot node whose answers to other peers are wrapped; and the count of tasks it got.
-pub(crate) async fn wrapped(root: &Path, name: &str, behaviour: Behaviour) -> (Node, Arc<AtomicUsize>) {
+pub(crate) async fn wrapped(
+    root: &Path,
+    name: &str,
+    behaviour: Behaviour,
+) -> (Node, Arc<AtomicUsize>) {
     let store = Arc::new(OnceLock::new());
     let tasks = Arc::new(AtomicUsize::new(0));
     let (store_slot, counter) = (store.clone(), tasks.clone());

@@ -162,8 +162,14 @@ pub(super) fn get(args: GetArgs) -> anyhow::Result<Exit> {
             ));
         }
         let path = std::path::absolute(&args.output)?;
-        let force = args.force;
-        super::mesh::call(&data_dir, Get { cid, path, force })?
+        let credential = super::key::credential(args.key.as_deref(), &data_dir)?;
+        let get = Get {
+            cid,
+            path,
+            force: args.force,
+            credential,
+        };
+        super::mesh::call(&data_dir, get)?
     } else if to_stdout {
         let store = open_store(&data_dir)?;
         store.manifest(&cid).map_err(Failure::from)?;

@@ -78,11 +78,12 @@ fn show_progress(
 
 /// `host submit`.
 pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
-    let task: TaskRequest = args.task.request().absolute();
+    let mut task: TaskRequest = args.task.request().absolute();
     if !task.module.is_file() {
         return Err(usage(format!("cannot read {}", args.task.module.display())));
     }
     let data_dir = args.data_dir.resolve();
+    task.credential = super::key::credential(args.key.as_deref(), &data_dir)?;
     let on = args.on.clone();
     let verify = args.verify.unwrap_or(0);
     let Some((name, list)) = &args.map else {

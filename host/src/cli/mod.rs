@@ -1,6 +1,7 @@
 //! The `host` command line: one verb per job.
 
 mod escape;
+mod key;
 mod local;
 mod mesh;
 mod parse;
@@ -62,6 +63,17 @@ pub enum Command {
     /// puts, fetched copies, expired outputs of other peers' tasks.
     #[command(after_help = EXIT_CODES)]
     Gc(QueryArgs),
+    /// Make a tenant key in FILE (or read the one there) and print its tenant id, for
+    /// `--key` and for other nodes' `--allow`.
+    #[command(after_help = EXIT_CODES)]
+    Keygen(KeygenArgs),
+}
+
+/// `host keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// The key file; made owner-only if it does not exist.
+    pub file: PathBuf,
 }
 
 /// `--device`.
@@ -191,6 +203,11 @@ pub struct SubmitArgs {
         value_parser = clap::value_parser!(u32).range(2..=i64::from(shoal_host::sched::MAX_VERIFY))
     )]
     pub verify: Option<u32>,
+    /// Act as the tenant whose ed25519 key is in FILE (made by `host keygen`) instead of the
+    /// node's own identity: the node gets a 24-hour delegation from it, and tasks, outputs
+    /// and grants are that tenant's.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// Print the result as JSON.
@@ -264,6 +281,7 @@ impl TaskArgs {
             memory: self.memory,
             timeout: self.timeout,
             deterministic: self.deterministic,
+            credential: None,
         }
     }
 }
@@ -329,6 +347,11 @@ pub struct TrainArgs {
     /// Wall-time limit of the driver (and the CPU budget its tasks share).
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse::task_time)]
     pub timeout: std::time::Duration,
+    /// Act as the tenant whose ed25519 key is in FILE (made by `host keygen`) instead of the
+    /// node's own identity: the node gets a 24-hour delegation from it, and tasks, outputs
+    /// and grants are that tenant's.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// Print the rounds, CIDs and accuracy as JSON.
@@ -364,6 +387,11 @@ pub struct GetArgs {
     /// Write into a FIFO, a device or a symlink's target instead of refusing it.
     #[arg(long)]
     pub force: bool,
+    /// Act as the tenant whose ed25519 key is in FILE (made by `host keygen`) instead of the
+    /// node's own identity: the node gets a 24-hour delegation from it, and the file is
+    /// fetched as that tenant's.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     #[command(flatten)]
     pub data_dir: DataDirArg,
 }
@@ -385,5 +413,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Status(args) => mesh::status(args),
         Command::Gc(args) => local::gc(args),
         Command::Train(args) => train::train(args),
+        Command::Keygen(args) => key::keygen(&args.file),
     }
 }

@@ -105,6 +105,8 @@ type Ran = (Vec<(String, String)>, String);
 /// otherwise, nothing with `--json`) and keeps its checkpoint on this node.
 struct Live<'a> {
     data_dir: &'a Path,
+    /// The tenant the run acts as (`--key`), `None` for the node's own.
+    credential: &'a Option<shoal_p2p::Credential>,
     json: bool,
     bar: Option<indicatif::ProgressBar>,
     /// The peer the driver's records last came from, to say when it changes.
@@ -128,6 +130,7 @@ impl Live<'_> {
             let keep = Keep {
                 cid,
                 from: Some(peer),
+                credential: self.credential.clone(),
             };
             if let Err(e) = control::call(self.data_dir, keep, |_| {}) {
                 eprintln!(
@@ -156,6 +159,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
     if !args.module.is_file() {
         return Err(usage(format!("cannot read {}", args.module.display())));
     }
+    let credential = super::key::credential(args.key.as_deref(), &data_dir)?;
     if args.mode != "sync" && args.mode != "local" {
         return Err(usage(format!("--mode {}: not sync or local", args.mode)));
     }
@@ -178,6 +182,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
             memory: args.memory,
             timeout: args.timeout,
             deterministic: false,
+            credential: credential.clone(),
         }
         .absolute();
         let ran = call_with(
@@ -243,6 +248,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
     }
     let live = Live {
         data_dir: &data_dir,
+        credential: &credential,
         json: args.json,
         bar: (!args.json && std::io::stdout().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(u64::from(args.rounds));
@@ -274,6 +280,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
     let keep = Keep {
         cid: cid("checkpoint")?,
         from: Some(driver.clone()),
+        credential: credential.clone(),
     };
     call(&data_dir, keep)?;
     let path = std::env::temp_dir().join(format!("shoal-train-{}-report", std::process::id()));
@@ -283,6 +290,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
             cid: cid("report")?,
             path: path.clone(),
             force: false,
+            credential: credential.clone(),
         },
     )?;
     let report = std::fs::read_to_string(&path);

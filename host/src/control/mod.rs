@@ -137,6 +137,9 @@ pub struct Get {
     /// instead of refusing it.
     #[serde(default)]
     pub force: bool,
+    /// Fetch it as this tenant (`--key`): the tenant's delegation to the node.
+    #[serde(default)]
+    pub credential: Option<shoal_p2p::Credential>,
 }
 
 /// Fetch a file (from the mesh if needed) and pin it here as a training checkpoint, so it
@@ -147,6 +150,9 @@ pub struct Keep {
     pub cid: Cid,
     /// A peer to ask first (a peer id): the one whose task made it.
     pub from: Option<String>,
+    /// Fetch it as this tenant, as [`Get::credential`].
+    #[serde(default)]
+    pub credential: Option<shoal_p2p::Credential>,
 }
 
 /// Run one task on the mesh.

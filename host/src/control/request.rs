@@ -36,6 +36,10 @@ pub struct TaskRequest {
     /// (`--deterministic`; `--verify` implies it).
     #[serde(default)]
     pub deterministic: bool,
+    /// The tenant it runs for when that is not the node (`--key`): the tenant's delegation
+    /// to the node.
+    #[serde(default)]
+    pub credential: Option<shoal_p2p::Credential>,
 }
 
 impl TaskRequest {
@@ -76,7 +80,10 @@ impl TaskRequest {
             },
             depth: 0,
             deterministic: self.deterministic,
-            tenant: None,
+            tenant: self
+                .credential
+                .as_ref()
+                .and_then(|c| postcard::to_stdvec(c).ok()),
         })
     }
 }

@@ -3,7 +3,7 @@
 use std::{os::unix::fs::PermissionsExt, str::FromStr, sync::Arc};
 
 use serde::Serialize;
-use shoal_p2p::PeerId;
+use shoal_p2p::{Credential, PeerId};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
@@ -138,9 +138,22 @@ async fn put(node: &Node, r: Put) -> Result<Cid, Failure> {
     Ok(node.put_path(r.path, r.public).await?)
 }
 
+/// The credential a request acts with: the tenant's delegation to this node, checked, or
+/// this node's own.
+fn acting_as(node: &Node, credential: Option<Credential>) -> Result<Credential, Failure> {
+    let Some(credential) = credential else {
+        return Ok(node.credential().clone());
+    };
+    credential
+        .verify(node.peer_id(), crate::sched::now_ms())
+        .map_err(|e| Exit::Usage.fail(format_args!("--key: {e}")))?;
+    Ok(credential)
+}
+
 async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
     let _lease = node.store().lease(&[r.cid]);
-    node.fetch_file(r.cid, &[])
+    let credential = acting_as(node, r.credential)?;
+    node.fetch_file_as(r.cid, &[], &credential)
         .await
         .map_err(|e| Exit::Node.fail(e))?;
     let store = node.store().clone();
@@ -150,7 +163,8 @@ async fn get(node: &Node, r: Get) -> Result<u64, Failure> {
 async fn keep(node: &Node, r: Keep) -> Result<u64, Failure> {
     let from = r.from.as_deref().map(peer_id).transpose()?;
     let _lease = node.store().lease(&[r.cid]);
-    node.fetch_file(r.cid, from.as_slice())
+    let credential = acting_as(node, r.credential)?;
+    node.fetch_file_as(r.cid, from.as_slice(), &credential)
         .await
         .map_err(|e| Exit::Node.fail(e))?;
     let store = node.store().clone();
@@ -185,6 +199,9 @@ async fn resolve(
         )));
     }
     let on = on.map(peer_id).transpose()?;
+    if let Some(credential) = &task.credential {
+        acting_as(node, Some(credential.clone()))?;
+    }
     let store = node.store().clone();
     let spec = blocking(move || task.build(&store)).await?;
     Ok((spec, on))

@@ -93,16 +93,17 @@ impl NodeInner {
             }
         };
         let stored = || self.store.granted_bytes(&tenant.to_string());
-        let _admitted = match self
-            .tenants
-            .admit(&self.config.policy, me, tenant, &spec.limits, stored())
-        {
-            Ok(admitted) => admitted,
-            Err(why) => {
-                tracing::info!("refused a task from peer {from}: {why}");
-                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
-            }
-        };
+        let _admitted =
+            match self
+                .tenants
+                .admit(&self.config.policy, me, tenant, &spec.limits, stored())
+            {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::info!("refused a task from peer {from}: {why}");
+                    return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
+                }
+            };
         let token = spec.progress;
         let credential = spec.auth.credential.clone();
         let mut providers = vec![from];
@@ -145,7 +146,10 @@ impl NodeInner {
                 return TaskOutcome::failed(kind, format!("cannot fetch {what} {cid}: {e}"));
             }
         }
-        if let Err(why) = self.tenants.check_stored(&self.config.policy, me, tenant, stored()) {
+        if let Err(why) = self
+            .tenants
+            .check_stored(&self.config.policy, me, tenant, stored())
+        {
             return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
         }
         let fetched = fetching.elapsed();

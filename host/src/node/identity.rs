@@ -1,4 +1,5 @@
-//! The node's ed25519 identity, persisted in the data dir on first start.
+//! Ed25519 keys on disk: the node's identity, made in the data dir on first start, and a
+//! tenant's key for `--key` (`host keygen`).
 
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
@@ -6,7 +7,12 @@ use shoal_p2p::Keypair;
 
 use super::NodeError;
 
-pub(super) fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
+/// Loads the ed25519 key at `path`, or creates one there (owner-only, synced) if there is
+/// none: a node's identity, or a tenant's `--key`.
+///
+/// # Errors
+/// [`NodeError::Identity`] naming the file and what is wrong with it.
+pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
     let err = |reason: String| NodeError::Identity {
         path: path.to_path_buf(),
         reason,

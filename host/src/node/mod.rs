@@ -4,7 +4,7 @@
 
 mod executor;
 mod fetch;
-mod identity;
+pub mod identity;
 mod mesh;
 mod policy;
 
@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::{
     fetch::FetchError,
     policy::{
-        Accept, OPEN_MAX_MEMORY, OPEN_MAX_STORED, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy, REPLAY_WINDOW,
+        Accept, OPEN_MAX_MEMORY, OPEN_MAX_STORED, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy,
+        REPLAY_WINDOW,
     },
 };
 use crate::{
@@ -276,6 +277,20 @@ impl Node {
     /// [`FetchError`] when no peer asked would serve it or every copy is corrupt.
     pub async fn fetch_file(&self, cid: Cid, hints: &[PeerId]) -> Result<(), FetchError> {
         self.inner.fetch_file(cid, hints, &self.inner.own).await
+    }
+
+    /// [`Node::fetch_file`] for the tenant `credential` acts for (its chain ends at this
+    /// node); the file is then the tenant's to read here too.
+    ///
+    /// # Errors
+    /// As [`Node::fetch_file`].
+    pub async fn fetch_file_as(
+        &self,
+        cid: Cid,
+        hints: &[PeerId],
+        credential: &Credential,
+    ) -> Result<(), FetchError> {
+        self.inner.fetch_file(cid, hints, credential).await
     }
 
     /// Places and runs one task on the mesh (or on `on`), returning its outcome and where it ran.

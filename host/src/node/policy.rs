@@ -214,7 +214,9 @@ impl Replays {
             seen.retain(|_, at| at.saturating_add(window) >= now_ms);
         }
         if seen.len() >= MAX_REMEMBERED {
-            return Err("this node has seen too many tasks in its replay window; retry later".into());
+            return Err(
+                "this node has seen too many tasks in its replay window; retry later".into(),
+            );
         }
         match seen.entry(shoal::abi::Cid::of(&auth.signature)) {
             std::collections::hash_map::Entry::Occupied(_) => {
@@ -257,14 +259,18 @@ mod tests {
             e,
             "task asks 4 GiB of memory, open tenants get at most 256 MiB on this node"
         );
-        let e = tenants.admit(&policy, me, stranger, &limits(256, 7200), 0)
+        let e = tenants
+            .admit(&policy, me, stranger, &limits(256, 7200), 0)
             .err()
             .unwrap();
         assert!(e.contains("open tenants get at most 3600 s"), "{e}");
         let small = limits(64, 60);
         let one = tenants.admit(&policy, me, stranger, &small, 0).unwrap();
         let _two = tenants.admit(&policy, me, stranger, &small, 0).unwrap();
-        let e = tenants.admit(&policy, me, stranger, &small, 0).err().unwrap();
+        let e = tenants
+            .admit(&policy, me, stranger, &small, 0)
+            .err()
+            .unwrap();
         assert_eq!(
             e,
             format!("tenant {stranger} already runs 2 tasks here, its limit")
@@ -275,7 +281,10 @@ mod tests {
             accept: Accept::Allowlist,
             ..policy
         };
-        let e = tenants.admit(&closed, me, stranger, &small, 0).err().unwrap();
+        let e = tenants
+            .admit(&closed, me, stranger, &small, 0)
+            .err()
+            .unwrap();
         assert_eq!(
             e,
             format!("tenant {stranger} is not on this node's allowlist")
@@ -292,7 +301,11 @@ mod tests {
         };
         let tenants = Tenants::default();
         let small = limits(64, 60);
-        assert!(tenants.admit(&policy, me, stranger, &small, 9 << 20).is_ok());
+        assert!(
+            tenants
+                .admit(&policy, me, stranger, &small, 9 << 20)
+                .is_ok()
+        );
         let e = tenants
             .admit(&policy, me, stranger, &small, 10 << 20)
             .err()
@@ -303,8 +316,16 @@ mod tests {
                 "tenant {stranger} stores 10.0 MiB on this node, over its 10 MiB stored-bytes quota"
             )
         );
-        assert!(tenants.check_stored(&policy, me, stranger, 10 << 20).is_ok());
-        assert!(tenants.check_stored(&policy, me, stranger, 11 << 20).is_err());
+        assert!(
+            tenants
+                .check_stored(&policy, me, stranger, 10 << 20)
+                .is_ok()
+        );
+        assert!(
+            tenants
+                .check_stored(&policy, me, stranger, 11 << 20)
+                .is_err()
+        );
         assert!(tenants.check_stored(&policy, me, me, u64::MAX).is_ok());
     }
 
