@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "tenant {stranger} stores 10.0 MiB on this node, over its 10 MiB stored-bytes quota"
+                "tenant {stranger} stores 10 MiB on this node, over its 10 MiB stored-bytes quota"
             )
         );
         assert!(
