@@ -188,7 +188,7 @@ pub async fn connect(from: &Node, to: &Node) -> shoal_p2p::PeerId {
 
 /// A spec for the module at `path` with `args`, stored by `node`, with 30 s of time and CPU.
 pub async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpec {
-    let spec = TaskSpec {
+    TaskSpec {
         module: node.put_path(path.into(), false).await.expect("module"),
         task: None,
         inputs: vec![],
@@ -204,6 +204,5 @@ pub async fn spec_for(node: &Node, path: &str, args: &[(&str, &str)]) -> TaskSpe
         depth: 0,
         deterministic: false,
         tenant: None,
-    };
-    spec
+    }
 }

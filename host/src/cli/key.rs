@@ -20,7 +20,7 @@ const DELEGATION_HOURS: u64 = 24;
 
 /// `host keygen FILE`.
 pub(super) fn keygen(file: &Path) -> anyhow::Result<Exit> {
-    let key = identity::load_or_create(file).map_err(|e| usage(e))?;
+    let key = identity::load_or_create(file).map_err(usage)?;
     println!("tenant: {}", key.public().to_peer_id());
     Ok(Exit::Ok)
 }

@@ -115,7 +115,9 @@ impl Drop for Subtasks {
 
 impl Subtasks {
     pub(crate) fn new(spec: &TaskSpec, limits: &Limits, mesh: Option<Arc<dyn Mesh>>) -> Self {
-        let (done_tx, done_rx) = sync_channel(MAX_SUBTASKS);
+        // A report is drained before its slot in the in-flight count is freed, so at most
+        // that many wait here at once.
+        let (done_tx, done_rx) = sync_channel(MAX_SUBTASKS_IN_FLIGHT);
         let readable = std::iter::once(spec.module)
             .chain(spec.inputs.iter().map(|(_, c)| *c))
             .collect();
@@ -273,8 +275,9 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
         spec.verify,
         subs.cancel.child_token(),
         Box::new(move |report| {
-            // The channel holds every subtask's report, so this never blocks; a task that
-            // already ended has dropped its receiver, and the report goes nowhere.
+            // The channel has room for every report not yet drained (at most the in-flight
+            // bound: a subtask counts until its report is drained), so this never blocks; a
+            // task that already ended has dropped its receiver, and the report goes nowhere.
             let _ = done_tx.try_send((index, report));
         }),
     );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use wasi_common::{
     Error as WasiError, WasiCtx,
-    pipe::{ReadPipe, WritePipe},
+    pipe::WritePipe,
     sched::{Poll, WasiSched},
     sync::{clocks_ctx, random_ctx, sched::poll_oneoff},
     table::Table,
@@ -141,7 +141,8 @@ pub(crate) fn task_ctx(logs: &LogSink, deadline: Instant, timeout: Duration) -> 
         Box::new(DeadlineSched { deadline, timeout }),
         Table::new(),
     );
-    ctx.set_stdin(Box::new(ReadPipe::new(std::io::empty())));
+    // `WasiCtx::new` already gave it an empty stdin (`ReadPipe` of `io::empty`); setting it
+    // again cost every task one more table entry made and dropped.
     ctx.set_stdout(Box::new(WritePipe::new(StdStream(logs.clone()))));
     ctx.set_stderr(Box::new(WritePipe::new(StdStream(logs.clone()))));
     ctx
@@ -192,5 +193,21 @@ impl WasiSched for DeadlineSched {
 
     async fn sleep(&self, duration: Duration) -> Result<(), WasiError> {
         self.bounded_sleep(duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// stdin (the empty pipe `WasiCtx::new` gives), stdout and stderr, and nothing else.
+    #[test]
+    fn a_task_has_stdio_and_nothing_else() {
+        let logs = LogSink::new(64);
+        let ctx = task_ctx(&logs, Instant::now(), Duration::from_secs(1));
+        for fd in 0..=2 {
+            assert!(ctx.table().contains_key(fd), "fd {fd}");
+        }
+        assert!(!ctx.table().contains_key(3));
     }
 }
