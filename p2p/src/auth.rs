@@ -244,10 +244,18 @@ impl Credential {
         let tenant_key = public_key(&self.tenant, "tenant")?;
         let tenant = tenant_key.to_peer_id();
         let named = || tenant.to_string();
-        let mut signer = tenant_key;
         let mut parent = Cid::of(&self.tenant);
         let mut bounds = (u64::MAX, u32::MAX);
         for (i, link) in self.chain.iter().enumerate() {
+            // Each link is signed by the previous one's audience, the first by the tenant.
+            let signer = match i {
+                0 => tenant_key.clone(),
+                _ => PeerId::from_bytes(&self.chain[i - 1].audience)
+                    .ok()
+                    .as_ref()
+                    .and_then(key_of_peer)
+                    .ok_or(AuthError::BadKey { what: "delegate" })?,
+            };
             if link.parent != parent || !signer.verify(&link.signed_bytes(), &link.signature) {
                 return Err(AuthError::BadDelegation {
                     tenant: named(),
@@ -268,11 +276,6 @@ impl Credential {
             }
             bounds = (link.expires_at_ms, link.max_subtasks);
             parent = Cid::of(&link.signature);
-            signer = PeerId::from_bytes(&link.audience)
-                .ok()
-                .as_ref()
-                .and_then(key_of_peer)
-                .ok_or(AuthError::BadKey { what: "delegate" })?;
         }
         let end = self
             .chain
