@@ -354,7 +354,7 @@ fn cid_of(outputs: &[(String, Cid)], name: &str) -> Cid {
 /// `data`, then stored on `node` alone: the inputs of a `train` driver, as (name, CID) pairs.
 /// `data` is a node outside `node`'s mesh, so `node`'s peers hold a shard only if they fetched
 /// it to run a subtask.
-async fn training_inputs(
+pub(crate) async fn training_inputs(
     data: &Node,
     node: &Node,
     shards: usize,

@@ -564,3 +564,109 @@ fn host_submit_verify_runs_on_two_processes_and_says_who_agreed() {
         assert_eq!(out.status.code(), Some(2), "{misuse:?}: {}", text(&out));
     }
 }
+
+/// `--verify-within`: a matmul on a GPU node (lavapipe here, a real GPU elsewhere) is checked
+/// against a deterministic CPU run on another peer, within a relative 1e-4, and accepted
+/// though its bits may differ. Pinned on a liar instead, the check disagrees, a second
+/// deterministic run sides with the first, the liar is marked faulty and the answer is the
+/// deterministic one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_outputs_are_checked_against_the_deterministic_backend_within_a_tolerance() {
+    let root = tempfile::tempdir().unwrap();
+    let a = node(root.path(), "a", 0).await;
+    let gpu = Node::start(shoal_host::node::NodeConfig {
+        device: shoal_host::compute::DeviceChoice::Gpu,
+        ..node_config(root.path(), "gpu", 1)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!("a GPU node needs a wgpu adapter (Debian: mesa-vulkan-drivers): {e}")
+    });
+    let (b, c) = (
+        node(root.path(), "b", 1).await,
+        node(root.path(), "c", 1).await,
+    );
+    let (liar, _) = wrapped(root.path(), "liar", Behaviour::Liar).await;
+    let gpu_id = connect(&a, &gpu).await;
+    let b_id = connect(&a, &b).await;
+    connect(&a, &c).await;
+    let spec = matmul_spec(&a).await;
+    // What an honest peer computes (pinned: the liar advertises the most free slots).
+    let truth = a
+        .submit(
+            TaskSpec {
+                deterministic: true,
+                ..spec.clone()
+            },
+            Some(b_id),
+        )
+        .await
+        .report
+        .result
+        .unwrap();
+
+    // An MLP gradient (matmuls, tanh, softmax): the GPU's bits differ from the CPU's.
+    let data = node(root.path(), "data", 1).await;
+    let inputs = crate::training::training_inputs(&data, &a, 1, 16).await;
+    let grad = TaskSpec {
+        module: a.put_path(wasm::MLP_DIGITS.into(), false).await.unwrap(),
+        task: Some("grad".into()),
+        inputs: vec![
+            ("params".into(), inputs[0].1),
+            (
+                "shard".into(),
+                inputs.iter().find(|(n, _)| n == "shard0").unwrap().1,
+            ),
+        ],
+        ..spec.clone()
+    };
+    let reference = a
+        .submit(
+            TaskSpec {
+                deterministic: true,
+                ..grad.clone()
+            },
+            Some(b_id),
+        )
+        .await
+        .report
+        .result
+        .unwrap();
+    let checked = a.submit_checked(grad, Some(gpu_id), 1e-4, None).await;
+    let report = &checked.report;
+    let outputs = report
+        .result
+        .clone()
+        .unwrap_or_else(|f| panic!("{f}\n{}", report.logs));
+    assert_eq!(checked.peer, gpu_id, "faulty: {:?}", a.faulty_peers());
+    let backend = report.stats.backend.clone().unwrap_or_default();
+    assert!(backend.starts_with("wgpu"), "ran on the GPU: {backend}");
+    assert_eq!(checked.verified_by.len(), 2, "{:?}", checked.verified_by);
+    assert_ne!(
+        outputs, reference,
+        "the GPU's gradient differs in its bits, yet passes the check"
+    );
+
+    // The liar joins only now: advertising the most free slots, it would otherwise be
+    // chosen as the deterministic checker above (and be caught there instead).
+    let liar_id = connect(&a, &liar).await;
+    let caught = a.submit_checked(spec, Some(liar_id), 1e-4, None).await;
+    assert_eq!(
+        caught
+            .report
+            .result
+            .clone()
+            .unwrap_or_else(|f| panic!("{f}")),
+        truth,
+        "the answer is the deterministic runs'"
+    );
+    let faulty = a.faulty_peers();
+    let (_, why) = faulty
+        .iter()
+        .find(|(p, _)| *p == liar_id)
+        .unwrap_or_else(|| panic!("the liar is marked faulty: {faulty:?}"));
+    assert!(
+        why.contains("not within 0.0001 of two deterministic runs'"),
+        "{why}"
+    );
+}

@@ -87,7 +87,16 @@ pub(super) fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
     let on = args.on.clone();
     let verify = args.verify.unwrap_or(0);
     let Some((name, list)) = &args.map else {
-        let ran = call(&data_dir, Submit { task, on, verify })?;
+        let within = args.verify_within;
+        let ran = call(
+            &data_dir,
+            Submit {
+                task,
+                on,
+                verify,
+                within,
+            },
+        )?;
         let exit = print_report(&ran.report, args.json)?;
         if !args.json {
             println!("ran on {}", ran.peer);

@@ -203,6 +203,12 @@ pub struct SubmitArgs {
         value_parser = clap::value_parser!(u32).range(2..=i64::from(shoal_host::sched::MAX_VERIFY))
     )]
     pub verify: Option<u32>,
+    /// Run the task as it is (on the GPU, where it lands on one; on --on, if given) and check
+    /// its outputs against a deterministic CPU run on another peer: they agree when every f32
+    /// is within TOL of the deterministic one (|a - b| <= TOL * (1 + |b|)). On a mismatch a
+    /// second deterministic run decides, and the peer that was wrong is marked faulty.
+    #[arg(long, value_name = "TOL", conflicts_with = "verify", value_parser = parse::tolerance)]
+    pub verify_within: Option<f32>,
     /// Act as the tenant whose ed25519 key is in FILE (made by `host keygen`) instead of the
     /// node's own identity: the node gets a 24-hour delegation from it, and tasks, outputs
     /// and grants are that tenant's.

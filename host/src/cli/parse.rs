@@ -48,6 +48,18 @@ pub fn slots(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses `--verify-within`: a relative tolerance above 0 and at most
+/// [`shoal_host::node::MAX_TOLERANCE`].
+pub fn tolerance(s: &str) -> Result<f32, String> {
+    use shoal_host::node::MAX_TOLERANCE;
+    match s.trim().parse::<f32>() {
+        Ok(t) if t > 0.0 && t <= MAX_TOLERANCE => Ok(t),
+        _ => Err(format!(
+            "`{s}` is not a tolerance above 0 and at most {MAX_TOLERANCE} (e.g. 1e-4)"
+        )),
+    }
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = number_and_unit(s)

@@ -191,6 +191,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<Exit> {
                 task,
                 on: None,
                 verify: 0,
+                within: None,
             },
             on_record,
         )?;

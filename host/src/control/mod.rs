@@ -166,6 +166,10 @@ pub struct Submit {
     /// (`--verify N`); 0 or 1 runs it once.
     #[serde(default)]
     pub verify: u32,
+    /// Run it as it is (on `on`, if given) and check its outputs against a deterministic run
+    /// elsewhere, within this relative tolerance (`--verify-within TOL`).
+    #[serde(default)]
+    pub within: Option<f32>,
 }
 
 /// A task that ran (or failed) somewhere.

@@ -231,6 +231,12 @@ async fn submit(
     r: Submit,
     w: &mut OwnedWriteHalf,
 ) -> std::io::Result<Result<Ran, Failure>> {
+    if r.within.is_some() && r.verify >= 2 {
+        return Ok(Err(Exit::Usage.fail(
+            "--verify-within checks one run against the deterministic backend; it does not \
+             combine with --verify",
+        )));
+    }
     let (spec, on) = match resolve(node, r.task, r.on.as_deref(), r.verify).await {
         Ok(resolved) => resolved,
         Err(failure) => return Ok(Err(failure)),
@@ -243,9 +249,13 @@ async fn submit(
         });
     });
     let run = async {
-        match r.verify {
-            0 | 1 => node.submit_reporting(spec, on, progress).await,
-            copies => node.submit_verified(spec, copies, Some(progress)).await,
+        match (r.verify, r.within) {
+            (_, Some(tolerance)) => {
+                node.submit_checked(spec, on, tolerance, Some(progress))
+                    .await
+            }
+            (0 | 1, None) => node.submit_reporting(spec, on, progress).await,
+            (copies, None) => node.submit_verified(spec, copies, Some(progress)).await,
         }
     };
     tokio::pin!(run);

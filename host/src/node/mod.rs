@@ -2,6 +2,7 @@
 //! together, and answers other peers' requests (see `executor`). The control socket is a
 //! layer above: `host join` starts it once the node runs.
 
+mod check;
 mod executor;
 mod fetch;
 pub mod identity;
@@ -17,6 +18,7 @@ use shoal_p2p::{Capacity, Credential, InboundHandler, Multiaddr, Network, Networ
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
+    check::MAX_TOLERANCE,
     fetch::FetchError,
     policy::{
         Accept, OPEN_MAX_MEMORY, OPEN_MAX_STORED, OPEN_MAX_TASKS, OPEN_MAX_TIME, Policy,

@@ -301,6 +301,22 @@ impl Scheduler {
         self.place(spec, on, progress, None).instrument(span).await
     }
 
+    /// Runs one task on the mesh on a peer other than those in `avoid` (retried elsewhere if
+    /// its peer is lost or busy): the second opinion of a checked run.
+    pub async fn submit_elsewhere(&self, spec: TaskSpec, avoid: &[PeerId]) -> Placed {
+        let claimed = tokio::sync::Mutex::new(avoid.iter().copied().collect());
+        let span = tracing::info_span!("task", id = %spec_to_wire(&spec, 0).id());
+        self.place(spec, None, None, Some(&claimed))
+            .instrument(span)
+            .await
+    }
+
+    /// Marks `peer` faulty for `reason`: this node never places work on it again.
+    pub fn mark_faulty(&self, peer: PeerId, reason: String) {
+        tracing::warn!(%peer, %reason, "peer marked faulty");
+        lock(&self.trust).mark_faulty(peer, reason, Instant::now());
+    }
+
     /// Picks a peer outside `tried`, and outside `claimed` when given (the peers other runs of
     /// the same verified task hold), claiming it there.
     async fn pick_claiming(

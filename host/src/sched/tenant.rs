@@ -40,8 +40,8 @@ fn nonce() -> u64 {
 pub fn sign_for(spec: &mut TaskSpec, keypair: &Keypair, peer: PeerId) -> Result<(), AuthError> {
     let now = now_ms();
     let time = Duration::from_millis(spec.limits.timeout_ms.max(spec.limits.cpu_budget_ms));
-    let expires =
-        now.saturating_add(u64::try_from((time + DELEGATION_SLACK).as_millis()).unwrap_or(u64::MAX));
+    let expires = now
+        .saturating_add(u64::try_from((time + DELEGATION_SLACK).as_millis()).unwrap_or(u64::MAX));
     let max = u32::try_from(MAX_SUBTASKS).unwrap_or(u32::MAX);
     let held = &spec.auth.credential;
     let held = if held.tenant.is_empty() {
