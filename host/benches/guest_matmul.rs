@@ -14,7 +14,8 @@
 //! one column after another. Pure wasm and gpu are timed once per size.
 //!
 //! `cargo bench --profile dev -p shoal-host --bench guest_matmul`
-//! (`SHOAL_BENCH_PYTHON` names a python with numpy; default `python3`.)
+//! (`SHOAL_BENCH_PYTHON` names a python with numpy; default the workspace's
+//! `target/bench-venv/bin/python` where there is one, else `python3`.)
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -172,7 +173,17 @@ impl Numpy {
 
     /// Starts the child, or says why there is no numpy.
     fn start() -> Result<Self, String> {
-        let python = std::env::var("SHOAL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let venv = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench-venv/bin/python"
+        );
+        let python = std::env::var("SHOAL_BENCH_PYTHON").unwrap_or_else(|_| {
+            if std::path::Path::new(venv).exists() {
+                venv.into()
+            } else {
+                "python3".into()
+            }
+        });
         let mut child = Command::new(&python)
             .args(["-c", Self::SCRIPT])
             .stdin(Stdio::piped())
@@ -215,7 +226,11 @@ fn main() {
     let mut numpy = Numpy::start();
 
     println!("matmul GFLOP/s, 2 n^3 / median time; cpu columns interleaved, round by round");
-    println!("native cpu kernel: {}", cpu.name());
+    println!(
+        "native cpu kernel: {} (matmul isa: {})",
+        cpu.name(),
+        cpu.matmul_isa()
+    );
     if let Err(why) = &numpy {
         println!("numpy column empty: {why}");
     }

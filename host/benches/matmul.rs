@@ -1,5 +1,7 @@
-//! Matmul throughput: the native cpu kernel (gemm in blocks on all cores, each block checking
-//! the op's budget) next to one plain multi-threaded gemm call as its reference, and the wgpu
+//! Matmul throughput: the native cpu kernel (in blocks on all cores, each block checking the
+//! op's budget; the kernel is picked for the CPU at run time, its ISA printed and in the group
+//! name: `avx512` is the backend's own AVX-512 kernel, `avx2` the `gemm` crate's) next to one
+//! plain multi-threaded gemm call as its reference, and the wgpu
 //! shader on whatever adapter wgpu finds (a software one included, named in the output).
 //! The `deterministic` group sets the deterministic cpu backend (bit-identical on every CPU)
 //! beside the gemm one, on matmul and on an element-wise `tanh`.
@@ -77,6 +79,7 @@ fn bench_matmul(c: &mut Criterion) {
     };
 
     let cpu = CpuBackend::new();
+    println!("cpu matmul kernel: {} ({})", cpu.matmul_isa(), cpu.name());
     let mut group = c.benchmark_group(format!("matmul/{}", cpu.name()));
     group
         .sample_size(10)
