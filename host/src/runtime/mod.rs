@@ -60,6 +60,8 @@ struct Job {
     place: Place,
     /// For the node's own tasks, their room in [`OWN_QUEUE_LEN`], likewise.
     own_room: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The MiB of the memory budget it holds while it runs, taken when a slot takes it.
+    needs: u32,
 }
 
 /// Where a running task's progress records go (`shoal_v1::progress`), each at most
@@ -273,9 +275,20 @@ fn serve_slot(role: SlotRole) {
             reply,
             place,
             own_room,
+            needs,
         } = job;
         // No longer waiting: its tenant may queue another.
         drop((place, own_room));
+        // The memory budget is taken here, in the fair queue's order, and held until the
+        // report is back: taken before queueing, a flooding tenant's queued tasks would hold
+        // it, and another tenant's task would wait behind them for memory, first come first
+        // served. A slot waits here only while running tasks hold the budget.
+        let budget = inner.budget.clone();
+        let Ok(_budget) = futures::executor::block_on(budget.acquire_many_owned(needs)) else {
+            inner.queued.fetch_sub(1, Ordering::Relaxed);
+            let _ = reply.send(TaskReport::lost("the runtime is shutting down".into()));
+            continue;
+        };
         let runtime = Runtime { inner };
         runtime.inner.queued.fetch_sub(1, Ordering::Relaxed);
         runtime.inner.busy.fetch_add(1, Ordering::Relaxed);
@@ -631,10 +644,6 @@ impl Runtime {
                 return TaskReport::failed(TaskFailure::new(FailureKind::Denied, full.to_string()));
             }
         };
-        // Held until the report is back: the task's memory is the node's until it ends.
-        let Ok(_budget) = self.inner.budget.clone().acquire_many_owned(needs).await else {
-            return lost("the runtime is shutting down".into());
-        };
         let (reply, report) = tokio::sync::oneshot::channel();
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job {
@@ -643,6 +652,7 @@ impl Runtime {
             reply,
             place,
             own_room,
+            needs,
         };
         if self.inner.jobs.push(tenant, job).is_err() {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
