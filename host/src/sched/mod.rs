@@ -394,9 +394,15 @@ impl Scheduler {
                 .clone()
                 .map(|report| Arc::new(move |record| report(peer, record)) as Progress);
             let (report, busy, accepted) = if peer == me {
+                // A subtask of another tenant's driver queues as that tenant's, here as on
+                // any executor.
+                let tenant = credential_of(&spec)
+                    .and_then(|c| c.tenant().ok())
+                    .filter(|t| *t != me)
+                    .map(|t| t.to_string());
                 let mut report = self
                     .runtime
-                    .run_reporting(spec.clone(), progress.clone())
+                    .run_for(tenant, spec.clone(), progress.clone())
                     .await;
                 report.stats.executed_by = Some(me.to_string());
                 (report, false, true)
