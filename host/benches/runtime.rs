@@ -18,14 +18,11 @@
 use std::{sync::Arc, time::Instant};
 
 use shoal_host::{
-    runtime::{Limits, Runtime, RuntimeConfig, TaskSpec},
+    runtime::{Limits, Runtime, RuntimeConfig, TaskSpec, engine_config},
     store::BlockStore,
 };
 use wasi_common::{WasiCtx, sync::WasiCtxBuilder};
-use wasmtime::{
-    Config, Enabled, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, Val,
-};
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store, Val};
 
 const TASKS: usize = 20_000;
 const ROUNDS: usize = 7;
@@ -78,7 +75,8 @@ impl Bare {
     fn new(pooled: bool) -> Self {
         let engine = match pooled {
             false => Engine::default(),
-            true => Engine::new(&runtime_config()).expect("engine"),
+            true => Engine::new(&engine_config(1, RuntimeConfig::default().max_wasm_stack))
+                .expect("engine"),
         };
         let module = Module::from_file(&engine, shoal_task_artifacts::NOOP).expect("compile");
         let mut linker = Linker::new(&engine);
@@ -136,26 +134,6 @@ impl Bare {
             .call(&mut store, ())
             .expect("call")
     }
-}
-
-/// The engine config `Runtime::new` uses for one slot (see `runtime/mod.rs`).
-fn runtime_config() -> Config {
-    let mut pool = PoolingAllocationConfig::default();
-    let pooled = (1 + 32) * 2 + 2;
-    pool.total_core_instances(pooled)
-        .total_memories(pooled)
-        .total_tables(pooled)
-        .max_memory_size(4 << 30)
-        .table_elements(100_000)
-        .linear_memory_keep_resident(16 << 20)
-        .table_keep_resident(64 << 10)
-        .pagemap_scan(Enabled::Auto);
-    let mut cfg = Config::new();
-    cfg.epoch_interruption(true)
-        .parallel_compilation(false)
-        .max_wasm_stack(512 * 1024)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    cfg
 }
 
 /// Tasks/s and the p50 µs of `TASKS` calls of `one` on the calling thread.

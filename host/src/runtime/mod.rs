@@ -353,6 +353,39 @@ pub enum RuntimeError {
     Engine(String),
 }
 
+/// The wasmtime configuration of a runtime with `slots` slots: the pooling allocator sized for
+/// them, epoch interruption, compilation on the calling thread. Public so that the runtime
+/// bench's bare-wasmtime reference runs on the same engine.
+pub fn engine_config(slots: usize, max_wasm_stack: usize) -> Config {
+    let mut pool = PoolingAllocationConfig::default();
+    // Room for every slot plus a few instantiations racing a finishing task.
+    // Tasks blocked on their subtasks keep their instances while lending their slots.
+    let pooled = u32::try_from((slots + MAX_LENT_SLOTS) * 2 + 2).unwrap_or(u32::MAX);
+    pool.total_core_instances(pooled)
+        .total_memories(pooled)
+        .total_tables(pooled);
+    pool.max_memory_size(MAX_TASK_MEMORY as usize)
+        .table_elements(limits::MAX_TABLE_ELEMENTS);
+    // Reset a task's memory with memset instead of madvise + page faults, up to 16 MiB:
+    // a page fault costs ~4 µs in a VM (16 ms for 16 MiB) where memset costs ~1.5 ms. The
+    // pool holds `pooled` memories, so this keeps at most `pooled` x 16 MiB resident.
+    pool.linear_memory_keep_resident(16 << 20)
+        .table_keep_resident(64 << 10)
+        // Where Linux has `PAGEMAP_SCAN` (6.7+), reset only the pages the task wrote
+        // instead of memsetting the first 16 MiB of every memory: a noop task writes a
+        // few pages of a 1 MiB memory, and the memset was half its cost. Every written
+        // page is still reset (or decommitted past the 16 MiB), so no task sees another's
+        // memory; elsewhere wasmtime falls back to the memset.
+        .pagemap_scan(Enabled::Auto);
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true)
+        // Compile on the task's own slot thread, so its CPU is the task's (see `compile`).
+        .parallel_compilation(false)
+        .max_wasm_stack(max_wasm_stack)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
 /// A compiled module, ready to instantiate, with the tasks it exports. Exports are looked up
 /// by name once, here, not for every task.
 struct Compiled {
@@ -455,32 +488,7 @@ impl Runtime {
         run: Runner,
     ) -> Result<Self, RuntimeError> {
         let slots = config.slots.clamp(1, MAX_SLOTS);
-        let mut pool = PoolingAllocationConfig::default();
-        // Room for every slot plus a few instantiations racing a finishing task.
-        // Tasks blocked on their subtasks keep their instances while lending their slots.
-        let pooled = u32::try_from((slots + MAX_LENT_SLOTS) * 2 + 2).unwrap_or(u32::MAX);
-        pool.total_core_instances(pooled)
-            .total_memories(pooled)
-            .total_tables(pooled);
-        pool.max_memory_size(MAX_TASK_MEMORY as usize)
-            .table_elements(limits::MAX_TABLE_ELEMENTS);
-        // Reset a task's memory with memset instead of madvise + page faults, up to 16 MiB:
-        // a page fault costs ~4 µs in a VM (16 ms for 16 MiB) where memset costs ~1.5 ms. The
-        // pool holds `pooled` memories, so this keeps at most `pooled` x 16 MiB resident.
-        pool.linear_memory_keep_resident(16 << 20)
-            .table_keep_resident(64 << 10)
-            // Where Linux has `PAGEMAP_SCAN` (6.7+), reset only the pages the task wrote
-            // instead of memsetting the first 16 MiB of every memory: a noop task writes a
-            // few pages of a 1 MiB memory, and the memset was half its cost. Every written
-            // page is still reset (or decommitted past the 16 MiB), so no task sees another's
-            // memory; elsewhere wasmtime falls back to the memset.
-            .pagemap_scan(Enabled::Auto);
-        let mut cfg = Config::new();
-        cfg.epoch_interruption(true)
-            // Compile on the task's own slot thread, so its CPU is the task's (see `compile`).
-            .parallel_compilation(false)
-            .max_wasm_stack(config.max_wasm_stack)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let cfg = engine_config(slots, config.max_wasm_stack);
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
