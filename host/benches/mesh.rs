@@ -1,14 +1,18 @@
 //! Two nodes on loopback in one process: remote noop tasks/s and submit→result latency, and
-//! a 256 MiB file moved between them next to a raw TCP loopback copy in the same run.
+//! a 256 MiB file moved between them over `/shoal/bulk/1` (`fetch_file`) and over the old
+//! per-block path, next to a raw TCP loopback copy in the same run (medians of
+//! `SHOAL_BENCH_ROUNDS`, default 3).
 //!
 //! `cargo bench --profile dev -p shoal-host --bench mesh`
 
 use std::time::Instant;
 
+use futures::StreamExt;
 use shoal_host::{
     compute::DeviceChoice,
     node::{Node, NodeConfig},
     runtime::TaskSpec,
+    store::Cid,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,6 +34,59 @@ fn config(dir: &std::path::Path, slots: usize) -> NodeConfig {
         memory_budget: None,
         policy: Default::default(),
         device: DeviceChoice::Cpu,
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    percentile(&xs, 0.5)
+}
+
+/// The per-block path as `fetch_file` ran it before `/shoal/bulk/1`: one `/shoal/block/2`
+/// request per chunk, 16 in flight, each batch of 16 stored with one sync while the next
+/// arrives (at most two batches held).
+async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chunks: &[Cid]) {
+    let manifest = fetcher
+        .net()
+        .fetch_block(
+            from,
+            shoal_p2p::BlockRequest {
+                cid: file,
+                file,
+                credential: fetcher.credential().clone(),
+            },
+        )
+        .await
+        .expect("manifest")
+        .expect("found");
+    let store = fetcher.store().clone();
+    store
+        .put_verified_batch(&[(file, manifest)])
+        .expect("store manifest");
+    let mut fetched = futures::stream::iter(chunks.iter().copied())
+        .map(|cid| async move {
+            let request = shoal_p2p::BlockRequest {
+                cid,
+                file,
+                credential: fetcher.credential().clone(),
+            };
+            let bytes = fetcher.net().fetch_block(from, request).await;
+            (cid, bytes.expect("block").expect("found"))
+        })
+        .buffer_unordered(16)
+        .ready_chunks(16);
+    let mut storing: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(batch) = fetched.next().await {
+        if let Some(previous) = storing.take() {
+            previous.await.expect("stored");
+        }
+        let store = store.clone();
+        storing = Some(tokio::task::spawn_blocking(move || {
+            store.put_verified_batch(&batch).expect("store batch");
+        }));
+    }
+    if let Some(last) = storing {
+        last.await.expect("stored");
     }
 }
 
@@ -76,7 +133,7 @@ fn main() {
         let client = Node::start(config(&root.path().join("client"), 0))
             .await
             .expect("client");
-        let worker_id = client.net().dial(addr).await.expect("dial");
+        let worker_id = client.net().dial(addr.clone()).await.expect("dial");
 
         let module = client
             .put_path(shoal_task_artifacts::NOOP.into(), false)
@@ -173,14 +230,82 @@ fn main() {
             "  one 1 MiB block at a time: {:.1} ms each",
             t.elapsed().as_secs_f64() * 1e3 / 16.0
         );
-        let start = Instant::now();
-        client.fetch_file(cid, &[worker_id]).await.expect("fetch");
-        let mesh = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();
-        let raw = raw_tcp_mbps(&data).await;
-        println!("256 MiB file, worker -> client (fetch, verify and store every chunk)");
-        println!("  shoal block transfer: {mesh:.0} MB/s");
+        let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        let (mut bulk, mut per_block, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        let mut stream_only = Vec::new();
+        for round in 0..rounds {
+            // The bulk stream alone: every chunk moved and verified, none stored.
+            let start = Instant::now();
+            let mut session = client.net().open_bulk(worker_id).await.expect("bulk");
+            // Two requests ahead of the reader, as `fetch_file` keeps them: a session holds
+            // only a few unanswered requests and unread chunks, so ask while reading.
+            let mut requests = manifest.chunks.chunks(16);
+            let ask = |chunks: &[Cid]| shoal_p2p::BulkRequest {
+                file: cid,
+                chunks: chunks.to_vec(),
+                credential: client.credential().clone(),
+            };
+            for chunks in requests.by_ref().take(2) {
+                session.request(ask(chunks)).await.expect("request");
+            }
+            let mut got = 0;
+            while got < manifest.chunks.len() {
+                let item = session.next().await.expect("a chunk");
+                assert!(matches!(item, Ok(shoal_p2p::BulkItem::Chunk { .. })));
+                got += 1;
+                if got % 16 == 0
+                    && let Some(chunks) = requests.next()
+                {
+                    session.request(ask(chunks)).await.expect("request");
+                }
+            }
+            assert_eq!(got, manifest.chunks.len());
+            stream_only.push(LEN as f64 / 1e6 / start.elapsed().as_secs_f64());
+
+            // A fresh fetcher each time: an empty store, so every chunk moves and is synced.
+            let dir = root.path().join(format!("fetcher-bulk-{round}"));
+            let fetcher = Node::start(config(&dir, 0)).await.expect("fetcher");
+            fetcher.net().dial(addr.clone()).await.expect("dial");
+            let start = Instant::now();
+            fetcher.fetch_file(cid, &[worker_id]).await.expect("fetch");
+            bulk.push(LEN as f64 / 1e6 / start.elapsed().as_secs_f64());
+            fetcher.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+
+            let dir = root.path().join(format!("fetcher-block-{round}"));
+            let fetcher = Node::start(config(&dir, 0)).await.expect("fetcher");
+            fetcher.net().dial(addr.clone()).await.expect("dial");
+            let start = Instant::now();
+            fetch_per_block(&fetcher, worker_id, cid, &manifest.chunks).await;
+            per_block.push(LEN as f64 / 1e6 / start.elapsed().as_secs_f64());
+            fetcher.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+
+            raw.push(raw_tcp_mbps(&data).await);
+        }
+        let (bulk, per_block, raw) = (median(bulk), median(per_block), median(raw));
+        let stream_only = median(stream_only);
+        println!(
+            "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
+             median of {rounds}"
+        );
+        println!("  shoal /shoal/bulk/1 (one stream, fetch_file): {bulk:.0} MB/s");
+        println!(
+            "  shoal /shoal/block/2 (16 requests in flight, batch fsync): {per_block:.0} MB/s"
+        );
+        println!(
+            "  shoal /shoal/bulk/1 stream alone (verified, not stored): {stream_only:.0} MB/s"
+        );
         println!("  raw TCP loopback copy: {raw:.0} MB/s");
-        println!("  ratio: {:.2}x raw TCP", mesh / raw);
+        println!(
+            "  ratios: bulk {:.2}x per-block; bulk {:.2}x raw TCP; per-block {:.2}x raw TCP",
+            bulk / per_block,
+            bulk / raw,
+            per_block / raw
+        );
         client.shutdown().await;
         worker.shutdown().await;
     });

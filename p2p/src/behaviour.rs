@@ -1,5 +1,5 @@
 //! The composed libp2p behaviour: connection limits, identify, ping, Kademlia, optional mDNS
-//! and Shoal's four request-response protocols.
+//! Shoal's four request-response protocols and its raw streams (`/shoal/bulk/1`).
 
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub(crate) struct Behaviour {
     pub(crate) task: request_response::Behaviour<TaskCodec>,
     pub(crate) capacity: request_response::Behaviour<CapacityCodec>,
     pub(crate) progress: request_response::Behaviour<ProgressCodec>,
+    /// Raw streams: `/shoal/bulk/1`.
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -101,6 +103,7 @@ impl Behaviour {
                 [(PROGRESS_PROTOCOL, ProtocolSupport::Full)],
                 rr(config.capacity_timeout),
             ),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! - `/shoal/block/2` — fetch a block by [`Cid`], presenting a [`Credential`]
 //!   ([`NetworkClient::fetch_block`]);
+//! - `/shoal/bulk/1` — many chunks of one file over one long-lived raw stream
+//!   ([`NetworkClient::open_bulk`], [`InboundHandler::bulk`], see [`bulk`]);
 //! - `/shoal/task/5` — submit a [`TaskSpec`], get its [`TaskOutcome`]
 //!   ([`NetworkClient::submit_task`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
@@ -24,6 +26,7 @@
 
 pub mod auth;
 mod behaviour;
+pub mod bulk;
 pub mod codec;
 pub mod messages;
 mod network;
@@ -35,14 +38,18 @@ pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use tokio_util::sync::CancellationToken;
 
 pub use crate::{
+    auth::{AuthError, Credential, Delegation, TaskAuth},
+    bulk::{
+        BULK_PROTOCOL, BULK_STALL_TIMEOUT, BulkChunk, BulkItem, BulkRequest, BulkResponse,
+        BulkSession, MAX_BULK_CHUNKS,
+    },
     codec::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, CAPACITY_LIMITS, CAPACITY_PROTOCOL, FrameLimits,
         KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
     },
-    auth::{AuthError, Credential, Delegation, TaskAuth},
     messages::{
-        BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN, ProgressRecord,
-        TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+        BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN,
+        ProgressRecord, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
     },
     network::{
         Config, DEFAULT_MAX_INBOUND_TASKS, DEFAULT_MAX_INBOUND_TASKS_PER_PEER, Error,

@@ -22,6 +22,7 @@ use crate::{
     Config, Error, FailureKind, InboundHandler, Keypair, MAX_PROGRESS_LEN, Multiaddr, Network,
     NetworkClient, PeerId, TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec,
     TaskStats,
+    bulk::{BulkChunk, BulkItem, BulkRequest, BulkResponse, MAX_BULK_CHUNKS},
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
     messages::ProgressRecord,
     messages::{BlockRequest, BlockResponse, CapacityRequest},
@@ -69,6 +70,8 @@ const CAPACITY: Capacity = Capacity {
 
 /// A file every [`TestHandler`] denies.
 const PRIVATE: &[u8] = b"private";
+/// A file whose second chunk in each bulk answer every [`TestHandler`] corrupts.
+const LIAR: &[u8] = b"liar";
 
 /// A request for block `cid` as a file of its own, with no credential: the test handler
 /// does not check them (the host's executor does).
@@ -109,6 +112,27 @@ impl InboundHandler for TestHandler {
                 .get(&request.cid)
                 .cloned()
                 .map_or(BlockResponse::NotFound, BlockResponse::Found)
+        };
+        async move { response }.boxed()
+    }
+
+    fn bulk(&self, _from: PeerId, request: BulkRequest) -> BoxFuture<'_, BulkResponse> {
+        let response = if request.file == Cid::of(PRIVATE) {
+            BulkResponse::Denied
+        } else {
+            let liar = request.file == Cid::of(LIAR);
+            let blocks = self.blocks.lock().unwrap();
+            let chunks: Vec<BulkChunk> = request
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match blocks.get(c) {
+                    Some(bytes) if liar && i == 1 => BulkChunk::Found(bytes[1..].to_vec()),
+                    Some(bytes) => BulkChunk::Found(bytes.clone()),
+                    None => BulkChunk::NotFound,
+                })
+                .collect();
+            BulkResponse::Chunks(futures::stream::iter(chunks).boxed())
         };
         async move { response }.boxed()
     }
@@ -563,7 +587,10 @@ async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot
     let full = |r: Result<_, Error>| matches!(r, Err(Error::TooManyInFlight { limit: 2 }));
     assert!(full(b.client.capacity(a.id()).await.map(drop)));
     assert!(full(
-        b.client.fetch_block(a.id(), ask(Cid::of(b"x"))).await.map(drop)
+        b.client
+            .fetch_block(a.id(), ask(Cid::of(b"x")))
+            .await
+            .map(drop)
     ));
     assert!(full(b.client.find_providers(Cid::of(b"x")).await.map(drop)));
     assert!(full(b.client.dial(a.tcp_addr().await).await.map(drop)));
@@ -1009,9 +1036,13 @@ async fn oversized_responses_fail_the_request_promptly() {
 
     let (addr, _block) = raw_server(BLOCK_PROTOCOL, over(BLOCK_LIMITS.response)).await;
     let peer = a.client.dial(addr).await.unwrap();
-    let err = within(PROMPT, "block", a.client.fetch_block(peer, ask(Cid::of(b"x"))))
-        .await
-        .unwrap_err();
+    let err = within(
+        PROMPT,
+        "block",
+        a.client.fetch_block(peer, ask(Cid::of(b"x"))),
+    )
+    .await
+    .unwrap_err();
     assert!(is_over_limit(&err), "{err}");
 
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
@@ -1214,4 +1245,117 @@ async fn a_second_connection_from_one_peer_is_refused() {
         decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
         CAPACITY
     );
+}
+
+fn bulk_ask(file: &[u8], chunks: Vec<Cid>) -> BulkRequest {
+    BulkRequest {
+        file: Cid::of(file),
+        chunks,
+        credential: Default::default(),
+    }
+}
+
+/// One stream carries pipelined requests; chunks come back in order, verified, with
+/// `NotFound` in place; a refusal ends the session as `Denied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_streams_chunks_in_order_and_refuses_as_a_whole() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    let blocks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 300 << 10]).collect();
+    let cids: Vec<Cid> = blocks.iter().map(|b| a.handler.put(b)).collect();
+    let missing = Cid::of(b"nobody has this");
+
+    let mut session = within(SETTLE, "open", b.client.open_bulk(a.id()))
+        .await
+        .unwrap();
+    session
+        .request(bulk_ask(b"file", vec![cids[0], missing, cids[1]]))
+        .await
+        .unwrap();
+    session
+        .request(bulk_ask(b"file", cids[2..].to_vec()))
+        .await
+        .unwrap();
+    session.finish();
+    let mut got = Vec::new();
+    while let Some(item) = within(PROMPT, "chunk", session.next()).await {
+        got.push(item.unwrap());
+    }
+    let expect = |i: usize| BulkItem::Chunk {
+        cid: cids[i],
+        bytes: blocks[i].clone(),
+    };
+    assert_eq!(
+        got,
+        vec![
+            expect(0),
+            BulkItem::NotFound(missing),
+            expect(1),
+            expect(2),
+            expect(3),
+            expect(4)
+        ]
+    );
+
+    let mut denied = b.client.open_bulk(a.id()).await.unwrap();
+    denied
+        .request(bulk_ask(PRIVATE, cids.clone()))
+        .await
+        .unwrap();
+    let err = within(PROMPT, "denied", denied.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Denied { peer, .. } if peer == a.id()),
+        "{err}"
+    );
+    assert!(denied.next().await.is_none());
+
+    let too_many = bulk_ask(b"file", vec![missing; MAX_BULK_CHUNKS + 1]);
+    assert!(
+        b.client
+            .open_bulk(a.id())
+            .await
+            .unwrap()
+            .request(too_many)
+            .await
+            .is_err()
+    );
+}
+
+/// A chunk that does not hash to its id ends the session with `BlockMismatch`, after the
+/// good chunks before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_corrupt_chunk_ends_the_session() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
+    let cids: Vec<Cid> = (0..3u8).map(|i| a.handler.put(&[i; 1000])).collect();
+    let mut session = b.client.open_bulk(a.id()).await.unwrap();
+    session.request(bulk_ask(LIAR, cids.clone())).await.unwrap();
+    assert!(matches!(
+        within(PROMPT, "first", session.next()).await,
+        Some(Ok(BulkItem::Chunk { cid, .. })) if cid == cids[0]
+    ));
+    let err = within(PROMPT, "second", session.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BlockMismatch { cid, len: 999, .. } if cid == cids[1]),
+        "{err}"
+    );
+    assert!(session.next().await.is_none());
+}
+
+/// A peer without `/shoal/bulk/1` is `Unsupported`, promptly: the requester falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_to_a_peer_without_the_protocol_is_unsupported() {
+    let a = spawn_node(vec![], |_| {}).await;
+    let (addr, _raw) = raw_server(BLOCK_PROTOCOL, RawFrame::held(vec![0])).await;
+    let peer = a.client.dial(addr).await.unwrap();
+    let err = within(PROMPT, "open", a.client.open_bulk(peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
 }

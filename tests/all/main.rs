@@ -13,5 +13,6 @@ mod subtasks;
 mod tenants;
 mod tensor_abi;
 mod training;
+mod transfer;
 mod util;
 mod verify;

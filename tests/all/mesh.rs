@@ -954,7 +954,7 @@ fn sync_training_survives_a_worker_killed_mid_run() {
         .expect("params")
         .to_owned();
 
-    let run = Command::new(host_bin())
+    let mut run = Command::new(host_bin())
         .args(&train)
         .arg("--data-dir")
         .arg(&a.data_dir)
@@ -962,9 +962,23 @@ fn sync_training_survives_a_worker_killed_mid_run() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("host submit starts");
-    std::thread::sleep(Duration::from_millis(700));
+    // The driver reports each round as progress on stderr: C dies after the fifth, mid-run
+    // on a fast machine or a slow one.
+    let stderr = run.stderr.take().expect("piped stderr");
+    let (tx, rounds) = mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("progress: ") && line.contains("round") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    for _ in 0..5 {
+        rounds
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the driver reports its rounds");
+    }
     drop(victim.take()); // SIGKILL C mid-run
-    let mut run = run;
     assert!(
         run.try_wait().unwrap().is_none(),
         "the run ended before the kill: the test is void"

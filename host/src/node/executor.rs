@@ -5,8 +5,8 @@
 use std::{sync::Arc, time::Instant};
 
 use shoal_p2p::{
-    BlockRequest, BlockResponse, BoxFuture, Capacity, InboundHandler, PeerId, ProgressRecord,
-    TaskOutcome,
+    BlockRequest, BlockResponse, BoxFuture, BulkChunk, BulkRequest, BulkResponse, Capacity,
+    InboundHandler, PeerId, ProgressRecord, TaskOutcome,
 };
 use tracing::Instrument;
 
@@ -46,6 +46,10 @@ impl InboundHandler for NodeInner {
         })
     }
 
+    fn bulk(&self, from: PeerId, request: BulkRequest) -> BoxFuture<'_, BulkResponse> {
+        Box::pin(self.serve_bulk(from, request))
+    }
+
     fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
         let span =
             tracing::info_span!("task", id = %spec.id(), peer = %from, module = %spec.module);
@@ -61,6 +65,9 @@ impl InboundHandler for NodeInner {
     }
 }
 
+/// Chunks a bulk answer reads ahead of the stream that sends them.
+const BULK_READ_AHEAD: usize = 4;
+
 /// Sources of a spec asked besides its sender; the rest are ignored.
 const MAX_SOURCES: usize = 16;
 
@@ -68,6 +75,63 @@ const MAX_SOURCES: usize = 16;
 const PROGRESS_QUEUE: usize = 64;
 
 impl NodeInner {
+    /// Answers a `/shoal/bulk/1` request under the rule of [`InboundHandler::block`]: the
+    /// credential must hold for `from` and name this node or a tenant that may read the file
+    /// here, and every chunk asked must be one of the file's; otherwise the whole request is
+    /// `Denied`, without a look at the chunks. The chunks are read on a blocking thread, a few
+    /// ahead of the stream that sends them.
+    async fn serve_bulk(&self, from: PeerId, request: BulkRequest) -> BulkResponse {
+        let reader = match request.credential.verify(from, now_ms()) {
+            Ok(tenant) if tenant == self.net.local_peer_id() => None,
+            Ok(tenant) => Some(tenant.to_string()),
+            Err(e) => {
+                tracing::debug!(peer = %from, "bulk request refused: {e}");
+                return BulkResponse::Denied;
+            }
+        };
+        let store = self.store.clone();
+        let BulkRequest { file, chunks, .. } = request;
+        let allowed = {
+            let store = store.clone();
+            let chunks = chunks.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(reader) = reader
+                    && !store.may_read(&file, &file, &reader)
+                {
+                    return false;
+                }
+                // The file's own chunks only, for this node's identity too: a bulk request
+                // names a file, and serves nothing outside it.
+                let Ok(manifest) = store.manifest(&file) else {
+                    return false;
+                };
+                let own: std::collections::HashSet<&Cid> = manifest.chunks.iter().collect();
+                chunks.iter().all(|c| own.contains(c))
+            })
+            .await
+            .unwrap_or(false)
+        };
+        if !allowed {
+            return BulkResponse::Denied;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(BULK_READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            for cid in chunks {
+                let chunk = store
+                    .get_block(&cid)
+                    .map_or(BulkChunk::NotFound, BulkChunk::Found);
+                // The stream is gone: stop reading.
+                if tx.blocking_send(chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        BulkResponse::Chunks(Box::pin(chunks))
+    }
+
     /// Runs a task another peer sent us: fetch its module and inputs (from the sender first),
     /// run it sandboxed, announce its outputs, and report.
     async fn run_for_peer(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> TaskOutcome {
@@ -84,7 +148,7 @@ impl NodeInner {
         let checked = spec
             .verify(me, now)
             .map_err(|e| e.to_string())
-            .and_then(|tenant| self.replays.check(&spec.auth, now).map(|()| tenant));
+            .and_then(|tenant| self.seen.check(&spec.auth, now).map(|()| tenant));
         let tenant = match checked {
             Ok(tenant) => tenant,
             Err(e) => {

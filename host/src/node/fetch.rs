@@ -8,18 +8,36 @@
 //! to the tenant here too.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
 };
 
-use futures::{StreamExt, stream};
-use shoal_p2p::{BlockRequest, Credential, PeerId};
+use futures::{StreamExt, future::join_all, stream};
+use shoal_p2p::{BlockRequest, BulkItem, BulkRequest, Credential, PeerId};
+use tokio::sync::mpsc;
 
 use super::{NodeInner, blocking};
 use crate::store::{Cid, StoreError};
 
-/// Chunks fetched at once for one file.
+/// Chunks fetched at once for one file over the per-block protocol.
 const PARALLEL_CHUNKS: usize = 16;
+/// Providers streaming one file's chunks at once over `/shoal/bulk/1`.
+const BULK_STREAMS: usize = 4;
+/// The most chunks in one bulk request (16 MiB); smaller files are cut finer, so that every
+/// provider gets a share.
+const BULK_BATCH: usize = 16;
+/// Bulk requests a stream has in flight: the provider starts on the next before the
+/// requester has all of the last.
+const BULK_PIPELINE: usize = 2;
+/// Verified chunks waiting for the writer (64 MiB); past this, fetching waits for the disk.
+const WRITE_QUEUE: usize = 64;
+/// The most chunks stored with one disk sync.
+const WRITE_BATCH: usize = 16;
+/// Threads storing one fetch's chunks.
+const WRITERS: usize = 2;
+
+/// Hands verified chunks to the store's writer ([`NodeInner::writer`]).
+type Writer = mpsc::Sender<(Cid, Vec<u8>)>;
 
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -90,36 +108,107 @@ impl NodeInner {
         if !missing.is_empty() && providers.is_empty() {
             providers = self.find_providers(cid).await;
         }
-        let mut fetched = stream::iter(missing.into_iter().enumerate())
-            .map(|(i, chunk)| {
-                let mut providers = providers.clone();
-                let bad = bad.clone();
-                async move {
-                    self.fetch_block(chunk, cid, credential, &mut providers, &bad, i)
-                        .await
-                        .map(|b| (chunk, b))
-                }
-            })
-            .buffer_unordered(PARALLEL_CHUNKS)
-            .ready_chunks(PARALLEL_CHUNKS);
-        // Store each batch while the next one arrives, so network and disk overlap; this loop
-        // holds at most two batches (32 MiB).
-        let mut storing = None;
-        while let Some(batch) = fetched.next().await {
-            let batch = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
-            if let Some(previous) = storing.take() {
-                previous.await?;
-            }
-            storing = Some(self.store_blocks(batch));
-        }
-        if let Some(last) = storing {
-            last.await?;
+        if !missing.is_empty() {
+            let (writer, written) = self.writer();
+            let left = self
+                .fetch_bulk(cid, credential, &providers, &bad, missing, &writer)
+                .await;
+            let fell_back = self
+                .fetch_blocks(cid, credential, &providers, &bad, left, &writer)
+                .await;
+            drop(writer);
+            // The writer's error first: a full disk makes the fetch fail where it was going.
+            written.await?;
+            fell_back?;
         }
         if let Some(reader) = reader {
             let store = self.store.clone();
             blocking("granting a file", move || store.grant(&cid, &reader)).await?;
         }
         Ok(())
+    }
+
+    /// Chunks by the per-block protocol, [`PARALLEL_CHUNKS`] at once, each to `writer`: for
+    /// what the bulk streams did not bring (a provider without `/shoal/bulk/1`, or one that
+    /// failed, or a chunk a provider lacked).
+    async fn fetch_blocks(
+        &self,
+        file: Cid,
+        credential: &Credential,
+        providers: &[PeerId],
+        bad: &Arc<Mutex<HashSet<PeerId>>>,
+        chunks: Vec<Cid>,
+        writer: &Writer,
+    ) -> Result<(), FetchError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(%file, chunks = chunks.len(), "fetching chunks one request each");
+        let mut fetched = stream::iter(chunks.into_iter().enumerate())
+            .map(|(i, chunk)| {
+                let mut providers = providers.to_vec();
+                let bad = bad.clone();
+                async move {
+                    self.fetch_block(chunk, file, credential, &mut providers, &bad, i)
+                        .await
+                        .map(|b| (chunk, b))
+                }
+            })
+            .buffer_unordered(PARALLEL_CHUNKS);
+        while let Some(fetched) = fetched.next().await {
+            if writer.send(fetched?).await.is_err() {
+                // The writer failed; it reports why.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A writer of verified chunks behind a bounded queue, so that fetching never waits
+    /// for a disk sync: each of [`WRITERS`] blocking threads takes what has arrived (up to
+    /// [`WRITE_BATCH`] chunks), stores it with one sync, and comes back for more. At most
+    /// [`WRITE_QUEUE`] chunks wait. The future ends when every sender is dropped and
+    /// everything sent is stored, or at the first store error (sends then fail).
+    fn writer(&self) -> (Writer, impl Future<Output = Result<(), StoreError>> + use<>) {
+        let (tx, rx) = mpsc::channel::<(Cid, Vec<u8>)>(WRITE_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        // Two threads: one hashes and writes a batch while the other waits on its sync.
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (store, rx) = (self.store.clone(), rx.clone());
+                blocking("storing blocks", move || {
+                    loop {
+                        let batch = {
+                            let mut rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+                            let Some(first) = rx.blocking_recv() else {
+                                return Ok(());
+                            };
+                            let mut batch = vec![first];
+                            while batch.len() < WRITE_BATCH {
+                                match rx.try_recv() {
+                                    Ok(next) => batch.push(next),
+                                    Err(_) => break,
+                                }
+                            }
+                            batch
+                        };
+                        // Atomic per block (temp file, sync, rename), one directory sync a batch.
+                        if let Err(e) = store.put_verified_batch(&batch) {
+                            // Sends fail from now on: the fetch stops and reports this.
+                            rx.lock().unwrap_or_else(PoisonError::into_inner).close();
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let written = async move {
+            for writer in join_all(writers).await {
+                writer?;
+            }
+            Ok(())
+        };
+        (tx, written)
     }
 
     /// Stores verified blocks with one disk sync for the lot. The work starts at once, on a
@@ -204,5 +293,230 @@ impl NodeInner {
             return Err(FetchError::Denied { cid, tenant, asked });
         }
         Err(FetchError::NotFound { cid, asked })
+    }
+}
+
+/// Who streams which chunks of one bulk fetch: each provider's own share, cut into requests
+/// and dealt round-robin, and the chunks that a dropped provider left, which any other takes
+/// first. A provider whose share is done takes from the largest share left.
+struct Plan {
+    shares: Vec<VecDeque<Vec<Cid>>>,
+    orphans: VecDeque<Vec<Cid>>,
+    /// Requests sent and not yet answered in full, across providers: while there are some,
+    /// an idle provider waits, since a failure may orphan them.
+    in_flight: usize,
+    /// Chunks no bulk provider brought: for the per-block protocol.
+    left: Vec<Cid>,
+}
+
+/// What a provider's stream does next.
+enum Next {
+    Ask(Vec<Cid>),
+    Wait,
+    Done,
+}
+
+impl Plan {
+    fn new(chunks: Vec<Cid>, providers: usize) -> Self {
+        let per_request = (chunks.len() / (2 * providers)).clamp(1, BULK_BATCH);
+        let mut shares = vec![VecDeque::new(); providers];
+        for (i, request) in chunks.chunks(per_request).enumerate() {
+            shares[i % providers].push_back(request.to_vec());
+        }
+        Self {
+            shares,
+            orphans: VecDeque::new(),
+            in_flight: 0,
+            left: Vec::new(),
+        }
+    }
+
+    fn next(&mut self, me: usize) -> Next {
+        let largest = (0..self.shares.len()).max_by_key(|&i| self.shares[i].len());
+        let request = self
+            .orphans
+            .pop_front()
+            .or_else(|| self.shares[me].pop_front())
+            .or_else(|| largest.and_then(|i| self.shares[i].pop_back()));
+        match request {
+            Some(request) => {
+                self.in_flight += 1;
+                Next::Ask(request)
+            }
+            None if self.in_flight > 0 => Next::Wait,
+            None => Next::Done,
+        }
+    }
+
+    /// A provider is dropped: its requests in flight and its share go to the others.
+    fn drop_provider(&mut self, me: usize, unanswered: impl IntoIterator<Item = Vec<Cid>>) {
+        for request in unanswered {
+            self.in_flight -= 1;
+            if !request.is_empty() {
+                self.orphans.push_back(request);
+            }
+        }
+        let share = std::mem::take(&mut self.shares[me]);
+        self.orphans.extend(share);
+    }
+}
+
+/// How long an idle bulk stream sleeps before it looks for orphaned chunks again.
+const BULK_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl NodeInner {
+    /// Fetches `chunks` of `file` over `/shoal/bulk/1`, one stream to each of up to
+    /// [`BULK_STREAMS`] providers, each chunk verified (by the session) before it goes to
+    /// `writer`. A provider that sends a chunk that is not what it names, or nothing for
+    /// [`shoal_p2p::BULK_STALL_TIMEOUT`], is marked `bad` and dropped; one that refuses or
+    /// does not speak the protocol is dropped. Their chunks go to the others. Returns what
+    /// no provider brought, for the per-block protocol.
+    async fn fetch_bulk(
+        &self,
+        file: Cid,
+        credential: &Credential,
+        providers: &[PeerId],
+        bad: &Mutex<HashSet<PeerId>>,
+        chunks: Vec<Cid>,
+        writer: &Writer,
+    ) -> Vec<Cid> {
+        let peers: Vec<PeerId> = {
+            let bad = bad.lock().unwrap_or_else(PoisonError::into_inner);
+            providers
+                .iter()
+                .filter(|p| !bad.contains(p))
+                .take(BULK_STREAMS)
+                .copied()
+                .collect()
+        };
+        if peers.is_empty() {
+            return chunks;
+        }
+        let plan = Mutex::new(Plan::new(chunks, peers.len()));
+        let streams = peers
+            .iter()
+            .enumerate()
+            .map(|(me, &peer)| self.bulk_stream(me, peer, file, credential, &plan, bad, writer));
+        join_all(streams).await;
+        let mut plan = plan.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let mut left = std::mem::take(&mut plan.left);
+        left.extend(plan.orphans.into_iter().flatten());
+        left.extend(plan.shares.into_iter().flatten().flatten());
+        left
+    }
+
+    /// One provider's stream of a bulk fetch: it asks for the chunks the plan gives it,
+    /// two requests ahead, until none are left or the provider is dropped.
+    #[allow(clippy::too_many_arguments)]
+    async fn bulk_stream(
+        &self,
+        me: usize,
+        peer: PeerId,
+        file: Cid,
+        credential: &Credential,
+        plan: &Mutex<Plan>,
+        bad: &Mutex<HashSet<PeerId>>,
+        writer: &Writer,
+    ) {
+        let lock = || plan.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut session = match self.net.open_bulk(peer).await {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::debug!(%peer, %file, error = %e, "no bulk stream; others take its share");
+                lock().drop_provider(me, []);
+                return;
+            }
+        };
+        // The requests sent, each with how many of its chunks have arrived.
+        let mut asked: VecDeque<(Vec<Cid>, usize)> = VecDeque::new();
+        loop {
+            while asked.len() < BULK_PIPELINE {
+                let Next::Ask(chunks) = lock().next(me) else {
+                    break;
+                };
+                let request = BulkRequest {
+                    file,
+                    chunks: chunks.clone(),
+                    credential: credential.clone(),
+                };
+                asked.push_back((chunks, 0));
+                if session.request(request).await.is_err() {
+                    // The session ended; `next` below says why.
+                    break;
+                }
+            }
+            if asked.is_empty() {
+                let next = lock().next(me);
+                match next {
+                    Next::Done => return,
+                    Next::Wait => {
+                        tokio::time::sleep(BULK_IDLE_POLL).await;
+                        continue;
+                    }
+                    Next::Ask(chunks) => {
+                        // Taken between the two looks: give it back for the loop to send.
+                        let mut plan = lock();
+                        plan.in_flight -= 1;
+                        plan.orphans.push_front(chunks);
+                        continue;
+                    }
+                }
+            }
+            let failure = match session.next().await {
+                Some(Ok(item)) => {
+                    let Some((chunks, got)) = asked.front_mut() else {
+                        continue;
+                    };
+                    *got += 1;
+                    let finished = *got == chunks.len();
+                    let stored = match item {
+                        BulkItem::Chunk { cid, bytes } => writer.send((cid, bytes)).await.is_ok(),
+                        BulkItem::NotFound(cid) => {
+                            lock().left.push(cid);
+                            true
+                        }
+                    };
+                    if finished {
+                        asked.pop_front();
+                        lock().in_flight -= 1;
+                    }
+                    if stored {
+                        continue;
+                    }
+                    // The writer failed and says why: stop quietly, leaving the rest.
+                    None
+                }
+                Some(Err(e)) => Some(e),
+                None => Some(shoal_p2p::Error::ConnectionClosed {
+                    peer,
+                    protocol: shoal_p2p::bulk::BULK_PROTOCOL_NAME,
+                }),
+            };
+            if let Some(e) = &failure {
+                match e {
+                    shoal_p2p::Error::BlockMismatch { cid, .. } => {
+                        tracing::warn!(%peer, %cid, "peer streamed a corrupt chunk; dropping it for this fetch");
+                        bad.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(peer);
+                    }
+                    shoal_p2p::Error::Stalled { .. } => {
+                        tracing::warn!(%peer, %file, "peer stalled its bulk stream; dropping it for this fetch");
+                        bad.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(peer);
+                    }
+                    e => {
+                        tracing::debug!(%peer, %file, error = %e, "bulk stream failed; others take its share")
+                    }
+                }
+            }
+            let unanswered = asked
+                .drain(..)
+                .map(|(chunks, got)| chunks[got..].to_vec())
+                .collect::<Vec<_>>();
+            lock().drop_provider(me, unanswered);
+            return;
+        }
     }
 }

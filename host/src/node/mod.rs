@@ -111,8 +111,8 @@ pub(crate) struct NodeInner {
     progress: Arc<ProgressRoutes>,
     /// Other tenants' tasks running here, for the policy's per-tenant cap.
     tenants: policy::Tenants,
-    /// Signed specs seen within the replay window.
-    replays: policy::Replays,
+    /// Signed specs seen within the replay window, and subtasks run under each delegation.
+    seen: policy::Seen,
     /// This node acting for itself, as it asks for blocks of its own.
     own: Credential,
     /// Where the outputs of this node's remote tasks are (the scheduler records them).
@@ -179,7 +179,7 @@ impl Node {
                 config: config.clone(),
                 progress: progress.clone(),
                 tenants: policy::Tenants::default(),
-                replays: policy::Replays::default(),
+                seen: policy::Seen::default(),
                 own: own.clone(),
                 locations: locations.clone(),
             });

@@ -186,16 +186,49 @@ const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Specs remembered at most; past this a new one is refused until old ones leave the window.
 const MAX_REMEMBERED: usize = 1 << 20;
 
-/// The signatures of the specs run here within the replay window, with their signing times.
+/// What this node has seen of signed specs: the signatures of those run here within the
+/// replay window (with their signing times), and how many subtasks it has run under each
+/// driver's delegation (with its expiry).
 #[derive(Default)]
-pub(super) struct Replays {
+pub(super) struct Seen {
     seen: Mutex<HashMap<shoal::abi::Cid, u64>>,
+    subtasks: Mutex<HashMap<shoal::abi::Cid, (u32, u64)>>,
 }
 
-impl Replays {
-    /// Accepts a spec signed at `auth.issued_at_ms` once, within the window around `now_ms`;
-    /// says why not otherwise.
+impl Seen {
+    /// Accepts a spec signed at `auth.issued_at_ms` once, within the window around `now_ms`,
+    /// and a subtask only within its driver's subtask budget as far as this node has seen it;
+    /// says why not otherwise. Call it after the spec's signatures are verified.
     pub(super) fn check(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+        self.fresh(auth, now_ms)?;
+        self.within_budget(auth, now_ms)
+    }
+
+    /// The subtask budget of the link that delegated to the driver's node: counted here, so
+    /// a driver's node cannot send one executor more subtasks than the tenant allowed.
+    fn within_budget(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+        let chain = &auth.credential.chain;
+        let Some(parent) = chain.len().checked_sub(2).map(|i| &chain[i]) else {
+            return Ok(());
+        };
+        let mut counts = self.subtasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.len() >= MAX_REMEMBERED {
+            counts.retain(|_, (_, expires)| *expires > now_ms);
+        }
+        let (count, _) = counts
+            .entry(shoal::abi::Cid::of(&parent.signature))
+            .or_insert((0, parent.expires_at_ms));
+        if *count >= parent.max_subtasks {
+            return Err(format!(
+                "the driver's delegation allows {} subtasks, and this node has run them all",
+                parent.max_subtasks
+            ));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    fn fresh(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
         let window = u64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(u64::MAX);
         let skew = u64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
         let issued = auth.issued_at_ms;
@@ -331,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_signed_spec_runs_once_and_only_while_fresh() {
-        let replays = Replays::default();
+        let replays = Seen::default();
         let now = 10_000_000;
         let auth = |issued_at_ms, signature: &[u8]| TaskAuth {
             issued_at_ms,
@@ -345,5 +378,47 @@ mod tests {
         let e = replays.check(&auth(now - 700_000, b"c"), now).unwrap_err();
         assert!(e.contains("outside this node's 600 s replay window"), "{e}");
         assert!(replays.check(&auth(now + 120_000, b"d"), now).is_err());
+    }
+
+    #[test]
+    fn a_drivers_subtasks_are_counted_against_its_delegation() {
+        use shoal_p2p::{Credential, Keypair};
+        let (tenant, driver) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let worker = PeerId::random();
+        let held = Credential::of(&tenant)
+            .delegate(
+                &tenant,
+                driver.public().to_peer_id(),
+                u64::MAX,
+                shoal::abi::Cid([1; 32]),
+                2,
+            )
+            .unwrap();
+        let seen = Seen::default();
+        let now = 10_000_000;
+        let subtask = |n: u8| TaskAuth {
+            credential: held
+                .delegate(&driver, worker, u64::MAX, shoal::abi::Cid([n; 32]), 2)
+                .unwrap(),
+            issued_at_ms: now,
+            nonce: 0,
+            signature: vec![n],
+        };
+        assert!(seen.check(&subtask(1), now).is_ok());
+        assert!(seen.check(&subtask(2), now).is_ok());
+        assert_eq!(
+            seen.check(&subtask(3), now).unwrap_err(),
+            "the driver's delegation allows 2 subtasks, and this node has run them all"
+        );
+        // A user's own task (one link) has no driver budget to count.
+        let own = TaskAuth {
+            credential: Credential::of(&tenant)
+                .delegate(&tenant, worker, u64::MAX, shoal::abi::Cid([9; 32]), 2)
+                .unwrap(),
+            issued_at_ms: now,
+            nonce: 0,
+            signature: vec![9],
+        };
+        assert!(seen.check(&own, now).is_ok());
     }
 }

@@ -7,7 +7,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Command, Config, Error, Reply};
-use crate::messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec};
+use crate::{
+    bulk::{BULK_PROTOCOL, BULK_PROTOCOL_NAME, BulkSession},
+    messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
+};
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
 /// (a typed error) normally fires first.
@@ -22,6 +25,7 @@ struct Timeouts {
     capacity: Duration,
     dial: Duration,
     query: Duration,
+    stall: Duration,
 }
 
 /// A cheap, cloneable handle to the network actor.
@@ -35,13 +39,30 @@ pub struct NetworkClient {
     peer_id: PeerId,
     shutdown: CancellationToken,
     timeouts: Timeouts,
+    streams: Streams,
+}
+
+/// The raw-stream control, which has no `Debug` of its own.
+#[derive(Clone)]
+struct Streams(libp2p_stream::Control);
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streams")
+    }
 }
 
 impl NetworkClient {
-    pub(super) fn new(commands: mpsc::Sender<Command>, peer_id: PeerId, config: &Config) -> Self {
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        peer_id: PeerId,
+        config: &Config,
+        streams: libp2p_stream::Control,
+    ) -> Self {
         Self {
             commands,
             peer_id,
+            streams: Streams(streams),
             shutdown: config.shutdown.clone(),
             timeouts: Timeouts {
                 task: config.task_timeout + CLIENT_SLACK,
@@ -49,6 +70,7 @@ impl NetworkClient {
                 capacity: config.capacity_timeout + CLIENT_SLACK,
                 dial: config.dial_timeout,
                 query: config.query_timeout + CLIENT_SLACK,
+                stall: config.bulk_stall_timeout,
             },
         }
     }
@@ -131,6 +153,49 @@ impl NetworkClient {
             BlockResponse::NotFound => Ok(None),
             BlockResponse::Denied => Err(Error::Denied { peer, cid }),
             BlockResponse::Busy => Err(Error::Busy { peer }),
+        }
+    }
+
+    /// Opens a `/shoal/bulk/1` stream to `peer` (dialing it if need be): a session to ask
+    /// it for many chunks of a file, each verified before it is handed on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if the peer does not speak the protocol (fall back to
+    /// [`fetch_block`](Self::fetch_block)); [`Error::Stream`] if the stream cannot be opened
+    /// (no connection, no address); [`Error::Timeout`] (after [`Config::dial_timeout`] and
+    /// [`Config::block_timeout`]); [`Error::Shutdown`].
+    #[tracing::instrument(skip(self), fields(%peer))]
+    pub async fn open_bulk(&self, peer: PeerId) -> Result<BulkSession, Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        let mut control = self.streams.0.clone();
+        let after = self.timeouts.dial + self.timeouts.block;
+        let opened = tokio::time::timeout(after, control.open_stream(peer, BULK_PROTOCOL))
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "open_bulk",
+                after,
+            })?;
+        match opened {
+            Ok(stream) => Ok(BulkSession::start(peer, stream, self.timeouts.stall)),
+            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                Err(Error::Unsupported {
+                    peer,
+                    protocol: BULK_PROTOCOL_NAME,
+                })
+            }
+            Err(libp2p_stream::OpenStreamError::Io(source)) => Err(Error::Stream {
+                peer,
+                protocol: BULK_PROTOCOL_NAME,
+                source,
+            }),
+            Err(e) => Err(Error::Stream {
+                peer,
+                protocol: BULK_PROTOCOL_NAME,
+                source: std::io::Error::other(e.to_string()),
+            }),
         }
     }
 

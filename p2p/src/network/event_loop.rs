@@ -324,7 +324,7 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Limits(never) => match never {},
-            BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_) => {}
+            BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_) | BehaviourEvent::Stream(()) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     debug!(%peer, %addr, "mdns discovered");

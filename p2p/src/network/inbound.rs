@@ -18,6 +18,7 @@ use tracing::{Instrument, Span, debug, info_span, warn};
 use super::{Config, event_loop::EventLoop};
 use crate::{
     behaviour::Behaviour,
+    bulk::{BulkRequest, BulkResponse},
     codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
     messages::{
         BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind, MAX_BLOCK_LEN,
@@ -46,6 +47,17 @@ pub trait InboundHandler: Send + Sync + 'static {
     /// request's credential does not let `from` read it (see [`BlockRequest`]). Blocks over
     /// [`MAX_BLOCK_LEN`] are never sent: the requester gets `NotFound`.
     fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse>;
+
+    /// The answer to `from`'s `/shoal/bulk/1` request: the chunks, in the order asked, or
+    /// `Denied` as a whole under the rule of [`block`](Self::block) (a tenant that may not
+    /// read the file, or a file that is not here, look the same). Called on the task that
+    /// serves the stream, at most [`Config::max_inbound_bulk`] streams at a time and
+    /// [`Config::max_inbound_bulk_per_peer`] per requester. By default, `Denied`: requesters
+    /// then fall back to [`block`](Self::block).
+    fn bulk(&self, from: PeerId, request: BulkRequest) -> BoxFuture<'_, BulkResponse> {
+        let _ = (from, request);
+        Box::pin(async { BulkResponse::Denied })
+    }
 
     /// Run `spec` for `from` and report its outcome. May take as long as the task does.
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome>;

@@ -12,6 +12,7 @@
 //! work in flight (in all and per peer), connections (in all, per peer and pending), and
 //! streams per connection and protocol.
 
+mod bulk_serve;
 mod client;
 mod event_loop;
 mod inbound;
@@ -40,6 +41,7 @@ use self::{
 };
 use crate::{
     behaviour::Behaviour,
+    bulk::{BULK_PROTOCOL, BULK_STALL_TIMEOUT},
     messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
 };
 #[cfg(doc)]
@@ -95,6 +97,15 @@ pub struct Config {
     /// `max_inbound_requests`; more from that peer are answered `Busy` (blocks) or dropped
     /// (capacity). Default 16.
     pub max_inbound_requests_per_peer: usize,
+    /// Inbound `/shoal/bulk/1` streams served at once, from all peers together; more are
+    /// answered `Busy`. Default 16.
+    pub max_inbound_bulk: usize,
+    /// Inbound `/shoal/bulk/1` streams served at once for any one remote peer, within
+    /// `max_inbound_bulk`; more from that peer are answered `Busy`. Default 4.
+    pub max_inbound_bulk_per_peer: usize,
+    /// How long a bulk requester waits for the next byte it is owed before it gives the
+    /// provider up. Default 5 s ([`BULK_STALL_TIMEOUT`]).
+    pub bulk_stall_timeout: Duration,
     /// Established connections, inbound and outbound together; more are refused. Default 256.
     pub max_established: u32,
     /// Established connections with any one peer; more are refused. Default 4.
@@ -131,6 +142,9 @@ impl Config {
             max_inbound_tasks_per_peer: DEFAULT_MAX_INBOUND_TASKS_PER_PEER,
             max_inbound_requests: 64,
             max_inbound_requests_per_peer: 16,
+            max_inbound_bulk: 16,
+            max_inbound_bulk_per_peer: 4,
+            bulk_stall_timeout: BULK_STALL_TIMEOUT,
             max_established: 256,
             max_established_per_peer: 4,
             max_pending_incoming: 64,
@@ -252,6 +266,14 @@ pub enum Error {
         peer: PeerId,
         /// The block asked for.
         cid: Cid,
+    },
+    /// A bulk stream's provider sent nothing for this long while it owed bytes.
+    #[error("peer {peer} sent nothing on its bulk stream for {after:?}")]
+    Stalled {
+        /// The peer.
+        peer: PeerId,
+        /// The bound that was hit.
+        after: Duration,
     },
     /// Too many outbound operations are already awaiting answers.
     #[error("too many network operations in flight (limit {limit})")]
@@ -375,7 +397,19 @@ impl Network {
         let reply_depth = config.max_inbound_tasks + config.max_inbound_requests;
         let (reply_tx, reply_rx) = mpsc::channel(reply_depth.max(1));
 
-        let client = NetworkClient::new(command_tx, local_peer_id, &config);
+        let mut control = swarm.behaviour().stream.new_control();
+        // Registered once, on a fresh behaviour: it cannot be taken already.
+        let incoming = control
+            .accept(BULK_PROTOCOL)
+            .map_err(|e| Error::Build(e.to_string()))?;
+        let client = NetworkClient::new(command_tx, local_peer_id, &config, control);
+        let handler = handler(client.clone());
+        let bulk = bulk_serve::Acceptor::new(&config, Arc::clone(&handler));
+        let bulk_span = info_span!("p2p", peer = %local_peer_id);
+        tokio::spawn(
+            bulk.run(incoming, config.shutdown.clone())
+                .instrument(bulk_span),
+        );
 
         let event_loop = EventLoop {
             swarm,
@@ -383,7 +417,7 @@ impl Network {
             commands: command_rx,
             reply_tx,
             reply_rx,
-            handler: handler(client.clone()),
+            handler,
             permits: InboundPermits::new(&config),
             inbound: JoinSet::new(),
             shutdown: config.shutdown,

@@ -1,0 +1,280 @@
+//! Moving files between nodes over `/shoal/bulk/1`: a file's chunks stream from several
+//! providers at once, a provider that streams a corrupt chunk or stalls is dropped and its
+//! chunks come from another, and the bulk protocol keeps the capability rule of
+//! `/shoal/block/2` (a non-owner gets `Denied` for a private file and for a missing one alike).
+//!
+//! The misbehaving providers are real nodes whose answers pass through a wrapper
+//! (`Node::start_with`).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, StreamExt};
+use shoal_host::node::Node;
+use shoal_p2p::{
+    BlockRequest, BlockResponse, BoxFuture, BulkChunk, BulkItem, BulkRequest, BulkResponse,
+    Capacity, Cid, Error, InboundHandler, PeerId, ProgressRecord, TaskOutcome,
+};
+
+use crate::util::{connect, node, node_config};
+
+/// How a wrapped provider answers bulk requests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Honest,
+    /// Flips a byte of the third chunk of every answer.
+    CorruptThird,
+    /// Sends two chunks of every answer, then nothing, ever.
+    StallAfterTwo,
+}
+
+/// What a wrapped provider was asked and did.
+#[derive(Default)]
+struct Counts {
+    bulk_requests: AtomicUsize,
+    bulk_chunks: AtomicUsize,
+    /// `/shoal/block/2` requests for a file's chunks (not its manifest).
+    chunk_blocks: AtomicUsize,
+    lies: AtomicUsize,
+}
+
+struct Wrapped {
+    inner: Arc<dyn InboundHandler>,
+    mode: Mode,
+    counts: Arc<Counts>,
+}
+
+impl InboundHandler for Wrapped {
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+        if request.cid != request.file {
+            self.counts.chunk_blocks.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.block(from, request)
+    }
+
+    fn bulk(&self, from: PeerId, request: BulkRequest) -> BoxFuture<'_, BulkResponse> {
+        self.counts.bulk_requests.fetch_add(1, Ordering::SeqCst);
+        let counts = self.counts.clone();
+        let mode = self.mode;
+        async move {
+            let BulkResponse::Chunks(chunks) = self.inner.bulk(from, request).await else {
+                return BulkResponse::Denied;
+            };
+            let served = counts.clone();
+            let chunks = chunks.inspect(move |c| {
+                if matches!(c, BulkChunk::Found(_)) {
+                    served.bulk_chunks.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let chunks = match mode {
+                Mode::Honest => chunks.boxed(),
+                Mode::CorruptThird => chunks
+                    .enumerate()
+                    .map(move |(i, c)| match c {
+                        BulkChunk::Found(mut bytes) if i == 2 => {
+                            bytes[0] ^= 1;
+                            counts.lies.fetch_add(1, Ordering::SeqCst);
+                            BulkChunk::Found(bytes)
+                        }
+                        c => c,
+                    })
+                    .boxed(),
+                Mode::StallAfterTwo => chunks.take(2).chain(futures::stream::pending()).boxed(),
+            };
+            BulkResponse::Chunks(chunks)
+        }
+        .boxed()
+    }
+
+    fn task(&self, from: PeerId, spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+        self.inner.task(from, spec)
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, Capacity> {
+        self.inner.capacity()
+    }
+
+    fn progress(&self, from: PeerId, record: ProgressRecord) {
+        self.inner.progress(from, record);
+    }
+}
+
+async fn wrapped(root: &Path, name: &str, mode: Mode) -> (Node, Arc<Counts>) {
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    let node = Node::start_with(node_config(root, name, 1), move |inner| {
+        Arc::new(Wrapped {
+            inner,
+            mode,
+            counts: c,
+        })
+    })
+    .await
+    .expect("wrapped node starts");
+    (node, counts)
+}
+
+/// `mib` MiB of pseudo-random bytes in a file under `root`.
+fn data_file(root: &Path, mib: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let mut state = seed | 1;
+    let data: Vec<u8> = (0..(mib << 20) / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let path = root.join(format!("data-{seed}.bin"));
+    std::fs::write(&path, &data).expect("write data");
+    (path, data)
+}
+
+/// Two providers of one public file of `mib` MiB, and a fetcher connected to both.
+async fn two_providers(
+    root: &Path,
+    mib: usize,
+    first: Mode,
+) -> (Node, Arc<Counts>, Node, Arc<Counts>, Node, Cid, Vec<u8>) {
+    let (p1, c1) = wrapped(root, "p1", first).await;
+    let (p2, c2) = wrapped(root, "p2", Mode::Honest).await;
+    let (path, data) = data_file(root, mib, 7);
+    let cid = p1.put_path(path.clone(), true).await.expect("put on p1");
+    assert_eq!(p2.put_path(path, true).await.expect("put on p2"), cid);
+    let fetcher = node(root, "fetcher", 1).await;
+    connect(&fetcher, &p1).await;
+    connect(&fetcher, &p2).await;
+    (p1, c1, p2, c2, fetcher, cid, data)
+}
+
+fn read(node: &Node, cid: &Cid) -> Vec<u8> {
+    node.store().read_file(cid).expect("file is complete here")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_streams_from_both_providers() {
+    let root = tempfile::tempdir().unwrap();
+    let (p1, c1, p2, c2, fetcher, cid, data) = two_providers(root.path(), 8, Mode::Honest).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        fetcher.fetch_file(cid, &[p1.peer_id(), p2.peer_id()]),
+    )
+    .await
+    .expect("in time")
+    .expect("fetched");
+    assert_eq!(read(&fetcher, &cid), data);
+    let (n1, n2) = (
+        c1.bulk_chunks.load(Ordering::SeqCst),
+        c2.bulk_chunks.load(Ordering::SeqCst),
+    );
+    assert!(n1 > 0 && n2 > 0, "both providers serve a part: {n1} + {n2}");
+    assert_eq!(n1 + n2, 8, "every chunk once");
+    assert_eq!(c1.chunk_blocks.load(Ordering::SeqCst), 0);
+    assert_eq!(c2.chunk_blocks.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_streams_a_corrupt_chunk_is_dropped_and_the_file_arrives_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let (liar, lies, honest, _, fetcher, cid, data) =
+        two_providers(root.path(), 16, Mode::CorruptThird).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        fetcher.fetch_file(cid, &[liar.peer_id(), honest.peer_id()]),
+    )
+    .await
+    .expect("in time")
+    .expect("fetched");
+    assert_eq!(read(&fetcher, &cid), data);
+    assert!(lies.lies.load(Ordering::SeqCst) >= 1, "the liar lied");
+    // Its first stream carried at most the two requests sent before the lie was seen; then
+    // it is asked nothing more, over either protocol.
+    assert!(lies.bulk_requests.load(Ordering::SeqCst) <= 2);
+    assert_eq!(lies.chunk_blocks.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_stalls_mid_stream_is_dropped_in_bounded_time() {
+    let root = tempfile::tempdir().unwrap();
+    let (staller, stalls, honest, _, fetcher, cid, data) =
+        two_providers(root.path(), 16, Mode::StallAfterTwo).await;
+    let start = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        fetcher.fetch_file(cid, &[staller.peer_id(), honest.peer_id()]),
+    )
+    .await
+    .expect("in time")
+    .expect("fetched");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(read(&fetcher, &cid), data);
+    assert!(stalls.bulk_requests.load(Ordering::SeqCst) <= 2);
+    assert_eq!(stalls.chunk_blocks.load(Ordering::SeqCst), 0);
+}
+
+/// The first item of a one-request bulk session from `from` to `to`.
+async fn first_bulk_item(
+    from: &Node,
+    to: PeerId,
+    request: BulkRequest,
+) -> Option<Result<BulkItem, Error>> {
+    let mut session = from.net().open_bulk(to).await.expect("bulk stream opens");
+    session.request(request).await.expect("request sent");
+    tokio::time::timeout(Duration::from_secs(5), session.next())
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_keeps_the_capability_rule() {
+    let root = tempfile::tempdir().unwrap();
+    let owner = node(root.path(), "owner", 1).await;
+    let stranger = node(root.path(), "stranger", 1).await;
+    let owner_id = connect(&stranger, &owner).await;
+    let (private, _) = data_file(root.path(), 2, 3);
+    let private = owner.put_path(private, false).await.expect("private file");
+    let chunks = owner.store().manifest(&private).expect("manifest").chunks;
+    let denied = |r: Option<Result<BulkItem, Error>>| matches!(r, Some(Err(Error::Denied { peer, .. })) if peer == owner_id);
+
+    // A private file, to another tenant.
+    let ask = BulkRequest {
+        file: private,
+        chunks: chunks.clone(),
+        credential: stranger.credential().clone(),
+    };
+    assert!(denied(first_bulk_item(&stranger, owner_id, ask).await));
+    // A file that is not there: the same answer.
+    let ask = BulkRequest {
+        file: Cid::of(b"no such file"),
+        chunks: vec![Cid::of(b"no such chunk")],
+        credential: stranger.credential().clone(),
+    };
+    assert!(denied(first_bulk_item(&stranger, owner_id, ask).await));
+    // The owner's own credential, presented by someone else.
+    let ask = BulkRequest {
+        file: private,
+        chunks: chunks.clone(),
+        credential: owner.credential().clone(),
+    };
+    assert!(denied(first_bulk_item(&stranger, owner_id, ask).await));
+
+    // Once public, the same request is served.
+    let (public, _) = data_file(root.path(), 2, 3);
+    assert_eq!(owner.put_path(public, true).await.expect("public"), private);
+    let ask = BulkRequest {
+        file: private,
+        chunks: chunks.clone(),
+        credential: stranger.credential().clone(),
+    };
+    assert!(matches!(
+        first_bulk_item(&stranger, owner_id, ask).await,
+        Some(Ok(BulkItem::Chunk { cid, .. })) if cid == chunks[0]
+    ));
+}
