@@ -119,6 +119,23 @@ async fn raw_tcp_mbps(data: &[u8]) -> f64 {
     data.len() as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
+/// The disk's durable write speed where the stores live, as `dd conv=fdatasync` measures it:
+/// `data` written to a fresh file in 1 MiB writes, then one `fdatasync`.
+fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
+    use std::io::Write;
+    let path = dir.join("disk-ceiling.bin");
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path).expect("create");
+    for chunk in data.chunks(1 << 20) {
+        file.write_all(chunk).expect("write");
+    }
+    file.sync_data().expect("fdatasync");
+    let mbps = data.len() as f64 / 1e6 / start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    mbps
+}
+
 fn main() {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -235,6 +252,7 @@ fn main() {
             .and_then(|r| r.parse().ok())
             .unwrap_or(3);
         let (mut bulk, mut per_block, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        let mut disk = Vec::new();
         let mut stream_only = Vec::new();
         for round in 0..rounds {
             // The bulk stream alone: every chunk moved and verified, none stored.
@@ -285,8 +303,10 @@ fn main() {
             let _ = std::fs::remove_dir_all(&dir);
 
             raw.push(raw_tcp_mbps(&data).await);
+            disk.push(disk_mbps(root.path(), &data));
         }
         let (bulk, per_block, raw) = (median(bulk), median(per_block), median(raw));
+        let disk = median(disk);
         let stream_only = median(stream_only);
         println!(
             "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
@@ -300,12 +320,14 @@ fn main() {
             "  shoal /shoal/bulk/1 stream alone (verified, not stored): {stream_only:.0} MB/s"
         );
         println!("  raw TCP loopback copy: {raw:.0} MB/s");
+        println!("  the disk's durable write (1 MiB writes, one fdatasync): {disk:.0} MB/s");
         println!(
             "  ratios: bulk {:.2}x per-block; bulk {:.2}x raw TCP; per-block {:.2}x raw TCP",
             bulk / per_block,
             bulk / raw,
             per_block / raw
         );
+        println!("  end to end: bulk {:.2}x the disk's durable write", bulk / disk);
         client.shutdown().await;
         worker.shutdown().await;
     });
