@@ -397,10 +397,20 @@ impl BlockStore {
         batch: &mut Batch<'_>,
         lease: &mut Lease,
     ) -> Result<Cid, StoreError> {
+        self.stage_as(Cid::of(bytes), bytes, batch, lease)
+    }
+
+    /// [`BlockStore::stage`] for bytes already checked to hash to `cid`.
+    fn stage_as(
+        &self,
+        cid: Cid,
+        bytes: &[u8],
+        batch: &mut Batch<'_>,
+        lease: &mut Lease,
+    ) -> Result<Cid, StoreError> {
         if bytes.len() > MAX_BLOCK_LEN {
             return Err(StoreError::BlockTooLarge { len: bytes.len() });
         }
-        let cid = Cid::of(bytes);
         lease.add(cid);
         let path = self.path_of(&cid);
         if batch.staged.iter().any(|s| s.path == path)
@@ -500,8 +510,9 @@ impl BlockStore {
         }
         let mut lease = self.lease(&[]);
         let mut batch = Batch::new(self);
-        for (_, bytes) in blocks {
-            self.stage(bytes, &mut batch, &mut lease)?;
+        // Checked just above: staging does not hash them again.
+        for (cid, bytes) in blocks {
+            self.stage_as(*cid, bytes, &mut batch, &mut lease)?;
         }
         let mut dirs = BTreeSet::new();
         self.commit(batch, &mut dirs)?;
