@@ -327,7 +327,10 @@ fn main() {
             bulk / raw,
             per_block / raw
         );
-        println!("  end to end: bulk {:.2}x the disk's durable write", bulk / disk);
+        println!(
+            "  end to end: bulk {:.2}x the disk's durable write",
+            bulk / disk
+        );
         client.shutdown().await;
         worker.shutdown().await;
     });

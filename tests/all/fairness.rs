@@ -117,7 +117,11 @@ async fn mixed_load_of_four_tenants() {
     let interactive = wait("5", &tenants[3]).await;
     // Warm: each module compiled on E once.
     for (t, s) in tenants.iter().zip([&noop, &slow, &short, &interactive]) {
-        t.submit(s.clone(), Some(e_id)).await.report.result.expect("warm-up");
+        t.submit(s.clone(), Some(e_id))
+            .await
+            .report
+            .result
+            .expect("warm-up");
     }
     let timed = |t: &Node, s: &TaskSpec| {
         let (t, s) = (t.clone(), s.clone());

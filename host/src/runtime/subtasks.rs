@@ -28,8 +28,8 @@ use std::{
 };
 
 use shoal::abi::{
-    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS, MAX_VERIFY,
-    MAX_SUBTASKS_IN_FLIGHT, RunStats, SpawnSpec, encode_result,
+    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS,
+    MAX_SUBTASKS_IN_FLIGHT, MAX_VERIFY, RunStats, SpawnSpec, encode_result,
 };
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Caller, Linker};

@@ -50,7 +50,10 @@ impl GrantMap {
             let files = readers.entry(reader).or_default();
             for grant in fs::read_dir(entry.path())? {
                 let grant = grant?;
-                let cid = grant.file_name().to_str().and_then(|n| n.parse::<Cid>().ok());
+                let cid = grant
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<Cid>().ok());
                 let len = fs::read_to_string(grant.path())
                     .ok()
                     .and_then(|t| t.trim().parse::<u64>().ok());

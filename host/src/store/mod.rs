@@ -145,7 +145,9 @@ pub enum StoreError {
 
 /// The grants, whatever a panicking holder left: each change is one whole insert or remove.
 fn grants_lock(grants: &Mutex<grants::GrantMap>) -> std::sync::MutexGuard<'_, grants::GrantMap> {
-    grants.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    grants
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
@@ -252,8 +254,10 @@ impl BlockStore {
             }
         }
         let grants_dir = data_dir.join("grants");
-        let grants = grants::GrantMap::load(&grants_dir)
-            .map_err(io_err(format!("reading grants in {}", grants_dir.display())))?;
+        let grants = grants::GrantMap::load(&grants_dir).map_err(io_err(format!(
+            "reading grants in {}",
+            grants_dir.display()
+        )))?;
         let pins = pins::load(&pins_dir)
             .map_err(io_err(format!("reading pins in {}", pins_dir.display())))?;
         let found = gc::walk_blocks(&blocks)
@@ -305,10 +309,7 @@ impl BlockStore {
     /// granted to it (or public), and `cid` is the file's manifest or one of its chunks.
     pub fn may_read(&self, file: &Cid, cid: &Cid, reader: &str) -> bool {
         grants_lock(&self.grants).may_read(file, reader)
-            && (cid == file
-                || self
-                    .manifest(file)
-                    .is_ok_and(|m| m.chunks.contains(cid)))
+            && (cid == file || self.manifest(file).is_ok_and(|m| m.chunks.contains(cid)))
     }
 
     /// The files anyone may read here: announced by the node when it starts.
