@@ -862,36 +862,48 @@ async fn refused_then_served(
         hold: false,
     };
     let id = raw.behaviour_mut().send_request(&victim.id(), good);
-    within(
-        SETTLE,
-        &format!("{protocol}: good request answered"),
-        async {
-            loop {
-                match raw.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        connection_id,
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
-                        ..
-                    }) if request_id == id => {
-                        assert_eq!(connection_id, connection, "answered on another connection");
-                        break response.bytes;
-                    }
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        error,
-                        ..
-                    }) => panic!("{protocol}: good request failed: {error}"),
-                    SwarmEvent::ConnectionClosed { cause, .. } => {
-                        panic!("{protocol}: the victim closed the connection: {cause:?}");
-                    }
-                    _ => {}
-                }
-            }
-        },
+    answer(
+        &mut raw,
+        id,
+        connection,
+        &format!("{protocol}: good request"),
     )
+    .await
+}
+
+/// The bytes of the response to request `id`, which must come on `connection`; a failed
+/// request or a closed connection fails the test, naming `what`.
+async fn answer(
+    raw: &mut RawPeer,
+    id: request_response::OutboundRequestId,
+    connection: libp2p::swarm::ConnectionId,
+    what: &str,
+) -> Vec<u8> {
+    within(SETTLE, &format!("{what} answered"), async {
+        loop {
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    connection_id,
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => {
+                    assert_eq!(connection_id, connection, "answered on another connection");
+                    break response.bytes;
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("{what} failed: {error}"),
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    panic!("{what}: the connection closed: {cause:?}");
+                }
+                _ => {}
+            }
+        }
+    })
     .await
 }
 
@@ -1217,30 +1229,7 @@ async fn a_second_connection_from_one_peer_is_refused() {
         hold: false,
     };
     let id = raw.behaviour_mut().send_request(&a.id(), good);
-    let answer = within(SETTLE, "capacity over the first connection", async {
-        loop {
-            match raw.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    connection_id,
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                }) if request_id == id => {
-                    assert_eq!(connection_id, first);
-                    break response.bytes;
-                }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    error, ..
-                }) => panic!("{error}"),
-                SwarmEvent::ConnectionClosed { cause, .. } => panic!("closed: {cause:?}"),
-                _ => {}
-            }
-        }
-    })
-    .await;
+    let answer = answer(&mut raw, id, first, "capacity over the first connection").await;
     assert_eq!(
         decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
         CAPACITY
