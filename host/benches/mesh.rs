@@ -156,16 +156,7 @@ fn main() {
             .put_path(shoal_task_artifacts::NOOP.into(), false)
             .await
             .expect("put noop");
-        let spec = TaskSpec {
-            module,
-            task: None,
-            inputs: vec![],
-            args: vec![],
-            limits: Default::default(),
-            depth: 0,
-            deterministic: false,
-            tenant: None,
-        };
+        let spec = TaskSpec::new(module);
         assert!(
             client
                 .submit(spec.clone(), Some(worker_id))

@@ -18,7 +18,7 @@
 use std::{sync::Arc, time::Instant};
 
 use shoal_host::{
-    runtime::{Limits, Runtime, RuntimeConfig, TaskSpec, engine_config},
+    runtime::{Runtime, RuntimeConfig, TaskSpec, engine_config},
     store::BlockStore,
 };
 use wasi_common::{WasiCtx, sync::WasiCtxBuilder};
@@ -46,16 +46,7 @@ fn setup(slots: usize) -> (tempfile::TempDir, Runtime, TaskSpec) {
         },
     )
     .expect("runtime");
-    let spec = TaskSpec {
-        module,
-        task: None,
-        inputs: vec![],
-        args: vec![],
-        limits: Limits::default(),
-        depth: 0,
-        deterministic: false,
-        tenant: None,
-    };
+    let spec = TaskSpec::new(module);
     assert!(rt.run_blocking(&spec).result.is_ok(), "noop runs");
     (dir, rt, spec)
 }

@@ -272,16 +272,7 @@ fn matmul_forever(rt: &Runtime, n: u32) -> TaskSpec {
         pages = bytes.div_ceil(65536),
     );
     let module = wat::parse_str(&wat).unwrap_or_else(|e| panic!("bad WAT: {e}\n{wat}"));
-    TaskSpec {
-        module: rt.store().put_bytes(&module).expect("put module"),
-        task: None,
-        inputs: vec![],
-        args: vec![],
-        limits: Limits::default(),
-        depth: 0,
-        deterministic: false,
-        tenant: None,
-    }
+    TaskSpec::new(rt.store().put_bytes(&module).expect("put module"))
 }
 
 /// The task failed for `limit`, said so as the runtime says it, and no thread kept

@@ -84,16 +84,7 @@ pub fn assert_hello_works(rt: &Runtime) {
 /// A spec for a module written in WAT, with default limits.
 pub fn wat_spec(rt: &Runtime, wat: &str) -> TaskSpec {
     let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("bad WAT: {e}\n{wat}"));
-    TaskSpec {
-        module: rt.store().put_bytes(&bytes).expect("put module"),
-        task: None,
-        inputs: vec![],
-        args: vec![],
-        limits: Limits::default(),
-        depth: 0,
-        deterministic: false,
-        tenant: None,
-    }
+    TaskSpec::new(rt.store().put_bytes(&bytes).expect("put module"))
 }
 
 /// The task's `[info]` log lines that start with `prefix`, without it.

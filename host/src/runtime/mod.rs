@@ -121,11 +121,28 @@ pub struct TaskSpec {
     #[serde(default)]
     pub deterministic: bool,
     /// The tenant it runs for when that is not this node, as the peer that sent it proved
-    /// it: opaque here (`sched` encodes the wire's tenant key and delegation), and inherited
+    /// it: opaque here (`sched` encodes the credential whose chain ends at this node), and inherited
     /// by its subtasks, which are then submitted in that tenant's name. `None`: this node's
     /// own task.
     #[serde(default)]
     pub tenant: Option<Vec<u8>>,
+}
+
+impl TaskSpec {
+    /// The module's only task, with no inputs or arguments, default limits, on this node's
+    /// own account.
+    pub fn new(module: Cid) -> Self {
+        Self {
+            module,
+            task: None,
+            inputs: Vec::new(),
+            args: Vec::new(),
+            limits: Limits::default(),
+            depth: 0,
+            deterministic: false,
+            tenant: None,
+        }
+    }
 }
 
 /// How a task failed.
@@ -1084,16 +1101,7 @@ mod tests {
         let module = store
             .put_bytes(&wat::parse_str(SNOOP).expect("wat"))
             .expect("module");
-        let spec = TaskSpec {
-            module,
-            task: None,
-            inputs: vec![],
-            args: vec![],
-            limits: Limits::default(),
-            depth: 0,
-            deterministic: false,
-            tenant: None,
-        };
+        let spec = TaskSpec::new(module);
         for _ in 0..50 {
             let report = runtime.run_blocking(&spec);
             assert_eq!(report.result, Ok(vec![]), "{}", report.logs);

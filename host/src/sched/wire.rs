@@ -282,19 +282,7 @@ mod tests {
 
     #[test]
     fn limits_from_the_wire_are_clamped_to_the_nodes_caps() {
-        let mut spec = spec_to_wire(
-            &TaskSpec {
-                module: Cid([1; 32]),
-                task: None,
-                inputs: vec![],
-                args: vec![],
-                limits: Limits::default(),
-                depth: 0,
-                deterministic: false,
-                tenant: None,
-            },
-            0,
-        );
+        let mut spec = spec_to_wire(&TaskSpec::new(Cid([1; 32])), 0);
         spec.limits = TaskLimits {
             memory_bytes: 64 * MAX_TASK_MEMORY,
             timeout_ms: u64::MAX,
