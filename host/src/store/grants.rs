@@ -22,11 +22,12 @@ use super::Cid;
 /// The reader every peer is: a file granted to it may be read by anyone, and is announced.
 pub const PUBLIC: &str = "public";
 
-/// Readers by name, each with its files and their lengths.
+/// Readers by name, each with its files and their lengths, and the lengths' sum.
 #[derive(Debug, Default)]
 pub(super) struct GrantMap {
     dir: PathBuf,
     readers: HashMap<String, HashMap<Cid, u64>>,
+    bytes: HashMap<String, u64>,
 }
 
 /// A reader's name is a directory name: peer ids (base58) and [`PUBLIC`] only.
@@ -62,9 +63,14 @@ impl GrantMap {
                 }
             }
         }
+        let bytes = readers
+            .iter()
+            .map(|(reader, files)| (reader.clone(), files.values().sum()))
+            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             readers,
+            bytes,
         })
     }
 
@@ -84,7 +90,15 @@ impl GrantMap {
         fs::create_dir_all(&dir)?;
         fs::write(dir.join(file.to_hex()), len.to_string())?;
         files.insert(*file, len);
+        *self.bytes.entry(reader.to_owned()).or_default() += len;
         Ok(())
+    }
+
+    /// Whether `file` is granted to `reader` itself (not counting [`PUBLIC`]).
+    pub(super) fn granted(&self, file: &Cid, reader: &str) -> bool {
+        self.readers
+            .get(reader)
+            .is_some_and(|f| f.contains_key(file))
     }
 
     /// Whether `reader` may read `file`: granted to it or to everyone.
@@ -103,19 +117,19 @@ impl GrantMap {
 
     /// The bytes of the files granted to `reader`.
     pub(super) fn bytes_of(&self, reader: &str) -> u64 {
-        self.readers
-            .get(reader)
-            .map_or(0, |files| files.values().sum())
+        self.bytes.get(reader).copied().unwrap_or(0)
     }
 
     /// Drops the grants of files for which `gone` holds.
     pub(super) fn sweep(&mut self, gone: impl Fn(&Cid) -> bool) {
         for (reader, files) in &mut self.readers {
-            files.retain(|cid, _| {
+            let bytes = self.bytes.entry(reader.clone()).or_default();
+            files.retain(|cid, len| {
                 if !gone(cid) {
                     return true;
                 }
                 let _ = fs::remove_file(self.dir.join(reader).join(cid.to_hex()));
+                *bytes = bytes.saturating_sub(*len);
                 false
             });
         }
@@ -141,6 +155,7 @@ mod tests {
         assert!(grants.may_read(&b, "bob"), "public files are everyone's");
         assert_eq!(grants.bytes_of("alice"), 10);
         grants.sweep(|cid| *cid == a);
+        assert_eq!(grants.bytes_of("alice"), 0);
         assert!(!GrantMap::load(dir.path()).unwrap().may_read(&a, "alice"));
     }
 }
