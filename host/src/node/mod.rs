@@ -200,9 +200,14 @@ impl Node {
             progress,
             locations,
         ));
-        for cid in inner.store.public_files() {
-            inner.announce(cid).await;
-        }
+        // Public files are announced again in the background: a store with many of them
+        // must not hold up the node's start.
+        let announcing = inner.clone();
+        tokio::spawn(async move {
+            for cid in announcing.store.public_files() {
+                announcing.announce(cid).await;
+            }
+        });
         runtime.attach_mesh(Arc::new(mesh::NodeMesh {
             inner: Arc::downgrade(&inner),
             scheduler: Arc::downgrade(&scheduler),
