@@ -411,19 +411,15 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
         "/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWSgDPqFuztk4vkjXBewRP28EQvM1aNsT2aLaUSCxNAZVy"
     );
     let node = Joined::start(root.path(), "lonely", &["--bootstrap", &dead]);
+    // Wait for the whole line: the log may be read while the node is half-way through it.
+    let expected = format!("warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/{port}");
     for _ in 0..150 {
-        if node.log().contains("cannot reach bootstrap") {
+        if node.log().contains(&expected) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        node.log().contains(&format!(
-            "warning: cannot reach bootstrap /ip4/127.0.0.1/tcp/{port}"
-        )),
-        "{}",
-        node.log()
-    );
+    assert!(node.log().contains(&expected), "{}", node.log());
     let out = node.host(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&node.peer_id));
