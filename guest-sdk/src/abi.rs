@@ -17,7 +17,7 @@ pub use self::subtasks::{
     FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, MAX_VERIFY, RunStats, SpawnSpec,
     SubtaskResult, decode_result, encode_result,
 };
-pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError};
+pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError, Verified};
 
 /// Guest-visible error codes. Recoverable conditions come back as one of these; fatal ones
 /// (memory, time, quota exhaustion of the sandbox itself) end the task with a typed failure.

@@ -53,6 +53,59 @@ impl fmt::Debug for Cid {
     }
 }
 
+/// A block's bytes, checked to hash to its CID: the proof travels with the bytes, so that
+/// whoever stores or forwards them need not hash them again. The only ways to make one hash
+/// the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified {
+    cid: Cid,
+    bytes: Vec<u8>,
+}
+
+impl Verified {
+    /// `bytes`, named by their hash.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            cid: Cid::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// `bytes` if they hash to `cid`; otherwise what they hash to, and the bytes back.
+    ///
+    /// # Errors
+    /// The bytes' actual CID when it is not `cid`.
+    pub fn check(cid: Cid, bytes: Vec<u8>) -> Result<Self, (Cid, Vec<u8>)> {
+        let actual = Cid::of(&bytes);
+        if actual == cid {
+            Ok(Self { cid, bytes })
+        } else {
+            Err((actual, bytes))
+        }
+    }
+
+    /// The CID the bytes hash to.
+    pub fn cid(&self) -> Cid {
+        self.cid
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The bytes, giving up the proof.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Verified({}, {} bytes)", self.cid, self.bytes.len())
+    }
+}
+
 /// A string that is not a CID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseCidError {

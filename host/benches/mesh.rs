@@ -12,7 +12,7 @@ use shoal_host::{
     compute::DeviceChoice,
     node::{Node, NodeConfig},
     runtime::TaskSpec,
-    store::Cid,
+    store::{Cid, Verified},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,7 +61,7 @@ async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chu
         .expect("found");
     let store = fetcher.store().clone();
     store
-        .put_verified_batch(&[(file, manifest)])
+        .put_verified_batch(&[Verified::check(file, manifest).expect("the manifest")])
         .expect("store manifest");
     let mut fetched = futures::stream::iter(chunks.iter().copied())
         .map(|cid| async move {
@@ -82,6 +82,11 @@ async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chu
         }
         let store = store.clone();
         storing = Some(tokio::task::spawn_blocking(move || {
+            // Hashed here, where the store hashed each block before it took `Verified`.
+            let batch: Vec<Verified> = batch
+                .into_iter()
+                .map(|(cid, bytes)| Verified::check(cid, bytes).expect("a block"))
+                .collect();
             store.put_verified_batch(&batch).expect("store batch");
         }));
     }
@@ -263,7 +268,7 @@ fn main() {
             let mut got = 0;
             while got < manifest.chunks.len() {
                 let item = session.next().await.expect("a chunk");
-                assert!(matches!(item, Ok(shoal_p2p::BulkItem::Chunk { .. })));
+                assert!(matches!(item, Ok(shoal_p2p::BulkItem::Chunk(_))));
                 got += 1;
                 if got % 16 == 0
                     && let Some(chunks) = requests.next()

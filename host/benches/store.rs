@@ -1,13 +1,15 @@
 //! Block store put/get throughput for a 256 MiB file, beside blake3 hashing alone in the
-//! same run (the ceiling: every byte is hashed once on put and once on get); chunk reads as a
-//! task's input reads them (each strips the one-byte data tag); and a GC pass over the store
-//! (list every block, mark the pinned file through its manifest, free nothing).
+//! same run (the ceiling: every byte is hashed once on put and once on get); the durable
+//! writer a fetch streams verified chunks into, beside the disk's own durable write in the
+//! same round (`dd conv=fdatasync`: 1 MiB writes to one file, one `fdatasync`); chunk reads
+//! as a task's input reads them (each strips the one-byte data tag); and a GC pass over the
+//! store (list every block, mark the pinned file through its manifest, free nothing).
 //!
 //! `cargo bench -p shoal-host --bench store`
 
-use std::{io, time::Instant};
+use std::{io, sync::Arc, time::Instant};
 
-use shoal_host::store::{BlockStore, GcMode, PinClass};
+use shoal_host::store::{BlockStore, GcMode, PinClass, Verified};
 
 const LEN: usize = 256 << 20;
 const ROUNDS: usize = 5;
@@ -19,6 +21,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn mbps(start: Instant) -> f64 {
     LEN as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+/// The disk's durable write where the stores live: `data` to a fresh file in 1 MiB writes,
+/// then one `fdatasync`.
+fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
+    use std::io::Write;
+    let path = dir.join("disk-ceiling.bin");
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path).expect("create");
+    for chunk in data.chunks(1 << 20) {
+        file.write_all(chunk).expect("write");
+    }
+    file.sync_data().expect("fdatasync");
+    let mbps = mbps(start);
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    mbps
 }
 
 fn main() {
@@ -33,7 +52,28 @@ fn main() {
         .collect();
     let (mut hash, mut put, mut get) = (Vec::new(), Vec::new(), Vec::new());
     let (mut chunks, mut gc) = (Vec::new(), Vec::new());
+    let (mut disk, mut written) = (Vec::new(), Vec::new());
+    // The chunks as a fetch hands them to the writer: verified on arrival.
+    let verified: Vec<Verified> = data
+        .chunks(1 << 20)
+        .map(|c| Verified::new(c.to_vec()))
+        .collect();
     for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        disk.push(disk_mbps(dir.path(), &data));
+        let store = Arc::new(BlockStore::open(dir.path()).expect("store"));
+        let blocks = verified.clone();
+        let start = Instant::now();
+        let (writer, writing) = store.writer().expect("writer");
+        for block in blocks {
+            writer.blocking_send(block).expect("queued");
+        }
+        drop(writer);
+        writing.finish().expect("stored");
+        written.push(mbps(start));
+        drop(store);
+        drop(dir);
+
         let start = Instant::now();
         std::hint::black_box(blake3::hash(&data));
         hash.push(mbps(start));
@@ -81,4 +121,11 @@ fn main() {
         chunks / hash
     );
     println!("  gc, 257 pinned blocks (walk, mark):      {gc:>7.1} ms");
+    let (disk, written) = (median(disk), median(written));
+    println!("  the disk's durable write (dd conv=fdatasync): {disk:>7.0} MB/s");
+    println!(
+        "  writer, 256 verified 1 MiB blocks (write, sync, rename, sync dirs): {written:>7.0} MB/s \
+         ({:.2}x the disk)",
+        written / disk
+    );
 }

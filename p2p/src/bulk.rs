@@ -34,7 +34,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use crate::NetworkClient;
 use crate::{
     auth::Credential,
-    messages::{Cid, MAX_BLOCK_LEN},
+    messages::{Cid, MAX_BLOCK_LEN, Verified},
     network::{Error, InboundHandler},
 };
 
@@ -110,13 +110,9 @@ pub enum BulkChunk {
 /// One chunk as a [`BulkSession`] hands it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BulkItem {
-    /// The chunk's bytes, checked against its id.
-    Chunk {
-        /// The chunk.
-        cid: Cid,
-        /// Its bytes.
-        bytes: Vec<u8>,
-    },
+    /// The chunk's bytes, checked against its id (the proof goes on to the store, which
+    /// does not hash them again).
+    Chunk(Verified),
     /// The provider does not hold this chunk.
     NotFound(Cid),
 }
@@ -305,12 +301,14 @@ async fn read_answers(
         for cid in chunks {
             let item = read_chunk(&mut read, cid, stall).await;
             let item = match item {
-                Ok(Some(bytes)) if cid.matches(&bytes) => Ok(BulkItem::Chunk { cid, bytes }),
-                Ok(Some(bytes)) => Err(Error::BlockMismatch {
-                    peer,
-                    cid,
-                    len: bytes.len(),
-                }),
+                Ok(Some(bytes)) => match Verified::check(cid, bytes) {
+                    Ok(chunk) => Ok(BulkItem::Chunk(chunk)),
+                    Err((_, bytes)) => Err(Error::BlockMismatch {
+                        peer,
+                        cid,
+                        len: bytes.len(),
+                    }),
+                },
                 Ok(None) => Ok(BulkItem::NotFound(cid)),
                 Err(e) => Err(io_to_error(peer, stall, e)),
             };

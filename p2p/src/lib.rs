@@ -49,7 +49,7 @@ pub use crate::{
     },
     messages::{
         BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN,
-        ProgressRecord, TaskLimits, TaskOutcome, TaskSpec, TaskStats,
+        ProgressRecord, TaskLimits, TaskOutcome, TaskSpec, TaskStats, Verified,
     },
     network::{
         Config, DEFAULT_MAX_INBOUND_TASKS, DEFAULT_MAX_INBOUND_TASKS_PER_PEER, Error,

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use shoal::abi::{Cid, MAX_BLOCK_LEN};
+pub use shoal::abi::{Cid, MAX_BLOCK_LEN, Verified};
 
 pub use crate::auth::{AuthError, Credential, Delegation, TaskAuth};
 

@@ -21,7 +21,7 @@ use crate::{
     BLOCK_LIMITS, BLOCK_PROTOCOL, BoxFuture, CAPACITY_LIMITS, CAPACITY_PROTOCOL, Capacity, Cid,
     Config, Error, FailureKind, InboundHandler, Keypair, MAX_PROGRESS_LEN, Multiaddr, Network,
     NetworkClient, PeerId, TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec,
-    TaskStats,
+    TaskStats, Verified,
     bulk::{BulkChunk, BulkItem, BulkRequest, BulkResponse, MAX_BULK_CHUNKS},
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
     messages::ProgressRecord,
@@ -1270,10 +1270,7 @@ async fn bulk_streams_chunks_in_order_and_refuses_as_a_whole() {
     while let Some(item) = within(PROMPT, "chunk", session.next()).await {
         got.push(item.unwrap());
     }
-    let expect = |i: usize| BulkItem::Chunk {
-        cid: cids[i],
-        bytes: blocks[i].clone(),
-    };
+    let expect = |i: usize| BulkItem::Chunk(Verified::check(cids[i], blocks[i].clone()).unwrap());
     assert_eq!(
         got,
         vec![
@@ -1324,7 +1321,7 @@ async fn bulk_corrupt_chunk_ends_the_session() {
     session.request(bulk_ask(LIAR, cids.clone())).await.unwrap();
     assert!(matches!(
         within(PROMPT, "first", session.next()).await,
-        Some(Ok(BulkItem::Chunk { cid, .. })) if cid == cids[0]
+        Some(Ok(BulkItem::Chunk(chunk))) if chunk.cid() == cids[0]
     ));
     let err = within(PROMPT, "second", session.next())
         .await

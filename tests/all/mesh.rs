@@ -429,6 +429,101 @@ fn dead_bootstrap_is_reported_and_the_node_keeps_running() {
     assert!(node.host(&["put", f.to_str().unwrap()]).status.success());
 }
 
+/// The block files in a data dir's store.
+fn block_files(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(prefixes) = std::fs::read_dir(data_dir.join("blocks")) else {
+        return Vec::new();
+    };
+    prefixes
+        .map_while(Result::ok)
+        .flat_map(|prefix| std::fs::read_dir(prefix.path()).into_iter().flatten())
+        .map_while(Result::ok)
+        .map(|block| block.path())
+        .collect()
+}
+
+/// The blocks in a data dir's store, each checked against its name: a name that its bytes do
+/// not hash to is a partial or torn block made visible.
+fn stored_blocks(data_dir: &Path) -> usize {
+    let blocks = block_files(data_dir);
+    for block in &blocks {
+        let bytes = std::fs::read(block).unwrap();
+        let name = block.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            shoal_host::store::Cid::of(&bytes).to_hex(),
+            name,
+            "a block whose bytes are not its name is visible ({} bytes)",
+            bytes.len()
+        );
+    }
+    blocks.len()
+}
+
+#[test]
+fn a_fetch_killed_mid_way_leaves_no_partial_block_and_completes_after_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Joined::start(root.path(), "a", &[]);
+    let b = Joined::start(root.path(), "b", &["--slots", "0", "--bootstrap", &a.addr]);
+    // 160 distinct chunks (xorshift): long enough on loopback to be caught half-way.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..(160 << 20) / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let path = root.path().join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    let out = a.host(&["put", "--public", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let dest = root.path().join("big.out");
+    let data_dir = b.data_dir.clone();
+    let get = || {
+        Command::new(host_bin())
+            .args(["get", &cid, "-o", dest.to_str().unwrap(), "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("host get starts")
+    };
+
+    let mut fetching = get();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    // The manifest and some chunks are in; most are not.
+    while seen < 8 {
+        assert!(Instant::now() < deadline, "the fetch never started");
+        if fetching.try_wait().unwrap().is_some() {
+            let out = fetching.wait_with_output().unwrap();
+            panic!("the fetch ended before it could be killed: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        seen = block_files(&data_dir).len();
+    }
+    drop(b); // SIGKILL, mid-fetch
+    let _ = fetching.wait();
+    let after_kill = stored_blocks(&data_dir);
+    assert!(
+        after_kill < 161,
+        "the fetch completed before the kill ({after_kill} blocks)"
+    );
+    assert!(!dest.exists(), "a killed fetch wrote its output");
+
+    let b = Joined::start(root.path(), "b", &["--slots", "0", "--bootstrap", &a.addr]);
+    stored_blocks(&data_dir);
+    let got = get().wait_with_output().unwrap();
+    assert!(got.status.success(), "{}", b.log());
+    assert!(
+        std::fs::read(&dest).unwrap() == data,
+        "the file arrived intact"
+    );
+    assert_eq!(stored_blocks(&data_dir), 161, "160 chunks and the manifest");
+}
+
 mod in_process {
     //! Nodes in one process on 127.0.0.1, for what needs a hostile or scripted peer.
 

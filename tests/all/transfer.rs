@@ -275,6 +275,6 @@ async fn bulk_keeps_the_capability_rule() {
     };
     assert!(matches!(
         first_bulk_item(&stranger, owner_id, ask).await,
-        Some(Ok(BulkItem::Chunk { cid, .. })) if cid == chunks[0]
+        Some(Ok(BulkItem::Chunk(chunk))) if chunk.cid() == chunks[0]
     ));
 }

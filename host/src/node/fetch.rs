@@ -14,10 +14,9 @@ use std::{
 
 use futures::{StreamExt, future::join_all, stream};
 use shoal_p2p::{BlockRequest, BulkItem, BulkRequest, Credential, PeerId};
-use tokio::sync::mpsc;
 
 use super::{NodeInner, blocking};
-use crate::store::{Cid, StoreError};
+use crate::store::{Cid, StoreError, Verified, writer::BlockWriter};
 
 /// Chunks fetched at once for one file over the per-block protocol.
 const PARALLEL_CHUNKS: usize = 16;
@@ -29,15 +28,8 @@ const BULK_BATCH: usize = 16;
 /// Bulk requests a stream has in flight: the provider starts on the next before the
 /// requester has all of the last.
 const BULK_PIPELINE: usize = 2;
-/// Verified chunks waiting for the writer (64 MiB); past this, fetching waits for the disk.
-const WRITE_QUEUE: usize = 64;
-/// The most chunks stored with one disk sync.
-const WRITE_BATCH: usize = 16;
-/// Threads storing one fetch's chunks.
-const WRITERS: usize = 2;
-
-/// Hands verified chunks to the store's writer ([`NodeInner::writer`]).
-type Writer = mpsc::Sender<(Cid, Vec<u8>)>;
+/// Hands verified chunks to the store's writer.
+type Writer = BlockWriter;
 
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +92,7 @@ impl NodeInner {
                 .fetch_block(cid, cid, credential, &mut providers, &bad, 0)
                 .await?;
             if !have {
-                self.store_blocks(vec![(cid, bytes)]).await?;
+                self.store_blocks(vec![verified(cid, bytes)?]).await?;
             }
         }
         let store = self.store.clone();
@@ -109,7 +101,7 @@ impl NodeInner {
             providers = self.find_providers(cid).await;
         }
         if !missing.is_empty() {
-            let (writer, written) = self.writer();
+            let (writer, writing) = self.store.writer()?;
             let left = self
                 .fetch_bulk(cid, credential, &providers, &bad, missing, &writer)
                 .await;
@@ -118,7 +110,7 @@ impl NodeInner {
                 .await;
             drop(writer);
             // The writer's error first: a full disk makes the fetch fail where it was going.
-            written.await?;
+            blocking("storing blocks", move || writing.finish()).await?;
             fell_back?;
         }
         if let Some(reader) = reader {
@@ -156,7 +148,9 @@ impl NodeInner {
             })
             .buffer_unordered(PARALLEL_CHUNKS);
         while let Some(fetched) = fetched.next().await {
-            if writer.send(fetched?).await.is_err() {
+            let (chunk, bytes) = fetched?;
+            let chunk = verified(chunk, bytes)?;
+            if writer.send(chunk).await.is_err() {
                 // The writer failed; it reports why.
                 break;
             }
@@ -164,58 +158,11 @@ impl NodeInner {
         Ok(())
     }
 
-    /// A writer of verified chunks behind a bounded queue, so that fetching never waits
-    /// for a disk sync: each of [`WRITERS`] blocking threads takes what has arrived (up to
-    /// [`WRITE_BATCH`] chunks), stores it with one sync, and comes back for more. At most
-    /// [`WRITE_QUEUE`] chunks wait. The future ends when every sender is dropped and
-    /// everything sent is stored, or at the first store error (sends then fail).
-    fn writer(&self) -> (Writer, impl Future<Output = Result<(), StoreError>> + use<>) {
-        let (tx, rx) = mpsc::channel::<(Cid, Vec<u8>)>(WRITE_QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
-        // Two threads: one hashes and writes a batch while the other waits on its sync.
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|_| {
-                let (store, rx) = (self.store.clone(), rx.clone());
-                blocking("storing blocks", move || {
-                    loop {
-                        let batch = {
-                            let mut rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
-                            let Some(first) = rx.blocking_recv() else {
-                                return Ok(());
-                            };
-                            let mut batch = vec![first];
-                            while batch.len() < WRITE_BATCH {
-                                match rx.try_recv() {
-                                    Ok(next) => batch.push(next),
-                                    Err(_) => break,
-                                }
-                            }
-                            batch
-                        };
-                        // Atomic per block (temp file, sync, rename), one directory sync a batch.
-                        if let Err(e) = store.put_verified_batch(&batch) {
-                            // Sends fail from now on: the fetch stops and reports this.
-                            rx.lock().unwrap_or_else(PoisonError::into_inner).close();
-                            return Err(e);
-                        }
-                    }
-                })
-            })
-            .collect();
-        let written = async move {
-            for writer in join_all(writers).await {
-                writer?;
-            }
-            Ok(())
-        };
-        (tx, written)
-    }
-
     /// Stores verified blocks with one disk sync for the lot. The work starts at once, on a
     /// blocking thread; the returned future reports how it went.
     fn store_blocks(
         &self,
-        blocks: Vec<(Cid, Vec<u8>)>,
+        blocks: Vec<Verified>,
     ) -> impl Future<Output = Result<(), StoreError>> + use<> {
         let store = self.store.clone();
         blocking("storing blocks", move || store.put_verified_batch(&blocks))
@@ -470,7 +417,7 @@ impl NodeInner {
                     *got += 1;
                     let finished = *got == chunks.len();
                     let stored = match item {
-                        BulkItem::Chunk { cid, bytes } => writer.send((cid, bytes)).await.is_ok(),
+                        BulkItem::Chunk(chunk) => writer.send(chunk).await.is_ok(),
                         BulkItem::NotFound(cid) => {
                             lock().left.push(cid);
                             true
@@ -519,4 +466,10 @@ impl NodeInner {
             return;
         }
     }
+}
+
+/// Bytes the network client has checked against `cid`, with the proof the store takes: the
+/// client hands on none, so they are hashed once more (the bulk path hashes once).
+fn verified(cid: Cid, bytes: Vec<u8>) -> Result<Verified, StoreError> {
+    Verified::check(cid, bytes).map_err(|(actual, _)| StoreError::Corrupt { cid, actual })
 }

@@ -250,7 +250,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{CHUNK_SIZE, StoreConfig, block};
+    use crate::store::{CHUNK_SIZE, StoreConfig, Verified, block};
 
     const MIB: u64 = 1 << 20;
 
@@ -337,7 +337,7 @@ mod tests {
         // An interrupted fetch: chunks stored, their manifest never.
         let orphan = block::data_block(b"orphan chunk");
         store
-            .put_verified_batch(&[(Cid::of(&orphan), orphan.clone())])
+            .put_verified_batch(&[Verified::new(orphan.clone())])
             .unwrap();
         store.gc(GcMode::All).unwrap();
         assert_eq!(on_disk(&store), (0, 0));

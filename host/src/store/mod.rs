@@ -19,6 +19,7 @@ pub mod grants;
 pub mod manifest;
 pub mod pins;
 pub mod space;
+pub mod writer;
 
 use std::{
     collections::BTreeSet,
@@ -37,7 +38,7 @@ pub use gc::{GcMode, GcReport, StoreUsage};
 pub use grants::PUBLIC;
 pub use manifest::{CHUNK_SIZE, MAX_FILE_LEN, Manifest, ManifestError};
 pub use pins::{DEFAULT_REMOTE_OUTPUT_RETENTION, Lease, Pin, PinClass};
-pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError};
+pub use shoal::abi::{Cid, MAX_BLOCK_LEN, ParseCidError, Verified};
 use space::fmt_bytes;
 
 const _: () = assert!(DATA_HEADER_LEN + CHUNK_SIZE <= MAX_BLOCK_LEN);
@@ -499,38 +500,61 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Stores blocks fetched under CIDs someone named, idempotently, synced as one batch;
-    /// refuses (and stores none of) a batch where any block does not hash to its name. The
-    /// caller's lease on the file keeps them once they are stored.
+    /// Stores verified blocks (fetched under CIDs someone named), idempotently, synced as one
+    /// batch. They are not hashed again: [`Verified`] is the proof. The caller's lease on the
+    /// file keeps them once they are stored.
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] for the first block that does not match; [`StoreError::Full`];
-    /// I/O errors.
-    pub fn put_verified_batch(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
-        for (cid, bytes) in blocks {
-            let actual = Cid::of(bytes);
-            if actual != *cid {
-                return Err(StoreError::Corrupt { cid: *cid, actual });
-            }
-        }
-        let mut lease = self.lease(&[]);
-        let mut batch = Batch::new(self);
-        // Checked just above: staging does not hash them again.
-        for (cid, bytes) in blocks {
-            self.stage_as(*cid, bytes, &mut batch, &mut lease)?;
-        }
+    /// [`StoreError::Full`]; I/O errors.
+    pub fn put_verified_batch(&self, blocks: &[Verified]) -> Result<(), StoreError> {
         let mut dirs = BTreeSet::new();
-        self.commit(batch, &mut dirs)?;
+        self.put_verified_unsynced(blocks, &mut dirs)?;
         self.sync_dirs(&dirs)
     }
 
-    fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), StoreError> {
-        for dir in dirs {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(format!("syncing {}", dir.display())))?;
+    /// [`BlockStore::put_verified_batch`] up to the renames: each block is durable and in
+    /// place, and the directories it went into are added to `dirs` for the caller to sync
+    /// (a crash before that sync may lose a block, never show half of one).
+    fn put_verified_unsynced(
+        &self,
+        blocks: &[Verified],
+        dirs: &mut BTreeSet<PathBuf>,
+    ) -> Result<(), StoreError> {
+        let mut lease = self.lease(&[]);
+        let mut batch = Batch::new(self);
+        for block in blocks {
+            self.stage_as(block.cid(), block.bytes(), &mut batch, &mut lease)?;
         }
-        Ok(())
+        self.commit(batch, dirs)
+    }
+
+    /// Syncs directories that blocks were renamed into, on up to [`SYNC_THREADS`] threads:
+    /// each sync waits on the disk's flush, so a file spread over 256 prefix directories
+    /// would otherwise wait 256 times in a row.
+    fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), StoreError> {
+        let dirs: Vec<&PathBuf> = dirs.iter().collect();
+        let per_thread = dirs.len().div_ceil(SYNC_THREADS).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = dirs
+                .chunks(per_thread)
+                .map(|group| {
+                    scope.spawn(move || {
+                        group.iter().try_for_each(|dir| {
+                            File::open(dir)
+                                .and_then(|d| d.sync_all())
+                                .map_err(io_err(format!("syncing {}", dir.display())))
+                        })
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(io_err("syncing directories")(io::Error::other(
+                        "sync thread panicked",
+                    )))
+                })
+            })
+        })
     }
 
     /// Reads one block and verifies it against its name.
@@ -1023,10 +1047,8 @@ mod tests {
             store.read_file(&Cid([1; 32])),
             Err(StoreError::NotFound(_))
         ));
-        assert!(matches!(
-            store.put_verified_batch(&[(Cid([1; 32]), b"abc".to_vec())]),
-            Err(StoreError::Corrupt { .. })
-        ));
+        // Bytes that do not hash to the CID named cannot be stored as its block.
+        assert!(Verified::check(Cid([1; 32]), b"abc".to_vec()).is_err());
     }
 
     #[test]
@@ -1070,9 +1092,9 @@ mod tests {
 
     /// Stores `bytes` as a raw block, as a fetch from a peer would.
     fn put_raw(store: &BlockStore, bytes: &[u8]) -> Cid {
-        let cid = Cid::of(bytes);
-        store.put_verified_batch(&[(cid, bytes.to_vec())]).unwrap();
-        cid
+        let block = Verified::new(bytes.to_vec());
+        store.put_verified_batch(&[block.clone()]).unwrap();
+        block.cid()
     }
 
     #[test]
