@@ -394,20 +394,10 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Writes a block to a temp file, unsynced; [`BlockStore::commit`] makes it durable. The
-    /// block is leased before anything else, so GC cannot remove a stored copy this put
-    /// relies on.
+    /// Writes a block already checked to hash to `cid` to a temp file, unsynced;
+    /// [`BlockStore::commit`] makes it durable. The block is leased before anything else, so
+    /// GC cannot remove a stored copy this put relies on.
     fn stage(
-        &self,
-        bytes: &[u8],
-        batch: &mut Batch<'_>,
-        lease: &mut Lease,
-    ) -> Result<Cid, StoreError> {
-        self.stage_as(Cid::of(bytes), bytes, batch, lease)
-    }
-
-    /// [`BlockStore::stage`] for bytes already checked to hash to `cid`.
-    fn stage_as(
         &self,
         cid: Cid,
         bytes: &[u8],
@@ -459,13 +449,18 @@ impl BlockStore {
         let files = std::mem::take(&mut batch.files);
         let per_thread = files.len().div_ceil(SYNC_THREADS).max(1);
         let synced = std::thread::scope(|scope| {
-            let workers: Vec<_> = files
-                .chunks(per_thread)
+            let mut groups = files.chunks(per_thread);
+            let mine = groups.next();
+            let workers: Vec<_> = groups
                 .map(|group| scope.spawn(move || group.iter().try_for_each(File::sync_data)))
                 .collect();
-            workers.into_iter().try_for_each(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+            // This thread syncs one group itself: a batch of one block starts no thread.
+            let synced = mine.map_or(Ok(()), |group| group.iter().try_for_each(File::sync_data));
+            workers.into_iter().fold(synced, |synced, w| {
+                let joined = w
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
+                synced.and(joined)
             })
         });
         drop(files);
@@ -523,7 +518,7 @@ impl BlockStore {
         let mut lease = self.lease(&[]);
         let mut batch = Batch::new(self);
         for block in blocks {
-            self.stage_as(block.cid(), block.bytes(), &mut batch, &mut lease)?;
+            self.stage(block.cid(), block.bytes(), &mut batch, &mut lease)?;
         }
         self.commit(batch, dirs)
     }
@@ -614,36 +609,42 @@ impl BlockStore {
     /// [`StoreError::FileTooLarge`] past [`MAX_FILE_LEN`]; [`StoreError::Full`] when the
     /// store's limit leaves no room after GC; [`StoreError::Io`] on read or write errors.
     pub fn put_file_in(&self, mut reader: impl Read, lease: &mut Lease) -> Result<Cid, StoreError> {
-        let mut dirs = BTreeSet::new();
-        let mut chunks = Vec::new();
-        let mut len = 0u64;
-        // The data tag, then room for one chunk: each block is staged from here with no copy.
-        let mut buf = vec![0u8; DATA_HEADER_LEN + CHUNK_SIZE];
-        buf[0] = DATA_TAG;
-        let mut batch = Batch::new(self);
-        loop {
-            let n = read_full(&mut reader, &mut buf[DATA_HEADER_LEN..])
-                .map_err(io_err("reading the file to store"))?;
-            if n == 0 {
-                break;
+        // The chunks go through the same writer threads as a fetch's ([`writer`]), each
+        // leased here before it is sent, so that GC leaves it until the manifest reaches it.
+        let manifest = self.write_with(|writer| {
+            let mut chunks = Vec::new();
+            let mut len = 0u64;
+            loop {
+                let mut block = vec![0u8; DATA_HEADER_LEN + CHUNK_SIZE];
+                block[0] = DATA_TAG;
+                let n = read_full(&mut reader, &mut block[DATA_HEADER_LEN..])
+                    .map_err(io_err("reading the file to store"))?;
+                if n == 0 {
+                    break;
+                }
+                if chunks.len() == manifest::MAX_CHUNKS {
+                    return Err(StoreError::FileTooLarge);
+                }
+                block.truncate(DATA_HEADER_LEN + n);
+                let block = Verified::new(block);
+                lease.add(block.cid());
+                chunks.push(block.cid());
+                len += n as u64;
+                // Not tokio's `blocking_send`: a put may be called on a runtime's thread (it
+                // blocks on the disk there anyway), where that one panics.
+                let sent = futures::executor::block_on(writer.send(block));
+                if sent.is_err() || n < CHUNK_SIZE {
+                    // A failed writer says why once the others have stopped.
+                    break;
+                }
             }
-            if chunks.len() == manifest::MAX_CHUNKS {
-                return Err(StoreError::FileTooLarge);
-            }
-            chunks.push(self.stage(&buf[..DATA_HEADER_LEN + n], &mut batch, lease)?);
-            if batch.staged.len() >= SYNC_BATCH {
-                self.commit(std::mem::replace(&mut batch, Batch::new(self)), &mut dirs)?;
-            }
-            len += n as u64;
-            if n < CHUNK_SIZE {
-                break;
-            }
-        }
-        let manifest = Manifest { len, chunks };
-        let cid = self.stage(&manifest.encode(), &mut batch, lease)?;
-        self.commit(batch, &mut dirs)?;
-        self.sync_dirs(&dirs)?;
-        Ok(cid)
+            Ok(Manifest { len, chunks })
+        })?;
+        // The chunks are durable and in place: now the manifest that names them.
+        let manifest = Verified::new(manifest.encode());
+        lease.add(manifest.cid());
+        self.put_verified_batch(std::slice::from_ref(&manifest))?;
+        Ok(manifest.cid())
     }
 
     /// Stores `bytes` as a file; see [`BlockStore::put_file`].
@@ -814,8 +815,6 @@ impl BlockStore {
     }
 }
 
-/// Blocks staged before they are synced and renamed, when storing a file.
-const SYNC_BATCH: usize = 64;
 /// Threads that fsync one batch.
 const SYNC_THREADS: usize = 8;
 
@@ -1093,7 +1092,9 @@ mod tests {
     /// Stores `bytes` as a raw block, as a fetch from a peer would.
     fn put_raw(store: &BlockStore, bytes: &[u8]) -> Cid {
         let block = Verified::new(bytes.to_vec());
-        store.put_verified_batch(&[block.clone()]).unwrap();
+        store
+            .put_verified_batch(std::slice::from_ref(&block))
+            .unwrap();
         block.cid()
     }
 
