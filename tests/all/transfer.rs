@@ -1,6 +1,6 @@
 //! Moving files between nodes over `/shoal/bulk/1`: a file's chunks stream from several
-//! providers at once, a provider that streams a corrupt chunk or stalls is dropped and its
-//! chunks come from another, and the bulk protocol keeps the capability rule of
+//! providers at once, each serving its share, a slow one less; a provider that streams a
+//! corrupt chunk or stalls is dropped and its chunks come from another, and the bulk protocol keeps the capability rule of
 //! `/shoal/block/2` (a non-owner gets `Denied` for a private file and for a missing one alike).
 //!
 //! The misbehaving providers are real nodes whose answers pass through a wrapper
@@ -32,6 +32,8 @@ enum Mode {
     CorruptThird,
     /// Sends two chunks of every answer, then nothing, ever.
     StallAfterTwo,
+    /// Sends every chunk 20 ms late: a slow disk or link.
+    Slow,
 }
 
 /// What a wrapped provider was asked and did.
@@ -86,6 +88,12 @@ impl InboundHandler for Wrapped {
                     })
                     .boxed(),
                 Mode::StallAfterTwo => chunks.take(2).chain(futures::stream::pending()).boxed(),
+                Mode::Slow => chunks
+                    .then(|c| async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        c
+                    })
+                    .boxed(),
             };
             BulkResponse::Chunks(chunks)
         }
@@ -173,7 +181,10 @@ async fn a_file_streams_from_both_providers() {
         c1.bulk_chunks.load(Ordering::SeqCst),
         c2.bulk_chunks.load(Ordering::SeqCst),
     );
-    assert!(n1 > 0 && n2 > 0, "both providers serve a part: {n1} + {n2}");
+    assert!(
+        3 * n1 >= 8 && 3 * n2 >= 8,
+        "each provider serves at least a third: {n1} + {n2}"
+    );
     assert_eq!(n1 + n2, 8, "every chunk once");
     assert_eq!(c1.chunk_blocks.load(Ordering::SeqCst), 0);
     assert_eq!(c2.chunk_blocks.load(Ordering::SeqCst), 0);
@@ -217,6 +228,29 @@ async fn a_provider_that_stalls_mid_stream_is_dropped_in_bounded_time() {
     assert_eq!(read(&fetcher, &cid), data);
     assert!(stalls.bulk_requests.load(Ordering::SeqCst) <= 2);
     assert_eq!(stalls.chunk_blocks.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_provider_is_slow_the_other_serves_most_of_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    // 96 chunks: six requests of 16, three in each provider's share; the fast one takes the
+    // slow one's last request once its own share is done.
+    let (slow, slow_counts, fast, fast_counts, fetcher, cid, data) =
+        two_providers(root.path(), 96, Mode::Slow).await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        fetcher.fetch_file(cid, &[slow.peer_id(), fast.peer_id()]),
+    )
+    .await
+    .expect("in time")
+    .expect("fetched");
+    assert_eq!(read(&fetcher, &cid), data);
+    let (s, f) = (
+        slow_counts.bulk_chunks.load(Ordering::SeqCst),
+        fast_counts.bulk_chunks.load(Ordering::SeqCst),
+    );
+    assert_eq!(s + f, 96, "every chunk once");
+    assert!(f >= 2 * s, "the fast provider serves most: {f} against {s}");
 }
 
 /// The first item of a one-request bulk session from `from` to `to`.
