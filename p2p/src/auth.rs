@@ -13,6 +13,11 @@
 //! with the driver's chain plus one link, driver's node → subtask's executor; that is the only
 //! way a chain grows, so its length is bounded by the subtask depth ([`MAX_CHAIN`]).
 
+use std::{
+    collections::HashSet,
+    sync::{LazyLock, Mutex, PoisonError},
+};
+
 use libp2p::identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 use shoal::abi::Cid;
@@ -22,6 +27,45 @@ pub const MAX_CHAIN: usize = 8;
 
 const SPEC_CONTEXT: &[u8] = b"shoal/task-spec/2\n";
 const DELEGATION_CONTEXT: &[u8] = b"shoal/delegation/2\n";
+
+/// Links whose signature this process has verified, by [`link_key`]. A link recurs on every
+/// request of its chain (a driver's link on each of its subtasks, a task's credential on each
+/// block fetched for it), and a signature that verified once verifies again: the ed25519
+/// check (~30 µs) is done once, while the parent, width, expiry and audience rules are
+/// checked on every use. Cleared when full.
+static VERIFIED: LazyLock<Mutex<HashSet<Cid>>> = LazyLock::new(Mutex::default);
+const VERIFIED_MAX: usize = 1 << 14;
+
+/// What a link's verification depends on: the signer's key (the tenant's key bytes, or the
+/// previous link's audience, whose peer id embeds it), what was signed and the signature.
+fn link_key(signer: &[u8], signed: &[u8], signature: &[u8]) -> Cid {
+    let mut bytes = Vec::with_capacity(signer.len() + signed.len() + signature.len() + 16);
+    for part in [signer, signed] {
+        // Length-prefixed, so no two triples give the same bytes.
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
+    }
+    bytes.extend_from_slice(signature);
+    Cid::of(&bytes)
+}
+
+/// Whether the link `key` names verified before.
+fn remembered(key: &Cid) -> bool {
+    VERIFIED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(key)
+}
+
+/// Remembers that the link `key` names verified; true.
+fn remember(key: Cid) -> bool {
+    let mut verified = VERIFIED.lock().unwrap_or_else(PoisonError::into_inner);
+    if verified.len() >= VERIFIED_MAX {
+        verified.clear();
+    }
+    verified.insert(key);
+    true
+}
 
 /// A tenant and the chain of delegations that lets the holder act for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -238,6 +282,11 @@ impl Credential {
     /// # Errors
     /// [`AuthError`] naming the first thing that does not hold.
     pub fn verify(&self, holder: PeerId, now_ms: u64) -> Result<PeerId, AuthError> {
+        self.verify_chain(holder, now_ms).map(|(tenant, _)| tenant)
+    }
+
+    /// [`Self::verify`], also giving the tenant's key, decoded (a point decompression).
+    fn verify_chain(&self, holder: PeerId, now_ms: u64) -> Result<(PeerId, PublicKey), AuthError> {
         if self.chain.len() > MAX_CHAIN {
             return Err(AuthError::TooLong(self.chain.len()));
         }
@@ -248,15 +297,27 @@ impl Credential {
         let mut bounds = (u64::MAX, u32::MAX);
         for (i, link) in self.chain.iter().enumerate() {
             // Each link is signed by the previous one's audience, the first by the tenant.
-            let signer = match i {
-                0 => tenant_key.clone(),
-                _ => PeerId::from_bytes(&self.chain[i - 1].audience)
-                    .ok()
-                    .as_ref()
-                    .and_then(key_of_peer)
-                    .ok_or(AuthError::BadKey { what: "delegate" })?,
+            let signer_bytes = match i {
+                0 => &self.tenant,
+                _ => &self.chain[i - 1].audience,
             };
-            if link.parent != parent || !signer.verify(&link.signed_bytes(), &link.signature) {
+            let signed = link.signed_bytes();
+            let key = link_key(signer_bytes, &signed, &link.signature);
+            // Only a link not verified before needs its signer's key (a point decompression).
+            let signer = match (remembered(&key), i) {
+                (true, _) => None,
+                (false, 0) => Some(tenant_key.clone()),
+                (false, _) => Some(
+                    PeerId::from_bytes(signer_bytes)
+                        .ok()
+                        .as_ref()
+                        .and_then(key_of_peer)
+                        .ok_or(AuthError::BadKey { what: "delegate" })?,
+                ),
+            };
+            let signed_ok =
+                signer.is_none_or(|s| s.verify(&signed, &link.signature) && remember(key));
+            if link.parent != parent || !signed_ok {
                 return Err(AuthError::BadDelegation {
                     tenant: named(),
                     link: i,
@@ -288,7 +349,7 @@ impl Credential {
                 audience: peer_of(&end),
             });
         }
-        Ok(tenant)
+        Ok((tenant, tenant_key))
     }
 }
 
@@ -338,7 +399,7 @@ impl crate::TaskSpec {
     /// [`AuthError`] naming what does not hold.
     pub fn verify(&self, executor: PeerId, now_ms: u64) -> Result<PeerId, AuthError> {
         let credential = &self.auth.credential;
-        let tenant = credential.verify(executor, now_ms)?;
+        let (tenant, tenant_key) = credential.verify_chain(executor, now_ms)?;
         if let Some(last) = credential.chain.last()
             && last.task != self.id()
         {
@@ -346,10 +407,12 @@ impl crate::TaskSpec {
                 tenant: tenant.to_string(),
             });
         }
-        if credential
-            .last_signer()?
-            .verify(&self.signed_bytes(), &self.auth.signature)
-        {
+        // A user's own task is signed by the tenant, whose key is decoded already.
+        let signer = match credential.chain.len() {
+            0 | 1 => tenant_key,
+            _ => credential.last_signer()?,
+        };
+        if signer.verify(&self.signed_bytes(), &self.auth.signature) {
             Ok(tenant)
         } else {
             Err(AuthError::BadSignature)
@@ -410,6 +473,13 @@ mod tests {
         assert_eq!(own.verify(t, 0), Ok(t));
         let task = sent(spec("drive"), &own, &tenant, &driver, 1_000);
         assert_eq!(task.verify(id(&driver), 999), Ok(t));
+        // A link verified once is remembered with its signature: another signature is checked.
+        let mut flipped = task.clone();
+        flipped.auth.credential.chain[0].signature[0] ^= 1;
+        assert!(matches!(
+            flipped.verify(id(&driver), 999),
+            Err(AuthError::BadDelegation { link: 0, .. })
+        ));
         // Replayed to another node.
         assert!(matches!(
             task.verify(id(&other), 999),

@@ -156,7 +156,9 @@ impl NodeInner {
                 return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e);
             }
         };
-        let stored = || self.store.granted_bytes(&tenant.to_string());
+        // Its name once: a peer id's text is a base58 encoding, a few µs each time.
+        let tenant_name = tenant.to_string();
+        let stored = || self.store.granted_bytes(&tenant_name);
         let _admitted =
             match self
                 .tenants
@@ -220,7 +222,7 @@ impl NodeInner {
         let progress = (token != 0).then(|| self.send_progress_to(from, token));
         // Queued as its tenant's, so one tenant's flood waits behind its own tasks, not
         // behind others'; this node's own identity shares its local tasks' queue.
-        let queue = (tenant != me).then(|| tenant.to_string());
+        let queue = (tenant != me).then_some(tenant_name);
         let mut report = self.runtime.run_for(queue, spec, progress).await;
         report.stats.fetch = fetched;
         tracing::info!(
