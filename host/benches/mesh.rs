@@ -137,6 +137,13 @@ async fn raw_tcp_mbps(data: &[u8]) -> f64 {
     data.len() as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
+/// Flushes everything written so far (`sync`), so that the next durable write does not pay
+/// for the earlier ones' writeback.
+fn settle() {
+    let synced = std::process::Command::new("sync").status();
+    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
+}
+
 /// The disk's durable write speed where the stores live, as `dd conv=fdatasync` measures it:
 /// `data` written to a fresh file in 1 MiB writes, then one `fdatasync`.
 fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
@@ -466,11 +473,18 @@ fn main() {
             m[0].push(stream_alone_mbps(&client, worker_id, cid, chunks).await);
             m[7].push(perf_mbps(&perf_quic, n, 0).await);
             m[1].push(stream_alone_mbps(&quic_client, worker_id, cid, chunks).await);
+            // Each durable write starts with the disk idle: without this, one ran while the
+            // kernel still wrote back the last one's data, and measured 0.2-0.4x as much.
+            settle();
+            m[10].push(disk_mbps(root.path(), &data));
+            settle();
             let dir = root.path().join(format!("fetcher-bulk-{round}"));
             m[2].push(fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await);
+            settle();
             let dir = root.path().join(format!("fetcher-bulk-quic-{round}"));
             m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await);
 
+            settle();
             let dir = root.path().join(format!("fetcher-block-{round}"));
             let fetcher = Node::start(config(&dir, 0, &[TCP])).await.expect("fetcher");
             fetcher.net().dial(tcp_addr.clone()).await.expect("dial");
@@ -483,7 +497,6 @@ fn main() {
             m[6].push(perf_mbps(&perf_tcp, 0, n).await);
             m[8].push(perf_mbps(&perf_quic, 0, n).await);
             m[9].push(raw_tcp_mbps(&data).await);
-            m[10].push(disk_mbps(root.path(), &data));
         }
         let [stream_tcp, stream_quic, bulk_tcp, bulk_quic, per_block, perf_tcp_down, perf_tcp_up,
             perf_quic_down, perf_quic_up, raw, disk] = m.map(median);

@@ -23,6 +23,13 @@ fn mbps(start: Instant) -> f64 {
     LEN as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
+/// Flushes everything written so far (`sync`), so that each durable write starts with the
+/// disk idle instead of paying for the last one's writeback.
+fn settle() {
+    let synced = std::process::Command::new("sync").status();
+    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
+}
+
 /// The disk's durable write where the stores live: `data` to a fresh file in 1 MiB writes,
 /// then one `fdatasync`.
 fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
@@ -60,7 +67,9 @@ fn main() {
         .collect();
     for _ in 0..ROUNDS {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        settle();
         disk.push(disk_mbps(dir.path(), &data));
+        settle();
         let store = Arc::new(BlockStore::open(dir.path()).expect("store"));
         let blocks = verified.clone();
         let start = Instant::now();
@@ -80,6 +89,7 @@ fn main() {
 
         // A fresh store each round, so put really writes (and fsyncs) every block.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        settle();
         let store = BlockStore::open(dir.path()).expect("store");
         let start = Instant::now();
         let cid = store
