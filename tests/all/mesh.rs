@@ -10,7 +10,7 @@ use std::{
 
 use shoal_task_artifacts as wasm;
 
-use crate::cli::host_bin;
+use crate::{cli::host_bin, util::pseudo_random};
 
 /// A `host join` process, killed on drop.
 struct Joined {
@@ -187,9 +187,7 @@ fn three_processes_map_fetch_and_fail_cleanly() {
 
     // C fetches a 20 MiB file that only B holds, chunk by chunk, verified: once B makes it
     // public. Before, it is B's alone, and nobody else can find or read it.
-    let big: Vec<u8> = (0..20u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let big = pseudo_random(20 << 20, 20);
     let big_path = root.path().join("big.bin");
     std::fs::write(&big_path, &big).unwrap();
     let out = b.host(&["put", big_path.to_str().unwrap()]);
@@ -464,16 +462,8 @@ fn a_fetch_killed_mid_way_leaves_no_partial_block_and_completes_after_a_restart(
     let root = tempfile::tempdir().unwrap();
     let a = Joined::start(root.path(), "a", &[]);
     let b = Joined::start(root.path(), "b", &["--slots", "0", "--bootstrap", &a.addr]);
-    // 160 distinct chunks (xorshift): long enough on loopback to be caught half-way.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..(160 << 20) / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    // 160 distinct chunks: long enough on loopback to be caught half-way.
+    let data = pseudo_random(160 << 20, 0x9E37_79B9_7F4A_7C15);
     let path = root.path().join("big.bin");
     std::fs::write(&path, &data).unwrap();
     let out = a.host(&["put", "--public", path.to_str().unwrap()]);

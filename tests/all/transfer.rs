@@ -22,7 +22,7 @@ use shoal_p2p::{
     Capacity, Cid, Error, InboundHandler, PeerId, ProgressRecord, TaskOutcome,
 };
 
-use crate::util::{connect, node, node_config};
+use crate::util::{connect, node, node_config, pseudo_random};
 
 /// How a wrapped provider answers bulk requests.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,15 +130,7 @@ async fn wrapped(root: &Path, name: &str, mode: Mode) -> (Node, Arc<Counts>) {
 
 /// `mib` MiB of pseudo-random bytes in a file under `root`.
 fn data_file(root: &Path, mib: usize, seed: u64) -> (PathBuf, Vec<u8>) {
-    let mut state = seed | 1;
-    let data: Vec<u8> = (0..(mib << 20) / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let data = pseudo_random(mib << 20, seed);
     let path = root.join(format!("data-{seed}.bin"));
     std::fs::write(&path, &data).expect("write data");
     (path, data)

@@ -10,6 +10,21 @@ use shoal_host::{
 };
 use tempfile::TempDir;
 
+/// `len` pseudo-random bytes (xorshift64) from `seed`: every 1 MiB chunk distinct, so a file
+/// of them moves as many blocks as it has chunks.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
 /// A runtime over a fresh store in a temp dir (kept alive by the returned guard).
 pub fn runtime(slots: usize) -> (TempDir, Runtime) {
     let dir = tempfile::tempdir().expect("temp dir");
