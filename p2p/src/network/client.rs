@@ -17,6 +17,8 @@ use crate::{
 const CLIENT_SLACK: Duration = Duration::from_secs(5);
 /// How long a local query of the actor (addresses, peers) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one try to open a bulk stream waits before asking again ([`NetworkClient::open_bulk`]).
+const OPEN_BULK_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Timeouts {
@@ -172,12 +174,25 @@ impl NetworkClient {
         }
         let mut control = self.streams.0.clone();
         let after = self.timeouts.dial + self.timeouts.block;
-        let opened = tokio::time::timeout(after, control.open_stream(peer, BULK_PROTOCOL))
-            .await
-            .map_err(|_| Error::Timeout {
-                op: "open_bulk",
-                after,
-            })?;
+        let deadline = tokio::time::Instant::now() + after;
+        // libp2p-stream 0.5.0-alpha loses a request made while a connection to the peer is
+        // being set up (its handler exists, the connection is not yet recorded): it dials
+        // again, the swarm refuses a dial to a connected peer, and the request waits for a
+        // next connection that never comes. So each try waits a little, then asks again.
+        let opened = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = left.min(OPEN_BULK_RETRY);
+            match tokio::time::timeout(attempt, control.open_stream(peer, BULK_PROTOCOL)).await {
+                Ok(opened) => break opened,
+                Err(_) if attempt < left => {}
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        op: "open_bulk",
+                        after,
+                    });
+                }
+            }
+        };
         match opened {
             Ok(stream) => Ok(BulkSession::start(peer, stream, self.timeouts.stall)),
             Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
