@@ -1,15 +1,15 @@
-//! The durable writer a fetch streams verified blocks into: threads of its own behind a
-//! bounded queue, so that the network never waits on the disk while there is room in the
+//! The durable writer a fetch or a put streams verified blocks into: threads of its own behind
+//! a bounded queue, so that the network never waits on the disk while there is room in the
 //! queue, and the disk never waits on the network while there is something to write.
 //!
 //! Each of [`WRITERS`] threads takes one block at a time and stores it whole: writes it to a
 //! temp file, syncs it and renames it into place, without hashing it again ([`Verified`] is
 //! the proof). A block is never visible before its bytes are on disk. What makes this keep up
-//! with the disk is that the threads do not wait for each other: with batches (write 16,
-//! sync 16, rename 16), each batch waited for its slowest sync while the disk idled, and the
-//! writer moved 0.56-0.60x of `dd conv=fdatasync`; one block per thread, 8 threads, moved
-//! 0.81-0.84x (`/tmp` experiment, 9 rounds, 2026-11-27). The directories the blocks went into
-//! are synced once, when the writer [finishes](Writing::finish): a crash before that may lose
+//! with the disk is that the threads do not wait for each other: with batches (write 64,
+//! sync them on 8 threads, rename), each batch waited on its slowest sync while the disk
+//! idled, and a put moved 0.59-0.68x of `dd conv=fdatasync`; one block per thread moves
+//! 0.83-1.05x (`--bench store`, BENCHMARKS.md). The directories the blocks went into are
+//! synced once, when the writer [finishes](Writing::finish): a crash before that may lose
 //! blocks of an unfinished fetch (fetched again), never show half of one.
 
 use std::{
