@@ -23,7 +23,7 @@ use shoal_host::{
     compute::DeviceChoice,
     node::{Node, NodeConfig},
     runtime::TaskSpec,
-    store::{Cid, Verified},
+    store::Cid,
 };
 use shoal_p2p::{Multiaddr, PeerId};
 use tokio::{
@@ -74,7 +74,7 @@ async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chu
         .expect("found");
     let store = fetcher.store().clone();
     store
-        .put_verified_batch(&[Verified::check(file, manifest).expect("the manifest")])
+        .put_verified_batch(&[manifest])
         .expect("store manifest");
     let mut fetched = futures::stream::iter(chunks.iter().copied())
         .map(|cid| async move {
@@ -83,8 +83,8 @@ async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chu
                 file,
                 credential: fetcher.credential().clone(),
             };
-            let bytes = fetcher.net().fetch_block(from, request).await;
-            (cid, bytes.expect("block").expect("found"))
+            let block = fetcher.net().fetch_block(from, request).await;
+            block.expect("block").expect("found")
         })
         .buffer_unordered(16)
         .ready_chunks(16);
@@ -95,11 +95,6 @@ async fn fetch_per_block(fetcher: &Node, from: shoal_p2p::PeerId, file: Cid, chu
         }
         let store = store.clone();
         storing = Some(tokio::task::spawn_blocking(move || {
-            // Hashed here, where the store hashed each block before it took `Verified`.
-            let batch: Vec<Verified> = batch
-                .into_iter()
-                .map(|(cid, bytes)| Verified::check(cid, bytes).expect("a block"))
-                .collect();
             store.put_verified_batch(&batch).expect("store batch");
         }));
     }

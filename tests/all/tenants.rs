@@ -22,7 +22,7 @@ use shoal_host::{
 use shoal_p2p::{
     BlockRequest, BlockResponse, BoxFuture, Capacity, Credential, Error as NetError,
     FailureKind as WireKind, InboundHandler, Keypair, PeerId, ProgressRecord, TaskAuth,
-    TaskOutcome,
+    TaskOutcome, Verified,
 };
 use shoal_task_artifacts as wasm;
 
@@ -484,7 +484,7 @@ async fn ask(
     key: &Keypair,
     peer: PeerId,
     cid: Cid,
-) -> Result<Option<Vec<u8>>, NetError> {
+) -> Result<Option<Verified>, NetError> {
     let request = BlockRequest {
         cid,
         file: cid,

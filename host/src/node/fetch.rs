@@ -28,9 +28,6 @@ const BULK_BATCH: usize = 16;
 /// Bulk requests a stream has in flight: the provider starts on the next before the
 /// requester has all of the last.
 const BULK_PIPELINE: usize = 2;
-/// Hands verified chunks to the store's writer.
-type Writer = BlockWriter;
-
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,11 +85,11 @@ impl NodeInner {
             .as_ref()
             .is_none_or(|r| self.store.may_read(&cid, &cid, r));
         if !have || !may_read {
-            let bytes = self
+            let manifest = self
                 .fetch_block(cid, cid, credential, &mut providers, &bad, 0)
                 .await?;
             if !have {
-                self.store_blocks(vec![verified(cid, bytes)?]).await?;
+                self.store_blocks(vec![manifest]).await?;
             }
         }
         let store = self.store.clone();
@@ -130,7 +127,7 @@ impl NodeInner {
         providers: &[PeerId],
         bad: &Arc<Mutex<HashSet<PeerId>>>,
         chunks: Vec<Cid>,
-        writer: &Writer,
+        writer: &BlockWriter,
     ) -> Result<(), FetchError> {
         if chunks.is_empty() {
             return Ok(());
@@ -143,14 +140,11 @@ impl NodeInner {
                 async move {
                     self.fetch_block(chunk, file, credential, &mut providers, &bad, i)
                         .await
-                        .map(|b| (chunk, b))
                 }
             })
             .buffer_unordered(PARALLEL_CHUNKS);
         while let Some(fetched) = fetched.next().await {
-            let (chunk, bytes) = fetched?;
-            let chunk = verified(chunk, bytes)?;
-            if writer.send(chunk).await.is_err() {
+            if writer.send(fetched?).await.is_err() {
                 // The writer failed; it reports why.
                 break;
             }
@@ -190,7 +184,7 @@ impl NodeInner {
         providers: &mut Vec<PeerId>,
         bad: &Mutex<HashSet<PeerId>>,
         start: usize,
-    ) -> Result<Vec<u8>, FetchError> {
+    ) -> Result<Verified, FetchError> {
         let mut asked = 0;
         // Peers that answered without the block, denied or not found: for another tenant the
         // two mean the same, as they do to its requests.
@@ -220,7 +214,7 @@ impl NodeInner {
                     credential: credential.clone(),
                 };
                 match self.net.fetch_block(peer, request).await {
-                    Ok(Some(bytes)) => return Ok(bytes),
+                    Ok(Some(block)) => return Ok(block),
                     Ok(None) => answered += 1,
                     Err(shoal_p2p::Error::Denied { .. }) => denied += 1,
                     Err(shoal_p2p::Error::BlockMismatch { .. }) => {
@@ -325,7 +319,7 @@ impl NodeInner {
         providers: &[PeerId],
         bad: &Mutex<HashSet<PeerId>>,
         chunks: Vec<Cid>,
-        writer: &Writer,
+        writer: &BlockWriter,
     ) -> Vec<Cid> {
         let peers: Vec<PeerId> = {
             let bad = bad.lock().unwrap_or_else(PoisonError::into_inner);
@@ -363,7 +357,7 @@ impl NodeInner {
         credential: &Credential,
         plan: &Mutex<Plan>,
         bad: &Mutex<HashSet<PeerId>>,
-        writer: &Writer,
+        writer: &BlockWriter,
     ) {
         let lock = || plan.lock().unwrap_or_else(PoisonError::into_inner);
         let mut session = match self.net.open_bulk(peer).await {
@@ -466,10 +460,4 @@ impl NodeInner {
             return;
         }
     }
-}
-
-/// Bytes the network client has checked against `cid`, with the proof the store takes: the
-/// client hands on none, so they are hashed once more (the bulk path hashes once).
-fn verified(cid: Cid, bytes: Vec<u8>) -> Result<Verified, StoreError> {
-    Verified::check(cid, bytes).map_err(|(actual, _)| StoreError::Corrupt { cid, actual })
 }

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Command, Config, Error, Reply};
 use crate::{
     bulk::{BULK_PROTOCOL, BULK_PROTOCOL_NAME, BulkSession},
-    messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
+    messages::{
+        BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec, Verified,
+    },
 };
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
@@ -125,7 +127,7 @@ impl NetworkClient {
     }
 
     /// Fetches the block `request` names from `peer`. `Ok(None)` means the peer does not
-    /// hold it. The bytes returned are checked against the cid.
+    /// hold it. The bytes returned are checked against the cid, and carry the proof.
     ///
     /// # Errors
     ///
@@ -138,7 +140,7 @@ impl NetworkClient {
         &self,
         peer: PeerId,
         request: BlockRequest,
-    ) -> Result<Option<Vec<u8>>, Error> {
+    ) -> Result<Option<Verified>, Error> {
         let cid = request.cid;
         let response = self
             .call("fetch_block", self.timeouts.block, |tx| {
@@ -146,12 +148,14 @@ impl NetworkClient {
             })
             .await?;
         match response {
-            BlockResponse::Found(bytes) if cid.matches(&bytes) => Ok(Some(bytes)),
-            BlockResponse::Found(bytes) => Err(Error::BlockMismatch {
-                peer,
-                cid,
-                len: bytes.len(),
-            }),
+            BlockResponse::Found(bytes) => match Verified::check(cid, bytes) {
+                Ok(block) => Ok(Some(block)),
+                Err((_, bytes)) => Err(Error::BlockMismatch {
+                    peer,
+                    cid,
+                    len: bytes.len(),
+                }),
+            },
             BlockResponse::NotFound => Ok(None),
             BlockResponse::Denied => Err(Error::Denied { peer, cid }),
             BlockResponse::Busy => Err(Error::Busy { peer }),
