@@ -32,7 +32,7 @@ enum Mode {
     CorruptThird,
     /// Sends two chunks of every answer, then nothing, ever.
     StallAfterTwo,
-    /// Sends every chunk 20 ms late: a slow disk or link.
+    /// Sends every chunk 50 ms late: a slow disk or link.
     Slow,
 }
 
@@ -90,7 +90,7 @@ impl InboundHandler for Wrapped {
                 Mode::StallAfterTwo => chunks.take(2).chain(futures::stream::pending()).boxed(),
                 Mode::Slow => chunks
                     .then(|c| async {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         c
                     })
                     .boxed(),
@@ -153,6 +153,18 @@ async fn two_providers(
     (p1, c1, p2, c2, fetcher, cid, data)
 }
 
+/// `fetcher` fetches file `cid` from `providers` within `secs` seconds, or the test fails.
+async fn fetch_within(secs: u64, fetcher: &Node, cid: Cid, providers: &[&Node]) {
+    let providers: Vec<PeerId> = providers.iter().map(|p| p.peer_id()).collect();
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        fetcher.fetch_file(cid, &providers),
+    )
+    .await
+    .expect("in time")
+    .expect("fetched");
+}
+
 fn read(node: &Node, cid: &Cid) -> Vec<u8> {
     node.store().read_file(cid).expect("file is complete here")
 }
@@ -161,13 +173,7 @@ fn read(node: &Node, cid: &Cid) -> Vec<u8> {
 async fn a_file_streams_from_both_providers() {
     let root = tempfile::tempdir().unwrap();
     let (p1, c1, p2, c2, fetcher, cid, data) = two_providers(root.path(), 8, Mode::Honest).await;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        fetcher.fetch_file(cid, &[p1.peer_id(), p2.peer_id()]),
-    )
-    .await
-    .expect("in time")
-    .expect("fetched");
+    fetch_within(10, &fetcher, cid, &[&p1, &p2]).await;
     assert_eq!(read(&fetcher, &cid), data);
     let (n1, n2) = (
         c1.bulk_chunks.load(Ordering::SeqCst),
@@ -187,13 +193,7 @@ async fn a_provider_that_streams_a_corrupt_chunk_is_dropped_and_the_file_arrives
     let root = tempfile::tempdir().unwrap();
     let (liar, lies, honest, _, fetcher, cid, data) =
         two_providers(root.path(), 16, Mode::CorruptThird).await;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        fetcher.fetch_file(cid, &[liar.peer_id(), honest.peer_id()]),
-    )
-    .await
-    .expect("in time")
-    .expect("fetched");
+    fetch_within(10, &fetcher, cid, &[&liar, &honest]).await;
     assert_eq!(read(&fetcher, &cid), data);
     assert!(lies.lies.load(Ordering::SeqCst) >= 1, "the liar lied");
     // Its first stream carried at most the two requests sent before the lie was seen; then
@@ -208,13 +208,7 @@ async fn a_provider_that_stalls_mid_stream_is_dropped_in_bounded_time() {
     let (staller, stalls, honest, _, fetcher, cid, data) =
         two_providers(root.path(), 16, Mode::StallAfterTwo).await;
     let start = Instant::now();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        fetcher.fetch_file(cid, &[staller.peer_id(), honest.peer_id()]),
-    )
-    .await
-    .expect("in time")
-    .expect("fetched");
+    fetch_within(20, &fetcher, cid, &[&staller, &honest]).await;
     let took = start.elapsed();
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert_eq!(read(&fetcher, &cid), data);
@@ -226,16 +220,11 @@ async fn a_provider_that_stalls_mid_stream_is_dropped_in_bounded_time() {
 async fn when_one_provider_is_slow_the_other_serves_most_of_the_file() {
     let root = tempfile::tempdir().unwrap();
     // 96 chunks: six requests of 16, three in each provider's share; the fast one takes the
-    // slow one's last request once its own share is done.
+    // slow one's last request once its own share is done, which it has 0.8 s to do (the slow
+    // one's first request) before the slow one asks for it.
     let (slow, slow_counts, fast, fast_counts, fetcher, cid, data) =
         two_providers(root.path(), 96, Mode::Slow).await;
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        fetcher.fetch_file(cid, &[slow.peer_id(), fast.peer_id()]),
-    )
-    .await
-    .expect("in time")
-    .expect("fetched");
+    fetch_within(30, &fetcher, cid, &[&slow, &fast]).await;
     assert_eq!(read(&fetcher, &cid), data);
     let (s, f) = (
         slow_counts.bulk_chunks.load(Ordering::SeqCst),
