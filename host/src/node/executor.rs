@@ -5,8 +5,8 @@
 use std::{sync::Arc, time::Instant};
 
 use shoal_p2p::{
-    BlockRequest, BlockResponse, BoxFuture, BulkChunk, BulkRequest, BulkResponse, Capacity,
-    InboundHandler, PeerId, ProgressRecord, TaskOutcome,
+    AuthError, BlockRequest, BlockResponse, BoxFuture, BulkChunk, BulkRequest, BulkResponse,
+    Capacity, Credential, InboundHandler, PeerId, ProgressRecord, TaskOutcome,
 };
 use tracing::Instrument;
 
@@ -21,9 +21,8 @@ impl InboundHandler for NodeInner {
         Box::pin(async move {
             // Whom the requester acts for, proven; then whether that tenant may read the file
             // here. A refusal never looks at the block, so it says nothing of whether it is here.
-            let reader = match request.credential.verify(from, now_ms()) {
-                Ok(tenant) if tenant == self.net.local_peer_id() => None,
-                Ok(tenant) => Some(tenant.to_string()),
+            let reader = match self.reader(from, &request.credential) {
+                Ok(reader) => reader,
                 Err(e) => {
                     tracing::debug!(peer = %from, "block request refused: {e}");
                     return BlockResponse::Denied;
@@ -75,15 +74,22 @@ const MAX_SOURCES: usize = 16;
 const PROGRESS_QUEUE: usize = 64;
 
 impl NodeInner {
+    /// Whom a requester of blocks acts for, proven by `credential` against the connection's
+    /// peer `from`: `None` for this node itself (it reads everything), else the tenant's name
+    /// as the store's grants know it.
+    fn reader(&self, from: PeerId, credential: &Credential) -> Result<Option<String>, AuthError> {
+        let tenant = credential.verify(from, now_ms())?;
+        Ok((tenant != self.net.local_peer_id()).then(|| tenant.to_string()))
+    }
+
     /// Answers a `/shoal/bulk/1` request under the rule of [`InboundHandler::block`]: the
     /// credential must hold for `from` and name this node or a tenant that may read the file
     /// here, and every chunk asked must be one of the file's; otherwise the whole request is
     /// `Denied`, without a look at the chunks. The chunks are read on a blocking thread, a few
     /// ahead of the stream that sends them.
     async fn serve_bulk(&self, from: PeerId, request: BulkRequest) -> BulkResponse {
-        let reader = match request.credential.verify(from, now_ms()) {
-            Ok(tenant) if tenant == self.net.local_peer_id() => None,
-            Ok(tenant) => Some(tenant.to_string()),
+        let reader = match self.reader(from, &request.credential) {
+            Ok(reader) => reader,
             Err(e) => {
                 tracing::debug!(peer = %from, "bulk request refused: {e}");
                 return BulkResponse::Denied;
