@@ -12,11 +12,15 @@
 //!
 //! `cargo bench --profile dev -p shoal-host --bench mesh`
 
+#[path = "common/disk.rs"]
+mod disk;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use disk::{disk_mbps, settle};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::{StreamProtocol, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux};
 use shoal_host::{
@@ -129,35 +133,6 @@ async fn raw_tcp_mbps(data: &[u8]) -> f64 {
     s.write_all(data).await.expect("write");
     s.shutdown().await.expect("shutdown");
     assert_eq!(reader.await.expect("reader"), data.len());
-    data.len() as f64 / 1e6 / start.elapsed().as_secs_f64()
-}
-
-/// Flushes everything written so far (`sync`), so that the next durable write does not pay
-/// for the earlier ones' writeback. Nothing written is deleted before the end: this disk's
-/// ext4 has no journal and is mounted with `discard`, and a file created within minutes of
-/// many deletions waits on a search past the inodes just freed (up to half of a fetch's CPU
-/// in one profile), a cost of the bench's deleting, not of fetching.
-fn settle() {
-    let synced = std::process::Command::new("sync").status();
-    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
-}
-
-/// The disk's durable write speed where the stores live, as `dd conv=fdatasync` measures it:
-/// `data` written to a fresh file in 1 MiB writes, then one `fdatasync`.
-fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
-    use std::io::Write;
-    // A new file each time, kept until the end (see `settle` on deleting).
-    let path = tempfile::NamedTempFile::new_in(dir)
-        .expect("temp file")
-        .into_temp_path()
-        .keep()
-        .expect("kept");
-    let start = Instant::now();
-    let mut file = std::fs::File::create(&path).expect("create");
-    for chunk in data.chunks(1 << 20) {
-        file.write_all(chunk).expect("write");
-    }
-    file.sync_data().expect("fdatasync");
     data.len() as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 

@@ -7,8 +7,12 @@
 //!
 //! `cargo bench -p shoal-host --bench store`
 
+#[path = "common/disk.rs"]
+mod disk;
+
 use std::{io, sync::Arc, time::Instant};
 
+use disk::{disk_mbps, settle};
 use shoal_host::store::{BlockStore, GcMode, PinClass, Verified};
 
 const LEN: usize = 256 << 20;
@@ -21,28 +25,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn mbps(start: Instant) -> f64 {
     LEN as f64 / 1e6 / start.elapsed().as_secs_f64()
-}
-
-/// Flushes everything written so far (`sync`), so that each durable write starts with the
-/// disk idle instead of paying for the last one's writeback.
-fn settle() {
-    let synced = std::process::Command::new("sync").status();
-    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
-}
-
-/// The disk's durable write where the stores live: `data` to a fresh file in 1 MiB writes,
-/// then one `fdatasync`.
-fn disk_mbps(dir: &std::path::Path, data: &[u8]) -> f64 {
-    use std::io::Write;
-    // Kept: see `main` on deleting.
-    let path = dir.join("disk-ceiling.bin");
-    let start = Instant::now();
-    let mut file = std::fs::File::create(&path).expect("create");
-    for chunk in data.chunks(1 << 20) {
-        file.write_all(chunk).expect("write");
-    }
-    file.sync_data().expect("fdatasync");
-    mbps(start)
 }
 
 fn main() {
@@ -63,10 +45,7 @@ fn main() {
         .chunks(1 << 20)
         .map(|c| Verified::new(c.to_vec()))
         .collect();
-    // Every round's files stay until the end. This disk's ext4 has no journal and is mounted
-    // with `discard`: a file created within minutes of many deletions waits on a search past
-    // the inodes just freed (half of the writer's CPU in one profile), which is the cost of
-    // the bench deleting 256 MiB of blocks each round, not of storing them.
+    // Every round's files stay until the end (see `disk` on deleting).
     let mut dirs = Vec::new();
     for _ in 0..ROUNDS {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
