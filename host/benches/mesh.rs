@@ -10,7 +10,8 @@
 //! is implemented here over `libp2p_stream`, on swarms built as Shoal builds its own (TCP with
 //! nodelay + noise + default yamux, and QUIC), with only the stream behaviour in them.
 //!
-//! `cargo bench --profile dev -p shoal-host --bench mesh`
+//! `cargo bench --profile dev -p shoal-host --bench mesh [-- tasks | transfer]`: both parts,
+//! or the one named.
 
 #[path = "common/disk.rs"]
 mod disk;
@@ -319,6 +320,13 @@ async fn perf_mbps(stream: &Arc<Mutex<libp2p::Stream>>, down: u64, up: u64) -> f
 }
 
 fn main() {
+    // Cargo passes `--bench` to a bench without the libtest harness: flags are not parts.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let (tasks, transfer) = (wants("tasks"), wants("transfer"));
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -333,7 +341,11 @@ fn main() {
         let addrs = worker.net().listen_addrs().await.expect("addrs");
         let on = |quic: bool| {
             let is_quic = |a: &&Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
-            addrs.iter().find(|a| is_quic(a) == quic).cloned().expect("listening")
+            addrs
+                .iter()
+                .find(|a| is_quic(a) == quic)
+                .cloned()
+                .expect("listening")
         };
         let (tcp_addr, quic_addr) = (on(false), on(true));
         let client = Node::start(config(&root.path().join("client"), 0, &[TCP]))
@@ -343,7 +355,11 @@ fn main() {
         let quic_client = Node::start(config(&root.path().join("quic-client"), 0, &[TCP]))
             .await
             .expect("quic client");
-        quic_client.net().dial(quic_addr.clone()).await.expect("dial quic");
+        quic_client
+            .net()
+            .dial(quic_addr.clone())
+            .await
+            .expect("dial quic");
 
         let module = client
             .put_path(shoal_task_artifacts::NOOP.into(), false)
@@ -359,174 +375,225 @@ fn main() {
                 .is_ok()
         );
 
-        // Latency: one task at a time.
-        let mut lat: Vec<f64> = Vec::new();
-        for _ in 0..500 {
-            let t = Instant::now();
-            let placed = client.submit(spec.clone(), Some(worker_id)).await;
-            assert!(placed.report.result.is_ok());
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        if tasks {
+            remote_noop(&client, &worker, worker_id, spec).await;
         }
-        lat.sort_by(f64::total_cmp);
-
-        // Throughput: many in flight.
-        let n = 5000;
-        let start = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..n {
-            let (client, spec) = (client.clone(), spec.clone());
-            set.spawn(async move {
-                client
-                    .submit(spec, Some(worker_id))
-                    .await
-                    .report
-                    .result
-                    .is_ok()
-            });
+        if transfer {
+            transfer_part(
+                root.path(),
+                &worker,
+                &client,
+                &quic_client,
+                worker_id,
+                tcp_addr,
+                quic_addr,
+            )
+            .await;
         }
-        let mut ok = 0;
-        while let Some(r) = set.join_next().await {
-            ok += usize::from(r.unwrap_or(false));
-        }
-        let tps = ok as f64 / start.elapsed().as_secs_f64();
-        println!("remote noop tasks between 2 nodes on loopback (TCP+noise+yamux)");
-        println!(
-            "  submit->result latency: p50 {:.2} ms, p99 {:.2} ms (500 sequential)",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
-        println!("  throughput: {tps:.0} tasks/s ({ok}/{n} ok, all in flight at once)");
-
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..LEN / 8)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state.to_le_bytes()
-            })
-            .collect();
-        let file = root.path().join("big.bin");
-        std::fs::write(&file, &data).expect("write file");
-        // Public: the client is another tenant.
-        let cid = worker.put_path(file, true).await.expect("put");
-        let manifest = worker.store().manifest(&cid).expect("manifest");
-        let t = Instant::now();
-        for c in manifest.chunks.iter().take(16) {
-            client
-                .net()
-                .fetch_block(
-                    worker_id,
-                    shoal_p2p::BlockRequest {
-                        cid: *c,
-                        file: cid,
-                        credential: client.credential().clone(),
-                    },
-                )
-                .await
-                .expect("block")
-                .expect("found");
-        }
-        println!(
-            "  one 1 MiB block at a time: {:.1} ms each",
-            t.elapsed().as_secs_f64() * 1e3 / 16.0
-        );
-        let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3);
-        let perf_tcp = perf_connect(TCP).await;
-        let perf_quic = perf_connect(QUIC).await;
-        // One vector of per-round figures for each line printed.
-        let mut m: [Vec<f64>; 12] = Default::default();
-        for round in 0..rounds {
-            let (chunks, n) = (&manifest.chunks, LEN as u64);
-            // Each transport's ceiling right before the stream over it, so that both see the
-            // same load on a shared machine.
-            m[5].push(perf_mbps(&perf_tcp, n, 0).await);
-            m[0].push(stream_alone_mbps(&client, worker_id, cid, chunks).await);
-            m[7].push(perf_mbps(&perf_quic, n, 0).await);
-            m[1].push(stream_alone_mbps(&quic_client, worker_id, cid, chunks).await);
-            // Each durable write starts with nothing of the last one left to write back. On
-            // this VM's disk the first write after a quiet moment is several times slower
-            // than the same write again at once: both are measured, and the ratios take the
-            // faster.
-            settle();
-            m[10].push(disk_mbps(root.path(), &data));
-            m[11].push(disk_mbps(root.path(), &data));
-            settle();
-            let dir = root.path().join(format!("fetcher-bulk-{round}"));
-            m[2].push(fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await);
-            settle();
-            let dir = root.path().join(format!("fetcher-bulk-quic-{round}"));
-            m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await);
-
-            settle();
-            let dir = root.path().join(format!("fetcher-block-{round}"));
-            let fetcher = Node::start(config(&dir, 0, &[TCP])).await.expect("fetcher");
-            fetcher.net().dial(tcp_addr.clone()).await.expect("dial");
-            let start = Instant::now();
-            fetch_per_block(&fetcher, worker_id, cid, chunks).await;
-            m[4].push(LEN as f64 / 1e6 / start.elapsed().as_secs_f64());
-            fetcher.shutdown().await;
-
-            m[6].push(perf_mbps(&perf_tcp, 0, n).await);
-            m[8].push(perf_mbps(&perf_quic, 0, n).await);
-            m[9].push(raw_tcp_mbps(&data).await);
-        }
-        let [stream_tcp, stream_quic, bulk_tcp, bulk_quic, per_block, perf_tcp_down, perf_tcp_up,
-            perf_quic_down, perf_quic_up, raw, disk_first, disk_again] = m.map(median);
-        println!(
-            "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
-             median of {rounds}"
-        );
-        println!("  shoal /shoal/bulk/1 (one stream, fetch_file), TCP+noise+yamux: {bulk_tcp:.0} MB/s");
-        println!("  shoal /shoal/bulk/1 (one stream, fetch_file), QUIC: {bulk_quic:.0} MB/s");
-        println!(
-            "  shoal /shoal/block/2 (16 requests in flight, batch fsync), TCP+noise+yamux: \
-             {per_block:.0} MB/s"
-        );
-        println!(
-            "  shoal /shoal/bulk/1 stream alone (verified, not stored), TCP+noise+yamux: \
-             {stream_tcp:.0} MB/s"
-        );
-        println!("  shoal /shoal/bulk/1 stream alone (verified, not stored), QUIC: {stream_quic:.0} MB/s");
-        println!(
-            "  libp2p perf, two bare swarms, TCP+noise+yamux: download {perf_tcp_down:.0} MB/s, \
-             upload {perf_tcp_up:.0} MB/s"
-        );
-        println!(
-            "  libp2p perf, two bare swarms, QUIC: download {perf_quic_down:.0} MB/s, \
-             upload {perf_quic_up:.0} MB/s"
-        );
-        println!("  raw TCP loopback copy: {raw:.0} MB/s");
-        println!(
-            "  the disk's durable write (1 MiB writes, one fdatasync): {disk_first:.0} MB/s \
-             after a sync, {disk_again:.0} MB/s at once again"
-        );
-        let disk = disk_first.max(disk_again);
-        // The file moves worker -> client: a perf download is the direction it bounds.
-        let bulk = bulk_tcp.max(bulk_quic);
-        let network = stream_tcp.max(stream_quic);
-        let ceiling = perf_tcp_down.max(perf_quic_down);
-        println!(
-            "  ratios: bulk (TCP) {:.2}x per-block; bulk (TCP) {:.2}x raw TCP; per-block {:.2}x raw TCP",
-            bulk_tcp / per_block,
-            bulk_tcp / raw,
-            per_block / raw
-        );
-        println!(
-            "  network path: stream alone (best transport) {:.2}x the faster perf ceiling",
-            network / ceiling
-        );
-        println!(
-            "  end to end (fetch_file, best transport): {:.2}x the disk's durable write; \
-             {:.2}x min(disk, network ceiling)",
-            bulk / disk,
-            bulk / disk.min(ceiling)
-        );
         client.shutdown().await;
         quic_client.shutdown().await;
         worker.shutdown().await;
     });
+}
+
+/// Remote noop tasks from `client` on `worker`: latency one at a time, then throughput with
+/// all in flight at once; next to the same tasks submitted on the worker itself (its runtime,
+/// no network), the reference of the same run.
+async fn remote_noop(client: &Node, worker: &Node, worker_id: PeerId, spec: TaskSpec) {
+    // Latency: one task at a time.
+    let mut lat: Vec<f64> = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let placed = client.submit(spec.clone(), Some(worker_id)).await;
+        assert!(placed.report.result.is_ok());
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+
+    let n = 5000;
+    let (ok, remote) = throughput(client, worker_id, &spec, n).await;
+    let (local_ok, local) = throughput(worker, worker_id, &spec, n).await;
+    println!("remote noop tasks between 2 nodes on loopback (TCP+noise+yamux)");
+    println!(
+        "  submit->result latency: p50 {:.2} ms, p99 {:.2} ms (500 sequential)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!("  throughput: {remote:.0} tasks/s ({ok}/{n} ok, all in flight at once)");
+    println!(
+        "  the same tasks submitted on the worker itself: {local:.0} tasks/s ({local_ok}/{n} \
+         ok); remote {:.2}x local",
+        remote / local
+    );
+}
+
+/// `n` copies of `spec` submitted from `from` to run on `on`, all in flight at once: how
+/// many succeeded, and tasks per second.
+async fn throughput(from: &Node, on: PeerId, spec: &TaskSpec, n: usize) -> (usize, f64) {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (from, spec) = (from.clone(), spec.clone());
+        set.spawn(async move { from.submit(spec, Some(on)).await.report.result.is_ok() });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        ok += usize::from(r.unwrap_or(false));
+    }
+    (ok, ok as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A 256 MiB file from `worker` to fresh clients over each path, next to the ceilings
+/// measured in the same run.
+async fn transfer_part(
+    root: &std::path::Path,
+    worker: &Node,
+    client: &Node,
+    quic_client: &Node,
+    worker_id: PeerId,
+    tcp_addr: Multiaddr,
+    quic_addr: Multiaddr,
+) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..LEN / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let file = root.join("big.bin");
+    std::fs::write(&file, &data).expect("write file");
+    // Public: the client is another tenant.
+    let cid = worker.put_path(file, true).await.expect("put");
+    let manifest = worker.store().manifest(&cid).expect("manifest");
+    let t = Instant::now();
+    for c in manifest.chunks.iter().take(16) {
+        client
+            .net()
+            .fetch_block(
+                worker_id,
+                shoal_p2p::BlockRequest {
+                    cid: *c,
+                    file: cid,
+                    credential: client.credential().clone(),
+                },
+            )
+            .await
+            .expect("block")
+            .expect("found");
+    }
+    println!(
+        "  one 1 MiB block at a time: {:.1} ms each",
+        t.elapsed().as_secs_f64() * 1e3 / 16.0
+    );
+    let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let perf_tcp = perf_connect(TCP).await;
+    let perf_quic = perf_connect(QUIC).await;
+    // One vector of per-round figures for each line printed.
+    let mut m: [Vec<f64>; 12] = Default::default();
+    for round in 0..rounds {
+        let (chunks, n) = (&manifest.chunks, LEN as u64);
+        // Each transport's ceiling right before the stream over it, so that both see the
+        // same load on a shared machine.
+        m[5].push(perf_mbps(&perf_tcp, n, 0).await);
+        m[0].push(stream_alone_mbps(client, worker_id, cid, chunks).await);
+        m[7].push(perf_mbps(&perf_quic, n, 0).await);
+        m[1].push(stream_alone_mbps(quic_client, worker_id, cid, chunks).await);
+        // Each durable write starts with nothing of the last one left to write back. On
+        // this VM's disk the first write after a quiet moment is several times slower
+        // than the same write again at once: both are measured, and the ratios take the
+        // faster.
+        settle();
+        m[10].push(disk_mbps(root, &data));
+        m[11].push(disk_mbps(root, &data));
+        settle();
+        let dir = root.join(format!("fetcher-bulk-{round}"));
+        m[2].push(fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await);
+        settle();
+        let dir = root.join(format!("fetcher-bulk-quic-{round}"));
+        m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await);
+
+        settle();
+        let dir = root.join(format!("fetcher-block-{round}"));
+        let fetcher = Node::start(config(&dir, 0, &[TCP])).await.expect("fetcher");
+        fetcher.net().dial(tcp_addr.clone()).await.expect("dial");
+        let start = Instant::now();
+        fetch_per_block(&fetcher, worker_id, cid, chunks).await;
+        m[4].push(LEN as f64 / 1e6 / start.elapsed().as_secs_f64());
+        fetcher.shutdown().await;
+
+        m[6].push(perf_mbps(&perf_tcp, 0, n).await);
+        m[8].push(perf_mbps(&perf_quic, 0, n).await);
+        m[9].push(raw_tcp_mbps(&data).await);
+    }
+    let [
+        stream_tcp,
+        stream_quic,
+        bulk_tcp,
+        bulk_quic,
+        per_block,
+        perf_tcp_down,
+        perf_tcp_up,
+        perf_quic_down,
+        perf_quic_up,
+        raw,
+        disk_first,
+        disk_again,
+    ] = m.map(median);
+    println!(
+        "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
+             median of {rounds}"
+    );
+    println!("  shoal /shoal/bulk/1 (one stream, fetch_file), TCP+noise+yamux: {bulk_tcp:.0} MB/s");
+    println!("  shoal /shoal/bulk/1 (one stream, fetch_file), QUIC: {bulk_quic:.0} MB/s");
+    println!(
+        "  shoal /shoal/block/2 (16 requests in flight, batch fsync), TCP+noise+yamux: \
+             {per_block:.0} MB/s"
+    );
+    println!(
+        "  shoal /shoal/bulk/1 stream alone (verified, not stored), TCP+noise+yamux: \
+             {stream_tcp:.0} MB/s"
+    );
+    println!(
+        "  shoal /shoal/bulk/1 stream alone (verified, not stored), QUIC: {stream_quic:.0} MB/s"
+    );
+    println!(
+        "  libp2p perf, two bare swarms, TCP+noise+yamux: download {perf_tcp_down:.0} MB/s, \
+             upload {perf_tcp_up:.0} MB/s"
+    );
+    println!(
+        "  libp2p perf, two bare swarms, QUIC: download {perf_quic_down:.0} MB/s, \
+             upload {perf_quic_up:.0} MB/s"
+    );
+    println!("  raw TCP loopback copy: {raw:.0} MB/s");
+    println!(
+        "  the disk's durable write (1 MiB writes, one fdatasync): {disk_first:.0} MB/s \
+             after a sync, {disk_again:.0} MB/s at once again"
+    );
+    let disk = disk_first.max(disk_again);
+    // The file moves worker -> client: a perf download is the direction it bounds.
+    let bulk = bulk_tcp.max(bulk_quic);
+    let network = stream_tcp.max(stream_quic);
+    let ceiling = perf_tcp_down.max(perf_quic_down);
+    println!(
+        "  ratios: bulk (TCP) {:.2}x per-block; bulk (TCP) {:.2}x raw TCP; per-block {:.2}x raw TCP",
+        bulk_tcp / per_block,
+        bulk_tcp / raw,
+        per_block / raw
+    );
+    println!(
+        "  network path: stream alone (best transport) {:.2}x the faster perf ceiling",
+        network / ceiling
+    );
+    println!(
+        "  end to end (fetch_file, best transport): {:.2}x the disk's durable write; \
+             {:.2}x min(disk, network ceiling)",
+        bulk / disk,
+        bulk / disk.min(ceiling)
+    );
 }

@@ -1,5 +1,6 @@
 //! The composed libp2p behaviour: connection limits, identify, ping, Kademlia, optional mDNS
-//! Shoal's four request-response protocols and its raw streams (`/shoal/bulk/1`).
+//! Shoal's three request-response protocols and its raw streams (`/shoal/bulk/1`,
+//! `/shoal/task/6`).
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::{
     codec::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, BlockCodec, CAPACITY_LIMITS, CAPACITY_PROTOCOL,
         CapacityCodec, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL,
-        ProgressCodec, TASK_LIMITS, TASK_PROTOCOL, TaskCodec,
+        ProgressCodec,
     },
     network::Config,
 };
@@ -32,10 +33,9 @@ pub(crate) struct Behaviour {
     pub(crate) kademlia: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) block: request_response::Behaviour<BlockCodec>,
-    pub(crate) task: request_response::Behaviour<TaskCodec>,
     pub(crate) capacity: request_response::Behaviour<CapacityCodec>,
     pub(crate) progress: request_response::Behaviour<ProgressCodec>,
-    /// Raw streams: `/shoal/bulk/1`.
+    /// Raw streams: `/shoal/bulk/1` and `/shoal/task/6`.
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
@@ -87,11 +87,6 @@ impl Behaviour {
                 BlockCodec::new(BLOCK_LIMITS),
                 [(BLOCK_PROTOCOL, ProtocolSupport::Full)],
                 rr(config.block_timeout),
-            ),
-            task: request_response::Behaviour::with_codec(
-                TaskCodec::new(TASK_LIMITS),
-                [(TASK_PROTOCOL, ProtocolSupport::Full)],
-                rr(config.task_timeout),
             ),
             capacity: request_response::Behaviour::with_codec(
                 CapacityCodec::new(CAPACITY_LIMITS),

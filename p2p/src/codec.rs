@@ -15,21 +15,17 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::messages::{
     BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_LEN, MAX_PROGRESS_LEN,
-    ProgressRecord, TaskOutcome, TaskSpec,
+    ProgressRecord,
 };
 
 /// `/shoal/block/2`: fetch a block by id.
 pub const BLOCK_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCK_PROTOCOL_NAME);
-/// `/shoal/task/5`: submit a task, get its outcome.
-pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new(TASK_PROTOCOL_NAME);
 /// `/shoal/capacity/1`: ask a peer for its advertised capacity.
 pub const CAPACITY_PROTOCOL: StreamProtocol = StreamProtocol::new(CAPACITY_PROTOCOL_NAME);
 /// `/shoal/progress/1`: a task's progress record, from the peer running it to its submitter.
 pub const PROGRESS_PROTOCOL: StreamProtocol = StreamProtocol::new(PROGRESS_PROTOCOL_NAME);
 /// The name of [`BLOCK_PROTOCOL`].
 pub const BLOCK_PROTOCOL_NAME: &str = "/shoal/block/2";
-/// The name of [`TASK_PROTOCOL`].
-pub const TASK_PROTOCOL_NAME: &str = "/shoal/task/5";
 /// The name of [`CAPACITY_PROTOCOL`].
 pub const CAPACITY_PROTOCOL_NAME: &str = "/shoal/capacity/1";
 /// The name of [`PROGRESS_PROTOCOL`].
@@ -58,7 +54,7 @@ pub const BLOCK_LIMITS: FrameLimits = FrameLimits {
     request: 4096,
     response: MAX_BLOCK_LEN + 64,
 };
-/// `/shoal/task/5`: a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
+/// `/shoal/task/6` ([`crate::tasks`]): a 1 MiB spec in; a 4 MiB outcome (logs dominate) out.
 pub const TASK_LIMITS: FrameLimits = FrameLimits {
     request: 1 << 20,
     response: 4 << 20,
@@ -195,8 +191,6 @@ impl<Req, Resp> FramedCodec<Req, Resp> {
 
 /// The codec of `/shoal/block/2`.
 pub type BlockCodec = FramedCodec<BlockRequest, BlockResponse>;
-/// The codec of `/shoal/task/5`.
-pub type TaskCodec = FramedCodec<TaskSpec, TaskOutcome>;
 /// The codec of `/shoal/capacity/1`.
 pub type CapacityCodec = FramedCodec<CapacityRequest, Capacity>;
 /// The codec of `/shoal/progress/1`.
@@ -257,7 +251,8 @@ mod tests {
 
     use super::*;
     use crate::messages::{
-        AuthError, Cid, Credential, Delegation, FailureKind, TaskAuth, TaskLimits, TaskStats,
+        AuthError, Cid, Credential, Delegation, FailureKind, TaskAuth, TaskLimits, TaskOutcome,
+        TaskSpec, TaskStats,
     };
 
     fn round_trip<M>(msg: &M, max: usize) -> M

@@ -8,8 +8,9 @@
 //!   ([`NetworkClient::fetch_block`]);
 //! - `/shoal/bulk/1` — many chunks of one file over one long-lived raw stream
 //!   ([`NetworkClient::open_bulk`], [`InboundHandler::bulk`], see [`bulk`]);
-//! - `/shoal/task/5` — submit a [`TaskSpec`], get its [`TaskOutcome`]
-//!   ([`NetworkClient::submit_task`]);
+//! - `/shoal/task/6` — submit [`TaskSpec`]s and get their [`TaskOutcome`]s over one
+//!   long-lived raw stream per peer ([`NetworkClient::submit_task`],
+//!   [`InboundHandler::task`], see [`tasks`]);
 //! - `/shoal/capacity/1` — ask for a peer's [`Capacity`] ([`NetworkClient::capacity`]);
 //! - `/shoal/progress/1` — a running task's [`ProgressRecord`], sent to its submitter
 //!   ([`NetworkClient::send_progress`], [`InboundHandler::progress`]);
@@ -30,6 +31,7 @@ pub mod bulk;
 pub mod codec;
 pub mod messages;
 mod network;
+pub mod tasks;
 #[cfg(test)]
 mod tests;
 
@@ -45,7 +47,7 @@ pub use crate::{
     },
     codec::{
         BLOCK_LIMITS, BLOCK_PROTOCOL, CAPACITY_LIMITS, CAPACITY_PROTOCOL, FrameLimits,
-        KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL,
+        KAD_PROTOCOL, PROGRESS_LIMITS, PROGRESS_PROTOCOL, TASK_LIMITS,
     },
     messages::{
         BlockRequest, BlockResponse, Capacity, Cid, FailureKind, MAX_BLOCK_LEN, MAX_PROGRESS_LEN,
@@ -55,4 +57,5 @@ pub use crate::{
         Config, DEFAULT_MAX_INBOUND_TASKS, DEFAULT_MAX_INBOUND_TASKS_PER_PEER, Error,
         InboundHandler, Network, NetworkClient,
     },
+    tasks::{TASK_PROTOCOL, TASK_PROTOCOL_NAME},
 };

@@ -10,7 +10,7 @@ use std::{
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, noise,
+    Stream, StreamProtocol, Swarm, SwarmBuilder, noise,
     request_response::{self, OutboundFailure, ProtocolSupport},
     swarm::SwarmEvent,
     tcp, yamux,
@@ -26,6 +26,7 @@ use crate::{
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
     messages::ProgressRecord,
     messages::{BlockRequest, BlockResponse, CapacityRequest},
+    tasks::{ANSWER_FRAME, TASK_FRAME},
 };
 
 /// How long a local peer may take to refuse a bad frame or reach a handler. Far below every
@@ -498,7 +499,7 @@ async fn quic_transport_works() {
 }
 
 /// Under the documented default of 32 task slots: a panicking handler fails only its own
-/// request and gives its slot back, 32 tasks run at once, the 33rd is answered Busy without
+/// task (answered Lost, on the stream the others share) and gives its slot back, 32 tasks run at once, the 33rd is answered Busy without
 /// reaching the handler, and the 32 held tasks all complete once released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request() {
@@ -524,17 +525,23 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
         .until_entered(DOCUMENTED_MAX_INBOUND_TASKS - 1)
         .await;
 
-    // A panicking handler fails its own request: the stream closes without an answer...
-    let err = within(
+    // A panicking handler fails its own task only: it is answered Lost...
+    let lost = within(
         PROMPT,
         "panicking task",
         b.client.submit_task(a.id(), spec("panic")),
     )
     .await
-    .unwrap_err();
+    .unwrap();
     assert!(
-        matches!(&err, Error::Stream { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof),
-        "{err}"
+        matches!(
+            lost,
+            TaskOutcome::Failed {
+                kind: FailureKind::Lost,
+                ..
+            }
+        ),
+        "{lost:?}"
     );
     // ...and gives its slot back: the last slot can still be taken.
     held.extend(hold(1));
@@ -572,6 +579,9 @@ async fn busy_peer_answers_busy_and_a_panicking_handler_drops_only_its_request()
     assert!(matches!(again, TaskOutcome::Ok { .. }), "{again:?}");
 }
 
+/// The outbound bound holds for each kind of work: block, capacity, provider and dial
+/// requests share one bound, tasks to one peer have their own; a caller that gives up frees
+/// its slot for the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot() {
     let a = spawn_node(vec![], |_| {}).await;
@@ -580,10 +590,44 @@ async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot
         let (client, peer) = (b.client.clone(), a.id());
         tokio::spawn(async move { client.submit_task(peer, spec("wait")).await })
     };
+
+    // Two tasks fill their bound: a third is refused at once.
     let (kept, abandoned) = (wait(), wait());
     a.handler.until_entered(2).await;
+    let third = within(
+        PROMPT,
+        "third task",
+        b.client.submit_task(a.id(), spec("echo")),
+    )
+    .await;
+    assert!(
+        matches!(third, Err(Error::TooManyInFlight { limit: 2 })),
+        "{third:?}"
+    );
+    // A caller that gives up frees its slot for the next task.
+    abandoned.abort();
+    assert!(abandoned.await.is_err());
+    let next = wait();
+    a.handler.until_entered(1).await;
+    a.handler.gate.add_permits(3);
+    for task in [kept, next] {
+        let outcome = within(SETTLE, "held task", task).await.unwrap().unwrap();
+        assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+    }
 
-    // Two tasks fill the bound: every other kind of operation is refused at once.
+    // Two block requests to a peer that never answers fill the other bound: every other
+    // kind of operation is refused at once.
+    let (silent, asked) = silent_server(BLOCK_PROTOCOL).await;
+    let silent = b.client.dial(silent).await.unwrap();
+    let fetch = || {
+        let client = b.client.clone();
+        tokio::spawn(async move { client.fetch_block(silent, ask(Cid::of(b"x"))).await })
+    };
+    let (_kept, abandoned) = (fetch(), fetch());
+    within(PROMPT, "both asked", asked.acquire_many(2))
+        .await
+        .unwrap()
+        .forget();
     let full = |r: Result<_, Error>| matches!(r, Err(Error::TooManyInFlight { limit: 2 }));
     assert!(full(b.client.capacity(a.id()).await.map(drop)));
     assert!(full(
@@ -595,15 +639,44 @@ async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot
     assert!(full(b.client.find_providers(Cid::of(b"x")).await.map(drop)));
     assert!(full(b.client.dial(a.tcp_addr().await).await.map(drop)));
 
-    // A caller that gives up frees its slot for the next operation.
     abandoned.abort();
     assert!(abandoned.await.is_err());
     let capacity = within(SETTLE, "capacity", b.client.capacity(a.id())).await;
     assert_eq!(capacity.unwrap(), CAPACITY);
+}
 
-    a.handler.gate.add_permits(2);
-    let outcome = within(SETTLE, "kept task", kept).await.unwrap().unwrap();
-    assert!(matches!(outcome, TaskOutcome::Ok { .. }), "{outcome:?}");
+/// A raw peer that takes every request on `protocol` and never answers; the semaphore gains
+/// a permit for each request taken.
+async fn silent_server(protocol: StreamProtocol) -> (Multiaddr, Arc<Semaphore>) {
+    let mut raw = raw_peer(protocol, ProtocolSupport::Inbound);
+    raw.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = within(SETTLE, "silent peer listens", async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = raw.select_next_some().await {
+                break address;
+            }
+        }
+    })
+    .await;
+    let addr = addr.with_p2p(*raw.local_peer_id()).unwrap();
+    let asked = Arc::new(Semaphore::new(0));
+    let counted = Arc::clone(&asked);
+    tokio::spawn(async move {
+        // Held, never answered, until the test's runtime ends.
+        let mut held = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = raw.select_next_some().await
+            {
+                held.push(channel);
+                counted.add_permits(1);
+            }
+        }
+    });
+    (addr, asked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,21 +1029,49 @@ fn largest_spec() -> TaskSpec {
     spec
 }
 
-/// The request limits of `/shoal/task/5` and `/shoal/capacity/1` hold over libp2p: one byte
-/// over the limit is refused on the header, promptly, while a request of exactly the limit is
-/// still served, on the same connection.
+/// The request limits of `/shoal/task/6` and `/shoal/capacity/1` hold over libp2p: one byte
+/// over the limit is refused on the header, promptly (the task stream is closed, the
+/// capacity request's stream reset), while a request of exactly the limit is still served,
+/// on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_and_capacity_request_limits_hold_over_libp2p() {
     let a = spawn_node(vec![], |_| {}).await;
+    let raw = RawStreams::start(None).await;
+    raw.connect(&a).await;
 
+    for over in [TASK_FRAME + 1, u32::MAX as usize] {
+        let mut stream = raw.open(a.id(), TASK_PROTOCOL).await;
+        stream
+            .write_all(&u32::try_from(over).unwrap().to_be_bytes())
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let read = within(
+            PROMPT,
+            "an oversized task refused",
+            stream.read_to_end(&mut rest),
+        );
+        // Closed or reset: either way, no answer.
+        assert!(read.await.map_or(true, |n| n == 0), "answered: {rest:?}");
+    }
+
+    // The largest spec, with the largest id: exactly the limit, and served.
     let largest = largest_spec();
-    let bad = vec![
-        RawFrame::header_only(TASK_LIMITS.request + 1),
-        RawFrame::header_only(u32::MAX as usize),
-    ];
-    let good = encode_frame(TASK_LIMITS.request, &largest).unwrap();
-    let answer = refused_then_served(&a, TASK_PROTOCOL, bad, good).await;
-    match decode(answer, TASK_LIMITS.response).await {
+    let mut stream = raw.open(a.id(), TASK_PROTOCOL).await;
+    let frame = encode_frame(TASK_FRAME, &(u64::MAX, &largest)).unwrap();
+    assert_eq!(frame.len(), FRAME_HEADER_BYTES + TASK_FRAME);
+    stream.write_all(&frame).await.unwrap();
+    stream.flush().await.unwrap();
+    let (id, outcome) = within(
+        SETTLE,
+        "the largest task answered",
+        read_frame::<_, (u64, TaskOutcome)>(&mut stream, ANSWER_FRAME),
+    )
+    .await
+    .unwrap();
+    assert_eq!(id, u64::MAX);
+    match outcome {
         TaskOutcome::Ok { outputs, logs, .. } => {
             assert_eq!(outputs, largest.inputs);
             assert!(logs.starts_with(&largest.entry), "the whole spec arrived");
@@ -986,6 +1087,100 @@ async fn task_and_capacity_request_limits_hold_over_libp2p() {
         CAPACITY
     );
     assert!(!a.handle.is_finished());
+}
+
+/// A bare libp2p peer over TCP that speaks raw streams only, its swarm driven by a task of
+/// its own: to play a hostile submitter or executor of `/shoal/task/6`.
+struct RawStreams {
+    control: libp2p_stream::Control,
+    id: PeerId,
+    addr: Multiaddr,
+    dial: tokio::sync::mpsc::Sender<Multiaddr>,
+    connected: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PeerId>>,
+    _swarm: AbortOnDrop,
+}
+
+impl RawStreams {
+    /// Starts one; with `answer`, it serves `/shoal/task/6` streams with it.
+    async fn start(answer: Option<fn(Stream) -> BoxFuture<'static, ()>>) -> Self {
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(RAW_PATIENCE))
+            .build();
+        let mut control = swarm.behaviour().new_control();
+        if let Some(answer) = answer {
+            let mut incoming = control.accept(TASK_PROTOCOL).unwrap();
+            tokio::spawn(async move {
+                while let Some((_, stream)) = incoming.next().await {
+                    tokio::spawn(answer(stream));
+                }
+            });
+        }
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = within(SETTLE, "raw peer listens", async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    break address;
+                }
+            }
+        })
+        .await;
+        let id = *swarm.local_peer_id();
+        let (dial, mut dials) = tokio::sync::mpsc::channel(1);
+        let (connected_tx, connected) = tokio::sync::mpsc::channel(1);
+        let driver = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(addr) = dials.recv() => swarm.dial(addr).unwrap(),
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event {
+                            let _ = connected_tx.try_send(peer_id);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            control,
+            id,
+            addr: addr.with_p2p(id).unwrap(),
+            dial,
+            connected: tokio::sync::Mutex::new(connected),
+            _swarm: AbortOnDrop(driver),
+        }
+    }
+
+    /// Connects to `node`, and waits until the connection is up (a stream opened while it
+    /// is being set up would be lost: see `open_stream`).
+    async fn connect(&self, node: &Node) {
+        self.dial.send(node.tcp_addr().await).await.unwrap();
+        let peer = within(SETTLE, "raw peer connects", async {
+            self.connected.lock().await.recv().await.unwrap()
+        })
+        .await;
+        assert_eq!(peer, node.id());
+    }
+
+    async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Stream {
+        let mut control = self.control.clone();
+        within(
+            SETTLE,
+            "raw stream opens",
+            control.open_stream(peer, protocol),
+        )
+        .await
+        .unwrap()
+    }
 }
 
 /// A raw peer that answers every request on `protocol` with `answer`. Returns its address,
@@ -1025,19 +1220,32 @@ fn is_over_limit(err: &Error) -> bool {
 }
 
 /// The response limits hold over libp2p too: a peer answering with a header one byte over a
-/// protocol's response limit fails the request at once, instead of leaving the requester
+/// protocol's response limit fails the request (for a task: every task on its stream) at once, instead of leaving the requester
 /// waiting for a body that never comes; the requester keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_responses_fail_the_request_promptly() {
     let a = spawn_node(vec![], |_| {}).await;
 
-    let over = |limit: usize| RawFrame::header_only(limit + 1);
-    let (addr, _task) = raw_server(TASK_PROTOCOL, over(TASK_LIMITS.response)).await;
-    let peer = a.client.dial(addr).await.unwrap();
+    // An executor that answers a task with a header one byte over the answer limit, then
+    // holds the stream open.
+    let executor = RawStreams::start(Some(|mut stream| {
+        Box::pin(async move {
+            let _ = read_frame::<_, (u64, TaskSpec)>(&mut stream, TASK_FRAME).await;
+            let over = u32::try_from(ANSWER_FRAME + 1).unwrap().to_be_bytes();
+            let _ = stream.write_all(&over).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(RAW_PATIENCE).await;
+        })
+    }))
+    .await;
+    let peer = a.client.dial(executor.addr.clone()).await.unwrap();
+    assert_eq!(peer, executor.id);
     let err = within(PROMPT, "task", a.client.submit_task(peer, spec("echo")))
         .await
         .unwrap_err();
     assert!(is_over_limit(&err), "{err}");
+
+    let over = |limit: usize| RawFrame::header_only(limit + 1);
 
     let (addr, _capacity) = raw_server(CAPACITY_PROTOCOL, over(CAPACITY_LIMITS.response)).await;
     let peer = a.client.dial(addr).await.unwrap();

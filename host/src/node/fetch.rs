@@ -77,6 +77,14 @@ impl NodeInner {
             asked: 0,
         })?;
         let reader = (tenant != me).then(|| tenant.to_string());
+        // Already here in full and granted (a module run again): no disk, no blocking thread.
+        if self.store.known_complete(&cid)
+            && reader
+                .as_deref()
+                .is_none_or(|r| self.store.granted(&cid, r))
+        {
+            return Ok(());
+        }
         let mut providers: Vec<PeerId> = hints.to_vec();
         providers.extend(self.locations.of(&cid).filter(|p| !providers.contains(p)));
         let bad = Arc::new(Mutex::new(HashSet::new()));

@@ -176,7 +176,7 @@ impl Scheduler {
             .filter(|t| *t != self.net.local_peer_id());
         let mut sources = Vec::new();
         for cid in std::iter::once(spec.module).chain(spec.inputs.iter().map(|(_, c)| *c)) {
-            if self.store.has_block(&cid) {
+            if self.store.known_complete(&cid) || self.store.has_block(&cid) {
                 if let Some(tenant) = tenant
                     && let Err(e) = self.store.grant(&cid, &tenant.to_string())
                 {

@@ -177,6 +177,11 @@ impl BlockStore {
                 bytes
             }
         };
+        if !files.is_empty() {
+            // Files are found complete only under a lease, which waits for this GC's lock
+            // and keeps its file's blocks from it.
+            self.forget_complete();
+        }
         for file in files {
             if report.freed_bytes >= target {
                 break;

@@ -22,7 +22,7 @@ pub mod space;
 pub mod writer;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     fs::{self, File},
     io::{self, Read, Write},
     path::{Path, PathBuf},
@@ -145,6 +145,12 @@ pub enum StoreError {
 }
 
 /// The grants, whatever a panicking holder left: each change is one whole insert or remove.
+fn lock_complete(complete: &Mutex<HashSet<Cid>>) -> std::sync::MutexGuard<'_, HashSet<Cid>> {
+    complete
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn grants_lock(grants: &Mutex<grants::GrantMap>) -> std::sync::MutexGuard<'_, grants::GrantMap> {
     grants
         .lock()
@@ -202,6 +208,12 @@ pub struct BlockStore {
     /// Who besides this node may read which file ([`grants`]); its own lock, so that
     /// serving a block never waits on a GC or a commit.
     grants: Mutex<grants::GrantMap>,
+    /// Files every block of which [`BlockStore::missing_blocks`] found here, with none
+    /// removed since: a task's module or input that is already here then costs no disk
+    /// lookup. Forgotten whenever a block goes (a GC, a quarantine, a read that finds a block
+    /// missing); a GC cannot remove a block while a lease holds its file, so a file is never
+    /// found complete during a GC that then removes part of it.
+    complete: Mutex<HashSet<Cid>>,
     // Held for the store's lifetime; the OS drops the lock with the file.
     _lock: File,
 }
@@ -284,6 +296,7 @@ impl BlockStore {
             state: Arc::new(Mutex::new(state)),
             retention: config.remote_output_retention,
             grants: Mutex::new(grants),
+            complete: Mutex::default(),
             _lock: lock,
         })
     }
@@ -330,6 +343,23 @@ impl BlockStore {
     /// Whether the block is present (not verified).
     pub fn has_block(&self, cid: &Cid) -> bool {
         self.path_of(cid).is_file()
+    }
+
+    /// Whether every block of file `cid` is known to be here: found so by
+    /// [`BlockStore::missing_blocks`], with no block removed since. Memory only; `false`
+    /// says nothing.
+    pub fn known_complete(&self, cid: &Cid) -> bool {
+        lock_complete(&self.complete).contains(cid)
+    }
+
+    /// Forgets every file known complete: a block went.
+    pub(crate) fn forget_complete(&self) {
+        lock_complete(&self.complete).clear();
+    }
+
+    /// Whether file `file` is granted to `reader` itself (not only public). Memory only.
+    pub fn granted(&self, file: &Cid, reader: &str) -> bool {
+        grants_lock(&self.grants).granted(file, reader)
     }
 
     /// Holds `cids` (and, for file CIDs, their manifests and chunks) against GC until the
@@ -561,12 +591,14 @@ impl BlockStore {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget_complete();
                 return Err(StoreError::NotFound(*cid));
             }
             Err(e) => return Err(io_err(format!("reading block {cid}"))(e)),
         };
         let actual = Cid::of(&bytes);
         if actual != *cid {
+            self.forget_complete();
             let mut state = pins::lock(&self.state);
             if fs::rename(&path, self.quarantine.join(cid.to_hex())).is_ok() {
                 state.used = state.used.saturating_sub(bytes.len() as u64);
@@ -803,15 +835,28 @@ impl BlockStore {
     /// # Errors
     /// As [`BlockStore::manifest`], except that a missing manifest is reported as missing.
     pub fn missing_blocks(&self, cid: &Cid) -> Result<Vec<Cid>, StoreError> {
-        match self.manifest(cid) {
-            Ok(m) => Ok(m
+        /// Files remembered complete; past this, the memory starts over.
+        const MAX_COMPLETE: usize = 1 << 16;
+        if self.known_complete(cid) {
+            return Ok(Vec::new());
+        }
+        let missing: Vec<Cid> = match self.manifest(cid) {
+            Ok(m) => m
                 .chunks
                 .into_iter()
                 .filter(|c| !self.has_block(c))
-                .collect()),
-            Err(StoreError::NotFound(_)) => Ok(vec![*cid]),
-            Err(e) => Err(e),
+                .collect(),
+            Err(StoreError::NotFound(_)) => return Ok(vec![*cid]),
+            Err(e) => return Err(e),
+        };
+        if missing.is_empty() {
+            let mut complete = lock_complete(&self.complete);
+            if complete.len() >= MAX_COMPLETE {
+                complete.clear();
+            }
+            complete.insert(*cid);
         }
+        Ok(missing)
     }
 }
 

@@ -2,16 +2,18 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use libp2p::{Multiaddr, PeerId};
+use futures::FutureExt;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Command, Config, Error, Reply};
 use crate::{
-    bulk::{BULK_PROTOCOL, BULK_PROTOCOL_NAME, BulkSession},
+    bulk::{BULK_PROTOCOL_NAME, BulkSession},
     messages::{
         BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec, Verified,
     },
+    tasks::{LinkSetup, TASK_PROTOCOL_NAME, TaskLinks},
 };
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
@@ -19,8 +21,8 @@ use crate::{
 const CLIENT_SLACK: Duration = Duration::from_secs(5);
 /// How long a local query of the actor (addresses, peers) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one try to open a bulk stream waits before asking again ([`NetworkClient::open_bulk`]).
-const OPEN_BULK_RETRY: Duration = Duration::from_secs(1);
+/// How long one try to open a raw stream waits before asking again ([`open_stream`]).
+const OPEN_STREAM_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Timeouts {
@@ -44,6 +46,10 @@ pub struct NetworkClient {
     shutdown: CancellationToken,
     timeouts: Timeouts,
     streams: Streams,
+    /// The `/shoal/task/6` streams to the peers this one sends tasks to.
+    tasks: TaskLinks,
+    /// [`Config::max_pending_outbound`].
+    max_pending: usize,
 }
 
 /// The raw-stream control, which has no `Debug` of its own.
@@ -67,6 +73,8 @@ impl NetworkClient {
             commands,
             peer_id,
             streams: Streams(streams),
+            tasks: TaskLinks::default(),
+            max_pending: config.max_pending_outbound,
             shutdown: config.shutdown.clone(),
             timeouts: Timeouts {
                 task: config.task_timeout + CLIENT_SLACK,
@@ -176,61 +184,42 @@ impl NetworkClient {
         if self.shutdown.is_cancelled() {
             return Err(Error::Shutdown);
         }
-        let mut control = self.streams.0.clone();
         let after = self.timeouts.dial + self.timeouts.block;
-        let deadline = tokio::time::Instant::now() + after;
-        // libp2p-stream 0.5.0-alpha loses a request made while a connection to the peer is
-        // being set up (its handler exists, the connection is not yet recorded): it dials
-        // again, the swarm refuses a dial to a connected peer, and the request waits for a
-        // next connection that never comes. So each try waits a little, then asks again.
-        let opened = loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = left.min(OPEN_BULK_RETRY);
-            match tokio::time::timeout(attempt, control.open_stream(peer, BULK_PROTOCOL)).await {
-                Ok(opened) => break opened,
-                Err(_) if attempt < left => {}
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        op: "open_bulk",
-                        after,
-                    });
-                }
-            }
-        };
-        match opened {
-            Ok(stream) => Ok(BulkSession::start(peer, stream, self.timeouts.stall)),
-            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
-                Err(Error::Unsupported {
-                    peer,
-                    protocol: BULK_PROTOCOL_NAME,
-                })
-            }
-            Err(libp2p_stream::OpenStreamError::Io(source)) => Err(Error::Stream {
-                peer,
-                protocol: BULK_PROTOCOL_NAME,
-                source,
-            }),
-            Err(e) => Err(Error::Stream {
-                peer,
-                protocol: BULK_PROTOCOL_NAME,
-                source: std::io::Error::other(e.to_string()),
-            }),
-        }
+        let stream = open_stream(self.streams.0.clone(), peer, BULK_PROTOCOL_NAME, after).await?;
+        Ok(BulkSession::start(peer, stream, self.timeouts.stall))
     }
 
     /// Asks `peer` to run `spec` and waits for the outcome (up to [`Config::task_timeout`]).
     /// A peer at capacity answers `TaskOutcome::Failed { kind: FailureKind::Busy, .. }`.
     ///
+    /// Every task to one peer goes over one `/shoal/task/6` stream, opened (dialing the peer
+    /// if need be) by the first and closed after a minute without tasks.
+    ///
     /// # Errors
     ///
-    /// [`Error::PeerUnreachable`], [`Error::Stream`], [`Error::ConnectionClosed`],
-    /// [`Error::Unsupported`], [`Error::Timeout`], [`Error::Shutdown`].
+    /// [`Error::Unsupported`] if the peer does not speak the protocol; [`Error::Stream`] if
+    /// the stream cannot be opened or fails (every task in flight on it fails with it);
+    /// [`Error::TooManyInFlight`] past [`Config::max_pending_outbound`] tasks in flight to
+    /// the peer; [`Error::Timeout`]; [`Error::Shutdown`].
     #[tracing::instrument(skip(self, spec), fields(%peer, module = %spec.module, entry = %spec.entry))]
     pub async fn submit_task(&self, peer: PeerId, spec: TaskSpec) -> Result<TaskOutcome, Error> {
-        self.call("submit_task", self.timeouts.task, |tx| {
-            Command::SubmitTask(peer, spec, tx)
-        })
-        .await
+        if self.shutdown.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        let control = self.streams.0.clone();
+        let after = self.timeouts.dial + self.timeouts.capacity;
+        let setup = LinkSetup {
+            open: move || open_stream(control.clone(), peer, TASK_PROTOCOL_NAME, after).boxed(),
+            max_pending: self.max_pending,
+            shutdown: self.shutdown.clone(),
+        };
+        let after = self.timeouts.task;
+        tokio::time::timeout(after, self.tasks.submit(peer, spec, &setup))
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "submit_task",
+                after,
+            })?
     }
 
     /// Asks `peer` for its advertised capacity.
@@ -328,4 +317,49 @@ impl NetworkClient {
             .await
             .map_err(|_| Error::Timeout { op, after })?
     }
+}
+
+/// Opens a raw stream to `peer` on protocol `name`, dialing it if need be, within `after`.
+async fn open_stream(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    name: &'static str,
+    after: Duration,
+) -> Result<Stream, Error> {
+    let protocol = StreamProtocol::new(name);
+    let deadline = tokio::time::Instant::now() + after;
+    // libp2p-stream 0.5.0-alpha loses a request made while a connection to the peer is being
+    // set up (its handler exists, the connection is not yet recorded): it dials again, the
+    // swarm refuses a dial to a connected peer, and the request waits for a next connection
+    // that never comes. So each try waits a little, then asks again.
+    let opened = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = left.min(OPEN_STREAM_RETRY);
+        match tokio::time::timeout(attempt, control.open_stream(peer, protocol.clone())).await {
+            Ok(opened) => break opened,
+            Err(_) if attempt < left => {}
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "opening a stream",
+                    after,
+                });
+            }
+        }
+    };
+    opened.map_err(|e| match e {
+        libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => Error::Unsupported {
+            peer,
+            protocol: name,
+        },
+        libp2p_stream::OpenStreamError::Io(source) => Error::Stream {
+            peer,
+            protocol: name,
+            source,
+        },
+        e => Error::Stream {
+            peer,
+            protocol: name,
+            source: std::io::Error::other(e.to_string()),
+        },
+    })
 }

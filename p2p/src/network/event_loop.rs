@@ -32,11 +32,8 @@ use super::{
 };
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
-    codec::{
-        BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, PROGRESS_PROTOCOL_NAME,
-        TASK_PROTOCOL_NAME,
-    },
-    messages::{BlockResponse, Capacity, CapacityRequest, TaskOutcome},
+    codec::{BLOCK_PROTOCOL_NAME, CAPACITY_PROTOCOL_NAME, KAD_PROTOCOL, PROGRESS_PROTOCOL_NAME},
+    messages::{BlockResponse, Capacity, CapacityRequest},
 };
 
 /// Identify can report any number of addresses; we keep this many per peer.
@@ -129,12 +126,6 @@ impl EventLoop {
                     let behaviour = self.swarm.behaviour_mut();
                     let id = behaviour.block.send_request(&peer, *request);
                     self.pending.block.insert(id, (), tx);
-                }
-            }
-            Command::SubmitTask(peer, spec, tx) => {
-                if let Some(tx) = self.pending.admit(tx) {
-                    let id = self.swarm.behaviour_mut().task.send_request(&peer, spec);
-                    self.pending.task.insert(id, (), tx);
                 }
             }
             Command::Capacity(peer, tx) => {
@@ -354,12 +345,6 @@ impl EventLoop {
                     self.on_block_request(r);
                 }
             }
-            BehaviourEvent::Task(event) => {
-                if let Some(r) = settle_outbound(&mut self.pending.task, TASK_PROTOCOL_NAME, event)
-                {
-                    self.on_task_request(r);
-                }
-            }
             BehaviourEvent::Capacity(event) => {
                 let pending = &mut self.pending.capacity;
                 if let Some(r) = settle_outbound(pending, CAPACITY_PROTOCOL_NAME, event) {
@@ -546,7 +531,6 @@ impl<Id: Eq + Hash, T, S> Pending<Id, T, S> {
 pub(super) struct Outbound {
     pub(super) dial: Pending<ConnectionId, PeerId, Multiaddr>,
     pub(super) block: Pending<OutboundRequestId, BlockResponse>,
-    pub(super) task: Pending<OutboundRequestId, TaskOutcome>,
     pub(super) capacity: Pending<OutboundRequestId, Capacity>,
     pub(super) progress: Pending<OutboundRequestId, ()>,
     pub(super) provide: Pending<kad::QueryId, ()>,
@@ -573,7 +557,6 @@ impl Outbound {
     fn len(&mut self, prune: bool) -> usize {
         self.dial.len(prune)
             + self.block.len(prune)
-            + self.task.len(prune)
             + self.capacity.len(prune)
             + self.progress.len(prune)
             + self.provide.len(prune)

@@ -1,7 +1,7 @@
-//! Inbound block, task and capacity requests: each takes a permit from its peer's share and
-//! one from the node's pool, or is answered `Busy`, then runs the [`InboundHandler`] on a
-//! spawned task whose answer comes back to the event loop. Progress records are handed on at
-//! once, on the loop.
+//! Inbound block and capacity requests: each takes a permit from its peer's share and one
+//! from the node's pool, or is answered `Busy`, then runs the [`InboundHandler`] on a spawned
+//! task whose answer comes back to the event loop. Progress records are handed on at once, on
+//! the loop. (Tasks come over their own streams: [`crate::tasks`].)
 
 use std::{collections::HashMap, fmt, future::Future, sync::Arc};
 
@@ -19,10 +19,10 @@ use super::{Config, event_loop::EventLoop};
 use crate::{
     behaviour::Behaviour,
     bulk::{BulkRequest, BulkResponse},
-    codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL, TASK_LIMITS, TASK_PROTOCOL},
+    codec::{BLOCK_PROTOCOL, CAPACITY_PROTOCOL},
     messages::{
-        BlockRequest, BlockResponse, Capacity, CapacityRequest, FailureKind, MAX_BLOCK_LEN,
-        ProgressRecord, TaskOutcome, TaskSpec,
+        BlockRequest, BlockResponse, Capacity, CapacityRequest, MAX_BLOCK_LEN, ProgressRecord,
+        TaskOutcome, TaskSpec,
     },
 };
 
@@ -32,16 +32,17 @@ use crate::{
 /// and [`Config::max_inbound_requests`] block and capacity calls at a time, and of those at
 /// most [`Config::max_inbound_tasks_per_peer`] and [`Config::max_inbound_requests_per_peer`]
 /// for any one requester; beyond that it answers `Busy` without calling them. A method that
-/// panics drops its request (the requester sees the stream close), nothing more.
+/// panics fails its own request only: a task is answered `Lost`, a block or capacity
+/// request sees its stream close.
 ///
 /// # Cancel safety
 ///
 /// The future a method returns can be dropped at any await point, and then never polled
-/// again: when the requester's last connection to this peer closes (its request can no longer
-/// be answered, and the permit goes to someone else), and when the network shuts down. Keep
-/// no state across an await that a drop there would leave inconsistent. A requester that
-/// closes only its request's stream but keeps the connection is not noticed: its handler runs
-/// to the end and holds its permit until then.
+/// again: when the requester's last connection to this peer closes or, for a task, its task
+/// stream ends (its request can no longer be answered, and the permit goes to someone else),
+/// and when the network shuts down. Keep no state across an await that a drop there would
+/// leave inconsistent. A requester that closes only a block request's stream but keeps the
+/// connection is not noticed: its handler runs to the end and holds its permit until then.
 pub trait InboundHandler: Send + Sync + 'static {
     /// The answer to `from`'s block request: the bytes, or `NotFound`, or `Denied` when the
     /// request's credential does not let `from` read it (see [`BlockRequest`]). Blocks over
@@ -72,15 +73,6 @@ pub trait InboundHandler: Send + Sync + 'static {
     }
 }
 
-/// Which pool of permits an inbound request draws from.
-#[derive(Debug, Clone, Copy)]
-enum Pool {
-    /// `/shoal/task/5`.
-    Tasks,
-    /// `/shoal/block/2` and `/shoal/capacity/1`.
-    Requests,
-}
-
 /// Why an inbound request got no permit.
 #[derive(Debug, Clone, Copy)]
 enum Full {
@@ -107,9 +99,7 @@ impl fmt::Display for Full {
 /// a task still report which peer it served when it ends, cancelled or not, so that the
 /// share can be dropped once idle.
 pub(super) struct InboundPermits {
-    tasks: Arc<Semaphore>,
     requests: Arc<Semaphore>,
-    tasks_per_peer: usize,
     requests_per_peer: usize,
     /// Only peers with work in flight: a share goes as soon as its last permit is back, so
     /// the map holds no more entries than there are requests in flight.
@@ -118,7 +108,6 @@ pub(super) struct InboundPermits {
 
 /// One peer's share of the inbound permits.
 struct PeerShare {
-    tasks: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     /// Cancelled when the peer's last connection closes.
     gone: CancellationToken,
@@ -135,26 +124,20 @@ pub(super) struct Admission {
 impl InboundPermits {
     pub(super) fn new(config: &Config) -> Self {
         Self {
-            tasks: Arc::new(Semaphore::new(config.max_inbound_tasks)),
             requests: Arc::new(Semaphore::new(config.max_inbound_requests)),
-            tasks_per_peer: config.max_inbound_tasks_per_peer,
             requests_per_peer: config.max_inbound_requests_per_peer,
             peers: HashMap::new(),
         }
     }
 
-    /// A permit from `peer`'s share of `pool` and one from the node's, or why not.
-    fn admit(&mut self, peer: PeerId, pool: Pool) -> Result<Admission, Full> {
-        let (tasks_per_peer, requests_per_peer) = (self.tasks_per_peer, self.requests_per_peer);
+    /// A permit from `peer`'s share and one from the node's, or why not.
+    fn admit(&mut self, peer: PeerId) -> Result<Admission, Full> {
+        let requests_per_peer = self.requests_per_peer;
         let share = self.peers.entry(peer).or_insert_with(|| PeerShare {
-            tasks: Arc::new(Semaphore::new(tasks_per_peer)),
             requests: Arc::new(Semaphore::new(requests_per_peer)),
             gone: CancellationToken::new(),
         });
-        let (of_peer, of_node) = match pool {
-            Pool::Tasks => (&share.tasks, &self.tasks),
-            Pool::Requests => (&share.requests, &self.requests),
-        };
+        let (of_peer, of_node) = (&share.requests, &self.requests);
         let admitted = match Arc::clone(of_peer).try_acquire_owned() {
             Err(_) => Err(Full::Peer),
             Ok(peer_permit) => match Arc::clone(of_node).try_acquire_owned() {
@@ -181,16 +164,13 @@ impl InboundPermits {
 
     /// Forgets every share none of whose permits is out.
     pub(super) fn drop_all_idle(&mut self) {
-        let (tasks_per_peer, requests_per_peer) = (self.tasks_per_peer, self.requests_per_peer);
-        self.peers.retain(|_, s| {
-            s.tasks.available_permits() < tasks_per_peer
-                || s.requests.available_permits() < requests_per_peer
-        });
+        let requests_per_peer = self.requests_per_peer;
+        self.peers
+            .retain(|_, s| s.requests.available_permits() < requests_per_peer);
     }
 
     fn is_idle(&self, share: &PeerShare) -> bool {
-        share.tasks.available_permits() >= self.tasks_per_peer
-            && share.requests.available_permits() >= self.requests_per_peer
+        share.requests.available_permits() >= self.requests_per_peer
     }
 
     /// `peer`'s last connection closed: drop the handlers of its requests, which can no
@@ -221,7 +201,7 @@ pub(super) type InboundReply = Box<dyn FnOnce(&mut Behaviour) -> bool + Send>;
 impl EventLoop {
     pub(super) fn on_block_request(&mut self, r: Inbound<BlockRequest, BlockResponse>) {
         let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %BLOCK_PROTOCOL, peer = %r.peer, request = %r.id, cid = %r.request.cid);
-        let admission = match self.permits.admit(r.peer, Pool::Requests) {
+        let admission = match self.permits.admit(r.peer) {
             Ok(admission) => admission,
             Err(full) => {
                 span.in_scope(|| debug!("{full}; answering Busy"));
@@ -248,34 +228,9 @@ impl EventLoop {
         });
     }
 
-    pub(super) fn on_task_request(&mut self, r: Inbound<TaskSpec, TaskOutcome>) {
-        let spec = &r.request;
-        let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %TASK_PROTOCOL, peer = %r.peer, request = %r.id, module = %spec.module, entry = %spec.entry);
-        let admission = match self.permits.admit(r.peer, Pool::Tasks) {
-            Ok(admission) => admission,
-            Err(full) => {
-                span.in_scope(|| debug!("{full}; answering Busy"));
-                let message = match full {
-                    Full::Peer => "no free task slot on this peer for the requester",
-                    Full::Node => "no free task slot on this peer",
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .task
-                    .send_response(r.channel, TaskOutcome::failed(FailureKind::Busy, message));
-                return;
-            }
-        };
-        self.spawn_inbound(r.peer, admission, span, |handler| async move {
-            let outcome = fit_outcome(handler.task(r.peer, r.request).await);
-            move |b: &mut Behaviour| b.task.send_response(r.channel, outcome).is_ok()
-        });
-    }
-
     pub(super) fn on_capacity_request(&mut self, r: Inbound<CapacityRequest, Capacity>) {
         let span = info_span!(parent: self.connection_span(r.connection), "inbound", protocol = %CAPACITY_PROTOCOL, peer = %r.peer, request = %r.id);
-        let admission = match self.permits.admit(r.peer, Pool::Requests) {
+        let admission = match self.permits.admit(r.peer) {
             Ok(admission) => admission,
             Err(full) => {
                 // Dropping the channel closes the stream: the asker sees an error and moves on.
@@ -339,77 +294,5 @@ impl EventLoop {
         if !reply(self.swarm.behaviour_mut()) {
             debug!("requester went away before the response was ready");
         }
-    }
-}
-
-/// Shrinks an outcome that would not fit its frame: keep the tail of the logs, or as a last
-/// resort report the overflow as a failure.
-fn fit_outcome(mut outcome: TaskOutcome) -> TaskOutcome {
-    const LOG_TAIL: usize = 64 * 1024;
-    let fits = |o: &TaskOutcome| {
-        postcard::experimental::serialized_size(o).is_ok_and(|n| n <= TASK_LIMITS.response)
-    };
-    if fits(&outcome) {
-        return outcome;
-    }
-    match &mut outcome {
-        TaskOutcome::Ok { logs, .. } => *logs = log_tail(logs, LOG_TAIL),
-        TaskOutcome::Failed { message, logs, .. } => {
-            *message = log_tail(message, LOG_TAIL);
-            *logs = log_tail(logs, LOG_TAIL);
-        }
-    }
-    if fits(&outcome) {
-        outcome
-    } else {
-        TaskOutcome::failed(
-            FailureKind::Other,
-            format!(
-                "the task's outcome exceeds the {} byte limit of {TASK_PROTOCOL}",
-                TASK_LIMITS.response
-            ),
-        )
-    }
-}
-
-/// The last `max` bytes of `s` (on a char boundary), marked as truncated.
-fn log_tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[… {start} bytes truncated …]\n{}", &s[start..])
-}
-
-#[cfg(test)]
-mod unit_tests {
-    use super::*;
-    use crate::messages::{Cid, TaskStats};
-
-    #[test]
-    fn oversized_outcome_keeps_the_tail_of_its_logs() {
-        let logs = format!("{}é end", "x".repeat(TASK_LIMITS.response));
-        let outcome = fit_outcome(TaskOutcome::Ok {
-            outputs: vec![("out".into(), Cid::of(b"o"))],
-            logs,
-            stats: TaskStats {
-                backend: "cpu".into(),
-                executed_by: "p".into(),
-                ..TaskStats::default()
-            },
-        });
-        match outcome {
-            TaskOutcome::Ok { logs, outputs, .. } => {
-                assert!(logs.len() < 70 * 1024);
-                assert!(logs.ends_with("é end") && logs.starts_with("[…"));
-                assert_eq!(outputs.len(), 1);
-            }
-            other => panic!("{other:?}"),
-        }
-        let small = TaskOutcome::failed(FailureKind::Trap, "boom");
-        assert_eq!(fit_outcome(small.clone()), small);
     }
 }

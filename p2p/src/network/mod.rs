@@ -12,7 +12,7 @@
 //! work in flight (in all and per peer), connections (in all, per peer and pending), and
 //! streams per connection and protocol.
 
-mod bulk_serve;
+mod accept;
 mod client;
 mod event_loop;
 mod inbound;
@@ -41,8 +41,9 @@ use self::{
 };
 use crate::{
     behaviour::Behaviour,
-    bulk::{BULK_PROTOCOL, BULK_STALL_TIMEOUT},
-    messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec},
+    bulk::{self, BULK_PROTOCOL, BULK_PROTOCOL_NAME, BULK_STALL_TIMEOUT},
+    messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord},
+    tasks::{self, TASK_PROTOCOL, TASK_PROTOCOL_NAME, TaskSlots},
 };
 #[cfg(doc)]
 use libp2p::Swarm;
@@ -71,7 +72,7 @@ pub struct Config {
     pub mdns: bool,
     /// Cancel to stop the actor gracefully ([`NetworkClient::shutdown`] does this too).
     pub shutdown: CancellationToken,
-    /// Longest wait for a `/shoal/task/5` outcome. Default 10 minutes.
+    /// Longest wait for a `/shoal/task/6` outcome. Default 10 minutes.
     pub task_timeout: Duration,
     /// Longest wait for a `/shoal/block/2` response. Default 30 s.
     pub block_timeout: Duration,
@@ -83,12 +84,12 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Connections with no open stream close after this. Default 60 s.
     pub idle_connection_timeout: Duration,
-    /// Inbound task requests handled at once, from all peers together; more are answered
-    /// `Busy`. Default 32 ([`DEFAULT_MAX_INBOUND_TASKS`]).
+    /// Inbound tasks handled at once, from all peers together; more are answered `Busy`.
+    /// Default 32 ([`DEFAULT_MAX_INBOUND_TASKS`]).
     pub max_inbound_tasks: usize,
-    /// Inbound task requests handled at once for any one remote peer, within
-    /// `max_inbound_tasks`; more from that peer are answered `Busy`, so that one peer cannot
-    /// take every slot. Default 8 ([`DEFAULT_MAX_INBOUND_TASKS_PER_PEER`]).
+    /// Inbound tasks handled at once for any one remote peer, within `max_inbound_tasks`;
+    /// more from that peer are answered `Busy`, so that one peer cannot take every slot.
+    /// Default 8 ([`DEFAULT_MAX_INBOUND_TASKS_PER_PEER`]).
     pub max_inbound_tasks_per_peer: usize,
     /// Inbound block and capacity requests handled at once, from all peers together; more are
     /// answered `Busy` (blocks) or dropped (capacity). Default 64.
@@ -107,15 +108,18 @@ pub struct Config {
     /// provider up. Default 5 s ([`BULK_STALL_TIMEOUT`]).
     pub bulk_stall_timeout: Duration,
     /// Established connections, inbound and outbound together; more are refused. Default 256.
+    /// Also the bound on inbound `/shoal/task/6` streams, from all peers together.
     pub max_established: u32,
-    /// Established connections with any one peer; more are refused. Default 4.
+    /// Established connections with any one peer; more are refused. Default 4. Also the
+    /// bound on inbound `/shoal/task/6` streams from any one peer.
     pub max_established_per_peer: u32,
     /// Incoming connections still in their handshake; more are refused before the handshake.
     /// Default 64.
     pub max_pending_incoming: u32,
     /// Concurrent streams per connection and protocol. Default 64.
     pub max_concurrent_streams: usize,
-    /// Outbound operations (requests, dials, queries) awaiting an answer. Default 1024.
+    /// Outbound operations (requests, dials, queries) awaiting an answer; and, apart from
+    /// those, tasks in flight to any one peer. Default 1024.
     pub max_pending_outbound: usize,
     /// Depth of the client → actor command channel. Default 256.
     pub command_buffer: usize,
@@ -302,7 +306,6 @@ enum Command {
     ConnectedPeers(Reply<Vec<PeerId>>),
     Dial(Multiaddr, Reply<PeerId>),
     FetchBlock(PeerId, Box<BlockRequest>, Reply<BlockResponse>),
-    SubmitTask(PeerId, TaskSpec, Reply<TaskOutcome>),
     Capacity(PeerId, Reply<Capacity>),
     Progress(PeerId, ProgressRecord, Reply<()>),
     StartProviding(Cid, Reply<()>),
@@ -394,22 +397,53 @@ impl Network {
         }
 
         let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
-        let reply_depth = config.max_inbound_tasks + config.max_inbound_requests;
-        let (reply_tx, reply_rx) = mpsc::channel(reply_depth.max(1));
+        let (reply_tx, reply_rx) = mpsc::channel(config.max_inbound_requests.max(1));
 
         let mut control = swarm.behaviour().stream.new_control();
-        // Registered once, on a fresh behaviour: it cannot be taken already.
-        let incoming = control
-            .accept(BULK_PROTOCOL)
-            .map_err(|e| Error::Build(e.to_string()))?;
+        // Registered once each, on a fresh behaviour: they cannot be taken already.
+        let mut accept = |protocol| {
+            control
+                .accept(protocol)
+                .map_err(|e| Error::Build(e.to_string()))
+        };
+        let (bulk_streams, task_streams) = (accept(BULK_PROTOCOL)?, accept(TASK_PROTOCOL)?);
         let client = NetworkClient::new(command_tx, local_peer_id, &config, control);
         let handler = handler(client.clone());
-        let bulk = bulk_serve::Acceptor::new(&config, Arc::clone(&handler));
-        let bulk_span = info_span!("p2p", peer = %local_peer_id);
-        tokio::spawn(
-            bulk.run(incoming, config.shutdown.clone())
-                .instrument(bulk_span),
-        );
+        let bulk = accept::Acceptor {
+            protocol: BULK_PROTOCOL_NAME,
+            max: config.max_inbound_bulk,
+            max_per_peer: config.max_inbound_bulk_per_peer,
+            serve: {
+                let handler = Arc::clone(&handler);
+                Box::new(move |peer, stream| {
+                    Box::pin(bulk::serve(peer, stream, Arc::clone(&handler)))
+                })
+            },
+            refuse: |stream| Box::pin(bulk::refuse_busy(stream)),
+        };
+        let slots = TaskSlots::new(config.max_inbound_tasks, config.max_inbound_tasks_per_peer);
+        let tasks = accept::Acceptor {
+            protocol: TASK_PROTOCOL_NAME,
+            max: usize::try_from(config.max_established).unwrap_or(usize::MAX),
+            max_per_peer: usize::try_from(config.max_established_per_peer).unwrap_or(usize::MAX),
+            serve: {
+                let handler = Arc::clone(&handler);
+                Box::new(move |peer, stream| {
+                    let permits = slots.for_peer(peer);
+                    Box::pin(tasks::serve(peer, stream, Arc::clone(&handler), permits))
+                })
+            },
+            // The requester sees the stream close, and its tasks fail.
+            refuse: |stream| Box::pin(async move { drop(stream) }),
+        };
+        for (acceptor, incoming) in [(bulk, bulk_streams), (tasks, task_streams)] {
+            let span = info_span!("p2p", peer = %local_peer_id);
+            tokio::spawn(
+                acceptor
+                    .run(incoming, config.shutdown.clone())
+                    .instrument(span),
+            );
+        }
 
         let event_loop = EventLoop {
             swarm,

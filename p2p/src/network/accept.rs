@@ -1,36 +1,31 @@
-//! The provider side of `/shoal/bulk/1`: one task takes the inbound streams and serves each
-//! on a task of its own, at most [`Config::max_inbound_bulk`] at once and
-//! [`Config::max_inbound_bulk_per_peer`] per requester; a stream over either bound is
-//! answered `Busy`. Stopping the network stops them all.
+//! Inbound raw streams (`/shoal/bulk/1`, `/shoal/task/6`): one task per protocol takes its
+//! streams and serves each on a task of its own, at most `max` at once and `max_per_peer`
+//! per requester; a stream over either bound is refused. Stopping the network stops them all.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, io};
 
-use futures::StreamExt;
-use libp2p::PeerId;
+use futures::{StreamExt, future::BoxFuture};
+use libp2p::{PeerId, Stream};
 use libp2p_stream::IncomingStreams;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use super::{Config, InboundHandler};
-use crate::bulk::{BULK_PROTOCOL_NAME, refuse_busy, serve};
+/// Serves one stream from a peer until it ends.
+pub(super) type Serve = Box<dyn Fn(PeerId, Stream) -> BoxFuture<'static, io::Result<()>> + Send>;
 
 pub(super) struct Acceptor {
-    handler: Arc<dyn InboundHandler>,
-    max: usize,
-    max_per_peer: usize,
+    pub(super) protocol: &'static str,
+    pub(super) max: usize,
+    pub(super) max_per_peer: usize,
+    pub(super) serve: Serve,
+    /// Answers a stream over a bound.
+    pub(super) refuse: fn(Stream) -> BoxFuture<'static, ()>,
 }
 
 impl Acceptor {
-    pub(super) fn new(config: &Config, handler: Arc<dyn InboundHandler>) -> Self {
-        Self {
-            handler,
-            max: config.max_inbound_bulk,
-            max_per_peer: config.max_inbound_bulk_per_peer,
-        }
-    }
-
     pub(super) async fn run(self, mut incoming: IncomingStreams, shutdown: CancellationToken) {
+        let protocol = self.protocol;
         // Each serving task ends with its peer, `None` for a refusal.
         let mut tasks: JoinSet<Option<PeerId>> = JoinSet::new();
         let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
@@ -42,21 +37,22 @@ impl Acceptor {
                     let Some((peer, stream)) = next else { break };
                     let of_peer = per_peer.get(&peer).copied().unwrap_or(0);
                     if serving >= self.max || of_peer >= self.max_per_peer {
-                        debug!(%peer, protocol = BULK_PROTOCOL_NAME, "no bulk slot; answering Busy");
+                        debug!(%peer, protocol, "no stream slot; refusing");
+                        let refusal = (self.refuse)(stream);
                         tasks.spawn(async move {
-                            refuse_busy(stream).await;
+                            refusal.await;
                             None
                         });
                         continue;
                     }
                     serving += 1;
                     *per_peer.entry(peer).or_default() += 1;
-                    let handler = Arc::clone(&self.handler);
-                    let span = info_span!("inbound", protocol = BULK_PROTOCOL_NAME, %peer);
+                    let span = info_span!("inbound", protocol, %peer);
+                    let served = (self.serve)(peer, stream);
                     tasks.spawn(
                         async move {
-                            if let Err(e) = serve(peer, stream, handler).await {
-                                debug!("bulk stream ended: {e}");
+                            if let Err(e) = served.await {
+                                debug!("stream ended: {e}");
                             }
                             Some(peer)
                         }
