@@ -540,8 +540,10 @@ pub(crate) async fn serve(
                             "the executor failed while it handled the task",
                         )
                     });
-                drop(admitted);
+                // The permits are held until the answer is queued: a requester that does not
+                // read its answers gets no more tasks run than its share.
                 let _ = answers.send((id, outcome)).await;
+                drop(admitted);
             });
         }
     };

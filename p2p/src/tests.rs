@@ -48,6 +48,8 @@ struct TestHandler {
     gate: Semaphore,
     me: Mutex<Option<PeerId>>,
     progress: Mutex<Vec<(PeerId, ProgressRecord)>>,
+    /// Task calls so far.
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for TestHandler {
@@ -58,6 +60,7 @@ impl Default for TestHandler {
             gate: Semaphore::new(0),
             progress: Mutex::default(),
             me: Mutex::default(),
+            calls: Default::default(),
         }
     }
 }
@@ -139,6 +142,8 @@ impl InboundHandler for TestHandler {
     }
 
     fn task(&self, from: PeerId, spec: TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             if spec.entry == "wait" {
                 self.entered.add_permits(1);
@@ -155,7 +160,12 @@ impl InboundHandler for TestHandler {
                 .unwrap_or_default();
             TaskOutcome::Ok {
                 outputs: spec.inputs.clone(),
-                logs: format!("{} for {from}", spec.entry),
+                // "big": an outcome that fills a stream's window on its own.
+                logs: if spec.entry == "big" {
+                    "x".repeat(1 << 20)
+                } else {
+                    format!("{} for {from}", spec.entry)
+                },
                 stats: TaskStats {
                     wall_us: 1000,
                     peak_memory_bytes: 64 << 10,
@@ -1340,6 +1350,49 @@ async fn one_peer_filling_its_share_leaves_task_slots_for_others() {
 /// B fills every task slot of A with waiting tasks, then shuts down: A drops B's handlers as
 /// soon as B's connection closes, and C can use the full share at once, without any of B's
 /// tasks being let through the gate.
+/// A submitter that sends many tasks and never reads their outcomes gets no more of them run
+/// than its share of slots and the few answers in transit: the executor does not run its
+/// tasks into memory it cannot send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_that_does_not_read_gets_no_more_than_its_share_run() {
+    let a = spawn_node(vec![], |c| c.max_inbound_tasks_per_peer = 2).await;
+    let raw = RawStreams::start(None).await;
+    raw.connect(&a).await;
+    let mut stream = raw.open(a.id(), TASK_PROTOCOL).await;
+    let sent = 200;
+    for id in 0..sent {
+        let frame = encode_frame(TASK_FRAME, &(id, spec("big"))).unwrap();
+        stream.write_all(&frame).await.unwrap();
+        stream.flush().await.unwrap();
+        // Slow enough that each task finds its share's slots free again, unless the answers
+        // nobody reads hold them.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Each answer is 1 MiB: one fills the stream's window, 16 fill the executor's queue,
+    // one is being written, and the share holds 2 more, waiting to queue theirs.
+    let bound = 1 + 16 + 1 + 2;
+    let calls = || a.handler.calls.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(calls() <= bound + 2, "{} of {sent} tasks ran", calls());
+    // Every task is answered once they are read.
+    let mut answered = 0;
+    while answered < sent {
+        let (_, outcome) = within(
+            SETTLE,
+            "every answer, once read",
+            read_frame::<_, (u64, TaskOutcome)>(&mut stream, ANSWER_FRAME),
+        )
+        .await
+        .unwrap();
+        // Past its share, a task is answered Busy at once.
+        assert!(
+            matches!(outcome, TaskOutcome::Ok { .. }) || is_busy(&outcome),
+            "{outcome:?}"
+        );
+        answered += 1;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_requester_releases_its_permits() {
     let a = spawn_node(vec![], |c| {
