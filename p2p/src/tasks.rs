@@ -173,7 +173,7 @@ impl TaskLinks {
     where
         F: Fn() -> BoxFuture<'static, Result<Stream, Error>>,
     {
-        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut links = lock(&self.links);
         if let Some(link) = links.get(&peer)
             && !link.submissions.is_closed()
         {
@@ -291,7 +291,7 @@ impl Driver {
             let submission = tokio::select! {
                 submission = queue.recv() => submission,
                 () = &mut idle => {
-                    if !used && lock(pending).answers.is_empty() && self.retire_if_idle(queue) {
+                    if !used && answered(pending) && self.retire_if_idle(queue) {
                         queue.close();
                     }
                     used = false;
@@ -300,13 +300,14 @@ impl Driver {
                 }
             };
             let Some(Submission { spec, answer }) = submission else {
-                // Retired and every queued task written: end once all are answered.
+                // Retired and every queued task written: end once all are answered, or
+                // their callers gave up.
                 loop {
                     let notified = drained.notified();
-                    if lock(pending).answers.is_empty() {
+                    if answered(pending) {
                         return End::Done;
                     }
-                    notified.await;
+                    let _ = tokio::time::timeout(IDLE, notified).await;
                 }
             };
             used = true;
@@ -399,33 +400,40 @@ impl Driver {
         let Some(links) = self.links.upgrade() else {
             return true;
         };
-        let mut links = links.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut links = lock(&links);
         // Under the map's lock no new sender is handed out: an empty queue stays empty but
         // for a caller that took its sender earlier, whose task is still written.
         if !queue.is_empty() {
             return false;
         }
-        if links
-            .get(&self.peer)
-            .is_some_and(|l| l.generation == self.generation)
-        {
-            links.remove(&self.peer);
-        }
+        self.remove_from(&mut links);
         true
     }
 
     /// Takes this stream out of the map, if it is still there.
     fn retire(&self) {
         if let Some(links) = self.links.upgrade() {
-            let mut links = links.lock().unwrap_or_else(PoisonError::into_inner);
-            if links
-                .get(&self.peer)
-                .is_some_and(|l| l.generation == self.generation)
-            {
-                links.remove(&self.peer);
-            }
+            self.remove_from(&mut lock(&links));
         }
     }
+
+    /// Removes this stream's entry, not a newer stream's to the same peer.
+    fn remove_from(&self, links: &mut HashMap<PeerId, Link>) {
+        if links
+            .get(&self.peer)
+            .is_some_and(|l| l.generation == self.generation)
+        {
+            links.remove(&self.peer);
+        }
+    }
+}
+
+/// Whether no task on the stream waits for its answer any more; forgets those whose callers
+/// gave up.
+fn answered(pending: &Pending) -> bool {
+    let mut pending = lock(pending);
+    pending.answers.retain(|_, a| !a.is_closed());
+    pending.answers.is_empty()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
