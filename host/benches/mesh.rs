@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use disk::{disk_mbps, settle};
+use disk::{DiskSpeed, disk_mbps, settle};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::{StreamProtocol, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux};
 use shoal_host::{
@@ -139,8 +139,8 @@ async fn raw_tcp_mbps(data: &[u8]) -> f64 {
 
 /// The bulk stream alone: every chunk moved and verified, none stored. `client` must reach
 /// `worker` over one connection only, since a stream goes over any of a peer's connections.
-async fn stream_alone_mbps(client: &Node, worker: PeerId, file: Cid, chunks: &[Cid]) -> f64 {
-    let start = Instant::now();
+async fn stream_alone_mbps(client: &Node, worker: PeerId, file: Cid, chunks: &[Cid]) -> (f64, f64) {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     let mut session = client.net().open_bulk(worker).await.expect("bulk");
     // Two requests ahead of the reader, as `fetch_file` keeps them: a session holds only a
     // few unanswered requests and unread chunks, so ask while reading.
@@ -164,24 +164,42 @@ async fn stream_alone_mbps(client: &Node, worker: PeerId, file: Cid, chunks: &[C
             session.request(ask(batch)).await.expect("request");
         }
     }
-    LEN as f64 / 1e6 / start.elapsed().as_secs_f64()
+    let mbps = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();
+    (mbps, cpu_seconds() - cpu)
+}
+
+/// CPU time this process has used so far (every thread: both nodes, their writers), in
+/// seconds, from `/proc/self/stat` (10 ms resolution).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15 of the whole line, in clock ticks of 1/100 s.
+    let ticks = |i: usize| fields[i].parse::<f64>().expect("ticks");
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// `fetch_file` into a fresh node that reaches the worker at `addr` only: an empty store, so
-/// every chunk moves and is synced.
+/// every chunk moves and is synced. MB/s, and the CPU seconds the process spent on it.
 async fn fetch_file_mbps(
     dir: &std::path::Path,
     addr: &Multiaddr,
     worker: PeerId,
     file: Cid,
-) -> f64 {
+) -> (f64, f64) {
     let fetcher = Node::start(config(dir, 0, &[TCP])).await.expect("fetcher");
     fetcher.net().dial(addr.clone()).await.expect("dial");
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     fetcher.fetch_file(file, &[worker]).await.expect("fetch");
     let mbps = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     fetcher.shutdown().await;
-    mbps
+    (mbps, cpu)
 }
 
 /// libp2p perf's method on one long-lived stream: a request is the bytes the client wants and
@@ -495,28 +513,34 @@ async fn transfer_part(
     let perf_tcp = perf_connect(TCP).await;
     let perf_quic = perf_connect(QUIC).await;
     // One vector of per-round figures for each line printed.
-    let mut m: [Vec<f64>; 12] = Default::default();
+    let mut m: [Vec<f64>; 14] = Default::default();
     for round in 0..rounds {
         let (chunks, n) = (&manifest.chunks, LEN as u64);
         // Each transport's ceiling right before the stream over it, so that both see the
         // same load on a shared machine.
         m[5].push(perf_mbps(&perf_tcp, n, 0).await);
-        m[0].push(stream_alone_mbps(client, worker_id, cid, chunks).await);
+        let (mbps, cpu) = stream_alone_mbps(client, worker_id, cid, chunks).await;
+        m[0].push(mbps);
+        m[12].push(cpu);
         m[7].push(perf_mbps(&perf_quic, n, 0).await);
-        m[1].push(stream_alone_mbps(quic_client, worker_id, cid, chunks).await);
-        // Each durable write starts with nothing of the last one left to write back. On
-        // this VM's disk the first write after a quiet moment is several times slower
-        // than the same write again at once: both are measured, and the ratios take the
-        // faster.
+        m[1].push(
+            stream_alone_mbps(quic_client, worker_id, cid, chunks)
+                .await
+                .0,
+        );
+        // Each durable write starts with nothing of the last one left to write back.
         settle();
-        m[10].push(disk_mbps(root, &data));
-        m[11].push(disk_mbps(root, &data));
+        let disk = disk_mbps(root, &data);
+        m[10].push(disk.buffered);
+        m[11].push(disk.direct);
         settle();
         let dir = root.join(format!("fetcher-bulk-{round}"));
-        m[2].push(fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await);
+        let (mbps, cpu) = fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await;
+        m[2].push(mbps);
+        m[13].push(cpu);
         settle();
         let dir = root.join(format!("fetcher-bulk-quic-{round}"));
-        m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await);
+        m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await.0);
 
         settle();
         let dir = root.join(format!("fetcher-block-{round}"));
@@ -542,8 +566,10 @@ async fn transfer_part(
         perf_quic_down,
         perf_quic_up,
         raw,
-        disk_first,
-        disk_again,
+        disk_buffered,
+        disk_direct,
+        stream_cpu,
+        fetch_cpu,
     ] = m.map(median);
     println!(
         "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
@@ -572,10 +598,14 @@ async fn transfer_part(
     );
     println!("  raw TCP loopback copy: {raw:.0} MB/s");
     println!(
-        "  the disk's durable write (1 MiB writes, one fdatasync): {disk_first:.0} MB/s \
-             after a sync, {disk_again:.0} MB/s at once again"
+        "  the disk's durable write (1 MiB writes, one fdatasync): {disk_buffered:.0} MB/s \
+             through the page cache, {disk_direct:.0} MB/s past it (O_DIRECT)"
     );
-    let disk = disk_first.max(disk_again);
+    let disk = DiskSpeed {
+        buffered: disk_buffered,
+        direct: disk_direct,
+    }
+    .best();
     // The file moves worker -> client: a perf download is the direction it bounds.
     let bulk = bulk_tcp.max(bulk_quic);
     let network = stream_tcp.max(stream_quic);
@@ -595,5 +625,15 @@ async fn transfer_part(
              {:.2}x min(disk, network ceiling)",
         bulk / disk,
         bulk / disk.min(ceiling)
+    );
+    // Both nodes share this machine's CPUs: what a fetch costs bounds it wherever the disk
+    // and the network would allow more.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let cpu_bound = LEN as f64 / 1e6 * cpus / fetch_cpu;
+    println!(
+        "  CPU for the 256 MiB, both nodes: stream alone (TCP) {stream_cpu:.2} s, fetch_file \
+         (TCP) {fetch_cpu:.2} s; on {cpus} CPUs fetch_file can move at most {cpu_bound:.0} MB/s, \
+         and moved {:.2}x that",
+        bulk_tcp / cpu_bound
     );
 }

@@ -5,6 +5,7 @@
 //!   past a few thousand entries and a block can be served with one `read`.
 //! - Writes go to a temp file, are fsynced, then renamed into place: a crash leaves either no
 //!   block or a whole one, never a torn one. Touched directories are fsynced once per put.
+//!   Large blocks are written past the page cache (`direct.rs`): each is synced at once anyway.
 //! - Every read is verified against the name. A block that fails is moved to `quarantine/`
 //!   and reported, never returned, so a later fetch from the mesh can replace it.
 //! - The data dir is locked for the life of the store: two nodes never share one.
@@ -14,6 +15,7 @@
 //!   even for puts in parallel. What is kept is set by pins and leases ([`pins`]).
 
 pub mod block;
+mod direct;
 pub mod gc;
 pub mod grants;
 pub mod manifest;
@@ -453,12 +455,7 @@ impl BlockStore {
             std::process::id(),
             &cid.to_hex()[..16]
         ));
-        let write = || -> io::Result<File> {
-            let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            Ok(file)
-        };
-        match write() {
+        match direct::create_with(&tmp, bytes) {
             Ok(file) => {
                 batch.files.push(file);
                 batch.staged.push(Staged { tmp, path, len });
