@@ -13,6 +13,8 @@
 //! `cargo bench --profile dev -p shoal-host --bench mesh [-- tasks | transfer]`: both parts,
 //! or the one named.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/disk.rs"]
 mod disk;
 
@@ -21,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use data::pseudo_random;
 use disk::{DiskSpeed, disk_mbps, settle};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::{StreamProtocol, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux};
@@ -472,15 +475,7 @@ async fn transfer_part(
     tcp_addr: Multiaddr,
     quic_addr: Multiaddr,
 ) {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..LEN / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let data = pseudo_random(LEN, 0x9E37_79B9_7F4A_7C15);
     let file = root.join("big.bin");
     std::fs::write(&file, &data).expect("write file");
     // Public: the client is another tenant.

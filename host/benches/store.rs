@@ -7,11 +7,14 @@
 //!
 //! `cargo bench -p shoal-host --bench store`
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/disk.rs"]
 mod disk;
 
 use std::{io, sync::Arc, time::Instant};
 
+use data::pseudo_random;
 use disk::{disk_mbps, settle};
 use shoal_host::store::{BlockStore, GcMode, PinClass, Verified};
 
@@ -28,15 +31,7 @@ fn mbps(start: Instant) -> f64 {
 }
 
 fn main() {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let data: Vec<u8> = (0..LEN / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let data = pseudo_random(LEN, 0x2545_F491_4F6C_DD1D);
     let (mut hash, mut put, mut get) = (Vec::new(), Vec::new(), Vec::new());
     let (mut chunks, mut gc) = (Vec::new(), Vec::new());
     let (mut disk, mut written) = (Vec::new(), Vec::new());

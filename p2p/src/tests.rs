@@ -658,18 +658,7 @@ async fn outbound_operations_share_one_bound_and_abandoned_calls_free_their_slot
 /// A raw peer that takes every request on `protocol` and never answers; the semaphore gains
 /// a permit for each request taken.
 async fn silent_server(protocol: StreamProtocol) -> (Multiaddr, Arc<Semaphore>) {
-    let mut raw = raw_peer(protocol, ProtocolSupport::Inbound);
-    raw.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = within(SETTLE, "silent peer listens", async {
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = raw.select_next_some().await {
-                break address;
-            }
-        }
-    })
-    .await;
-    let addr = addr.with_p2p(*raw.local_peer_id()).unwrap();
+    let (mut raw, addr) = listening_raw_peer(protocol).await;
     let asked = Arc::new(Semaphore::new(0));
     let counted = Arc::clone(&asked);
     tokio::spawn(async move {
@@ -860,6 +849,15 @@ type RawPeer = Swarm<request_response::Behaviour<RawCodec>>;
 
 /// A libp2p peer over TCP that speaks only `protocol`, with whatever bytes it is told to.
 fn raw_peer(protocol: StreamProtocol, support: ProtocolSupport) -> RawPeer {
+    tcp_swarm(request_response::Behaviour::with_codec(
+        RawCodec,
+        [(protocol, support)],
+        request_response::Config::default().with_request_timeout(RAW_PATIENCE),
+    ))
+}
+
+/// A swarm of `behaviour` alone over TCP + noise + yamux, patient with idle connections.
+fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -868,13 +866,7 @@ fn raw_peer(protocol: StreamProtocol, support: ProtocolSupport) -> RawPeer {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(protocol, support)],
-                request_response::Config::default().with_request_timeout(RAW_PATIENCE),
-            )
-        })
+        .with_behaviour(|_| behaviour)
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(RAW_PATIENCE))
         .build()
@@ -1073,13 +1065,7 @@ async fn task_and_capacity_request_limits_hold_over_libp2p() {
     assert_eq!(frame.len(), FRAME_HEADER_BYTES + TASK_FRAME);
     stream.write_all(&frame).await.unwrap();
     stream.flush().await.unwrap();
-    let (id, outcome) = within(
-        SETTLE,
-        "the largest task answered",
-        read_frame::<_, (u64, TaskOutcome)>(&mut stream, ANSWER_FRAME),
-    )
-    .await
-    .unwrap();
+    let (id, outcome) = read_answer(&mut stream, "the largest task answered").await;
     assert_eq!(id, u64::MAX);
     match outcome {
         TaskOutcome::Ok { outputs, logs, .. } => {
@@ -1099,6 +1085,13 @@ async fn task_and_capacity_request_limits_hold_over_libp2p() {
     assert!(!a.handle.is_finished());
 }
 
+/// The next answer on a raw task stream, within [`SETTLE`].
+async fn read_answer(stream: &mut Stream, what: &str) -> (u64, TaskOutcome) {
+    within(SETTLE, what, read_frame(stream, ANSWER_FRAME))
+        .await
+        .unwrap()
+}
+
 /// A bare libp2p peer over TCP that speaks raw streams only, its swarm driven by a task of
 /// its own: to play a hostile submitter or executor of `/shoal/task/6`.
 struct RawStreams {
@@ -1113,18 +1106,7 @@ struct RawStreams {
 impl RawStreams {
     /// Starts one; with `answer`, it serves `/shoal/task/6` streams with it.
     async fn start(answer: Option<fn(Stream) -> BoxFuture<'static, ()>>) -> Self {
-        let mut swarm = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(RAW_PATIENCE))
-            .build();
+        let mut swarm = tcp_swarm(libp2p_stream::Behaviour::new());
         let mut control = swarm.behaviour().new_control();
         if let Some(answer) = answer {
             let mut incoming = control.accept(TASK_PROTOCOL).unwrap();
@@ -1134,17 +1116,7 @@ impl RawStreams {
                 }
             });
         }
-        swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .unwrap();
-        let addr = within(SETTLE, "raw peer listens", async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    break address;
-                }
-            }
-        })
-        .await;
+        let addr = listen_on_loopback(&mut swarm).await;
         let id = *swarm.local_peer_id();
         let (dial, mut dials) = tokio::sync::mpsc::channel(1);
         let (connected_tx, connected) = tokio::sync::mpsc::channel(1);
@@ -1163,7 +1135,7 @@ impl RawStreams {
         Self {
             control,
             id,
-            addr: addr.with_p2p(id).unwrap(),
+            addr,
             dial,
             connected: tokio::sync::Mutex::new(connected),
             _swarm: AbortOnDrop(driver),
@@ -1193,21 +1165,34 @@ impl RawStreams {
     }
 }
 
-/// A raw peer that answers every request on `protocol` with `answer`. Returns its address,
-/// ending in `/p2p/<id>`, and the task that runs it.
-async fn raw_server(protocol: StreamProtocol, answer: RawFrame) -> (Multiaddr, AbortOnDrop) {
+/// A raw peer that answers requests on `protocol`, listening on loopback TCP, and its address
+/// (ending in `/p2p/<id>`).
+async fn listening_raw_peer(protocol: StreamProtocol) -> (RawPeer, Multiaddr) {
     let mut raw = raw_peer(protocol, ProtocolSupport::Inbound);
-    raw.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+    let addr = listen_on_loopback(&mut raw).await;
+    (raw, addr)
+}
+
+/// Has `swarm` listen on loopback TCP; its address, ending in `/p2p/<id>`.
+async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
     let addr = within(SETTLE, "raw peer listens", async {
         loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = raw.select_next_some().await {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
                 break address;
             }
         }
     })
     .await;
-    let addr = addr.with_p2p(*raw.local_peer_id()).unwrap();
+    addr.with_p2p(*swarm.local_peer_id()).unwrap()
+}
+
+/// A raw peer that answers every request on `protocol` with `answer`. Returns its address,
+/// ending in `/p2p/<id>`, and the task that runs it.
+async fn raw_server(protocol: StreamProtocol, answer: RawFrame) -> (Multiaddr, AbortOnDrop) {
+    let (mut raw, addr) = listening_raw_peer(protocol).await;
     let server = tokio::spawn(async move {
         loop {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
@@ -1377,13 +1362,7 @@ async fn a_submitter_that_does_not_read_gets_no_more_than_its_share_run() {
     // Every task is answered once they are read.
     let mut answered = 0;
     while answered < sent {
-        let (_, outcome) = within(
-            SETTLE,
-            "every answer, once read",
-            read_frame::<_, (u64, TaskOutcome)>(&mut stream, ANSWER_FRAME),
-        )
-        .await
-        .unwrap();
+        let (_, outcome) = read_answer(&mut stream, "every answer, once read").await;
         // Past its share, a task is answered Busy at once.
         assert!(
             matches!(outcome, TaskOutcome::Ok { .. }) || is_busy(&outcome),
