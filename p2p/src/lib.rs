@@ -57,5 +57,5 @@ pub use crate::{
         Config, DEFAULT_MAX_INBOUND_TASKS, DEFAULT_MAX_INBOUND_TASKS_PER_PEER, Error,
         InboundHandler, Network, NetworkClient,
     },
-    tasks::{TASK_PROTOCOL, TASK_PROTOCOL_NAME},
+    tasks::{TASK_IDLE_TIMEOUT, TASK_PROTOCOL, TASK_PROTOCOL_NAME},
 };

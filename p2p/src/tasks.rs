@@ -6,7 +6,8 @@
 //! hops through the network actor. Here a submitter opens one raw stream to an executor the
 //! first time it sends it a task ([`NetworkClient::submit_task`]) and sends every later task
 //! on it; each answer carries the id of the task it answers, and answers come back in the
-//! order the tasks finish. A stream nobody has used for a minute is closed.
+//! order the tasks finish. A stream nobody has used for a minute
+//! ([`Config::task_idle_timeout`]) is closed.
 //!
 //! Wire format (integers big-endian, like [`crate::codec`]):
 //!
@@ -66,8 +67,9 @@ pub(crate) const ANSWER_FRAME: usize = TASK_LIMITS.response + ID_BYTES;
 /// How long either side waits for the other to take a frame it writes before it gives the
 /// stream up.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// How long a submitter keeps a stream with no task in flight open.
-const IDLE: Duration = Duration::from_secs(60);
+/// How long a submitter keeps a stream with no task in flight open, by default
+/// ([`Config::task_idle_timeout`]).
+pub const TASK_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Tasks handed to a stream and not yet written; further submitters wait.
 const QUEUE: usize = 64;
 /// Answers finished and not yet written; further finished handlers wait.
@@ -132,6 +134,8 @@ pub(crate) struct LinkSetup<F> {
     pub(crate) max_pending: usize,
     /// Ends every stream.
     pub(crate) shutdown: CancellationToken,
+    /// How long a stream with nothing in flight stays open.
+    pub(crate) idle: Duration,
 }
 
 impl TaskLinks {
@@ -193,6 +197,7 @@ impl TaskLinks {
             generation,
             links: Arc::downgrade(&self.links),
             max_pending: setup.max_pending.max(1),
+            idle: setup.idle,
         };
         tokio::spawn(driver.run((setup.open)(), queue, setup.shutdown.clone()));
         submissions
@@ -205,6 +210,7 @@ struct Driver {
     generation: u64,
     links: Weak<LinkMap>,
     max_pending: usize,
+    idle: Duration,
 }
 
 /// The tasks a stream has sent and not yet had answered, and the next id it will use.
@@ -275,7 +281,7 @@ impl Driver {
     }
 
     /// Writes each queued task, once it is recorded as pending. When nothing is in flight or
-    /// queued for [`IDLE`], takes the link out of the map, writes what was queued meanwhile,
+    /// queued for its idle time, takes the link out of the map, writes what was queued meanwhile,
     /// waits for the last answers and ends.
     async fn write_tasks(
         &self,
@@ -285,7 +291,7 @@ impl Driver {
         drained: &Notify,
     ) -> End {
         let mut used = false;
-        let idle = tokio::time::sleep(IDLE);
+        let idle = tokio::time::sleep(self.idle);
         tokio::pin!(idle);
         loop {
             let submission = tokio::select! {
@@ -295,7 +301,7 @@ impl Driver {
                         queue.close();
                     }
                     used = false;
-                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.idle);
                     continue;
                 }
             };
@@ -307,7 +313,7 @@ impl Driver {
                     if answered(pending) {
                         return End::Done;
                     }
-                    let _ = tokio::time::timeout(IDLE, notified).await;
+                    let _ = tokio::time::timeout(self.idle, notified).await;
                 }
             };
             used = true;

@@ -1335,6 +1335,38 @@ async fn one_peer_filling_its_share_leaves_task_slots_for_others() {
 /// B fills every task slot of A with waiting tasks, then shuts down: A drops B's handlers as
 /// soon as B's connection closes, and C can use the full share at once, without any of B's
 /// tasks being let through the gate.
+/// A task stream with nothing in flight closes after `task_idle_timeout`, and takes its
+/// otherwise idle connection with it; the next task opens a fresh stream (and connection).
+/// Tasks sent just before, at and after the moment a stream closes are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_task_stream_closes_and_the_next_task_opens_another() {
+    let idle = Duration::from_millis(200);
+    let a = spawn_node(vec![], |_| {}).await;
+    let b = spawn_node(vec![a.tcp_addr().await], |c| {
+        c.task_idle_timeout = idle;
+        c.idle_connection_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let echo = || async {
+        let outcome = within(SETTLE, "echo", b.client.submit_task(a.id(), spec("echo"))).await;
+        assert!(matches!(outcome, Ok(TaskOutcome::Ok { .. })), "{outcome:?}");
+    };
+    echo().await;
+    // Only the stream kept the connection up.
+    eventually(SETTLE, "the idle connection closes", || async {
+        let peers = b.client.connected_peers().await.unwrap();
+        (!peers.contains(&a.id())).then_some(())
+    })
+    .await;
+    echo().await;
+    // A stream closes between one and two idle times after its last task: pauses across
+    // that range land tasks on a stream as it closes.
+    for step in 0..12u32 {
+        tokio::time::sleep(idle + idle * step / 6).await;
+        echo().await;
+    }
+}
+
 /// A submitter that sends many tasks and never reads their outcomes gets no more of them run
 /// than its share of slots and the few answers in transit: the executor does not run its
 /// tasks into memory it cannot send.

@@ -50,6 +50,8 @@ pub struct NetworkClient {
     tasks: TaskLinks,
     /// [`Config::max_pending_outbound`].
     max_pending: usize,
+    /// [`Config::task_idle_timeout`].
+    task_idle: Duration,
 }
 
 /// The raw-stream control, which has no `Debug` of its own.
@@ -75,6 +77,7 @@ impl NetworkClient {
             streams: Streams(streams),
             tasks: TaskLinks::default(),
             max_pending: config.max_pending_outbound,
+            task_idle: config.task_idle_timeout,
             shutdown: config.shutdown.clone(),
             timeouts: Timeouts {
                 task: config.task_timeout + CLIENT_SLACK,
@@ -193,7 +196,8 @@ impl NetworkClient {
     /// A peer at capacity answers `TaskOutcome::Failed { kind: FailureKind::Busy, .. }`.
     ///
     /// Every task to one peer goes over one `/shoal/task/6` stream, opened (dialing the peer
-    /// if need be) by the first and closed after a minute without tasks.
+    /// if need be) by the first and closed after [`Config::task_idle_timeout`] without
+    /// tasks.
     ///
     /// # Errors
     ///
@@ -212,6 +216,7 @@ impl NetworkClient {
             open: move || open_stream(control.clone(), peer, TASK_PROTOCOL_NAME, after).boxed(),
             max_pending: self.max_pending,
             shutdown: self.shutdown.clone(),
+            idle: self.task_idle,
         };
         let after = self.timeouts.task;
         tokio::time::timeout(after, self.tasks.submit(peer, spec, &setup))
@@ -331,11 +336,17 @@ async fn open_stream(
     // libp2p-stream 0.5.0-alpha loses a request made while a connection to the peer is being
     // set up (its handler exists, the connection is not yet recorded): it dials again, the
     // swarm refuses a dial to a connected peer, and the request waits for a next connection
-    // that never comes. So each try waits a little, then asks again.
+    // that never comes. So each try waits a little, then asks again. A try that fails (the
+    // connection it went to was closing as it asked: idle, or dropped) is made once more.
+    let mut failed_once = false;
     let opened = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = left.min(OPEN_STREAM_RETRY);
         match tokio::time::timeout(attempt, control.open_stream(peer, protocol.clone())).await {
+            Ok(Err(libp2p_stream::OpenStreamError::Io(e))) if !failed_once => {
+                tracing::debug!(%peer, protocol = name, "opening a stream failed: {e}; once more");
+                failed_once = true;
+            }
             Ok(opened) => break opened,
             Err(_) if attempt < left => {}
             Err(_) => {

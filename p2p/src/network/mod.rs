@@ -43,7 +43,7 @@ use crate::{
     behaviour::Behaviour,
     bulk::{self, BULK_PROTOCOL, BULK_PROTOCOL_NAME, BULK_STALL_TIMEOUT},
     messages::{BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord},
-    tasks::{self, TASK_PROTOCOL, TASK_PROTOCOL_NAME, TaskSlots},
+    tasks::{self, TASK_IDLE_TIMEOUT, TASK_PROTOCOL, TASK_PROTOCOL_NAME, TaskSlots},
 };
 #[cfg(doc)]
 use libp2p::Swarm;
@@ -107,6 +107,9 @@ pub struct Config {
     /// How long a bulk requester waits for the next byte it is owed before it gives the
     /// provider up. Default 5 s ([`BULK_STALL_TIMEOUT`]).
     pub bulk_stall_timeout: Duration,
+    /// How long a `/shoal/task/6` stream to a peer stays open with no task in flight; the
+    /// next task opens a new one. Default 60 s ([`TASK_IDLE_TIMEOUT`]).
+    pub task_idle_timeout: Duration,
     /// Established connections, inbound and outbound together; more are refused. Default 256.
     /// Also the bound on inbound `/shoal/task/6` streams, from all peers together.
     pub max_established: u32,
@@ -149,6 +152,7 @@ impl Config {
             max_inbound_bulk: 16,
             max_inbound_bulk_per_peer: 4,
             bulk_stall_timeout: BULK_STALL_TIMEOUT,
+            task_idle_timeout: TASK_IDLE_TIMEOUT,
             max_established: 256,
             max_established_per_peer: 4,
             max_pending_incoming: 64,
