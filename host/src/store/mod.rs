@@ -212,9 +212,10 @@ pub struct BlockStore {
     grants: Mutex<grants::GrantMap>,
     /// Files every block of which [`BlockStore::missing_blocks`] found here, with none
     /// removed since: a task's module or input that is already here then costs no disk
-    /// lookup. Forgotten whenever a block goes (a GC, a quarantine, a read that finds a block
-    /// missing); a GC cannot remove a block while a lease holds its file, so a file is never
-    /// found complete during a GC that then removes part of it.
+    /// lookup. All are forgotten whenever a block goes (a GC, a quarantine), and a file when
+    /// a read of it finds one of its blocks missing; a GC cannot remove a block while a lease
+    /// holds its file, so a file is never found complete during a GC that then removes part
+    /// of it.
     complete: Mutex<HashSet<Cid>>,
     // Held for the store's lifetime; the OS drops the lock with the file.
     _lock: File,
@@ -357,6 +358,15 @@ impl BlockStore {
     /// Forgets every file known complete: a block went.
     pub(crate) fn forget_complete(&self) {
         lock_complete(&self.complete).clear();
+    }
+
+    /// Forgets `file` as complete when reading it found one of its blocks missing (removed
+    /// behind the store's back). Only that file: a peer asking for blocks that are not here
+    /// must not wipe what is known of the others.
+    fn forget_if_missing(&self, file: &Cid, error: &StoreError) {
+        if matches!(error, StoreError::NotFound(_)) {
+            lock_complete(&self.complete).remove(file);
+        }
     }
 
     /// Whether file `file` is granted to `reader` itself (not only public). Memory only.
@@ -588,7 +598,6 @@ impl BlockStore {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.forget_complete();
                 return Err(StoreError::NotFound(*cid));
             }
             Err(e) => return Err(io_err(format!("reading block {cid}"))(e)),
@@ -690,7 +699,9 @@ impl BlockStore {
     /// [`StoreError::NotAFile`] if the CID names a data block (whatever its content) or
     /// anything else that is not a manifest; read errors as [`BlockStore::get_block`].
     pub fn manifest(&self, cid: &Cid) -> Result<Manifest, StoreError> {
-        let bytes = self.get_block(cid)?;
+        let bytes = self
+            .get_block(cid)
+            .inspect_err(|e| self.forget_if_missing(cid, e))?;
         Manifest::decode(&bytes).map_err(|source| StoreError::NotAFile { cid: *cid, source })
     }
 
@@ -703,7 +714,9 @@ impl BlockStore {
         index: usize,
     ) -> Result<Vec<u8>, StoreError> {
         let cid = manifest.chunks[index];
-        let bytes = self.get_block(&cid)?;
+        let bytes = self
+            .get_block(&cid)
+            .inspect_err(|e| self.forget_if_missing(file, e))?;
         let Some(payload) = block::data_payload(&bytes) else {
             return Err(StoreError::NotAChunk {
                 file: *file,
@@ -1129,6 +1142,44 @@ mod tests {
             crafted,
             "the real file round-trips"
         );
+    }
+
+    #[test]
+    fn a_file_known_complete_is_forgotten_only_when_a_block_of_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let cid = store.put_file(&b"a module"[..]).unwrap();
+        assert!(!store.known_complete(&cid), "known only once checked");
+        assert!(store.missing_blocks(&cid).unwrap().is_empty());
+        assert!(store.known_complete(&cid));
+
+        // Asking for blocks or files that are not here forgets nothing.
+        let absent = Cid::of(b"absent");
+        assert!(matches!(
+            store.get_block(&absent),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.manifest(&absent),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(store.known_complete(&cid));
+
+        // A chunk removed behind the store's back: the read that finds it gone forgets the file.
+        let chunk = store.manifest(&cid).unwrap().chunks[0];
+        fs::remove_file(store.path_of(&chunk)).unwrap();
+        assert!(matches!(
+            store.read_file(&cid),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!store.known_complete(&cid));
+        assert_eq!(store.missing_blocks(&cid).unwrap(), vec![chunk]);
+
+        // A GC that removes blocks forgets every file.
+        let other = store.put_file(&b"another"[..]).unwrap();
+        assert!(store.missing_blocks(&other).unwrap().is_empty());
+        assert!(store.gc(GcMode::All).unwrap().freed_blocks > 0);
+        assert!(!store.known_complete(&other));
     }
 
     /// Stores `bytes` as a raw block, as a fetch from a peer would.
