@@ -50,7 +50,7 @@ use crate::{Config, NetworkClient};
 use crate::{
     codec::{TASK_LIMITS, encode_frame, read_frame},
     messages::{FailureKind, TaskOutcome, TaskSpec},
-    network::{Error, InboundHandler},
+    network::{Error, InboundHandler, open_stream},
 };
 
 /// `/shoal/task/6`: tasks and their outcomes over one long-lived raw stream.
@@ -114,10 +114,19 @@ struct Link {
 type LinkMap = Mutex<HashMap<PeerId, Link>>;
 
 /// A submitter's streams, one per executor; shared by the clones of a [`NetworkClient`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct TaskLinks {
     links: Arc<LinkMap>,
     generations: Arc<AtomicU64>,
+    control: libp2p_stream::Control,
+    /// How long opening a stream may take.
+    open_within: Duration,
+    /// Tasks in flight on one stream; more fail with [`Error::TooManyInFlight`].
+    max_pending: usize,
+    /// How long a stream with nothing in flight stays open.
+    idle: Duration,
+    /// Ends every stream.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for TaskLinks {
@@ -126,36 +135,34 @@ impl std::fmt::Debug for TaskLinks {
     }
 }
 
-/// How a link opens its stream, and its bounds.
-pub(crate) struct LinkSetup<F> {
-    /// Opens a stream to the peer.
-    pub(crate) open: F,
-    /// Tasks in flight on one stream; more fail with [`Error::TooManyInFlight`].
-    pub(crate) max_pending: usize,
-    /// Ends every stream.
-    pub(crate) shutdown: CancellationToken,
-    /// How long a stream with nothing in flight stays open.
-    pub(crate) idle: Duration,
-}
-
 impl TaskLinks {
+    pub(crate) fn new(
+        control: libp2p_stream::Control,
+        open_within: Duration,
+        max_pending: usize,
+        idle: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            links: Arc::default(),
+            generations: Arc::default(),
+            control,
+            open_within,
+            max_pending: max_pending.max(1),
+            idle,
+            shutdown,
+        }
+    }
+
     /// Sends `spec` to `peer` on the stream to it, opened first if there is none, and waits
     /// for its outcome (unbounded here: the caller bounds it).
-    pub(crate) async fn submit<F>(
-        &self,
-        peer: PeerId,
-        spec: TaskSpec,
-        setup: &LinkSetup<F>,
-    ) -> Result<TaskOutcome, Error>
-    where
-        F: Fn() -> BoxFuture<'static, Result<Stream, Error>>,
-    {
+    pub(crate) async fn submit(&self, peer: PeerId, spec: TaskSpec) -> Result<TaskOutcome, Error> {
         let (answer, answered) = oneshot::channel();
         let mut submission = Submission { spec, answer };
         // A stream that ends between the lookup and the send refuses the task: once more, on
         // a fresh one.
         for _ in 0..2 {
-            let submissions = self.link(peer, setup);
+            let submissions = self.link(peer);
             match submissions.send(submission).await {
                 Ok(()) => {
                     return answered.await.unwrap_or(Err(Error::ConnectionClosed {
@@ -173,10 +180,7 @@ impl TaskLinks {
     }
 
     /// The queue to `peer`'s stream, started if there is none.
-    fn link<F>(&self, peer: PeerId, setup: &LinkSetup<F>) -> mpsc::Sender<Submission>
-    where
-        F: Fn() -> BoxFuture<'static, Result<Stream, Error>>,
-    {
+    fn link(&self, peer: PeerId) -> mpsc::Sender<Submission> {
         let mut links = lock(&self.links);
         if let Some(link) = links.get(&peer)
             && !link.submissions.is_closed()
@@ -196,10 +200,17 @@ impl TaskLinks {
             peer,
             generation,
             links: Arc::downgrade(&self.links),
-            max_pending: setup.max_pending.max(1),
-            idle: setup.idle,
+            max_pending: self.max_pending,
+            idle: self.idle,
         };
-        tokio::spawn(driver.run((setup.open)(), queue, setup.shutdown.clone()));
+        let opening = open_stream(
+            self.control.clone(),
+            peer,
+            TASK_PROTOCOL_NAME,
+            self.open_within,
+        )
+        .boxed();
+        tokio::spawn(driver.run(opening, queue, self.shutdown.clone()));
         submissions
     }
 }

@@ -2,7 +2,6 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use futures::FutureExt;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +12,7 @@ use crate::{
     messages::{
         BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec, Verified,
     },
-    tasks::{LinkSetup, TASK_PROTOCOL_NAME, TaskLinks},
+    tasks::TaskLinks,
 };
 
 /// Slack added to a protocol timeout for the client-side bound, so that libp2p's own timeout
@@ -48,10 +47,6 @@ pub struct NetworkClient {
     streams: Streams,
     /// The `/shoal/task/6` streams to the peers this one sends tasks to.
     tasks: TaskLinks,
-    /// [`Config::max_pending_outbound`].
-    max_pending: usize,
-    /// [`Config::task_idle_timeout`].
-    task_idle: Duration,
 }
 
 /// The raw-stream control, which has no `Debug` of its own.
@@ -71,22 +66,28 @@ impl NetworkClient {
         config: &Config,
         streams: libp2p_stream::Control,
     ) -> Self {
+        let timeouts = Timeouts {
+            task: config.task_timeout + CLIENT_SLACK,
+            block: config.block_timeout + CLIENT_SLACK,
+            capacity: config.capacity_timeout + CLIENT_SLACK,
+            dial: config.dial_timeout,
+            query: config.query_timeout + CLIENT_SLACK,
+            stall: config.bulk_stall_timeout,
+        };
+        let tasks = TaskLinks::new(
+            streams.clone(),
+            timeouts.dial + timeouts.capacity,
+            config.max_pending_outbound,
+            config.task_idle_timeout,
+            config.shutdown.clone(),
+        );
         Self {
             commands,
             peer_id,
             streams: Streams(streams),
-            tasks: TaskLinks::default(),
-            max_pending: config.max_pending_outbound,
-            task_idle: config.task_idle_timeout,
+            tasks,
             shutdown: config.shutdown.clone(),
-            timeouts: Timeouts {
-                task: config.task_timeout + CLIENT_SLACK,
-                block: config.block_timeout + CLIENT_SLACK,
-                capacity: config.capacity_timeout + CLIENT_SLACK,
-                dial: config.dial_timeout,
-                query: config.query_timeout + CLIENT_SLACK,
-                stall: config.bulk_stall_timeout,
-            },
+            timeouts,
         }
     }
 
@@ -210,16 +211,8 @@ impl NetworkClient {
         if self.shutdown.is_cancelled() {
             return Err(Error::Shutdown);
         }
-        let control = self.streams.0.clone();
-        let after = self.timeouts.dial + self.timeouts.capacity;
-        let setup = LinkSetup {
-            open: move || open_stream(control.clone(), peer, TASK_PROTOCOL_NAME, after).boxed(),
-            max_pending: self.max_pending,
-            shutdown: self.shutdown.clone(),
-            idle: self.task_idle,
-        };
         let after = self.timeouts.task;
-        tokio::time::timeout(after, self.tasks.submit(peer, spec, &setup))
+        tokio::time::timeout(after, self.tasks.submit(peer, spec))
             .await
             .map_err(|_| Error::Timeout {
                 op: "submit_task",
@@ -325,7 +318,7 @@ impl NetworkClient {
 }
 
 /// Opens a raw stream to `peer` on protocol `name`, dialing it if need be, within `after`.
-async fn open_stream(
+pub(crate) async fn open_stream(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     name: &'static str,

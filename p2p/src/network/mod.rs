@@ -34,6 +34,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
+pub(crate) use self::client::open_stream;
 pub use self::{client::NetworkClient, inbound::InboundHandler};
 use self::{
     event_loop::{EventLoop, Outbound},
