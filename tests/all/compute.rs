@@ -143,7 +143,7 @@ pub(crate) fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, t
     assert_close(&what, &t.read(hc).unwrap(), &want, |i| 1e-6 + 2e-5 * mag[i]);
 }
 
-/// Awkward matmul shapes: 1x1, primes, non-multiples of the 64-wide tile, thin ones; every
+/// Awkward matmul shapes: 1x1, primes, non-multiples of the 64- and 128-wide tiles, thin ones; every
 /// transpose variant of each.
 fn matmul_awkward(backend: Arc<dyn Backend>) {
     for (m, k, n) in [
@@ -157,6 +157,8 @@ fn matmul_awkward(backend: Arc<dyn Backend>) {
         (37, 53, 29),
         (97, 257, 33),
         (9, 7, 259),
+        // The GPU's 128-wide kernel for large outputs: partial tiles and a partial k slab.
+        (513, 77, 515),
     ] {
         for ta in [false, true] {
             for tb in [false, true] {

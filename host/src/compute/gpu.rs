@@ -16,8 +16,12 @@ use super::{
 };
 
 /// Every shader file, by name, with its WGSL source (for validation in tests and tools).
-pub const SHADERS: [(&str, &str); 6] = [
+pub const SHADERS: [(&str, &str); 7] = [
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
+    (
+        "matmul_large.wgsl",
+        include_str!("../../../shaders/matmul_large.wgsl"),
+    ),
     (
         "elementwise.wgsl",
         include_str!("../../../shaders/elementwise.wgsl"),
@@ -41,10 +45,15 @@ pub const SHADERS: [(&str, &str); 6] = [
 const WORKGROUP_1D: u32 = 256;
 /// Output tile of one matmul workgroup (`TM`, `TN` in matmul.wgsl).
 const MATMUL_TILE: u32 = 64;
+/// Output tile of one `matmul_large` workgroup (`TM`, `TN` in matmul_large.wgsl).
+const MATMUL_LARGE_TILE: u32 = 128;
+/// Outputs with at least this many rows and columns take `matmul_large`: from there its
+/// 128 x 128 tiles still give a GPU enough workgroups (16 and more) to fill it.
+const MATMUL_LARGE_FROM: u32 = 512;
 /// Tile of one transpose workgroup.
 const TRANSPOSE_TILE: u32 = 16;
-/// Workgroup memory the kernels use at most (matmul: two 1024-float tiles).
-const WORKGROUP_STORAGE_BYTES: u32 = 8192;
+/// Workgroup memory the kernels use at most (matmul_large: two slabs of 8 x 132 floats).
+const WORKGROUP_STORAGE_BYTES: u32 = 8448;
 
 /// Defines [`Kernel`], one variant per compiled pipeline, from its shader file (an index in
 /// [`SHADERS`]) and entry point; `Kernel::ALL` lists them in discriminant order.
@@ -70,22 +79,23 @@ macro_rules! kernels {
 
 kernels! {
     Matmul = (0, "matmul"),
-    Add = (1, "add"),
-    Sub = (1, "sub"),
-    Mul = (1, "mul"),
-    Scale = (1, "scale"),
-    Axpy = (1, "axpy"),
-    Relu = (2, "relu"),
-    ReluGrad = (2, "relu_grad"),
-    Sigmoid = (2, "sigmoid_forward"),
-    SigmoidGrad = (2, "sigmoid_grad"),
-    Tanh = (2, "tanh_forward"),
-    TanhGrad = (2, "tanh_grad"),
-    SumAxis0 = (3, "sum_axis0"),
-    SumAxis1 = (3, "sum_axis1"),
-    XentForward = (4, "xent_forward"),
-    XentBackward = (4, "xent_backward"),
-    Transpose = (5, "transpose"),
+    MatmulLarge = (1, "matmul_large"),
+    Add = (2, "add"),
+    Sub = (2, "sub"),
+    Mul = (2, "mul"),
+    Scale = (2, "scale"),
+    Axpy = (2, "axpy"),
+    Relu = (3, "relu"),
+    ReluGrad = (3, "relu_grad"),
+    Sigmoid = (3, "sigmoid_forward"),
+    SigmoidGrad = (3, "sigmoid_grad"),
+    Tanh = (3, "tanh_forward"),
+    TanhGrad = (3, "tanh_grad"),
+    SumAxis0 = (4, "sum_axis0"),
+    SumAxis1 = (4, "sum_axis1"),
+    XentForward = (5, "xent_forward"),
+    XentBackward = (5, "xent_backward"),
+    Transpose = (6, "transpose"),
 }
 
 /// The values of one kernel's `Params` uniform, laid out as `struct Params` is in every
@@ -467,9 +477,16 @@ impl GpuBackend {
                     flags: u32::from(trans_a) | (u32::from(trans_b) << 1),
                     ..base
                 };
-                let tiles = u64::from(out_shape.rows.div_ceil(MATMUL_TILE))
-                    * u64::from(out_shape.cols.div_ceil(MATMUL_TILE));
-                (Kernel::Matmul, params, (a, b), tiles)
+                let large = out_shape.rows >= MATMUL_LARGE_FROM
+                    && out_shape.cols >= MATMUL_LARGE_FROM;
+                let (kernel, tile) = if large {
+                    (Kernel::MatmulLarge, MATMUL_LARGE_TILE)
+                } else {
+                    (Kernel::Matmul, MATMUL_TILE)
+                };
+                let tiles = u64::from(out_shape.rows.div_ceil(tile))
+                    * u64::from(out_shape.cols.div_ceil(tile));
+                (kernel, params, (a, b), tiles)
             }
             TensorOp::Binary(bop) => {
                 let kernel = match bop {
