@@ -12,9 +12,9 @@
 // Invocation (tx, ty) computes rows {ty*4 .. ty*4+3} and {64+ty*4 .. 64+ty*4+3} of the tile,
 // and the same pattern of columns with tx, so a warp's vec4 reads are contiguous.
 //
-// Registers are indexed with literals only (the loads and the accumulators are written out):
-// wgpu bounds every loop with a counter, which can stop a driver from unrolling it, and a
-// register array indexed in a loop that is not unrolled moves to slow local memory.
+// Registers are indexed with literals only (the loads and the accumulators are written out),
+// so they stay in registers whether or not a driver unrolls the loops: a register array
+// indexed in a loop that is not unrolled moves to slow local memory.
 
 struct Params {
     len: u32,

@@ -1,6 +1,7 @@
 //! The wgpu backend on a hardware GPU, against the cpu backend on the same machine, in one run:
 //!
-//! - matmul GFLOP/s at n = 1024, 2048, 4096 and 8192 (and one transposed product), each GPU
+//! - matmul GFLOP/s at n = 448 (the 64-wide kernel for small outputs), 1024, 2048, 4096 and
+//!   8192 (the 128-wide one), and one transposed product, each GPU
 //!   product checked against the cpu backend's by ‖gpu − cpu‖ / ‖cpu‖, next to the card's
 //!   own f32 GEMM (cuBLAS through PyTorch, TF32 off) where `SHOAL_BENCH_PYTHON` (default
 //!   `python3`) has a CUDA PyTorch;
@@ -122,7 +123,10 @@ fn cublas_reference(sizes: &[u32]) -> Result<HashMap<u32, f64>, String> {
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
-        return Err(format!("{python}: {}", err.lines().last().unwrap_or("failed")));
+        return Err(format!(
+            "{python}: {}",
+            err.lines().last().unwrap_or("failed")
+        ));
     }
     let mut gflops = HashMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -319,7 +323,7 @@ fn main() {
         (&[256, 600], &[(1346, 64, 64, 10)])
     } else {
         (
-            &[1024, 2048, 4096, 8192],
+            &[448, 1024, 2048, 4096, 8192],
             &[
                 (1346, 64, 64, 10),
                 (4096, 784, 1024, 10),

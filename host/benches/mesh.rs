@@ -1,6 +1,7 @@
 //! Two nodes on loopback in one process: remote noop tasks/s and submit→result latency, and
 //! a 256 MiB file moved between them over `/shoal/bulk/1` (`fetch_file`) and over the old
-//! per-block path, next to the limits measured in the same run (medians of
+//! per-block path, and from two providers at once (a third node holds the same file), next
+//! to the limits measured in the same run (medians of
 //! `SHOAL_BENCH_ROUNDS`, default 3): a raw TCP loopback copy, the disk's durable write, the
 //! bulk stream alone over TCP+noise+yamux and over QUIC, and libp2p's perf method between two
 //! bare swarms over the same two transports (the encrypted-transport ceilings).
@@ -187,18 +188,21 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// `fetch_file` into a fresh node that reaches the worker at `addr` only: an empty store, so
-/// every chunk moves and is synced. MB/s, and the CPU seconds the process spent on it.
+/// `fetch_file` into a fresh node that reaches each provider at its address only: an empty
+/// store, so every chunk moves and is synced. MB/s, and the CPU seconds the process spent on
+/// it.
 async fn fetch_file_mbps(
     dir: &std::path::Path,
-    addr: &Multiaddr,
-    worker: PeerId,
+    providers: &[(&Multiaddr, PeerId)],
     file: Cid,
 ) -> (f64, f64) {
     let fetcher = Node::start(config(dir, 0, &[TCP])).await.expect("fetcher");
-    fetcher.net().dial(addr.clone()).await.expect("dial");
+    for (addr, _) in providers {
+        fetcher.net().dial((*addr).clone()).await.expect("dial");
+    }
+    let ids: Vec<PeerId> = providers.iter().map(|(_, id)| *id).collect();
     let (start, cpu) = (Instant::now(), cpu_seconds());
-    fetcher.fetch_file(file, &[worker]).await.expect("fetch");
+    fetcher.fetch_file(file, &ids).await.expect("fetch");
     let mbps = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     fetcher.shutdown().await;
@@ -479,7 +483,15 @@ async fn transfer_part(
     let file = root.join("big.bin");
     std::fs::write(&file, &data).expect("write file");
     // Public: the client is another tenant.
-    let cid = worker.put_path(file, true).await.expect("put");
+    let cid = worker.put_path(file.clone(), true).await.expect("put");
+    // A second provider of the same file, for a fetch over two connections: each connection
+    // runs its transport on one task, so one connection is bound by one core.
+    let second = Node::start(config(&root.join("second"), 0, &[TCP]))
+        .await
+        .expect("second provider");
+    assert_eq!(second.put_path(file, true).await.expect("put"), cid);
+    let second_id = second.peer_id();
+    let second_addr = second.net().listen_addrs().await.expect("addrs")[0].clone();
     let manifest = worker.store().manifest(&cid).expect("manifest");
     let t = Instant::now();
     for c in manifest.chunks.iter().take(16) {
@@ -508,7 +520,7 @@ async fn transfer_part(
     let perf_tcp = perf_connect(TCP).await;
     let perf_quic = perf_connect(QUIC).await;
     // One vector of per-round figures for each line printed.
-    let mut m: [Vec<f64>; 14] = Default::default();
+    let mut m: [Vec<f64>; 15] = Default::default();
     for round in 0..rounds {
         let (chunks, n) = (&manifest.chunks, LEN as u64);
         // Each transport's ceiling right before the stream over it, so that both see the
@@ -530,12 +542,20 @@ async fn transfer_part(
         m[11].push(disk.direct);
         settle();
         let dir = root.join(format!("fetcher-bulk-{round}"));
-        let (mbps, cpu) = fetch_file_mbps(&dir, &tcp_addr, worker_id, cid).await;
+        let (mbps, cpu) = fetch_file_mbps(&dir, &[(&tcp_addr, worker_id)], cid).await;
         m[2].push(mbps);
         m[13].push(cpu);
         settle();
         let dir = root.join(format!("fetcher-bulk-quic-{round}"));
-        m[3].push(fetch_file_mbps(&dir, &quic_addr, worker_id, cid).await.0);
+        m[3].push(
+            fetch_file_mbps(&dir, &[(&quic_addr, worker_id)], cid)
+                .await
+                .0,
+        );
+        settle();
+        let dir = root.join(format!("fetcher-two-{round}"));
+        let both = [(&tcp_addr, worker_id), (&second_addr, second_id)];
+        m[14].push(fetch_file_mbps(&dir, &both, cid).await.0);
 
         settle();
         let dir = root.join(format!("fetcher-block-{round}"));
@@ -565,6 +585,7 @@ async fn transfer_part(
         disk_direct,
         stream_cpu,
         fetch_cpu,
+        two_providers,
     ] = m.map(median);
     println!(
         "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
@@ -572,6 +593,10 @@ async fn transfer_part(
     );
     println!("  shoal /shoal/bulk/1 (one stream, fetch_file), TCP+noise+yamux: {bulk_tcp:.0} MB/s");
     println!("  shoal /shoal/bulk/1 (one stream, fetch_file), QUIC: {bulk_quic:.0} MB/s");
+    println!(
+        "  shoal /shoal/bulk/1 (fetch_file from two providers, a stream to each), \
+         TCP+noise+yamux: {two_providers:.0} MB/s"
+    );
     println!(
         "  shoal /shoal/block/2 (16 requests in flight, batch fsync), TCP+noise+yamux: \
              {per_block:.0} MB/s"
@@ -621,6 +646,12 @@ async fn transfer_part(
         bulk / disk,
         bulk / disk.min(ceiling)
     );
+    println!(
+        "  end to end from two providers (TCP): {:.2}x the disk's durable write; {:.2}x one \
+         provider",
+        two_providers / disk,
+        two_providers / bulk_tcp
+    );
     // Both nodes share this machine's CPUs: what a fetch costs bounds it wherever the disk
     // and the network would allow more.
     let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
@@ -631,4 +662,5 @@ async fn transfer_part(
          and moved {:.2}x that",
         bulk_tcp / cpu_bound
     );
+    second.shutdown().await;
 }
