@@ -7,7 +7,7 @@
 //!   `python3`) has a CUDA PyTorch;
 //! - one MLP training step (forward, backward, SGD on the resident parameters, the loss read
 //!   back) at the digits model's size and at sizes that fill a GPU, on both backends from the
-//!   same parameters, their losses compared.
+//!   same parameters, their losses compared; then the largest step on the GPU op by op.
 //!
 //! Times are medians. A product's time is a batch of products submitted back to back, then
 //! one wait, divided by the batch: what a training loop that keeps the queue full sees.
@@ -181,8 +181,13 @@ fn bench_matmul(gpu: &GpuBackend, cpu: &CpuBackend, sizes: &[u32]) {
             let expected = read(cpu, &cpu.execute(op, &[&ca, &cb], &budget).expect("cpu"));
             let got = read(gpu, &gpu.execute(op, &[&ga, &gb], &budget).expect("gpu"));
             let error = relative_error(&got, &expected);
-            // About 0.2 s of work per timed batch on a fast GPU, at least one product.
-            let batch = ((4e12 / flops) as usize).clamp(1, 64);
+            // About 0.2 s of work per timed batch on a fast GPU, at least one product; one
+            // on a software adapter, which only checks the bench.
+            let batch = if gpu.is_software() {
+                1
+            } else {
+                ((4e12 / flops) as usize).clamp(1, 64)
+            };
             let gpu_s = time_products(gpu, &wait_gpu, op, &ga, &gb, batch, 7);
             let cpu_rounds = if n >= 8192 { 1 } else { 3 };
             let cpu_s = time_products(cpu, &|| {}, op, &ca, &cb, 1, cpu_rounds);
@@ -204,32 +209,41 @@ fn bench_matmul(gpu: &GpuBackend, cpu: &CpuBackend, sizes: &[u32]) {
 
 /// One SGD step of a `inputs`-`hidden`-`classes` MLP on a batch: forward, loss (read back,
 /// as a training loop does), backward, update. Returns the loss and the new parameters.
-fn mlp_step(t: &mut TensorTable, p: [u32; 4], x: u32, y: u32) -> (f32, [u32; 4]) {
-    let h = t.matmul(x, p[0], false, false).expect("h");
-    let z1 = t.add(h, p[1]).expect("z1");
-    let a1 = t.activation(UnaryOp::Relu, z1).expect("a1");
-    let o = t.matmul(a1, p[2], false, false).expect("o");
-    let logits = t.add(o, p[3]).expect("logits");
-    let loss = t
-        .softmax_xent(logits, y, XentReduction::Mean)
-        .expect("loss");
-    let dlogits = t.softmax_xent_backward(logits, y).expect("dlogits");
-    let gw2 = t.matmul(a1, dlogits, true, false).expect("gw2");
-    let gb2 = t
-        .reduce(ReduceOp::Sum, ReduceAxis::Axis0, dlogits)
-        .expect("gb2");
-    let da1 = t.matmul(dlogits, p[2], false, true).expect("da1");
-    let dz1 = t.activation_grad(UnaryOp::Relu, z1, da1).expect("dz1");
-    let gw1 = t.matmul(x, dz1, true, false).expect("gw1");
-    let gb1 = t
-        .reduce(ReduceOp::Sum, ReduceAxis::Axis0, dz1)
-        .expect("gb1");
+/// `mark(op)` is called after each op is submitted: the per-op breakdown waits there.
+fn mlp_step(
+    t: &mut TensorTable,
+    p: [u32; 4],
+    x: u32,
+    y: u32,
+    mark: &mut dyn FnMut(&'static str),
+) -> (f32, [u32; 4]) {
+    let mut op = |name: &'static str, handle: Result<u32, _>| {
+        mark(name);
+        handle.expect(name)
+    };
+    let h = op("x·w1", t.matmul(x, p[0], false, false));
+    let z1 = op("+ b1", t.add(h, p[1]));
+    let a1 = op("relu", t.activation(UnaryOp::Relu, z1));
+    let o = op("a1·w2", t.matmul(a1, p[2], false, false));
+    let logits = op("+ b2", t.add(o, p[3]));
+    let loss = op("xent", t.softmax_xent(logits, y, XentReduction::Mean));
+    let dlogits = op("xent grad", t.softmax_xent_backward(logits, y));
+    let gw2 = op("a1ᵀ·dlogits", t.matmul(a1, dlogits, true, false));
+    let gb2 = op(
+        "sum0 dlogits",
+        t.reduce(ReduceOp::Sum, ReduceAxis::Axis0, dlogits),
+    );
+    let da1 = op("dlogits·w2ᵀ", t.matmul(dlogits, p[2], false, true));
+    let dz1 = op("relu grad", t.activation_grad(UnaryOp::Relu, z1, da1));
+    let gw1 = op("xᵀ·dz1", t.matmul(x, dz1, true, false));
+    let gb1 = op("sum0 dz1", t.reduce(ReduceOp::Sum, ReduceAxis::Axis0, dz1));
     let grads = [gw1, gb1, gw2, gb2];
     let mut next = [0; 4];
     for i in 0..4 {
-        next[i] = t.axpy(-0.01, grads[i], p[i]).expect("sgd");
+        next[i] = op("sgd", t.axpy(-0.01, grads[i], p[i]));
     }
     let loss_value = t.read(loss).expect("read the loss")[0];
+    mark("read loss");
     for handle in [h, z1, a1, o, logits, loss, dlogits, da1, dz1]
         .into_iter()
         .chain(grads)
@@ -240,19 +254,19 @@ fn mlp_step(t: &mut TensorTable, p: [u32; 4], x: u32, y: u32) -> (f32, [u32; 4])
     (loss_value, next)
 }
 
-/// Median seconds per step and the first step's loss, for `steps` steps from the same start.
-fn time_mlp(
+/// A table holding a batch and the parameters of a `rows`, `inputs`-`hidden`-`classes`
+/// MLP, the same values on every backend: `(table, params, x, y)`.
+fn mlp_setup(
     backend: Arc<dyn Backend>,
     (rows, inputs, hidden, classes): (u32, u32, u32, u32),
-    steps: usize,
-) -> (f64, f32) {
+) -> (TensorTable, [u32; 4], u32, u32) {
     let mut t = TensorTable::new(backend, 16 << 30);
     let mut up = |v: Vec<f32>, r: u32, c: u32| t.create(v, Shape::new(r, c)).expect("upload");
     let scale = |v: Vec<f32>, s: f32| v.into_iter().map(|x| x * s).collect::<Vec<_>>();
     let x = up(values((rows * inputs) as usize, 3), rows, inputs);
     let labels: Vec<f32> = (0..rows).map(|i| (i % classes) as f32).collect();
     let y = up(labels, rows, 1);
-    let mut p = [
+    let p = [
         up(
             scale(values((inputs * hidden) as usize, 4), 0.05),
             inputs,
@@ -266,11 +280,17 @@ fn time_mlp(
         ),
         up(vec![0.0; classes as usize], 1, classes),
     ];
+    (t, p, x, y)
+}
+
+/// Median seconds per step and the first step's loss, for `steps` steps from the same start.
+fn time_mlp(backend: Arc<dyn Backend>, shape: (u32, u32, u32, u32), steps: usize) -> (f64, f32) {
+    let (mut t, mut p, x, y) = mlp_setup(backend, shape);
     let mut times = Vec::new();
     let mut first_loss = None;
     for _ in 0..steps + 1 {
         let started = Instant::now();
-        let (loss, next) = mlp_step(&mut t, p, x, y);
+        let (loss, next) = mlp_step(&mut t, p, x, y, &mut |_| {});
         times.push(started.elapsed());
         first_loss.get_or_insert(loss);
         p = next;
@@ -282,7 +302,39 @@ fn time_mlp(
     )
 }
 
-fn bench_mlp(gpu: Arc<dyn Backend>, cpu: Arc<dyn Backend>, shapes: &[(u32, u32, u32, u32)]) {
+/// Where a GPU step's time goes: each op waited for on its own, medians over `steps` steps.
+/// Waiting serialises what the queue would overlap, so the parts add up to more than a step.
+fn mlp_breakdown(gpu: &Arc<GpuBackend>, shape: (u32, u32, u32, u32), steps: usize) {
+    let (mut t, mut p, x, y) = mlp_setup(gpu.clone(), shape);
+    let mut times: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+    for step in 0..steps + 1 {
+        let (mut i, mut last) = (0, Instant::now());
+        let mut mark = |name: &'static str| {
+            gpu.wait_idle().expect("gpu wait");
+            let now = Instant::now();
+            if step > 0 {
+                if times.len() == i {
+                    times.push((name, Vec::new()));
+                }
+                times[i].1.push(now - last);
+            }
+            (i, last) = (i + 1, now);
+        };
+        p = mlp_step(&mut t, p, x, y, &mut mark).1;
+    }
+    let (rows, inputs, hidden, classes) = shape;
+    println!("\n{rows}, {inputs}-{hidden}-{classes} on the gpu, each op waited for, median ms:");
+    let total: f64 = times
+        .iter()
+        .map(|(_, d)| median(d.clone()).as_secs_f64())
+        .sum();
+    for (name, d) in times {
+        let ms = median(d).as_secs_f64() * 1e3;
+        println!("  {name:>14} {ms:8.3}  {:5.1}%", ms / total / 10.0);
+    }
+}
+
+fn bench_mlp(gpu: &Arc<GpuBackend>, cpu: Arc<dyn Backend>, shapes: &[(u32, u32, u32, u32)]) {
     println!("\nMLP training step (forward, backward, SGD, loss read back), median ms per step");
     println!(
         "{:>24} {:>9} {:>9} {:>9} {:>10} {:>10}",
@@ -305,6 +357,9 @@ fn bench_mlp(gpu: Arc<dyn Backend>, cpu: Arc<dyn Backend>, shapes: &[(u32, u32, 
             diff
         );
         assert!(diff < 1e-3, "the gpu step's loss differs from the cpu's");
+    }
+    if let Some(&largest) = shapes.last() {
+        mlp_breakdown(gpu, largest, 5);
     }
 }
 
@@ -332,5 +387,5 @@ fn main() {
         )
     };
     bench_matmul(&gpu, &cpu, sizes);
-    bench_mlp(gpu, cpu, shapes);
+    bench_mlp(&gpu, cpu, shapes);
 }

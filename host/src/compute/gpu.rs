@@ -50,6 +50,8 @@ const MATMUL_LARGE_TILE: u32 = 128;
 /// Outputs with at least this many rows and columns take `matmul_large`: from there its
 /// 128 x 128 tiles still give a GPU enough workgroups (16 and more) to fill it.
 const MATMUL_LARGE_FROM: u32 = 512;
+/// Columns one `sum_axis0` workgroup sums (`COLUMNS` in reduce.wgsl).
+const SUM_AXIS0_COLUMNS: u32 = 16;
 /// Tile of one transpose workgroup.
 const TRANSPOSE_TILE: u32 = 16;
 /// Workgroup memory the kernels use at most (matmul_large: two slabs of 8 x 132 floats).
@@ -270,9 +272,9 @@ impl GpuBackend {
         // counter (`force_loop_bounding`), which guards against shaders that might never end,
         // is left out: every loop in our shaders is counted (a test checks the forms), and
         // its bound comes from a tensor's shape, under 2^30 elements since Vulkan's storage
-        // buffer range is under 4 GiB, so no counter can wrap. The counter kept the NVIDIA
-        // driver from unrolling the matmul loops: on an H200 the 64-wide kernel ran at
-        // 0.3 TFLOP/s with it, and the digits MLP step took 13.5 ms instead of 1.1.
+        // buffer range is under 4 GiB, so no counter can wrap. On an H200 the counter cost
+        // the 128-wide matmul 6-9% and the digits MLP step 12x (13.5 ms against 1.1), most
+        // likely by keeping the driver from unrolling loops over register arrays.
         let checks = wgpu::ShaderRuntimeChecks {
             force_loop_bounding: false,
             ..wgpu::ShaderRuntimeChecks::checked()
@@ -533,7 +535,7 @@ impl GpuBackend {
                     ReduceAxis::Axis0 => (
                         Kernel::SumAxis0,
                         sa.rows,
-                        u64::from(sa.cols).div_ceil(WORKGROUP_1D.into()),
+                        u64::from(sa.cols).div_ceil(SUM_AXIS0_COLUMNS.into()),
                     ),
                     ReduceAxis::Axis1 => (Kernel::SumAxis1, sa.cols, u64::from(sa.rows)),
                 };
