@@ -1,10 +1,10 @@
 //! The wgpu backend on a hardware GPU, against the cpu backend on the same machine, in one run:
 //!
 //! - matmul GFLOP/s at n = 448 (the 64-wide kernel for small outputs), 1024, 2048, 4096 and
-//!   8192 (the 128-wide one), and one transposed product, each GPU
-//!   product checked against the cpu backend's by ‖gpu − cpu‖ / ‖cpu‖, next to the card's
-//!   own f32 GEMM (cuBLAS through PyTorch, TF32 off) where `SHOAL_BENCH_PYTHON` (default
-//!   `python3`) has a CUDA PyTorch;
+//!   8192 (the 128-wide one), and one transposed product, each GPU product checked against
+//!   the cpu backend's by ‖gpu − cpu‖ / ‖cpu‖, next to the card's own f32 GEMM (cuBLAS
+//!   through PyTorch, TF32 off) where `SHOAL_BENCH_PYTHON` (default `python3`) has a CUDA
+//!   PyTorch;
 //! - one MLP training step (forward, backward, SGD on the resident parameters, the loss read
 //!   back) at the digits model's size and at sizes that fill a GPU, on both backends from the
 //!   same parameters, their losses compared; then the largest step on the GPU op by op.

@@ -1,10 +1,10 @@
-//! Two nodes on loopback in one process: remote noop tasks/s and submit→result latency, and
-//! a 256 MiB file moved between them over `/shoal/bulk/1` (`fetch_file`) and over the old
-//! per-block path, and from two providers at once (a third node holds the same file), next
-//! to the limits measured in the same run (medians of
-//! `SHOAL_BENCH_ROUNDS`, default 3): a raw TCP loopback copy, the disk's durable write, the
-//! bulk stream alone over TCP+noise+yamux and over QUIC, and libp2p's perf method between two
-//! bare swarms over the same two transports (the encrypted-transport ceilings).
+//! Nodes on loopback in one process: remote noop tasks/s and submit→result latency between
+//! two, and a 256 MiB file moved between them over `/shoal/bulk/1` (`fetch_file`) and over the
+//! old per-block path, and from two providers at once (a third node holds the same file).
+//! Next to them, the limits measured in the same run (medians of `SHOAL_BENCH_ROUNDS`,
+//! default 3): a raw TCP loopback copy, the disk's durable write, the bulk stream alone over
+//! TCP+noise+yamux and over QUIC, and libp2p's perf method between two bare swarms over the
+//! same two transports (the encrypted-transport ceilings).
 //!
 //! No published `libp2p-perf` fits: its last release (0.3.0) is built on libp2p 0.53
 //! (libp2p-swarm 0.44), and Shoal is on libp2p 0.57 (libp2p-swarm 0.48). So the perf method

@@ -143,8 +143,8 @@ pub(crate) fn check_matmul(backend: &Arc<dyn Backend>, m: u32, k: u32, n: u32, t
     assert_close(&what, &t.read(hc).unwrap(), &want, |i| 1e-6 + 2e-5 * mag[i]);
 }
 
-/// Awkward matmul shapes: 1x1, primes, non-multiples of the 64- and 128-wide tiles, thin ones; every
-/// transpose variant of each.
+/// Awkward matmul shapes: 1x1, primes, non-multiples of the 64- and 128-wide tiles, thin
+/// ones; every transpose variant of each.
 fn matmul_awkward(backend: Arc<dyn Backend>) {
     for (m, k, n) in [
         (1, 1, 1),
