@@ -7,7 +7,8 @@
 //!   PyTorch;
 //! - one MLP training step (forward, backward, SGD on the resident parameters, the loss read
 //!   back) at the digits model's size and at sizes that fill a GPU, on both backends from the
-//!   same parameters, their losses compared; then the largest step on the GPU op by op.
+//!   same parameters, their losses compared; then the largest step on the GPU op by op;
+//! - how much work one task can queue on the device before its deadline refuses it.
 //!
 //! Times are medians. A product's time is a batch of products submitted back to back, then
 //! one wait, divided by the batch: what a training loop that keeps the queue full sees.
@@ -363,6 +364,44 @@ fn bench_mlp(gpu: &Arc<GpuBackend>, cpu: Arc<dyn Backend>, shapes: &[(u32, u32, 
     }
 }
 
+/// A task that submits products as fast as it can, with a deadline 4 products away: how many
+/// the backend takes before it refuses one (the device's queue bound makes the task wait),
+/// and how long after the deadline the device is busy with what was taken.
+fn bench_queue_bound(gpu: &GpuBackend, n: u32) {
+    let shape = Shape::new(n, n);
+    let len = n as usize * n as usize;
+    let a = gpu.upload(values(len, 6), shape).expect("upload");
+    let op = TensorOp::Matmul {
+        trans_a: false,
+        trans_b: false,
+    };
+    let one = time_products(gpu, &|| gpu.wait_idle().expect("wait"), op, &a, &a, 1, 3);
+    let one = Duration::from_secs_f64(one);
+    let started = Instant::now();
+    let deadline = started + one * 4;
+    let budget = OpBudget::new(deadline, Duration::MAX);
+    let mut outs = Vec::new();
+    let refused = loop {
+        match gpu.execute(op, &[&a, &a], &budget) {
+            Ok(out) if outs.len() < 1000 => outs.push(out),
+            Ok(_) => break "nothing, after 1000".to_string(),
+            Err(err) => break err.to_string(),
+        }
+    };
+    let refused_after = started.elapsed();
+    gpu.wait_idle().expect("wait");
+    let idle = Instant::now().saturating_duration_since(deadline);
+    println!(
+        "\nqueue bound: {n}² products as fast as they go, deadline 4 products ({:.2} ms) away: \
+         {} taken, then refused ({refused}) at {:.2} ms; the device idle {:.2} ms after the \
+         deadline",
+        one.as_secs_f64() * 4e3,
+        outs.len(),
+        refused_after.as_secs_f64() * 1e3,
+        idle.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     let gpu = Arc::new(GpuBackend::new(true).expect("a wgpu adapter"));
     let cpu = Arc::new(CpuBackend::new());
@@ -387,5 +426,6 @@ fn main() {
         )
     };
     bench_matmul(&gpu, &cpu, sizes);
+    bench_queue_bound(&gpu, if gpu.is_software() { 256 } else { 4096 });
     bench_mlp(&gpu, cpu, shapes);
 }

@@ -59,6 +59,12 @@ impl OpBudget {
         }
     }
 
+    /// The time left before the deadline: `None` without one, zero once it has passed.
+    pub(super) fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     /// The CPU time charged so far by threads other than the caller's.
     pub fn cpu(&self) -> Duration {
         Duration::from_nanos(self.cpu_nanos.load(Ordering::Relaxed))

@@ -6,13 +6,17 @@
 //! binding 0 a 32-byte uniform of parameters, 1 and 2 the read-only inputs (unary kernels
 //! bind their input twice), 3 the output.
 
-use std::{num::NonZeroU64, sync::mpsc};
+use std::{
+    collections::VecDeque,
+    num::NonZeroU64,
+    sync::{Mutex, PoisonError, mpsc},
+};
 
 use wgpu::util::DeviceExt;
 
 use super::{
-    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, OpBudget, ReduceAxis, ReduceOp, Shape,
-    Storage, Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
+    Backend, BackendKind, BinaryOp, ComputeError, LiveBytes, OpBudget, Overrun, ReduceAxis,
+    ReduceOp, Shape, Storage, Tensor, TensorOp, UnaryOp, XentReduction, check_inputs,
 };
 
 /// Every shader file, by name, with its WGSL source (for validation in tests and tools).
@@ -58,6 +62,12 @@ const SUM_AXIS0_COLUMNS: u32 = 16;
 const TRANSPOSE_TILE: u32 = 16;
 /// Workgroup memory the kernels use at most (matmul_large: two slabs of 8 x 132 floats).
 const WORKGROUP_STORAGE_BYTES: u32 = 8448;
+
+/// Ops the device's queue may hold at once, from every task together. A task submits ops far
+/// faster than a GPU runs large ones: unbounded, one task could queue minutes of device work
+/// within its time limit, for every other task's ops to wait behind. So a submission first
+/// waits, until its own task's deadline at most, for the oldest queued op to finish.
+const MAX_QUEUED: usize = 16;
 
 /// Defines [`Kernel`], one variant per compiled pipeline, from its shader file (an index in
 /// [`SHADERS`]) and entry point; `Kernel::ALL` lists them in discriminant order.
@@ -196,6 +206,16 @@ pub struct GpuBackend {
     max_tensor_bytes: u64,
     max_groups_per_dim: u32,
     live: LiveBytes,
+    /// The ops submitted and maybe not finished, at most [`MAX_QUEUED`] (a few more while
+    /// several threads submit at once).
+    queued: Mutex<Queued>,
+}
+
+/// Submitted ops, each with the number of its place in the queue.
+#[derive(Debug, Default)]
+struct Queued {
+    next: u64,
+    ops: VecDeque<(u64, wgpu::SubmissionIndex)>,
 }
 
 impl GpuBackend {
@@ -331,6 +351,7 @@ impl GpuBackend {
             max_tensor_bytes,
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
             live: LiveBytes::default(),
+            queued: Mutex::default(),
         })
     }
 
@@ -578,6 +599,49 @@ impl GpuBackend {
         self.dispatch(encoder, kernel, params, inputs, out, groups)
     }
 
+    /// Waits until the queue has room for one more op ([`MAX_QUEUED`]), or `budget`'s
+    /// deadline passes.
+    fn wait_for_room(&self, budget: &OpBudget) -> Result<(), ComputeError> {
+        // The queue's state is consistent between statements: a panic elsewhere cannot
+        // break it.
+        let lock = || self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let (number, oldest) = {
+                let queued = lock();
+                match queued.ops.front() {
+                    Some((number, index)) if queued.ops.len() >= MAX_QUEUED => {
+                        (*number, index.clone())
+                    }
+                    _ => return Ok(()),
+                }
+            };
+            let timeout = budget.time_left();
+            if timeout == Some(std::time::Duration::ZERO) {
+                return Err(ComputeError::Cancelled {
+                    overrun: Overrun::Deadline,
+                });
+            }
+            let poll = wgpu::PollType::Wait {
+                submission_index: Some(oldest),
+                timeout,
+            };
+            match self.device.poll(poll) {
+                // It is done: off the queue, unless another thread took it off already.
+                Ok(_) => lock().ops.retain(|(n, _)| *n != number),
+                Err(wgpu::PollError::Timeout) => {
+                    return Err(ComputeError::Cancelled {
+                        overrun: Overrun::Deadline,
+                    });
+                }
+                Err(e) => {
+                    return Err(ComputeError::Device {
+                        message: format!("poll: {e}"),
+                    });
+                }
+            }
+        }
+    }
+
     /// Waits for the queue to drain; benchmarks use it to time whole ops.
     ///
     /// # Errors
@@ -726,9 +790,16 @@ impl Backend for GpuBackend {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(op.name()),
             });
-        let recorded = self.record(&mut encoder, op, inputs, &out, shape);
+        let mut recorded = self.record(&mut encoder, op, inputs, &out, shape);
         if recorded.is_ok() {
-            self.queue.submit([encoder.finish()]);
+            recorded = self.wait_for_room(budget);
+        }
+        if recorded.is_ok() {
+            let index = self.queue.submit([encoder.finish()]);
+            let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+            let number = queued.next;
+            queued.next += 1;
+            queued.ops.push_back((number, index));
         }
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Device {
@@ -770,6 +841,47 @@ mod tests {
         for (i, kernel) in Kernel::ALL.iter().enumerate() {
             assert_eq!(*kernel as usize, i, "Kernel::ALL is in discriminant order");
         }
+    }
+
+    /// The device's queue holds at most [`MAX_QUEUED`] noted ops: past that, each new op
+    /// waits for the oldest (here already done, since lavapipe runs one submission while
+    /// the next is made) and takes it off. A task whose deadline has passed gets no room.
+    /// How long a full queue keeps a task waiting needs a GPU that runs ahead of its
+    /// submitter; the gpu bench's queue-bound part measures that.
+    #[test]
+    fn the_device_queue_holds_at_most_the_bound() {
+        let gpu = GpuBackend::new(true).unwrap_or_else(|e| {
+            panic!("no wgpu adapter ({e}): install Debian's mesa-vulkan-drivers for lavapipe")
+        });
+        let shape = Shape::new(64, 64);
+        let a = gpu.upload(vec![1.0; 64 * 64], shape).unwrap();
+        let matmul = TensorOp::Matmul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let queued = || gpu.queued.lock().unwrap().ops.len();
+        let mut outs = Vec::new();
+        for i in 0..3 * MAX_QUEUED {
+            outs.push(
+                gpu.execute(matmul, &[&a, &a], &OpBudget::unlimited())
+                    .unwrap(),
+            );
+            assert_eq!(queued(), (i + 1).min(MAX_QUEUED));
+        }
+        let spent = OpBudget::new(std::time::Instant::now(), std::time::Duration::MAX);
+        let err = gpu.wait_for_room(&spent).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ComputeError::Cancelled {
+                    overrun: Overrun::Deadline
+                }
+            ),
+            "{err}"
+        );
+        let mut last = vec![0.0; 64 * 64];
+        gpu.read_into(&outs[3 * MAX_QUEUED - 1], &mut last).unwrap();
+        assert!(last.iter().all(|v| *v == 64.0));
     }
 
     /// Every loop in the shaders is a counted `for`: it steps its counter up by 1 or by a
