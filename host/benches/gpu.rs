@@ -303,35 +303,39 @@ fn time_mlp(backend: Arc<dyn Backend>, shape: (u32, u32, u32, u32), steps: usize
     )
 }
 
-/// Where a GPU step's time goes: each op waited for on its own, medians over `steps` steps.
-/// Waiting serialises what the queue would overlap, so the parts add up to more than a step.
+/// Where a GPU step's time goes: each op waited for on its own, medians over `steps` steps,
+/// split into the host's part (from the last op's end until this one is submitted) and the
+/// wait for the device. Waiting serialises what the queue would overlap, so the parts add
+/// up to more than a step.
 fn mlp_breakdown(gpu: &Arc<GpuBackend>, shape: (u32, u32, u32, u32), steps: usize) {
     let (mut t, mut p, x, y) = mlp_setup(gpu.clone(), shape);
-    let mut times: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+    // Per op: its name, then the host's and the wait's times over the steps.
+    let mut times: Vec<(&'static str, Vec<Duration>, Vec<Duration>)> = Vec::new();
     for step in 0..steps + 1 {
         let (mut i, mut last) = (0, Instant::now());
         let mut mark = |name: &'static str| {
+            let submitted = Instant::now();
             gpu.wait_idle().expect("gpu wait");
             let now = Instant::now();
             if step > 0 {
                 if times.len() == i {
-                    times.push((name, Vec::new()));
+                    times.push((name, Vec::new(), Vec::new()));
                 }
-                times[i].1.push(now - last);
+                times[i].1.push(submitted - last);
+                times[i].2.push(now - submitted);
             }
             (i, last) = (i + 1, now);
         };
         p = mlp_step(&mut t, p, x, y, &mut mark).1;
     }
     let (rows, inputs, hidden, classes) = shape;
-    println!("\n{rows}, {inputs}-{hidden}-{classes} on the gpu, each op waited for, median ms:");
-    let total: f64 = times
-        .iter()
-        .map(|(_, d)| median(d.clone()).as_secs_f64())
-        .sum();
-    for (name, d) in times {
-        let ms = median(d).as_secs_f64() * 1e3;
-        println!("  {name:>14} {ms:8.3}  {:5.1}%", ms / total / 10.0);
+    println!(
+        "\n{rows}, {inputs}-{hidden}-{classes} on the gpu, each op waited for, median ms \
+         (host: until submitted; wait: for the device):"
+    );
+    let ms = |d: &[Duration]| median(d.to_vec()).as_secs_f64() * 1e3;
+    for (name, host, wait) in &times {
+        println!("  {name:>14}  host {:8.3}  wait {:8.3}", ms(host), ms(wait));
     }
 }
 
