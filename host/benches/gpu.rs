@@ -16,6 +16,9 @@
 //!
 //! `cargo bench --profile dev -p shoal-host --bench gpu`
 
+#[path = "common/data.rs"]
+mod data;
+
 use std::{
     collections::HashMap,
     process::Command,
@@ -23,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use data::pseudo_random_f32;
 use shoal_host::compute::{
     Backend, CpuBackend, GpuBackend, OpBudget, ReduceAxis, ReduceOp, Shape, Tensor, TensorOp,
     TensorTable, UnaryOp, XentReduction,
@@ -31,19 +35,6 @@ use shoal_host::compute::{
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-/// `len` values in [-1, 1) from an xorshift generator started at `seed`.
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }
 
 /// ‖a − b‖ / ‖b‖, in f64.
@@ -161,7 +152,10 @@ fn bench_matmul(gpu: &GpuBackend, cpu: &CpuBackend, sizes: &[u32]) {
     );
     for &n in sizes {
         let len = n as usize * n as usize;
-        let (a, b) = (values(len, 1 + u64::from(n)), values(len, 2 + u64::from(n)));
+        let (a, b) = (
+            pseudo_random_f32(len, 1 + u64::from(n)),
+            pseudo_random_f32(len, 2 + u64::from(n)),
+        );
         let shape = Shape::new(n, n);
         let flops = 2.0 * f64::from(n).powi(3);
         for (name, trans_a, trans_b) in [("a·b", false, false), ("aᵀ·b", true, false)] {
@@ -264,18 +258,18 @@ fn mlp_setup(
     let mut t = TensorTable::new(backend, 16 << 30);
     let mut up = |v: Vec<f32>, r: u32, c: u32| t.create(v, Shape::new(r, c)).expect("upload");
     let scale = |v: Vec<f32>, s: f32| v.into_iter().map(|x| x * s).collect::<Vec<_>>();
-    let x = up(values((rows * inputs) as usize, 3), rows, inputs);
+    let x = up(pseudo_random_f32((rows * inputs) as usize, 3), rows, inputs);
     let labels: Vec<f32> = (0..rows).map(|i| (i % classes) as f32).collect();
     let y = up(labels, rows, 1);
     let p = [
         up(
-            scale(values((inputs * hidden) as usize, 4), 0.05),
+            scale(pseudo_random_f32((inputs * hidden) as usize, 4), 0.05),
             inputs,
             hidden,
         ),
         up(vec![0.0; hidden as usize], 1, hidden),
         up(
-            scale(values((hidden * classes) as usize, 5), 0.05),
+            scale(pseudo_random_f32((hidden * classes) as usize, 5), 0.05),
             hidden,
             classes,
         ),
@@ -374,7 +368,9 @@ fn bench_mlp(gpu: &Arc<GpuBackend>, cpu: Arc<dyn Backend>, shapes: &[(u32, u32, 
 fn bench_queue_bound(gpu: &GpuBackend, n: u32) {
     let shape = Shape::new(n, n);
     let len = n as usize * n as usize;
-    let a = gpu.upload(values(len, 6), shape).expect("upload");
+    let a = gpu
+        .upload(pseudo_random_f32(len, 6), shape)
+        .expect("upload");
     let op = TensorOp::Matmul {
         trans_a: false,
         trans_b: false,
