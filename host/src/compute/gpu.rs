@@ -9,7 +9,7 @@
 use std::{
     collections::VecDeque,
     num::NonZeroU64,
-    sync::{Mutex, PoisonError, mpsc},
+    sync::{Mutex, MutexGuard, PoisonError, mpsc},
 };
 
 use wgpu::util::DeviceExt;
@@ -599,15 +599,19 @@ impl GpuBackend {
         self.dispatch(encoder, kernel, params, inputs, out, groups)
     }
 
+    /// The ops submitted and maybe not finished.
+    fn queued(&self) -> MutexGuard<'_, Queued> {
+        // The queue's state is consistent between statements: a panic elsewhere cannot
+        // break it.
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits until the queue has room for one more op ([`MAX_QUEUED`]), or `budget`'s
     /// deadline passes.
     fn wait_for_room(&self, budget: &OpBudget) -> Result<(), ComputeError> {
-        // The queue's state is consistent between statements: a panic elsewhere cannot
-        // break it.
-        let lock = || self.queued.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let (number, oldest) = {
-                let queued = lock();
+                let queued = self.queued();
                 match queued.ops.front() {
                     Some((number, index)) if queued.ops.len() >= MAX_QUEUED => {
                         (*number, index.clone())
@@ -627,7 +631,7 @@ impl GpuBackend {
             };
             match self.device.poll(poll) {
                 // It is done: off the queue, unless another thread took it off already.
-                Ok(_) => lock().ops.retain(|(n, _)| *n != number),
+                Ok(_) => self.queued().ops.retain(|(n, _)| *n != number),
                 Err(wgpu::PollError::Timeout) => {
                     return Err(ComputeError::Cancelled {
                         overrun: Overrun::Deadline,
@@ -790,13 +794,12 @@ impl Backend for GpuBackend {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(op.name()),
             });
-        let mut recorded = self.record(&mut encoder, op, inputs, &out, shape);
-        if recorded.is_ok() {
-            recorded = self.wait_for_room(budget);
-        }
+        let recorded = self
+            .record(&mut encoder, op, inputs, &out, shape)
+            .and_then(|()| self.wait_for_room(budget));
         if recorded.is_ok() {
             let index = self.queue.submit([encoder.finish()]);
-            let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queued = self.queued();
             let number = queued.next;
             queued.next += 1;
             queued.ops.push_back((number, index));
@@ -859,7 +862,7 @@ mod tests {
             trans_a: false,
             trans_b: false,
         };
-        let queued = || gpu.queued.lock().unwrap().ops.len();
+        let queued = || gpu.queued().ops.len();
         let mut outs = Vec::new();
         for i in 0..3 * MAX_QUEUED {
             outs.push(
