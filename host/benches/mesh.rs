@@ -155,7 +155,7 @@ async fn stream_alone_mbps(client: &Node, worker: PeerId, file: Cid, chunks: &[C
 
 async fn read_stream(client: &Node, worker: PeerId, file: Cid, chunks: &[Cid]) -> (f64, f64) {
     let (start, cpu) = (Instant::now(), cpu_seconds());
-    let mut session = client.net().open_bulk(worker).await.expect("bulk");
+    let mut session = client.net().open_bulk(worker, 0).await.expect("bulk");
     // Two requests ahead of the reader, as `fetch_file` keeps them: a session holds only a
     // few unanswered requests and unread chunks, so ask while reading.
     let mut requests = chunks.chunks(16);

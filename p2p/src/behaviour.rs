@@ -20,6 +20,7 @@ use crate::{
         ProgressCodec,
     },
     network::Config,
+    streams,
 };
 
 /// Everything a Shoal peer speaks. The derive generates `BehaviourEvent`, one variant a field.
@@ -35,8 +36,9 @@ pub(crate) struct Behaviour {
     pub(crate) block: request_response::Behaviour<BlockCodec>,
     pub(crate) capacity: request_response::Behaviour<CapacityCodec>,
     pub(crate) progress: request_response::Behaviour<ProgressCodec>,
-    /// Raw streams: `/shoal/bulk/1` and `/shoal/task/6`.
-    pub(crate) stream: libp2p_stream::Behaviour,
+    /// Raw streams: `/shoal/bulk/1` and `/shoal/task/6`. Last, so that it sets up a
+    /// connection only once every other behaviour has taken it.
+    pub(crate) stream: streams::Behaviour,
 }
 
 impl Behaviour {
@@ -98,7 +100,7 @@ impl Behaviour {
                 [(PROGRESS_PROTOCOL, ProtocolSupport::Full)],
                 rr(config.capacity_timeout),
             ),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: streams::Behaviour::new(),
         })
     }
 }

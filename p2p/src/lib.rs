@@ -31,6 +31,7 @@ pub mod bulk;
 pub mod codec;
 pub mod messages;
 mod network;
+mod streams;
 pub mod tasks;
 #[cfg(test)]
 mod tests;

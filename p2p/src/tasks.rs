@@ -51,6 +51,7 @@ use crate::{
     codec::{TASK_LIMITS, encode_frame, read_frame},
     messages::{FailureKind, TaskOutcome, TaskSpec},
     network::{Error, InboundHandler, open_stream},
+    streams,
 };
 
 /// `/shoal/task/6`: tasks and their outcomes over one long-lived raw stream.
@@ -118,7 +119,7 @@ type LinkMap = Mutex<HashMap<PeerId, Link>>;
 pub(crate) struct TaskLinks {
     links: Arc<LinkMap>,
     generations: Arc<AtomicU64>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     /// How long opening a stream may take.
     open_within: Duration,
     /// Tasks in flight on one stream; more fail with [`Error::TooManyInFlight`].
@@ -137,7 +138,7 @@ impl std::fmt::Debug for TaskLinks {
 
 impl TaskLinks {
     pub(crate) fn new(
-        control: libp2p_stream::Control,
+        control: streams::Control,
         open_within: Duration,
         max_pending: usize,
         idle: Duration,
@@ -203,13 +204,11 @@ impl TaskLinks {
             max_pending: self.max_pending,
             idle: self.idle,
         };
-        let opening = open_stream(
-            self.control.clone(),
-            peer,
-            TASK_PROTOCOL_NAME,
-            self.open_within,
-        )
-        .boxed();
+        let control = self.control.clone();
+        let open_within = self.open_within;
+        let opening =
+            async move { open_stream(&control, peer, TASK_PROTOCOL_NAME, 0, open_within).await }
+                .boxed();
         tokio::spawn(driver.run(opening, queue, self.shutdown.clone()));
         submissions
     }

@@ -22,7 +22,10 @@ use crate::{
     Config, Error, FailureKind, InboundHandler, Keypair, MAX_PROGRESS_LEN, Multiaddr, Network,
     NetworkClient, PeerId, TASK_LIMITS, TASK_PROTOCOL, TaskLimits, TaskOutcome, TaskSpec,
     TaskStats, Verified,
-    bulk::{BulkChunk, BulkItem, BulkRequest, BulkResponse, MAX_BULK_CHUNKS},
+    bulk::{
+        BULK_PROTOCOL_NAME, BulkChunk, BulkItem, BulkRequest, BulkResponse, BulkSession,
+        MAX_BULK_CHUNKS,
+    },
     codec::{FRAME_HEADER_BYTES, encode_frame, read_frame},
     messages::ProgressRecord,
     messages::{BlockRequest, BlockResponse, CapacityRequest},
@@ -1526,7 +1529,7 @@ async fn bulk_streams_chunks_in_order_and_refuses_as_a_whole() {
     let cids: Vec<Cid> = blocks.iter().map(|b| a.handler.put(b)).collect();
     let missing = Cid::of(b"nobody has this");
 
-    let mut session = within(SETTLE, "open", b.client.open_bulk(a.id()))
+    let mut session = within(SETTLE, "open", b.client.open_bulk(a.id(), 0))
         .await
         .unwrap();
     session
@@ -1555,7 +1558,7 @@ async fn bulk_streams_chunks_in_order_and_refuses_as_a_whole() {
         ]
     );
 
-    let mut denied = b.client.open_bulk(a.id()).await.unwrap();
+    let mut denied = b.client.open_bulk(a.id(), 0).await.unwrap();
     denied
         .request(bulk_ask(PRIVATE, cids.clone()))
         .await
@@ -1573,7 +1576,7 @@ async fn bulk_streams_chunks_in_order_and_refuses_as_a_whole() {
     let too_many = bulk_ask(b"file", vec![missing; MAX_BULK_CHUNKS + 1]);
     assert!(
         b.client
-            .open_bulk(a.id())
+            .open_bulk(a.id(), 0)
             .await
             .unwrap()
             .request(too_many)
@@ -1589,7 +1592,7 @@ async fn bulk_corrupt_chunk_ends_the_session() {
     let a = spawn_node(vec![], |_| {}).await;
     let b = spawn_node(vec![a.tcp_addr().await], |_| {}).await;
     let cids: Vec<Cid> = (0..3u8).map(|i| a.handler.put(&[i; 1000])).collect();
-    let mut session = b.client.open_bulk(a.id()).await.unwrap();
+    let mut session = b.client.open_bulk(a.id(), 0).await.unwrap();
     session.request(bulk_ask(LIAR, cids.clone())).await.unwrap();
     assert!(matches!(
         within(PROMPT, "first", session.next()).await,
@@ -1612,8 +1615,72 @@ async fn bulk_to_a_peer_without_the_protocol_is_unsupported() {
     let a = spawn_node(vec![], |_| {}).await;
     let (addr, _raw) = raw_server(BLOCK_PROTOCOL, RawFrame::held(vec![0])).await;
     let peer = a.client.dial(addr).await.unwrap();
-    let err = within(PROMPT, "open", a.client.open_bulk(peer))
+    let err = within(PROMPT, "open", a.client.open_bulk(peer, 0))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+/// Bulk streams on different lanes ride connections of their own, up to what the provider
+/// allows; past that, a lane folds onto the connections there are, without dialing again
+/// and again. Every stream, folded or not, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_lanes_ride_connections_of_their_own_up_to_the_providers_limit() {
+    let a = spawn_node(vec![], |c| c.max_established_per_peer = 2).await;
+    let cid = a.handler.put(&[7; 1000]);
+    let behaviour = crate::streams::Behaviour::new();
+    let control = behaviour.control();
+    let mut swarm = tcp_swarm(behaviour);
+    swarm.dial(a.tcp_addr().await).unwrap();
+    // Connections opened in all, and open now.
+    let counts = Arc::new(Mutex::new((0usize, 0usize)));
+    let counting = Arc::clone(&counts);
+    let _driver = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let event = swarm.select_next_some().await;
+            let mut counts = counting.lock().unwrap();
+            match event {
+                SwarmEvent::ConnectionEstablished { .. } => *counts = (counts.0 + 1, counts.1 + 1),
+                SwarmEvent::ConnectionClosed { .. } => counts.1 -= 1,
+                _ => {}
+            }
+        }
+    }));
+    let reach = |want: (usize, usize), what: &'static str| {
+        let counts = Arc::clone(&counts);
+        eventually(PROMPT, what, move || {
+            let now = *counts.lock().unwrap();
+            std::future::ready((now == want).then_some(()))
+        })
+    };
+    reach((1, 1), "first connection").await;
+
+    let mut sessions = Vec::new();
+    // Four: a provider serves at most four bulk streams to one peer by default.
+    for (i, lane) in [0, 1, 2, 3].into_iter().enumerate() {
+        let stream = within(
+            SETTLE,
+            "stream opens",
+            crate::network::open_stream(&control, a.id(), BULK_PROTOCOL_NAME, lane, SETTLE),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("lane {lane}: {e}"));
+        sessions.push(BulkSession::start(a.id(), stream, SETTLE));
+        match i {
+            0 => assert_eq!(*counts.lock().unwrap(), (1, 1), "lane 0 is the first connection"),
+            1 => reach((2, 2), "lane 1 on a connection of its own").await,
+            _ => {}
+        }
+    }
+    // The provider refused a third connection from one peer; then the lanes folded.
+    tokio::time::sleep(POLL_EVERY * 4).await;
+    assert_eq!(*counts.lock().unwrap(), (3, 2));
+    for (i, session) in sessions.iter_mut().enumerate() {
+        session.request(bulk_ask(b"file", vec![cid])).await.unwrap();
+        let item = within(PROMPT, "chunk", session.next()).await;
+        assert!(
+            matches!(&item, Some(Ok(BulkItem::Chunk(chunk))) if chunk.cid() == cid),
+            "stream {i}: {item:?}"
+        );
+    }
 }

@@ -20,8 +20,13 @@ use crate::store::{Cid, StoreError, Verified, writer::BlockWriter};
 
 /// Chunks fetched at once for one file over the per-block protocol.
 const PARALLEL_CHUNKS: usize = 16;
-/// Providers streaming one file's chunks at once over `/shoal/bulk/1`.
+/// Streams carrying one file's chunks at once over `/shoal/bulk/1`, from up to as many
+/// providers. With fewer providers, each gets several, on connections of their own (lanes):
+/// one connection is one core's worth of encryption at each end.
 const BULK_STREAMS: usize = 4;
+/// Chunks per stream below which a fetch opens no further stream to a provider: a
+/// connection's handshake costs about what a few chunks take to move.
+const CHUNKS_PER_LANE: usize = BULK_BATCH;
 /// The most chunks in one bulk request (16 MiB); smaller files are cut finer, so that every
 /// provider gets a share.
 const BULK_BATCH: usize = 16;
@@ -314,12 +319,14 @@ impl Plan {
 const BULK_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl NodeInner {
-    /// Fetches `chunks` of `file` over `/shoal/bulk/1`, one stream to each of up to
-    /// [`BULK_STREAMS`] providers, each chunk verified (by the session) before it goes to
-    /// `writer`. A provider that sends a chunk that is not what it names, or nothing for
-    /// [`shoal_p2p::BULK_STALL_TIMEOUT`], is marked `bad` and dropped; one that refuses or
-    /// does not speak the protocol is dropped. Their chunks go to the others. Returns what
-    /// no provider brought, for the per-block protocol.
+    /// Fetches `chunks` of `file` over `/shoal/bulk/1`, [`BULK_STREAMS`] streams from up to
+    /// as many providers (several lanes to each when there are fewer, and the file is large
+    /// enough), each chunk verified (by the session) before it goes to `writer`. A provider
+    /// that sends a chunk that is not what it names, or nothing for
+    /// [`shoal_p2p::BULK_STALL_TIMEOUT`], is marked `bad` and all its streams are dropped;
+    /// a stream that is refused or whose peer does not speak the protocol is dropped. Their
+    /// chunks go to the others. Returns what no provider brought, for the per-block
+    /// protocol.
     async fn fetch_bulk(
         &self,
         file: Cid,
@@ -341,11 +348,17 @@ impl NodeInner {
         if peers.is_empty() {
             return chunks;
         }
-        let plan = Mutex::new(Plan::new(chunks, peers.len()));
-        let streams = peers
-            .iter()
-            .enumerate()
-            .map(|(me, &peer)| self.bulk_stream(me, peer, file, credential, &plan, bad, writer));
+        let lanes = (BULK_STREAMS / peers.len())
+            .min(chunks.len().div_ceil(CHUNKS_PER_LANE * peers.len()))
+            .max(1);
+        // Lane-major, so that the providers' first streams come first.
+        let streams: Vec<(PeerId, usize)> = (0..lanes)
+            .flat_map(|lane| peers.iter().map(move |&peer| (peer, lane)))
+            .collect();
+        let plan = Mutex::new(Plan::new(chunks, streams.len()));
+        let streams = streams.iter().enumerate().map(|(me, &(peer, lane))| {
+            self.bulk_stream(me, peer, lane, file, credential, &plan, bad, writer)
+        });
         join_all(streams).await;
         let mut plan = plan.into_inner().unwrap_or_else(PoisonError::into_inner);
         let mut left = std::mem::take(&mut plan.left);
@@ -354,13 +367,14 @@ impl NodeInner {
         left
     }
 
-    /// One provider's stream of a bulk fetch: it asks for the chunks the plan gives it,
-    /// two requests ahead, until none are left or the provider is dropped.
+    /// One stream of a bulk fetch, on connection `lane` to `peer`: it asks for the chunks
+    /// the plan gives it, two requests ahead, until none are left or the provider is dropped.
     #[allow(clippy::too_many_arguments)]
     async fn bulk_stream(
         &self,
         me: usize,
         peer: PeerId,
+        lane: usize,
         file: Cid,
         credential: &Credential,
         plan: &Mutex<Plan>,
@@ -368,7 +382,12 @@ impl NodeInner {
         writer: &BlockWriter,
     ) {
         let lock = || plan.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut session = match self.net.open_bulk(peer).await {
+        let is_bad = || {
+            bad.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&peer)
+        };
+        let mut session = match self.net.open_bulk(peer, lane).await {
             Ok(session) => session,
             Err(e) => {
                 tracing::debug!(%peer, %file, error = %e, "no bulk stream; others take its share");
@@ -379,6 +398,12 @@ impl NodeInner {
         // The requests sent, each with how many of its chunks have arrived.
         let mut asked: VecDeque<(Vec<Cid>, usize)> = VecDeque::new();
         loop {
+            if is_bad() {
+                // Another stream caught this provider lying: ask it nothing more.
+                let unanswered = asked.drain(..).map(|(chunks, got)| chunks[got..].to_vec());
+                lock().drop_provider(me, unanswered);
+                return;
+            }
             while asked.len() < BULK_PIPELINE {
                 let Next::Ask(chunks) = lock().next(me) else {
                     break;

@@ -4,9 +4,8 @@
 
 use std::{collections::HashMap, io};
 
-use futures::{StreamExt, future::BoxFuture};
+use futures::{StreamExt, channel::mpsc, future::BoxFuture};
 use libp2p::{PeerId, Stream};
-use libp2p_stream::IncomingStreams;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
@@ -24,7 +23,7 @@ pub(super) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(super) async fn run(self, mut incoming: IncomingStreams, shutdown: CancellationToken) {
+    pub(super) async fn run(self, mut incoming: mpsc::Receiver<(PeerId, Stream)>, shutdown: CancellationToken) {
         let protocol = self.protocol;
         // Each serving task ends with its peer, `None` for a refusal.
         let mut tasks: JoinSet<Option<PeerId>> = JoinSet::new();

@@ -12,6 +12,7 @@ use crate::{
     messages::{
         BlockRequest, BlockResponse, Capacity, Cid, ProgressRecord, TaskOutcome, TaskSpec, Verified,
     },
+    streams::{self, OpenError},
     tasks::TaskLinks,
 };
 
@@ -20,8 +21,8 @@ use crate::{
 const CLIENT_SLACK: Duration = Duration::from_secs(5);
 /// How long a local query of the actor (addresses, peers) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one try to open a raw stream waits before asking again ([`open_stream`]).
-const OPEN_STREAM_RETRY: Duration = Duration::from_secs(1);
+/// How many times a raw stream is asked for when the connection it went to fails.
+const OPEN_TRIES: usize = 3;
 
 #[derive(Debug, Clone, Copy)]
 struct Timeouts {
@@ -44,19 +45,9 @@ pub struct NetworkClient {
     peer_id: PeerId,
     shutdown: CancellationToken,
     timeouts: Timeouts,
-    streams: Streams,
+    streams: streams::Control,
     /// The `/shoal/task/6` streams to the peers this one sends tasks to.
     tasks: TaskLinks,
-}
-
-/// The raw-stream control, which has no `Debug` of its own.
-#[derive(Clone)]
-struct Streams(libp2p_stream::Control);
-
-impl std::fmt::Debug for Streams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Streams")
-    }
 }
 
 impl NetworkClient {
@@ -64,7 +55,7 @@ impl NetworkClient {
         commands: mpsc::Sender<Command>,
         peer_id: PeerId,
         config: &Config,
-        streams: libp2p_stream::Control,
+        streams: streams::Control,
     ) -> Self {
         let timeouts = Timeouts {
             task: config.task_timeout + CLIENT_SLACK,
@@ -84,7 +75,7 @@ impl NetworkClient {
         Self {
             commands,
             peer_id,
-            streams: Streams(streams),
+            streams,
             tasks,
             shutdown: config.shutdown.clone(),
             timeouts,
@@ -174,8 +165,15 @@ impl NetworkClient {
         }
     }
 
-    /// Opens a `/shoal/bulk/1` stream to `peer` (dialing it if need be): a session to ask
-    /// it for many chunks of a file, each verified before it is handed on.
+    /// Opens a `/shoal/bulk/1` stream to `peer` on connection `lane` (dialing it if need
+    /// be): a session to ask it for many chunks of a file, each verified before it is handed
+    /// on.
+    ///
+    /// Lane `i` is the `i`-th connection to the peer; a lane past the last one dials another
+    /// connection (up to [`Config::max_established_per_peer`], and the peer's own limit), and
+    /// folds back onto those there are when the dial is refused. Sessions on different lanes
+    /// are carried by different connections, so by different cores: one connection's
+    /// encryption runs on one.
     ///
     /// # Errors
     ///
@@ -184,12 +182,12 @@ impl NetworkClient {
     /// (no connection, no address); [`Error::Timeout`] (after [`Config::dial_timeout`] and
     /// [`Config::block_timeout`]); [`Error::Shutdown`].
     #[tracing::instrument(skip(self), fields(%peer))]
-    pub async fn open_bulk(&self, peer: PeerId) -> Result<BulkSession, Error> {
+    pub async fn open_bulk(&self, peer: PeerId, lane: usize) -> Result<BulkSession, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Shutdown);
         }
         let after = self.timeouts.dial + self.timeouts.block;
-        let stream = open_stream(self.streams.0.clone(), peer, BULK_PROTOCOL_NAME, after).await?;
+        let stream = open_stream(&self.streams, peer, BULK_PROTOCOL_NAME, lane, after).await?;
         Ok(BulkSession::start(peer, stream, self.timeouts.stall))
     }
 
@@ -317,53 +315,48 @@ impl NetworkClient {
     }
 }
 
-/// Opens a raw stream to `peer` on protocol `name`, dialing it if need be, within `after`.
+/// Opens a raw stream to `peer` on protocol `name` and connection `lane`, dialing it if need
+/// be, within `after`.
 pub(crate) async fn open_stream(
-    mut control: libp2p_stream::Control,
+    control: &streams::Control,
     peer: PeerId,
     name: &'static str,
+    lane: usize,
     after: Duration,
 ) -> Result<Stream, Error> {
     let protocol = StreamProtocol::new(name);
-    let deadline = tokio::time::Instant::now() + after;
-    // libp2p-stream 0.5.0-alpha loses a request made while a connection to the peer is being
-    // set up (its handler exists, the connection is not yet recorded): it dials again, the
-    // swarm refuses a dial to a connected peer, and the request waits for a next connection
-    // that never comes. So each try waits a little, then asks again. A try that fails (the
-    // connection it went to was closing as it asked: idle, or dropped) is made once more.
-    let mut failed_once = false;
-    let opened = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let attempt = left.min(OPEN_STREAM_RETRY);
-        match tokio::time::timeout(attempt, control.open_stream(peer, protocol.clone())).await {
-            Ok(Err(libp2p_stream::OpenStreamError::Io(e))) if !failed_once => {
-                tracing::debug!(%peer, protocol = name, "opening a stream failed: {e}; once more");
-                failed_once = true;
-            }
-            Ok(opened) => break opened,
-            Err(_) if attempt < left => {}
-            Err(_) => {
-                return Err(Error::Timeout {
-                    op: "opening a stream",
-                    after,
-                });
+    let open = async {
+        let mut tries = 1;
+        loop {
+            match control.open(peer, protocol.clone(), lane).await {
+                // The connection it went to was closing as it asked (idle, dropped, or an
+                // extra one the peer refused): again, on the connections left or a new one. A
+                // failed dial is not tried again.
+                Err(OpenError::Io(e))
+                    if tries < OPEN_TRIES && e.kind() != std::io::ErrorKind::NotConnected =>
+                {
+                    tracing::debug!(%peer, protocol = name, "opening a stream failed: {e}; again");
+                    tries += 1;
+                }
+                opened => break opened,
             }
         }
     };
+    let opened = tokio::time::timeout(after, open)
+        .await
+        .map_err(|_| Error::Timeout {
+            op: "opening a stream",
+            after,
+        })?;
     opened.map_err(|e| match e {
-        libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => Error::Unsupported {
+        OpenError::Unsupported => Error::Unsupported {
             peer,
             protocol: name,
         },
-        libp2p_stream::OpenStreamError::Io(source) => Error::Stream {
+        OpenError::Io(source) => Error::Stream {
             peer,
             protocol: name,
             source,
-        },
-        e => Error::Stream {
-            peer,
-            protocol: name,
-            source: std::io::Error::other(e.to_string()),
         },
     })
 }

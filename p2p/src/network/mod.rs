@@ -404,14 +404,9 @@ impl Network {
         let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
         let (reply_tx, reply_rx) = mpsc::channel(config.max_inbound_requests.max(1));
 
-        let mut control = swarm.behaviour().stream.new_control();
-        // Registered once each, on a fresh behaviour: they cannot be taken already.
-        let mut accept = |protocol| {
-            control
-                .accept(protocol)
-                .map_err(|e| Error::Build(e.to_string()))
-        };
-        let (bulk_streams, task_streams) = (accept(BULK_PROTOCOL)?, accept(TASK_PROTOCOL)?);
+        let control = swarm.behaviour().stream.control();
+        let (bulk_streams, task_streams) =
+            (control.accept(BULK_PROTOCOL), control.accept(TASK_PROTOCOL));
         let client = NetworkClient::new(command_tx, local_peer_id, &config, control);
         let handler = handler(client.clone());
         let bulk = accept::Acceptor {
