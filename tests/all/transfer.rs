@@ -219,9 +219,10 @@ async fn a_provider_that_stalls_mid_stream_is_dropped_in_bounded_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_one_provider_is_slow_the_other_serves_most_of_the_file() {
     let root = tempfile::tempdir().unwrap();
-    // 96 chunks: six requests of 16, three in each provider's share; the fast one takes the
-    // slow one's last request once its own share is done, which it has 0.8 s to do (the slow
-    // one's first request) before the slow one asks for it.
+    // 96 chunks over two streams (lanes) to each provider: eight requests of 12, two in each
+    // stream's share, one in flight on each. The fast one takes the slow one's second
+    // requests once its own share is done, which it has 0.6 s to do (the slow one's first
+    // requests) before the slow one asks for them.
     let (slow, slow_counts, fast, fast_counts, fetcher, cid, data) =
         two_providers(root.path(), 96, Mode::Slow).await;
     fetch_within(30, &fetcher, cid, &[&slow, &fast]).await;

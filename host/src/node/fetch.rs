@@ -30,8 +30,10 @@ const CHUNKS_PER_LANE: usize = BULK_BATCH;
 /// The most chunks in one bulk request (16 MiB); smaller files are cut finer, so that every
 /// provider gets a share.
 const BULK_BATCH: usize = 16;
-/// Bulk requests a stream has in flight: the provider starts on the next before the
-/// requester has all of the last.
+/// Bulk requests a provider has in flight: it starts on the next before the requester has
+/// all of the last. Split among its streams, so that a provider's lanes do not let it hold
+/// more of the file than a provider with one stream (a slow one would keep it from the
+/// others); each stream has at least one.
 const BULK_PIPELINE: usize = 2;
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +358,9 @@ impl NodeInner {
             .flat_map(|lane| peers.iter().map(move |&peer| (peer, lane)))
             .collect();
         let plan = Mutex::new(Plan::new(chunks, streams.len()));
+        let pipeline = BULK_PIPELINE.div_ceil(lanes);
         let streams = streams.iter().enumerate().map(|(me, &(peer, lane))| {
+            let lane = (lane, pipeline);
             self.bulk_stream(me, peer, lane, file, credential, &plan, bad, writer)
         });
         join_all(streams).await;
@@ -368,13 +372,14 @@ impl NodeInner {
     }
 
     /// One stream of a bulk fetch, on connection `lane` to `peer`: it asks for the chunks
-    /// the plan gives it, two requests ahead, until none are left or the provider is dropped.
+    /// the plan gives it, `pipeline` requests ahead, until none are left or the provider is
+    /// dropped.
     #[allow(clippy::too_many_arguments)]
     async fn bulk_stream(
         &self,
         me: usize,
         peer: PeerId,
-        lane: usize,
+        (lane, pipeline): (usize, usize),
         file: Cid,
         credential: &Credential,
         plan: &Mutex<Plan>,
@@ -404,7 +409,7 @@ impl NodeInner {
                 lock().drop_provider(me, unanswered);
                 return;
             }
-            while asked.len() < BULK_PIPELINE {
+            while asked.len() < pipeline {
                 let Next::Ask(chunks) = lock().next(me) else {
                     break;
                 };
