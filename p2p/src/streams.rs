@@ -51,6 +51,8 @@ use libp2p::{
 /// Inbound streams of one protocol not yet taken by their acceptor; more are dropped (the
 /// opener sees the stream close).
 const INBOUND_QUEUE: usize = 32;
+/// Outbound streams asked of one connection and not yet taken up by its handler; more fail.
+const OPENING_PER_CONNECTION: usize = 64;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +142,7 @@ struct Peer {
 
 struct Connection {
     id: ConnectionId,
-    requests: mpsc::UnboundedSender<NewStream>,
+    requests: mpsc::Sender<NewStream>,
     /// The address we dialed, to dial an extra connection to it.
     dialed: Option<Multiaddr>,
     /// Dialed by this behaviour for a lane past the connections there were.
@@ -155,13 +157,20 @@ impl Shared {
         let state = self.peers.entry(peer).or_default();
         state.connections.retain(|c| !c.requests.is_closed());
         let open = state.connections.len();
-        let wants_another = lane >= open && state.most.is_none_or(|most| open < most);
+        let wants_another =
+            open == 0 || (lane >= open && state.most.is_none_or(|most| open < most));
         if !wants_another {
-            let connection = &state.connections[lane % open];
-            if let Err(e) = connection.requests.unbounded_send(request) {
-                // The handler went between the check and the send: the caller tries again.
-                let reset = io::Error::new(io::ErrorKind::ConnectionReset, "connection closed");
-                let _ = e.into_inner().reply.send(Err(reset.into()));
+            let connection = &mut state.connections[lane % open];
+            if let Err(e) = connection.requests.try_send(request) {
+                let error = if e.is_full() {
+                    io::Error::other(format!(
+                        "{OPENING_PER_CONNECTION} streams are being opened on the connection already"
+                    ))
+                } else {
+                    // The handler went between the check and the send: the caller tries again.
+                    io::Error::new(io::ErrorKind::ConnectionReset, "connection closed")
+                };
+                let _ = e.into_inner().reply.send(Err(error.into()));
             }
             return;
         }
@@ -273,7 +282,7 @@ impl Behaviour {
     }
 
     fn handler(&self, peer: PeerId, id: ConnectionId, dialed: Option<Multiaddr>) -> Handler {
-        let (requests, receiver) = mpsc::unbounded();
+        let (requests, receiver) = mpsc::channel(OPENING_PER_CONNECTION);
         let carried = Arc::new(AtomicBool::new(false));
         lock(&self.0).connected(
             peer,
@@ -361,7 +370,7 @@ impl NetworkBehaviour for Behaviour {
 pub(crate) struct Handler {
     remote: PeerId,
     shared: Arc<Mutex<Shared>>,
-    requests: mpsc::UnboundedReceiver<NewStream>,
+    requests: mpsc::Receiver<NewStream>,
     carried: Arc<AtomicBool>,
 }
 

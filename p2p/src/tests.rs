@@ -1667,7 +1667,11 @@ async fn bulk_lanes_ride_connections_of_their_own_up_to_the_providers_limit() {
         .unwrap_or_else(|e| panic!("lane {lane}: {e}"));
         sessions.push(BulkSession::start(a.id(), stream, SETTLE));
         match i {
-            0 => assert_eq!(*counts.lock().unwrap(), (1, 1), "lane 0 is the first connection"),
+            0 => assert_eq!(
+                *counts.lock().unwrap(),
+                (1, 1),
+                "lane 0 is the first connection"
+            ),
             1 => reach((2, 2), "lane 1 on a connection of its own").await,
             _ => {}
         }

@@ -241,7 +241,11 @@ async fn first_bulk_item(
     to: PeerId,
     request: BulkRequest,
 ) -> Option<Result<BulkItem, Error>> {
-    let mut session = from.net().open_bulk(to, 0).await.expect("bulk stream opens");
+    let mut session = from
+        .net()
+        .open_bulk(to, 0)
+        .await
+        .expect("bulk stream opens");
     session.request(request).await.expect("request sent");
     tokio::time::timeout(Duration::from_secs(5), session.next())
         .await

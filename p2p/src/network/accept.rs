@@ -23,7 +23,11 @@ pub(super) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(super) async fn run(self, mut incoming: mpsc::Receiver<(PeerId, Stream)>, shutdown: CancellationToken) {
+    pub(super) async fn run(
+        self,
+        mut incoming: mpsc::Receiver<(PeerId, Stream)>,
+        shutdown: CancellationToken,
+    ) {
         let protocol = self.protocol;
         // Each serving task ends with its peer, `None` for a refusal.
         let mut tasks: JoinSet<Option<PeerId>> = JoinSet::new();
