@@ -542,12 +542,14 @@ async fn transfer_part(
     let perf_tcp = perf_connect(TCP).await;
     let perf_quic = perf_connect(QUIC).await;
     // One vector of per-round figures for each line printed.
-    let mut m: [Vec<f64>; 16] = Default::default();
+    let mut m: [Vec<f64>; 17] = Default::default();
     for round in 0..rounds {
         let (chunks, n) = (&manifest.chunks, LEN as u64);
         // Each transport's ceiling right before the stream over it, so that both see the
         // same load on a shared machine.
+        let cpu = cpu_seconds();
         m[5].push(perf_mbps(&perf_tcp, n, 0).await);
+        m[16].push(cpu_seconds() - cpu);
         let (mbps, cpu) = stream_alone_mbps(client, worker_id, cid, chunks, 1).await;
         m[0].push(mbps);
         m[12].push(cpu);
@@ -614,6 +616,7 @@ async fn transfer_part(
         fetch_cpu,
         two_providers,
         stream_lanes,
+        perf_cpu,
     ] = m.map(median);
     println!(
         "256 MiB file, worker -> a fresh client (fetch, verify and store every chunk durably), \
@@ -696,9 +699,10 @@ async fn transfer_part(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let cpu_bound = LEN as f64 / 1e6 * cpus / fetch_cpu;
     println!(
-        "  CPU for the 256 MiB, both nodes: stream alone (TCP) {stream_cpu:.2} s, fetch_file \
-         (TCP) {fetch_cpu:.2} s; on {cpus} CPUs fetch_file can move at most {cpu_bound:.0} MB/s, \
-         and moved {:.2}x that",
+        "  CPU for the 256 MiB, both ends: libp2p perf (TCP) {perf_cpu:.2} s, stream alone (TCP) \
+         {stream_cpu:.2} s ({:.2}x perf), fetch_file (TCP) {fetch_cpu:.2} s; on {cpus} CPUs \
+         fetch_file can move at most {cpu_bound:.0} MB/s, and moved {:.2}x that",
+        stream_cpu / perf_cpu,
         bulk_tcp / cpu_bound
     );
     second.shutdown().await;

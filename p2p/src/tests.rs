@@ -1145,8 +1145,8 @@ impl RawStreams {
         }
     }
 
-    /// Connects to `node`, and waits until the connection is up (a stream opened while it
-    /// is being set up would be lost: see `open_stream`).
+    /// Connects to `node`, and waits until the connection is up (`libp2p-stream`
+    /// 0.5.0-alpha loses a stream asked for while the connection is being set up).
     async fn connect(&self, node: &Node) {
         self.dial.send(node.tcp_addr().await).await.unwrap();
         let peer = within(SETTLE, "raw peer connects", async {
