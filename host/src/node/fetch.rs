@@ -317,6 +317,14 @@ impl Plan {
     }
 }
 
+/// Streams (lanes) to each of `providers` for `chunks` chunks: together up to
+/// [`BULK_STREAMS`], one per [`CHUNKS_PER_LANE`] chunks, at least one each.
+fn lanes(providers: usize, chunks: usize) -> usize {
+    (BULK_STREAMS / providers.max(1))
+        .min(chunks.div_ceil(CHUNKS_PER_LANE * providers.max(1)))
+        .max(1)
+}
+
 /// How long an idle bulk stream sleeps before it looks for orphaned chunks again.
 const BULK_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -350,9 +358,7 @@ impl NodeInner {
         if peers.is_empty() {
             return chunks;
         }
-        let lanes = (BULK_STREAMS / peers.len())
-            .min(chunks.len().div_ceil(CHUNKS_PER_LANE * peers.len()))
-            .max(1);
+        let lanes = lanes(peers.len(), chunks.len());
         // Lane-major, so that the providers' first streams come first.
         let streams: Vec<(PeerId, usize)> = (0..lanes)
             .flat_map(|lane| peers.iter().map(move |&peer| (peer, lane)))
@@ -497,5 +503,24 @@ impl NodeInner {
             lock().drop_provider(me, unanswered);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lanes;
+
+    #[test]
+    fn a_large_file_from_fewer_providers_gets_more_lanes_to_each() {
+        // 256 MiB: four connections to one provider, two to each of two, one to each of more.
+        assert_eq!(lanes(1, 256), 4);
+        assert_eq!(lanes(2, 256), 2);
+        assert_eq!(lanes(3, 256), 1);
+        assert_eq!(lanes(4, 256), 1);
+        // A small file opens no connection it would not fill.
+        assert_eq!(lanes(1, 1), 1);
+        assert_eq!(lanes(1, 16), 1);
+        assert_eq!(lanes(1, 17), 2);
+        assert_eq!(lanes(2, 33), 2);
     }
 }
