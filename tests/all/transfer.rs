@@ -235,6 +235,37 @@ async fn when_one_provider_is_slow_the_other_serves_most_of_the_file() {
     assert!(f >= 2 * s, "the fast provider serves most: {f} against {s}");
 }
 
+/// Fetches of several files at once from one provider ask it for more bulk streams than it
+/// serves one peer (two lanes each, eight in all, against its 4): the streams it refuses
+/// leave their chunks to the fetch's other stream, or to one request per chunk where a fetch
+/// got none, and every file arrives whole. At least two fetches hold the four streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_at_once_past_a_providers_stream_limit_all_arrive_whole() {
+    let root = tempfile::tempdir().unwrap();
+    // A slow provider, so that the fetches overlap.
+    let (provider, counts) = wrapped(root.path(), "provider", Mode::Slow).await;
+    let mut files = Vec::new();
+    for seed in 0..4 {
+        let (path, data) = data_file(root.path(), 20, seed);
+        files.push((provider.put_path(path, true).await.expect("put"), data));
+    }
+    let fetcher = node(root.path(), "fetcher", 1).await;
+    connect(&fetcher, &provider).await;
+    let providers = [&provider];
+    let fetches = files
+        .iter()
+        .map(|(cid, _)| fetch_within(30, &fetcher, *cid, &providers));
+    futures::future::join_all(fetches).await;
+    for (cid, data) in &files {
+        assert_eq!(&read(&fetcher, cid), data);
+    }
+    let bulk = counts.bulk_chunks.load(Ordering::SeqCst);
+    assert!(
+        bulk >= 2 * 20,
+        "two fetches' chunks at least came over bulk: {bulk}"
+    );
+}
+
 /// The first item of a one-request bulk session from `from` to `to`.
 async fn first_bulk_item(
     from: &Node,
