@@ -296,6 +296,7 @@ impl Behaviour {
         );
         Handler {
             remote: peer,
+            id,
             shared: Arc::clone(&self.0),
             requests: receiver,
             carried,
@@ -369,6 +370,7 @@ impl NetworkBehaviour for Behaviour {
 /// acceptors.
 pub(crate) struct Handler {
     remote: PeerId,
+    id: ConnectionId,
     shared: Arc<Mutex<Shared>>,
     requests: mpsc::Receiver<NewStream>,
     carried: Arc<AtomicBool>,
@@ -423,6 +425,11 @@ impl ConnectionHandler for Handler {
                 let _ = reply.send(Ok(stream));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, info: reply }) => {
+                if matches!(error, StreamUpgradeError::Io(_)) {
+                    // The connection is failing: no more streams go to it, so that the
+                    // caller's next try goes elsewhere (and a refused extra one folds).
+                    lock(&self.shared).closed(self.remote, self.id);
+                }
                 let error = match error {
                     StreamUpgradeError::NegotiationFailed => OpenError::Unsupported,
                     StreamUpgradeError::Timeout => io::Error::from(io::ErrorKind::TimedOut).into(),
@@ -433,6 +440,14 @@ impl ConnectionHandler for Handler {
             }
             _ => {}
         }
+    }
+}
+
+impl Drop for Handler {
+    /// Before the swarm reports the connection closed, and before the replies of the
+    /// requests still queued here fail: their callers' next tries must not come back here.
+    fn drop(&mut self) {
+        lock(&self.shared).closed(self.remote, self.id);
     }
 }
 

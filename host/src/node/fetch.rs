@@ -8,7 +8,7 @@
 //! to the tenant here too.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -325,6 +325,132 @@ fn lanes(providers: usize, chunks: usize) -> usize {
         .max(1)
 }
 
+/// The bulk streams this node's fetches hold to each provider, within the [`BULK_STREAMS`]
+/// that a provider serves one peer by default. A fetch's first stream to a provider takes a
+/// slot, waiting (at most [`SLOT_WAIT`]) while other fetches' extra lanes hold them all; its
+/// extra lanes take only free slots, and give theirs back between two requests as soon as
+/// a first stream waits. So fetches at once from one provider each stream, and a fetch
+/// alone gets every lane.
+#[derive(Default)]
+pub(crate) struct BulkSlots {
+    peers: Mutex<HashMap<PeerId, Held>>,
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Held {
+    first: usize,
+    extra: usize,
+    /// First streams waiting for a slot.
+    waiting: usize,
+}
+
+/// How many times a bulk stream refused as busy before its first chunk is opened again, and
+/// the first pause (it grows by as much each time).
+const BUSY_RETRIES: u32 = 3;
+const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a fetch's first stream to a provider waits for another fetch's extra lane to
+/// give way; then it goes ahead, and a provider that refuses it leaves its chunks to one
+/// request each.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One stream of a bulk fetch: which connection to its provider, how many requests it keeps
+/// in flight, and its slot.
+struct Lane<'a> {
+    index: usize,
+    pipeline: usize,
+    slot: Slot<'a>,
+}
+
+/// One bulk stream's slot; given back when dropped.
+struct Slot<'a> {
+    slots: &'a BulkSlots,
+    peer: PeerId,
+    extra: bool,
+}
+
+impl BulkSlots {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Held>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a fetch's first stream to `peer`.
+    async fn first(&self, peer: PeerId) -> Slot<'_> {
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+        let mut waiting = false;
+        loop {
+            // Registered before the look, so that a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            {
+                let mut peers = self.held();
+                let held = peers.entry(peer).or_default();
+                let taken = held.first + held.extra;
+                // Wait only for extra lanes, which give way; never for other first streams.
+                let timed_out = tokio::time::Instant::now() >= deadline;
+                if taken < BULK_STREAMS || held.extra == 0 || timed_out {
+                    held.waiting -= usize::from(waiting);
+                    held.first += 1;
+                    return Slot {
+                        slots: self,
+                        peer,
+                        extra: false,
+                    };
+                }
+                if !waiting {
+                    held.waiting += 1;
+                    waiting = true;
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
+    }
+
+    /// A slot for an extra lane to `peer`, if one is free and no first stream waits.
+    fn extra(&self, peer: PeerId) -> Option<Slot<'_>> {
+        let mut peers = self.held();
+        let held = peers.entry(peer).or_default();
+        (held.first + held.extra < BULK_STREAMS && held.waiting == 0).then(|| {
+            held.extra += 1;
+            Slot {
+                slots: self,
+                peer,
+                extra: true,
+            }
+        })
+    }
+}
+
+impl Slot<'_> {
+    /// Whether this stream should finish what it asked and give its slot to a waiting one.
+    fn should_yield(&self) -> bool {
+        self.extra
+            && self
+                .slots
+                .held()
+                .get(&self.peer)
+                .is_some_and(|h| h.waiting > 0)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut peers = self.slots.held();
+        if let Some(held) = peers.get_mut(&self.peer) {
+            if self.extra {
+                held.extra -= 1;
+            } else {
+                held.first -= 1;
+            }
+            if held.first + held.extra + held.waiting == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+        drop(peers);
+        self.slots.freed.notify_waiters();
+    }
+}
+
 /// How long an idle bulk stream sleeps before it looks for orphaned chunks again.
 const BULK_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -358,17 +484,35 @@ impl NodeInner {
         if peers.is_empty() {
             return chunks;
         }
-        let lanes = lanes(peers.len(), chunks.len());
-        // Lane-major, so that the providers' first streams come first.
-        let streams: Vec<(PeerId, usize)> = (0..lanes)
-            .flat_map(|lane| peers.iter().map(move |&peer| (peer, lane)))
-            .collect();
+        // Each provider's first stream, then extra lanes while slots are free: lane-major, so
+        // that the providers' first streams come first.
+        let wanted = lanes(peers.len(), chunks.len());
+        // (provider, lane, slot)
+        let mut streams = Vec::new();
+        for (p, &peer) in peers.iter().enumerate() {
+            streams.push((p, 0, self.bulk_slots.first(peer).await));
+        }
+        let mut granted = vec![1; peers.len()];
+        for _ in 1..wanted {
+            for (p, &peer) in peers.iter().enumerate() {
+                if let Some(slot) = self.bulk_slots.extra(peer) {
+                    streams.push((p, granted[p], slot));
+                    granted[p] += 1;
+                }
+            }
+        }
         let plan = Mutex::new(Plan::new(chunks, streams.len()));
-        let pipeline = BULK_PIPELINE.div_ceil(lanes);
-        let streams = streams.iter().enumerate().map(|(me, &(peer, lane))| {
-            let lane = (lane, pipeline);
-            self.bulk_stream(me, peer, lane, file, credential, &plan, bad, writer)
-        });
+        let streams = streams
+            .into_iter()
+            .enumerate()
+            .map(|(me, (p, index, slot))| {
+                let lane = Lane {
+                    index,
+                    pipeline: BULK_PIPELINE.div_ceil(granted[p]),
+                    slot,
+                };
+                self.bulk_stream(me, peers[p], lane, file, credential, &plan, bad, writer)
+            });
         join_all(streams).await;
         let mut plan = plan.into_inner().unwrap_or_else(PoisonError::into_inner);
         let mut left = std::mem::take(&mut plan.left);
@@ -377,15 +521,15 @@ impl NodeInner {
         left
     }
 
-    /// One stream of a bulk fetch, on connection `lane` to `peer`: it asks for the chunks
-    /// the plan gives it, `pipeline` requests ahead, until none are left or the provider is
-    /// dropped.
+    /// One stream of a bulk fetch, on `lane` to `peer`: it asks for the chunks the plan
+    /// gives it, the lane's pipeline ahead, until none are left, the provider is dropped, or
+    /// (an extra lane) another fetch waits for its slot.
     #[allow(clippy::too_many_arguments)]
     async fn bulk_stream(
         &self,
         me: usize,
         peer: PeerId,
-        (lane, pipeline): (usize, usize),
+        lane: Lane<'_>,
         file: Cid,
         credential: &Credential,
         plan: &Mutex<Plan>,
@@ -398,7 +542,7 @@ impl NodeInner {
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(&peer)
         };
-        let mut session = match self.net.open_bulk(peer, lane).await {
+        let mut session = match self.net.open_bulk(peer, lane.index).await {
             Ok(session) => session,
             Err(e) => {
                 tracing::debug!(%peer, %file, error = %e, "no bulk stream; others take its share");
@@ -408,6 +552,7 @@ impl NodeInner {
         };
         // The requests sent, each with how many of its chunks have arrived.
         let mut asked: VecDeque<(Vec<Cid>, usize)> = VecDeque::new();
+        let mut busy = 0;
         loop {
             if is_bad() {
                 // Another stream caught this provider lying: ask it nothing more.
@@ -415,7 +560,8 @@ impl NodeInner {
                 lock().drop_provider(me, unanswered);
                 return;
             }
-            while asked.len() < pipeline {
+            let yielding = lane.slot.should_yield();
+            while asked.len() < lane.pipeline && !yielding {
                 let Next::Ask(chunks) = lock().next(me) else {
                     break;
                 };
@@ -431,6 +577,12 @@ impl NodeInner {
                 }
             }
             if asked.is_empty() {
+                if yielding {
+                    // Another fetch's first stream waits for this slot: this lane's share
+                    // goes to the others.
+                    lock().drop_provider(me, []);
+                    return;
+                }
                 let next = lock().next(me);
                 match next {
                     Next::Done => return,
@@ -448,6 +600,30 @@ impl NodeInner {
                 }
             }
             let failure = match session.next().await {
+                // Refused for want of a stream slot, before any chunk: the provider may not
+                // yet have seen the stream this slot came from end. Again, a little later.
+                Some(Err(shoal_p2p::Error::Busy { .. }))
+                    if busy < BUSY_RETRIES && asked.iter().all(|(_, got)| *got == 0) =>
+                {
+                    busy += 1;
+                    tokio::time::sleep(BUSY_BACKOFF * busy).await;
+                    match self.net.open_bulk(peer, lane.index).await {
+                        Ok(again) => {
+                            session = again;
+                            for (chunks, _) in &asked {
+                                let request = BulkRequest {
+                                    file,
+                                    chunks: chunks.clone(),
+                                    credential: credential.clone(),
+                                };
+                                // A failure shows in `next`.
+                                let _ = session.request(request).await;
+                            }
+                            continue;
+                        }
+                        Err(e) => Some(e),
+                    }
+                }
                 Some(Ok(item)) => {
                     let Some((chunks, got)) = asked.front_mut() else {
                         continue;

@@ -117,6 +117,8 @@ pub(crate) struct NodeInner {
     own: Credential,
     /// Where the outputs of this node's remote tasks are (the scheduler records them).
     locations: Arc<Locations>,
+    /// The bulk streams this node's fetches hold to each provider.
+    bulk_slots: fetch::BulkSlots,
 }
 
 impl Node {
@@ -182,6 +184,7 @@ impl Node {
                 seen: policy::Seen::default(),
                 own: own.clone(),
                 locations: locations.clone(),
+                bulk_slots: fetch::BulkSlots::default(),
             });
             inner = Some(made.clone());
             wrap(made)
