@@ -378,7 +378,8 @@ impl BulkSlots {
     /// A slot for a fetch's first stream to `peer`.
     async fn first(&self, peer: PeerId) -> Slot<'_> {
         let deadline = tokio::time::Instant::now() + SLOT_WAIT;
-        let mut waiting = false;
+        // Counted in `waiting` while this waits; a fetch dropped meanwhile uncounts itself.
+        let mut waiter: Option<Waiter<'_>> = None;
         loop {
             // Registered before the look, so that a slot freed in between is not missed.
             let freed = self.freed.notified();
@@ -389,7 +390,10 @@ impl BulkSlots {
                 // Wait only for extra lanes, which give way; never for other first streams.
                 let timed_out = tokio::time::Instant::now() >= deadline;
                 if taken < BULK_STREAMS || held.extra == 0 || timed_out {
-                    held.waiting -= usize::from(waiting);
+                    if let Some(mut waiter) = waiter.take() {
+                        waiter.counted = false;
+                        held.waiting -= 1;
+                    }
                     held.first += 1;
                     return Slot {
                         slots: self,
@@ -397,12 +401,27 @@ impl BulkSlots {
                         extra: false,
                     };
                 }
-                if !waiting {
+                if waiter.is_none() {
                     held.waiting += 1;
-                    waiting = true;
+                    waiter = Some(Waiter {
+                        slots: self,
+                        peer,
+                        counted: true,
+                    });
                 }
             }
             let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
+    }
+
+    /// Takes one off `peer`'s count (`which`), and its entry once nothing is counted.
+    fn release(&self, peer: PeerId, which: impl FnOnce(&mut Held) -> &mut usize) {
+        let mut peers = self.held();
+        if let Some(held) = peers.get_mut(&peer) {
+            *which(held) -= 1;
+            if held.first + held.extra + held.waiting == 0 {
+                peers.remove(&peer);
+            }
         }
     }
 
@@ -435,19 +454,31 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut peers = self.slots.held();
-        if let Some(held) = peers.get_mut(&self.peer) {
-            if self.extra {
-                held.extra -= 1;
+        let extra = self.extra;
+        self.slots.release(self.peer, |held| {
+            if extra {
+                &mut held.extra
             } else {
-                held.first -= 1;
+                &mut held.first
             }
-            if held.first + held.extra + held.waiting == 0 {
-                peers.remove(&self.peer);
-            }
-        }
-        drop(peers);
+        });
         self.slots.freed.notify_waiters();
+    }
+}
+
+/// A first stream waiting for a slot, counted in [`Held::waiting`] until it takes one or
+/// its fetch is dropped.
+struct Waiter<'a> {
+    slots: &'a BulkSlots,
+    peer: PeerId,
+    counted: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.slots.release(self.peer, |held| &mut held.waiting);
+        }
     }
 }
 
@@ -684,7 +715,43 @@ impl NodeInner {
 
 #[cfg(test)]
 mod tests {
-    use super::lanes;
+    use std::task::Poll;
+
+    use shoal_p2p::PeerId;
+
+    use super::{BULK_STREAMS, BulkSlots, Slot, lanes};
+
+    /// Extra lanes give way to a waiting first stream, which gets the first slot freed; a
+    /// fetch dropped while it waits leaves nothing counted.
+    #[tokio::test]
+    async fn extra_lanes_give_way_to_a_waiting_first_stream() {
+        let slots = BulkSlots::default();
+        let peer = PeerId::random();
+        let first = slots.first(peer).await;
+        let mut extras: Vec<Slot<'_>> = (1..BULK_STREAMS)
+            .map(|_| slots.extra(peer).expect("a free slot"))
+            .collect();
+        assert!(slots.extra(peer).is_none(), "all {BULK_STREAMS} are taken");
+        {
+            let dropped = slots.first(peer);
+            tokio::pin!(dropped);
+            assert!(futures::poll!(&mut dropped).is_pending());
+            assert!(extras.iter().all(Slot::should_yield));
+            assert!(!first.should_yield(), "a first stream never gives way");
+        }
+        assert!(!extras[0].should_yield(), "the dropped fetch waits no more");
+
+        let second = slots.first(peer);
+        tokio::pin!(second);
+        assert!(futures::poll!(&mut second).is_pending());
+        extras.pop();
+        let Poll::Ready(second) = futures::poll!(&mut second) else {
+            panic!("the freed slot goes to the waiting first stream");
+        };
+        assert!(!extras[0].should_yield());
+        drop((first, second, extras));
+        assert!(slots.held().is_empty(), "nothing left counted");
+    }
 
     #[test]
     fn a_large_file_from_fewer_providers_gets_more_lanes_to_each() {
