@@ -38,9 +38,9 @@ use libp2p::{
         upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo},
     },
     swarm::{
-        ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent,
-        ConnectionId, DialError, DialFailure, FromSwarm, NetworkBehaviour, StreamUpgradeError,
-        SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
+        DialFailure, FromSwarm, NetworkBehaviour, StreamUpgradeError, SubstreamProtocol, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm,
         dial_opts::{DialOpts, PeerCondition},
         handler::{
             ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
@@ -155,7 +155,6 @@ impl Shared {
     /// Sends `request` to the handler of lane `lane`, or parks it behind a dial.
     fn route(&mut self, peer: PeerId, lane: usize, request: NewStream) {
         let state = self.peers.entry(peer).or_default();
-        state.connections.retain(|c| !c.requests.is_closed());
         let open = state.connections.len();
         let wants_another =
             open == 0 || (lane >= open && state.most.is_none_or(|most| open < most));
@@ -211,6 +210,8 @@ impl Shared {
         }
     }
 
+    /// Connection `id` to `peer` is going: by its handler's drop (`Handler`'s `Drop`), which
+    /// comes with every closed connection, or earlier, at its first failed stream.
     fn closed(&mut self, peer: PeerId, id: ConnectionId) {
         if let Entry::Occupied(mut state) = self.peers.entry(peer) {
             let peer_state = state.get_mut();
@@ -237,7 +238,6 @@ impl Shared {
         if ours {
             state.dialing = None;
         }
-        state.connections.retain(|c| !c.requests.is_closed());
         let open = state.connections.len();
         if open == 0 {
             if state.dialing.is_some() || matches!(error, DialError::DialPeerConditionFalse(_)) {
@@ -330,18 +330,14 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        match event {
-            FromSwarm::ConnectionClosed(ConnectionClosed {
-                peer_id,
-                connection_id,
-                ..
-            }) => lock(&self.0).closed(peer_id, connection_id),
-            FromSwarm::DialFailure(DialFailure {
-                peer_id: Some(peer),
-                error,
-                connection_id,
-            }) => lock(&self.0).dial_failed(peer, connection_id, error),
-            _ => {}
+        // Closed connections need nothing here: their handlers' drop says so, and sooner.
+        if let FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(peer),
+            error,
+            connection_id,
+        }) = event
+        {
+            lock(&self.0).dial_failed(peer, connection_id, error);
         }
     }
 

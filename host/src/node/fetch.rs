@@ -581,6 +581,11 @@ impl NodeInner {
                 return;
             }
         };
+        let ask = |chunks: &Vec<Cid>| BulkRequest {
+            file,
+            chunks: chunks.clone(),
+            credential: credential.clone(),
+        };
         // The requests sent, each with how many of its chunks have arrived.
         let mut asked: VecDeque<(Vec<Cid>, usize)> = VecDeque::new();
         let mut busy = 0;
@@ -591,16 +596,13 @@ impl NodeInner {
                 lock().drop_provider(me, unanswered);
                 return;
             }
-            let yielding = lane.slot.should_yield();
+            // Looked at only when this stream could ask for more: not on every chunk.
+            let yielding = asked.len() < lane.pipeline && lane.slot.should_yield();
             while asked.len() < lane.pipeline && !yielding {
                 let Next::Ask(chunks) = lock().next(me) else {
                     break;
                 };
-                let request = BulkRequest {
-                    file,
-                    chunks: chunks.clone(),
-                    credential: credential.clone(),
-                };
+                let request = ask(&chunks);
                 asked.push_back((chunks, 0));
                 if session.request(request).await.is_err() {
                     // The session ended; `next` below says why.
@@ -642,13 +644,8 @@ impl NodeInner {
                         Ok(again) => {
                             session = again;
                             for (chunks, _) in &asked {
-                                let request = BulkRequest {
-                                    file,
-                                    chunks: chunks.clone(),
-                                    credential: credential.clone(),
-                                };
                                 // A failure shows in `next`.
-                                let _ = session.request(request).await;
+                                let _ = session.request(ask(chunks)).await;
                             }
                             continue;
                         }
