@@ -1479,6 +1479,22 @@ async fn a_second_connection_from_one_peer_is_refused() {
         }
     })
     .await;
+    // The dialer finishes the handshake before the listener does, so only an answer shows
+    // that A holds the first connection; without it, A could see the second one first and
+    // refuse the first instead.
+    let ask_capacity = async |raw: &mut RawPeer, what: &str| {
+        let good = RawFrame {
+            bytes: encode_frame(CAPACITY_LIMITS.request, &CapacityRequest).unwrap(),
+            hold: false,
+        };
+        let id = raw.behaviour_mut().send_request(&a.id(), good);
+        let answer = answer(raw, id, first, what).await;
+        assert_eq!(
+            decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
+            CAPACITY
+        );
+    };
+    ask_capacity(&mut raw, "capacity over the first connection").await;
 
     let second = connect(&mut raw);
     within(PROMPT, "second connection refused", async {
@@ -1498,17 +1514,11 @@ async fn a_second_connection_from_one_peer_is_refused() {
     })
     .await;
 
-    // The first connection still carries requests.
-    let good = RawFrame {
-        bytes: encode_frame(CAPACITY_LIMITS.request, &CapacityRequest).unwrap(),
-        hold: false,
-    };
-    let id = raw.behaviour_mut().send_request(&a.id(), good);
-    let answer = answer(&mut raw, id, first, "capacity over the first connection").await;
-    assert_eq!(
-        decode::<Capacity>(answer, CAPACITY_LIMITS.response).await,
-        CAPACITY
-    );
+    ask_capacity(
+        &mut raw,
+        "capacity over the first connection, after the second",
+    )
+    .await;
 }
 
 fn bulk_ask(file: &[u8], chunks: Vec<Cid>) -> BulkRequest {
