@@ -730,7 +730,8 @@ mod in_process {
             node(root.path(), "b", 1).await,
         );
         connect(&b, &a).await;
-        // A chunk is a block but no file: whoever runs the task, the input is wrong.
+        // A chunk is a block but no file: whoever runs the task, the input is wrong, and the
+        // submitter, which holds it, says so before it asks any peer.
         let mut spec = hello_spec(&a).await;
         let file = spec.inputs[0].1;
         let chunk = a.store().manifest(&file).unwrap().chunks[0];
@@ -739,7 +740,7 @@ mod in_process {
         let failure = placed.report.result.expect_err("a chunk is not a file");
         assert_eq!(failure.kind, FailureKind::BadInput, "{failure}");
         assert!(failure.message.contains("input `name`"), "{failure}");
-        assert_eq!(placed.peer, b.peer_id());
+        assert_eq!(placed.peer, a.peer_id());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

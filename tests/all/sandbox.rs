@@ -171,7 +171,7 @@ impl shoal_host::runtime::Mesh for InstantMesh {
 
     fn written(&self, _: Cid, _: &[u8]) {}
 
-    fn fetch(&self, _: Cid, _: Option<&[u8]>) -> Result<(), String> {
+    fn fetch(&self, _: Cid, _: Option<&[u8]>, _: std::time::Instant) -> Result<(), String> {
         Ok(())
     }
 }

@@ -153,6 +153,11 @@ async fn a_tampered_signature_is_denied_before_anything_is_fetched() {
         "the executor fetched nothing for a spec it refused"
     );
 
+    // As the scheduler hands a task over: its files are granted to its tenant, here the
+    // node's own identity, so that the executor may fetch them.
+    a.store()
+        .grant(&spec.module, &a.peer_id().to_string())
+        .unwrap();
     let mut honest = spec_to_wire(&spec, 0);
     sign_for(&mut honest, &key, b_id).unwrap();
     let outcome = a.net().submit_task(b_id, honest).await.unwrap();
@@ -595,4 +600,128 @@ async fn an_open_tenant_over_its_stored_bytes_is_refused() {
     // Now over it, even a task that brings nothing new is refused before it is fetched.
     let refused = a.submit(small, Some(b_id)).await;
     assert!(denied(&refused.report).contains("stored-bytes quota"));
+}
+
+/// A peer that runs a node's own task holds a delegation from the node's identity; with it,
+/// it reads the files that task was given there, and nothing else the node holds (here a
+/// file the node keeps for another tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_running_a_nodes_own_task_reads_only_that_tasks_files() {
+    let root = tempfile::tempdir().unwrap();
+    let n = node(root.path(), "n", 0).await;
+    let e = node(root.path(), "e", 1).await;
+    let n_id = connect(&e, &n).await;
+    let e_id = connect(&n, &e).await;
+
+    let input = n.store().put_bytes(b"the task's input").unwrap();
+    let kept = n.store().put_bytes(b"kept here for somebody else").unwrap();
+    let mut spec = spec_for(&n, wasm::HELLO, &[]).await;
+    spec.inputs = vec![("name".into(), input)];
+    let ran = n.submit(spec.clone(), Some(e_id)).await;
+    ran.report
+        .result
+        .clone()
+        .expect("the node's own task runs on E");
+
+    // What E held while it ran the task: the node's delegation to E for it.
+    let mut wire = spec_to_wire(&spec, 0);
+    sign_for(&mut wire, &identity(root.path(), "n"), e_id).unwrap();
+    let ask_as_task = |cid: Cid| BlockRequest {
+        cid,
+        file: cid,
+        credential: wire.auth.credential.clone(),
+    };
+    let served = e.net().fetch_block(n_id, ask_as_task(input)).await.unwrap();
+    assert!(served.is_some(), "the task's own input is served");
+    let err = e
+        .net()
+        .fetch_block(n_id, ask_as_task(kept))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Denied { .. }), "{err}");
+}
+
+/// An executor that answers every task at once with a forged success: output `y` is a file
+/// it does not hold, but the driver's node does, for another tenant.
+struct Forging {
+    inner: Arc<dyn InboundHandler>,
+    forged: Cid,
+    asked: Arc<AtomicUsize>,
+}
+
+impl InboundHandler for Forging {
+    fn block(&self, from: PeerId, request: BlockRequest) -> BoxFuture<'_, BlockResponse> {
+        self.inner.block(from, request)
+    }
+
+    fn task(&self, _from: PeerId, _spec: shoal_p2p::TaskSpec) -> BoxFuture<'_, TaskOutcome> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let outputs = vec![("y".to_owned(), self.forged)];
+        Box::pin(async move {
+            TaskOutcome::Ok {
+                outputs,
+                logs: String::new(),
+                stats: Default::default(),
+            }
+        })
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, Capacity> {
+        // Always the emptiest peer, so that the subtasks come here.
+        Box::pin(async {
+            Capacity {
+                free_slots: 64,
+                total_slots: 64,
+                has_gpu: false,
+                queue_len: 0,
+            }
+        })
+    }
+
+    fn progress(&self, from: PeerId, record: ProgressRecord) {
+        self.inner.progress(from, record);
+    }
+}
+
+/// A subtask's report names its outputs, and a driver reads them only as its tenant may:
+/// a forged report naming a file its node holds for somebody else opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_subtask_output_does_not_open_another_tenants_file() {
+    let root = tempfile::tempdir().unwrap();
+    let mallory = node(root.path(), "mallory", 0).await;
+    let b = node(root.path(), "b", 1).await;
+    // B's own file: a number, so that the driver would sum it if it could read it.
+    let secret = b.store().put_bytes(b"12345").unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let h = Node::start_with(node_config(root.path(), "h", 1), move |inner| {
+        Arc::new(Forging {
+            inner,
+            forged: secret,
+            asked: counter,
+        })
+    })
+    .await
+    .expect("node starts");
+    let b_id = connect(&mallory, &b).await;
+    connect(&b, &h).await;
+
+    let mut spec = spec_for(&mallory, wasm::FANOUT, &[("n", "1")]).await;
+    spec.task = Some("fanout".into());
+    let placed = mallory.submit(spec, Some(b_id)).await;
+    assert!(asked.load(Ordering::SeqCst) > 0, "the subtask went to H");
+    let failure = placed
+        .report
+        .result
+        .as_ref()
+        .expect_err("the driver cannot read B's file");
+    assert!(
+        placed
+            .report
+            .logs
+            .text
+            .contains(&format!("fetching {secret}")),
+        "{failure}\n{}",
+        placed.report.logs
+    );
 }

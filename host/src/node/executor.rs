@@ -31,9 +31,7 @@ impl InboundHandler for NodeInner {
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || {
                 let BlockRequest { cid, file, .. } = request;
-                if let Some(reader) = reader
-                    && !store.may_read(&file, &cid, &reader)
-                {
+                if !store.may_read(&file, &cid, &reader) {
                     return BlockResponse::Denied;
                 }
                 store
@@ -75,16 +73,15 @@ const PROGRESS_QUEUE: usize = 64;
 
 impl NodeInner {
     /// Whom a requester of blocks acts for, proven by `credential` against the connection's
-    /// peer `from`: `None` for this node itself (it reads everything), else the tenant's name
-    /// as the store's grants know it.
-    fn reader(&self, from: PeerId, credential: &Credential) -> Result<Option<String>, AuthError> {
-        let tenant = credential.verify(from, now_ms())?;
-        Ok((tenant != self.net.local_peer_id()).then(|| tenant.to_string()))
+    /// peer `from`: the tenant's name as the store's grants know it. A peer acting for this
+    /// node's own tenancy (running a task this node sent) reads only what was granted to it
+    /// too: the files of the tasks this node handed over, not all this node holds.
+    fn reader(&self, from: PeerId, credential: &Credential) -> Result<String, AuthError> {
+        Ok(credential.verify(from, now_ms())?.to_string())
     }
 
     /// Answers a `/shoal/bulk/1` request under the rule of [`InboundHandler::block`]: the
-    /// credential must hold for `from` and name this node or a tenant that may read the file
-    /// here, and every chunk asked must be one of the file's; otherwise the whole request is
+    /// credential must hold for `from` and name a tenant that may read the file here, and every chunk asked must be one of the file's; otherwise the whole request is
     /// `Denied`, without a look at the chunks. The chunks are read on a blocking thread, a few
     /// ahead of the stream that sends them.
     async fn serve_bulk(&self, from: PeerId, request: BulkRequest) -> BulkResponse {
@@ -101,13 +98,11 @@ impl NodeInner {
             let store = store.clone();
             let chunks = chunks.clone();
             tokio::task::spawn_blocking(move || {
-                if let Some(reader) = reader
-                    && !store.may_read(&file, &file, &reader)
-                {
+                if !store.may_read(&file, &file, &reader) {
                     return false;
                 }
-                // The file's own chunks only, for this node's identity too: a bulk request
-                // names a file, and serves nothing outside it.
+                // The file's own chunks only: a bulk request names a file, and serves nothing
+                // outside it.
                 let Ok(manifest) = store.manifest(&file) else {
                     return false;
                 };

@@ -108,7 +108,17 @@ impl NodeInner {
             }
         }
         let store = self.store.clone();
-        let missing = blocking("listing chunks", move || store.missing_blocks(&cid)).await?;
+        let missing = if may_read {
+            blocking("listing chunks", move || store.missing_blocks(&cid)).await?
+        } else {
+            // The tenant's proof is a provider that serves it the file: every chunk, not only
+            // the manifest, or whoever knows a manifest could open the bytes this node holds
+            // for another tenant.
+            blocking("listing chunks", move || {
+                store.manifest(&cid).map(|m| m.chunks)
+            })
+            .await?
+        };
         if !missing.is_empty() && providers.is_empty() {
             providers = self.find_providers(cid).await;
         }

@@ -2,7 +2,7 @@
 //! scheduler (any peer, retried elsewhere if its peer is lost or busy) and fetching what a
 //! task may read from the mesh.
 
-use std::sync::Weak;
+use std::{sync::Weak, time::Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ impl Mesh for NodeMesh {
         }
     }
 
-    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>) -> Result<(), String> {
+    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>, deadline: Instant) -> Result<(), String> {
         let inner = self
             .inner
             .upgrade()
@@ -74,8 +74,14 @@ impl Mesh for NodeMesh {
                 .map_err(|e| format!("the task's credential does not decode: {e}"))?,
             None => inner.own.clone(),
         };
-        self.tokio
-            .block_on(inner.fetch_file(cid, &[], &credential))
-            .map_err(|e| e.to_string())
+        let fetch = inner.fetch_file(cid, &[], &credential);
+        // The timer is made inside the runtime, which it needs.
+        match self
+            .tokio
+            .block_on(async { tokio::time::timeout_at(deadline.into(), fetch).await })
+        {
+            Ok(fetched) => fetched.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("fetching {cid}: the task's time ran out")),
+        }
     }
 }

@@ -63,11 +63,12 @@ pub trait Mesh: Send + Sync {
 
     /// Makes file `cid` (its manifest and chunks) present in the local store, fetching it
     /// from the mesh if needed, for `tenant` (the task's [`TaskSpec::tenant`]; `None`: this
-    /// node's own). Blocks: it is called on a slot thread.
+    /// node's own). Blocks: it is called on a slot thread, and gives up at `deadline` (the
+    /// task's), so a slow provider cannot hold the slot past the task's time.
     ///
     /// # Errors
     /// Why it could not be fetched.
-    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>) -> Result<(), String>;
+    fn fetch(&self, cid: Cid, tenant: Option<&[u8]>, deadline: Instant) -> Result<(), String>;
 
     /// Lets `tenant` (a task's [`TaskSpec::tenant`]) read file `cid`, which its task just
     /// wrote here, from other peers: its node and the executors of its subtasks fetch it
@@ -396,9 +397,11 @@ fn open(state: &mut TaskState, cid: Cid) -> Result<i32, ErrorCode> {
         );
         return Err(ErrorCode::Denied);
     }
-    if !state.store.has_block(&cid)
-        && let Some(mesh) = state.subtasks.mesh.clone()
-        && let Err(e) = mesh.fetch(cid, state.subtasks.tenant.as_deref())
+    // Through the node even when the blocks are here: a subtask's report names outputs, and
+    // the tenant must be able to read them (granted here, or served by a provider), not just
+    // be told of them, or a forged report could open another tenant's file.
+    if let Some(mesh) = state.subtasks.mesh.clone()
+        && let Err(e) = mesh.fetch(cid, state.subtasks.tenant.as_deref(), state.clock.deadline)
     {
         note(state, &format!("fetching {cid}: {e}"));
         return Err(ErrorCode::Unavailable);

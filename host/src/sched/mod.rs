@@ -168,19 +168,19 @@ impl Scheduler {
     }
 
     /// Readies `spec`'s files for the peer it is sent to: what this node holds is granted to
-    /// the spec's tenant when that is another (a driver's subtask), so the executor may fetch
-    /// it here; the peers known to hold the rest are returned, for the spec's `sources`.
+    /// the spec's tenant (this node's own identity included), so the executor may fetch it
+    /// here and nothing else; the peers known to hold the rest are returned, for the spec's
+    /// `sources`.
     fn hand_over(&self, spec: &TaskSpec) -> Vec<Vec<u8>> {
         let tenant = credential_of(spec)
             .and_then(|c| c.tenant().ok())
-            .filter(|t| *t != self.net.local_peer_id());
+            .unwrap_or_else(|| self.net.local_peer_id())
+            .to_string();
         let mut sources = Vec::new();
         for cid in std::iter::once(spec.module).chain(spec.inputs.iter().map(|(_, c)| *c)) {
             if self.store.known_complete(&cid) || self.store.has_block(&cid) {
-                if let Some(tenant) = tenant
-                    && let Err(e) = self.store.grant(&cid, &tenant.to_string())
-                {
-                    tracing::warn!(%cid, error = %e, "cannot grant a subtask's input");
+                if let Err(e) = self.store.grant(&cid, &tenant) {
+                    tracing::warn!(%cid, error = %e, "cannot grant a task's input");
                 }
             } else if let Some(peer) = self.locations.of(&cid) {
                 let peer = peer.to_bytes();
@@ -346,6 +346,21 @@ impl Scheduler {
         claimed: Option<&tokio::sync::Mutex<HashSet<PeerId>>>,
     ) -> Placed {
         let me = self.net.local_peer_id();
+        // An input held here that is no file (a chunk, a stray block) is wrong wherever the
+        // task runs: said here, before any peer is asked for it.
+        for (name, cid) in &spec.inputs {
+            if self.store.has_block(cid)
+                && let Err(e) = self.store.manifest(cid)
+            {
+                let failure =
+                    TaskFailure::new(FailureKind::BadInput, format!("input `{name}`: {e}"));
+                return Placed {
+                    peer: me,
+                    report: TaskReport::failed(failure),
+                    verified_by: Vec::new(),
+                };
+            }
+        }
         // Peers this placement tried: lost for good, or busy (those may be asked again once
         // their backoff has passed, if no other peer is left).
         let mut tried = HashSet::new();
