@@ -14,8 +14,9 @@ pub const TASK_EXPORT_PREFIX: &str = "shoal_task:";
 mod subtasks;
 
 pub use self::subtasks::{
-    FailureCode, MAX_DEPTH, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, MAX_VERIFY, RunStats, SpawnSpec,
-    SubtaskResult, decode_result, encode_result,
+    FailureCode, MAX_DEPTH, MAX_SPAWN_SPEC_LEN, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT,
+    MAX_TASK_ARGS, MAX_TASK_INPUTS, MAX_VERIFY, RunStats, SpawnSpec, SubtaskResult, decode_result,
+    encode_result,
 };
 pub use crate::cid::{CID_LEN, Cid, MAX_BLOCK_LEN, ParseCidError, Verified};
 

@@ -8,8 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use shoal::abi::{MAX_TASK_ARGS, MAX_TASK_INPUTS};
 use shoal_host::{
-    runtime::{FailureKind, Limits, MAX_FUNCTIONS, MIB, Runtime, RuntimeConfig, TaskReport},
+    runtime::{
+        FailureKind, Limits, MAX_FUNCTIONS, MAX_SECTION_ENTRIES, MIB, Runtime, RuntimeConfig,
+        TaskReport,
+    },
     store::BlockStore,
 };
 use shoal_task_artifacts as wasm;
@@ -142,18 +146,72 @@ fn iovecs_cost_the_host_no_memory() {
     assert_hello_works(&rt);
 }
 
+/// Reads one byte of each of its inputs, keeping nothing: what the host holds for it is the
+/// host's own doing.
+const ONE_BYTE_OF_EACH: &str = r#"(module
+  (import "shoal_v1" "input_count" (func $count (result i32)))
+  (import "shoal_v1" "input_read" (func $read (param i32 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "shoal_task:t") (result i32) (local $i i32)
+    (loop $next
+      (if (i32.lt_u (local.get $i) (call $count))
+        (then
+          (if (i32.ne (call $read (local.get $i) (i64.const 0) (i32.const 0) (i32.const 1)) (i32.const 1))
+            (then (return (i32.const 1))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $next))))
+    (i32.const 0)))"#;
+
+#[test]
+fn many_inputs_hold_a_few_chunks_not_one_each() {
+    let (_dir, rt) = runtime(1);
+    let mut spec = wat_spec(&rt, ONE_BYTE_OF_EACH);
+    // 200 distinct 1 MiB inputs: one chunk kept per input would be 200 MiB of host memory.
+    spec.inputs = (0..200u8)
+        .map(|i| {
+            let cid = rt.store().put_bytes(&vec![i; MIB as usize]).expect("put");
+            (format!("x{i}"), cid)
+        })
+        .collect();
+    let base = reset_peak_rss();
+    let report = rt.run_blocking(&spec);
+    assert!(
+        report.result.is_ok(),
+        "{:?}\n{}",
+        report.result,
+        report.logs
+    );
+    let rise = peak_rss().saturating_sub(base);
+    assert!(rise < 32 * MIB, "host RSS rose {} MiB", rise / MIB);
+}
+
+#[test]
+fn a_task_over_the_input_or_argument_limit_is_refused_before_it_runs() {
+    let (_dir, rt) = runtime(1);
+    let mut spec = wat_spec(&rt, ONE_BYTE_OF_EACH);
+    let x = rt.store().put_bytes(b"x").expect("put");
+    spec.inputs = vec![("x".into(), x); MAX_TASK_INPUTS + 1];
+    let report = rt.run_blocking(&spec);
+    expect_failure(
+        &report,
+        FailureKind::BadInput,
+        &format!("names 257 inputs; at most {MAX_TASK_INPUTS}, the input limit"),
+    );
+    spec.inputs = vec![("x".into(), x)];
+    spec.args = vec![("k".into(), String::new()); MAX_TASK_ARGS + 1];
+    let report = rt.run_blocking(&spec);
+    expect_failure(
+        &report,
+        FailureKind::BadInput,
+        &format!("has 257 arguments; at most {MAX_TASK_ARGS}, the argument limit"),
+    );
+    spec.args.truncate(MAX_TASK_ARGS);
+    let report = rt.run_blocking(&spec);
+    assert!(report.result.is_ok(), "{:?}", report.result);
+}
+
 /// A module of `count` functions with this body (locals and code, without its size).
 fn functions(count: u32, body: &[u8]) -> Vec<u8> {
-    fn leb(mut n: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                return;
-            }
-        }
-    }
     let section = |id: u8, content: Vec<u8>, out: &mut Vec<u8>| {
         out.push(id);
         leb(content.len() as u32, out);
@@ -198,6 +256,65 @@ fn a_module_over_the_compile_bounds_is_refused_before_compiling() {
     );
     let rise = peak_rss().saturating_sub(base);
     assert!(rise < 64 * MIB, "host RSS rose {} MiB", rise / MIB);
+    assert_hello_works(&rt);
+}
+
+/// A module of `count` distinct function types and nothing else: wasmtime compiles a
+/// trampoline per type, whatever the functions.
+fn types(count: u32) -> Vec<u8> {
+    let mut section = Vec::new();
+    leb(count, &mut section);
+    for n in 0..count {
+        // The type's parameters spell `n` in base 4, one value type a digit.
+        let mut params = Vec::new();
+        let mut rest = n;
+        loop {
+            params.push([0x7f, 0x7e, 0x7d, 0x7c][(rest % 4) as usize]);
+            rest /= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        section.push(0x60);
+        leb(params.len() as u32, &mut section);
+        section.extend(params);
+        section.push(0);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.push(1);
+    leb(section.len() as u32, &mut module);
+    module.extend(section);
+    module
+}
+
+fn leb(mut n: u32, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_module_of_a_million_types_is_refused_before_compiling() {
+    let (_dir, rt) = runtime(1);
+    let mut spec = wat_spec(&rt, "(module)");
+    spec.module = rt.store().put_bytes(&types(1_000_000)).expect("put module");
+    let started = Instant::now();
+    let report = rt.run_blocking(&spec);
+    expect_failure(
+        &report,
+        FailureKind::BadModule,
+        &format!("type section has 1000000 entries, over the {MAX_SECTION_ENTRIES} compile limit"),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     assert_hello_works(&rt);
 }
 
@@ -258,6 +375,7 @@ fn compile_worst_cases() {
         ("8 x 240KB deep stack adds", functions(8, &deep)),
         ("8 x 240KB nested 255", functions(8, &nest)),
         ("8 x 240KB local moves, 10k locals", functions(8, &calls)),
+        ("10000 distinct types", types(MAX_SECTION_ENTRIES)),
     ];
     for (name, module) in cases {
         let mut spec = wat_spec(&rt, "(module)");

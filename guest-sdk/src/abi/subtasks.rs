@@ -24,6 +24,13 @@ pub const MAX_SUBTASKS_IN_FLIGHT: usize = 16;
 pub const MAX_DEPTH: u32 = 4;
 /// The most peers a task (or a subtask, [`SpawnSpec::verify`]) may be verified on.
 pub const MAX_VERIFY: u32 = 16;
+/// The most inputs one task may name; a task with more is refused before anything is
+/// fetched ([`super::ErrorCode::InvalidArgument`] for a spawn).
+pub const MAX_TASK_INPUTS: usize = 256;
+/// The most arguments one task may have.
+pub const MAX_TASK_ARGS: usize = 256;
+/// The longest encoded spawn spec `spawn` reads from the guest.
+pub const MAX_SPAWN_SPEC_LEN: usize = 256 << 10;
 
 /// A task to spawn.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,6 +27,10 @@ pub const MAX_BODY_BYTES: usize = 256 << 10;
 pub const MAX_NESTING: u32 = 256;
 /// The most locals one function may declare.
 pub const MAX_LOCALS: u32 = 10_000;
+/// The most entries in each of the type, import, export, global, table, element and data
+/// sections: wasmtime does work per entry (a trampoline compiled per distinct function type,
+/// an initialiser per segment) that the function bounds alone do not cover.
+pub const MAX_SECTION_ENTRIES: u32 = 10_000;
 /// Compiled code the node keeps cached, in bytes: a module is evicted, least recently used
 /// first, before the cache grows past this.
 pub const MODULE_CACHE_BYTES: usize = 256 << 20;
@@ -46,56 +50,84 @@ pub(crate) fn check_bounds(bytes: &[u8]) -> Result<(), String> {
     let malformed = |e: wasmparser::BinaryReaderError| format!("not a valid wasm module: {e}");
     let (mut functions, mut code) = (0u32, 0usize);
     for payload in Parser::new(0).parse_all(bytes) {
-        let Payload::CodeSectionEntry(body) = payload.map_err(malformed)? else {
-            continue;
-        };
-        functions += 1;
-        if functions > MAX_FUNCTIONS {
-            return Err(format!(
-                "module defines more than {MAX_FUNCTIONS} functions, the compile limit"
-            ));
-        }
-        let len = body.range().len();
-        code += len;
-        if len > MAX_BODY_BYTES {
-            return Err(format!(
-                "function {functions} has a {} body, over the {} per-function compile limit",
-                fmt_bytes(len as u64),
-                fmt_bytes(MAX_BODY_BYTES as u64)
-            ));
-        }
-        if code > MAX_CODE_BYTES {
-            return Err(format!(
-                "module has over {} of code, the compile limit",
-                fmt_bytes(MAX_CODE_BYTES as u64)
-            ));
-        }
-        let mut locals = 0u32;
-        for group in body.get_locals_reader().map_err(malformed)? {
-            locals = locals.saturating_add(group.map_err(malformed)?.0);
-        }
-        if locals > MAX_LOCALS {
-            return Err(format!(
-                "function {functions} declares {locals} locals, over the {MAX_LOCALS} compile limit"
-            ));
-        }
-        let (mut depth, mut ops) = (0u32, body.get_operators_reader().map_err(malformed)?);
-        while !ops.eof() {
-            match ops.read().map_err(malformed)? {
-                Operator::Block { .. }
-                | Operator::Loop { .. }
-                | Operator::If { .. }
-                | Operator::TryTable { .. } => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(format!(
-                            "function {functions} nests blocks deeper than {MAX_NESTING}, the compile limit"
-                        ));
-                    }
-                }
-                Operator::End => depth = depth.saturating_sub(1),
-                _ => {}
+        let (section, entries) = match payload.map_err(malformed)? {
+            Payload::CodeSectionEntry(body) => {
+                check_body(&body, &mut functions, &mut code)?;
+                continue;
             }
+            Payload::TypeSection(r) => ("type", r.count()),
+            Payload::ImportSection(r) => ("import", r.count()),
+            Payload::ExportSection(r) => ("export", r.count()),
+            Payload::GlobalSection(r) => ("global", r.count()),
+            Payload::TableSection(r) => ("table", r.count()),
+            Payload::ElementSection(r) => ("element", r.count()),
+            Payload::DataSection(r) => ("data", r.count()),
+            _ => continue,
+        };
+        if entries > MAX_SECTION_ENTRIES {
+            return Err(format!(
+                "module's {section} section has {entries} entries, over the {MAX_SECTION_ENTRIES} compile limit"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one function body against the per-function bounds, and the module's running
+/// function count and code bytes against theirs.
+fn check_body(
+    body: &wasmparser::FunctionBody<'_>,
+    functions: &mut u32,
+    code: &mut usize,
+) -> Result<(), String> {
+    let malformed = |e: wasmparser::BinaryReaderError| format!("not a valid wasm module: {e}");
+    *functions += 1;
+    let function = *functions;
+    if function > MAX_FUNCTIONS {
+        return Err(format!(
+            "module defines more than {MAX_FUNCTIONS} functions, the compile limit"
+        ));
+    }
+    let len = body.range().len();
+    *code += len;
+    if len > MAX_BODY_BYTES {
+        return Err(format!(
+            "function {function} has a {} body, over the {} per-function compile limit",
+            fmt_bytes(len as u64),
+            fmt_bytes(MAX_BODY_BYTES as u64)
+        ));
+    }
+    if *code > MAX_CODE_BYTES {
+        return Err(format!(
+            "module has over {} of code, the compile limit",
+            fmt_bytes(MAX_CODE_BYTES as u64)
+        ));
+    }
+    let mut locals = 0u32;
+    for group in body.get_locals_reader().map_err(malformed)? {
+        locals = locals.saturating_add(group.map_err(malformed)?.0);
+    }
+    if locals > MAX_LOCALS {
+        return Err(format!(
+            "function {function} declares {locals} locals, over the {MAX_LOCALS} compile limit"
+        ));
+    }
+    let (mut depth, mut ops) = (0u32, body.get_operators_reader().map_err(malformed)?);
+    while !ops.eof() {
+        match ops.read().map_err(malformed)? {
+            Operator::Block { .. }
+            | Operator::Loop { .. }
+            | Operator::If { .. }
+            | Operator::TryTable { .. } => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "function {function} nests blocks deeper than {MAX_NESTING}, the compile limit"
+                    ));
+                }
+            }
+            Operator::End => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
     Ok(())

@@ -101,25 +101,20 @@ fn input_read(
     let index = input_index(state, index)?;
     let range = guest_range(ptr, len, data.len())?;
     let mut offset = u64::try_from(offset).map_err(|_| ErrorCode::InvalidArgument)?;
-    let (store, input) = (&state.store, &mut state.inputs[index]);
+    let (store, input, logs) = (&state.store, &state.inputs[index], &state.logs);
     let mut written = 0;
     // Stop between chunks once the task is out of time; the call hook then ends it.
     while written < range.len() && offset < input.manifest.len && state.clock.check().is_ok() {
         let chunk = (offset / CHUNK_SIZE as u64) as usize;
-        if input.cached_chunk.as_ref().is_none_or(|(i, _)| *i != chunk) {
-            let bytes = store
-                .read_chunk(&input.cid, &input.manifest, chunk)
-                .map_err(|e| {
-                    state.logs.append(&[
-                        format!("[host] reading input `{}`: {e}\n", input.name).as_bytes()
-                    ]);
-                    ErrorCode::Unavailable
-                })?;
-            input.cached_chunk = Some((chunk, bytes));
-        }
-        let Some((_, bytes)) = &input.cached_chunk else {
-            return Err(ErrorCode::Unavailable);
-        };
+        let bytes = state
+            .chunks
+            .get_or_read((index, chunk), || {
+                store.read_chunk(&input.cid, &input.manifest, chunk)
+            })
+            .map_err(|e| {
+                logs.append(&[format!("[host] reading input `{}`: {e}\n", input.name).as_bytes()]);
+                ErrorCode::Unavailable
+            })?;
         let within = (offset % CHUNK_SIZE as u64) as usize;
         let n = (bytes.len() - within).min(range.len() - written);
         let dst = range.start + written;

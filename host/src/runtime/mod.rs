@@ -27,7 +27,7 @@ use wasmtime::{
 pub use self::{
     compile::{
         MAX_BODY_BYTES, MAX_CODE_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_MODULE_LEN, MAX_NESTING,
-        MODULE_CACHE_BYTES,
+        MAX_SECTION_ENTRIES, MODULE_CACHE_BYTES,
     },
     limits::{HOST_ALLOWANCE, Limits, MAX_TASK_MEMORY, MAX_TASK_TIME, MIB, default_memory_budget},
     logs::Logs,
@@ -418,8 +418,39 @@ struct Input {
     name: String,
     cid: Cid,
     manifest: Manifest,
-    /// The last chunk read, so small sequential reads do not re-verify a chunk each time.
-    cached_chunk: Option<(usize, Vec<u8>)>,
+}
+
+/// Chunks a task keeps once read, whichever inputs they belong to: enough that small reads
+/// going through a few inputs at once do not re-read and re-verify a chunk each time, and
+/// bounded per task, however many inputs it names.
+const CACHED_CHUNKS: usize = 4;
+
+/// The chunks a task read last, by (input, chunk index), the most recent first.
+#[derive(Default)]
+struct ChunkCache(std::collections::VecDeque<((usize, usize), Vec<u8>)>);
+
+impl ChunkCache {
+    /// Chunk `key`'s bytes, from the cache or from `read`, which then takes the place of the
+    /// chunk used longest ago.
+    fn get_or_read<E>(
+        &mut self,
+        key: (usize, usize),
+        read: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<&[u8], E> {
+        match self.0.iter().position(|(k, _)| *k == key) {
+            Some(at) => {
+                if let Some(entry) = self.0.remove(at) {
+                    self.0.push_front(entry);
+                }
+            }
+            None => {
+                let bytes = read()?;
+                self.0.truncate(CACHED_CHUNKS - 1);
+                self.0.push_front((key, bytes));
+            }
+        }
+        Ok(self.0.front().map_or(&[][..], |(_, bytes)| bytes))
+    }
 }
 
 /// Per-task state inside the wasmtime `Store`.
@@ -430,6 +461,7 @@ pub(crate) struct TaskState {
     memory: Option<Memory>,
     store: Arc<BlockStore>,
     inputs: Vec<Input>,
+    chunks: ChunkCache,
     args: Vec<u8>,
     outputs: Vec<(String, Cid)>,
     output_bytes: u64,
@@ -725,6 +757,9 @@ impl Runtime {
         clock: &mut TaskClock,
         stats: &mut TaskStats,
     ) -> Result<Vec<(String, Cid)>, TaskFailure> {
+        if let Some(why) = shape_error(spec.inputs.len(), spec.args.len()) {
+            return Err(TaskFailure::new(FailureKind::BadInput, why));
+        }
         let (compiled, cached) = self.compiled(&spec.module)?;
         stats.cached_module = cached;
         // Compiling cannot be interrupted; what it cost still counts.
@@ -834,6 +869,7 @@ impl Runtime {
             memory: None,
             store: self.inner.store.clone(),
             inputs,
+            chunks: ChunkCache::default(),
             args: encode_args(&spec.args),
             outputs: Vec::new(),
             output_bytes: 0,
@@ -955,11 +991,27 @@ impl Runtime {
                     name: name.clone(),
                     cid: *cid,
                     manifest,
-                    cached_chunk: None,
                 })
             })
             .collect()
     }
+}
+
+/// Why a task with this many inputs and arguments is refused, if it is: past
+/// [`MAX_TASK_INPUTS`](shoal::abi::MAX_TASK_INPUTS) and
+/// [`MAX_TASK_ARGS`](shoal::abi::MAX_TASK_ARGS) a spec costs the host more (manifests held,
+/// files fetched, copies decoded) than its limits charge for. Checked wherever a spec enters:
+/// a run, a peer's task before anything is fetched, a spawn.
+pub fn shape_error(inputs: usize, args: usize) -> Option<String> {
+    use shoal::abi::{MAX_TASK_ARGS, MAX_TASK_INPUTS};
+    if inputs > MAX_TASK_INPUTS {
+        return Some(format!(
+            "the task names {inputs} inputs; at most {MAX_TASK_INPUTS}, the input limit"
+        ));
+    }
+    (args > MAX_TASK_ARGS).then(|| {
+        format!("the task has {args} arguments; at most {MAX_TASK_ARGS}, the argument limit")
+    })
 }
 
 /// Encodes arguments in key order, as the ABI promises the guest.
@@ -1063,6 +1115,38 @@ fn classify(e: wasmtime::Error, state: &TaskState, max_stack: usize) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chunk_cache_keeps_the_chunks_used_last() {
+        let mut cache = ChunkCache::default();
+        let reads = std::cell::Cell::new(0);
+        let get = |cache: &mut ChunkCache, key: (usize, usize)| {
+            let bytes = cache
+                .get_or_read(key, || {
+                    reads.set(reads.get() + 1);
+                    Ok::<_, ()>(vec![u8::try_from(key.0).unwrap_or(0); 3])
+                })
+                .unwrap()
+                .to_vec();
+            assert_eq!(bytes, vec![u8::try_from(key.0).unwrap_or(0); 3]);
+        };
+        for input in 0..CACHED_CHUNKS {
+            get(&mut cache, (input, 0));
+        }
+        get(&mut cache, (0, 0));
+        assert_eq!(
+            reads.get(),
+            CACHED_CHUNKS,
+            "a cached chunk is not read again"
+        );
+        // One more evicts the one used longest ago: input 1, not input 0 (just used).
+        get(&mut cache, (CACHED_CHUNKS, 0));
+        get(&mut cache, (0, 0));
+        assert_eq!(reads.get(), CACHED_CHUNKS + 1);
+        get(&mut cache, (1, 0));
+        assert_eq!(reads.get(), CACHED_CHUNKS + 2);
+        assert_eq!(cache.0.len(), CACHED_CHUNKS);
+    }
 
     /// Panics for tasks named `panic`, runs the rest for real.
     fn panicky(runtime: &Runtime, spec: &TaskSpec, progress: Option<Progress>) -> TaskReport {

@@ -28,7 +28,7 @@ use std::{
 };
 
 use shoal::abi::{
-    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SUBTASKS,
+    CID_LEN, ErrorCode, FailureCode, IMPORT_MODULE, MAX_DEPTH, MAX_SPAWN_SPEC_LEN, MAX_SUBTASKS,
     MAX_SUBTASKS_IN_FLIGHT, MAX_VERIFY, RunStats, SpawnSpec, encode_result,
 };
 use tokio_util::sync::CancellationToken;
@@ -209,6 +209,9 @@ fn refusal(subs: &Subtasks, spec: &SpawnSpec) -> Option<(ErrorCode, String)> {
         let why = format!("a task may spawn at most {MAX_SUBTASKS} subtasks, the count limit");
         return Some((ErrorCode::QuotaExceeded, why));
     }
+    if let Some(why) = super::shape_error(spec.inputs.len(), spec.args.len()) {
+        return Some((ErrorCode::InvalidArgument, why));
+    }
     if spec.verify > MAX_VERIFY {
         let why = format!("a subtask may be verified on at most {MAX_VERIFY} peers");
         return Some((ErrorCode::InvalidArgument, why));
@@ -239,6 +242,15 @@ fn refusal(subs: &Subtasks, spec: &SpawnSpec) -> Option<(ErrorCode, String)> {
 }
 
 fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, ErrorCode> {
+    // Bounded before it is decoded: decoding makes several host bytes of each guest byte.
+    if bytes.len() > MAX_SPAWN_SPEC_LEN {
+        let why = format!(
+            "a spawn spec of {} bytes; at most {MAX_SPAWN_SPEC_LEN}",
+            bytes.len()
+        );
+        note(state, &format!("spawn refused: {why}"));
+        return Err(ErrorCode::InvalidArgument);
+    }
     let spec = SpawnSpec::decode(bytes).ok_or(ErrorCode::InvalidArgument)?;
     state.subtasks.drain();
     if let Some((code, why)) = refusal(&state.subtasks, &spec) {
@@ -287,6 +299,10 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
 
 /// Blocks until one of `handles` is done; returns its position in `handles`.
 fn wait(caller: &mut Call<'_>, ptr: i32, count: i32) -> wasmtime::Result<Result<i32, ErrorCode>> {
+    // A task has at most this many handles; more is a list with repeats, read for nothing.
+    if usize::try_from(count).is_ok_and(|n| n > MAX_SUBTASKS) {
+        return Ok(Err(ErrorCode::InvalidArgument));
+    }
     let wanted = match with_memory(caller, |data, state| {
         let range = guest_range(ptr, count.saturating_mul(4), data.len())?;
         let wanted = data[range]
@@ -414,7 +430,6 @@ fn open(state: &mut TaskState, cid: Cid) -> Result<i32, ErrorCode> {
         name: cid.to_hex(),
         cid,
         manifest,
-        cached_chunk: None,
     });
     len_result(state.inputs.len() - 1)
 }

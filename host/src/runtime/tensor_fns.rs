@@ -321,6 +321,7 @@ mod tests {
             memory: None,
             store: Arc::new(BlockStore::open(store_dir).unwrap()),
             inputs: Vec::new(),
+            chunks: Default::default(),
             args: Vec::new(),
             outputs: Vec::new(),
             output_bytes: 0,

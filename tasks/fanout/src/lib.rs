@@ -3,7 +3,10 @@
 //! `bomb` spawns itself until a bound stops it; `crash` traps; `rules` checks that a task
 //! cannot use a handle or read a CID that is not its own.
 
-use shoal::{Ctx, Error, Handle, Spawn, abi::ErrorCode, abi::MAX_SUBTASKS_IN_FLIGHT};
+use shoal::{
+    Ctx, Error, Handle, Spawn,
+    abi::{ErrorCode, MAX_SPAWN_SPEC_LEN, MAX_SUBTASKS, MAX_SUBTASKS_IN_FLIGHT, MAX_TASK_INPUTS},
+};
 
 /// Spawns `--arg n=N` (default 8) `square` subtasks, one per `i` in `0..N` given as an
 /// object, and writes output `sum` (the sum of the squares). With `--arg crash=1` one of
@@ -67,7 +70,8 @@ fn crash(_ctx: &mut Ctx) -> Result<(), Error> {
 }
 
 /// Checks the rules a task lives by, and writes output `ok` if every one held: a handle it
-/// never got is refused, and a CID nobody gave it is denied, to read and to give.
+/// never got is refused, a CID nobody gave it is denied, to read and to give, and a spawn or
+/// a wait past the ABI's bounds is refused.
 #[shoal::task]
 fn rules(ctx: &mut Ctx) -> Result<(), Error> {
     let expect = |what: &str, got: Option<ErrorCode>, want: ErrorCode| {
@@ -88,6 +92,34 @@ fn rules(ctx: &mut Ctx) -> Result<(), Error> {
         .err()
         .and_then(|e| e.code());
     expect("giving a stranger's CID", given, ErrorCode::Denied)?;
+    let x = ctx.put(b"1")?;
+    let too_many = (0..=MAX_TASK_INPUTS).fold(Spawn::new(module).task("square"), |s, i| {
+        s.input(&format!("x{i}"), x)
+    });
+    let refused = ctx.spawn(too_many).err().and_then(|e| e.code());
+    expect(
+        "a spawn over the input limit",
+        refused,
+        ErrorCode::InvalidArgument,
+    )?;
+    let huge = Spawn::new(module)
+        .task("square")
+        .arg("pad", "x".repeat(MAX_SPAWN_SPEC_LEN));
+    let refused = ctx.spawn(huge).err().and_then(|e| e.code());
+    expect(
+        "a spawn spec over its length limit",
+        refused,
+        ErrorCode::InvalidArgument,
+    )?;
+    let repeated = ctx
+        .wait(&vec![Handle::forge(1); MAX_SUBTASKS + 1])
+        .err()
+        .and_then(|e| e.code());
+    expect(
+        "a wait on more handles than a task has",
+        repeated,
+        ErrorCode::InvalidArgument,
+    )?;
     ctx.output("ok", b"ok")?;
     Ok(())
 }
