@@ -51,6 +51,10 @@ pub const BULK_REQUEST_LIMIT: usize = MAX_BULK_CHUNKS * 34 + 4096;
 /// How long a requester waits for the next byte of an answer it is owed before it gives the
 /// provider up ([`Error::Stalled`]).
 pub const BULK_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A chunk must arrive whole within this many stall timeouts (20 s for 1 MiB by default,
+/// 52 KB/s): a provider that sends a byte now and then, each within the stall timeout, is
+/// given up like one that stalls.
+const CHUNK_DEADLINE_STALLS: u32 = 4;
 /// How long a provider waits for its handler's next chunk, or for a requester to take the
 /// bytes it writes, before it closes the stream.
 const PROVIDER_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -299,7 +303,11 @@ async fn read_answers(
             }
         }
         for cid in chunks {
-            let item = read_chunk(&mut read, cid, stall).await;
+            let item = tokio::time::timeout(stall * CHUNK_DEADLINE_STALLS, async {
+                read_chunk(&mut read, cid, stall).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
             let item = match item {
                 Ok(Some(bytes)) => match Verified::check(cid, bytes) {
                     Ok(chunk) => Ok(BulkItem::Chunk(chunk)),
@@ -459,7 +467,7 @@ pub(crate) async fn serve(
         let asked = request.chunks.len();
         match handler.bulk(peer, request).await {
             BulkResponse::Denied => {
-                stream.write_all(&[STATUS_DENIED]).await?;
+                within(stream.write_all(&[STATUS_DENIED])).await?;
                 break;
             }
             BulkResponse::Chunks(chunks) => {

@@ -149,17 +149,29 @@ struct Connection {
     extra: bool,
     /// Set once a stream was negotiated on it: closing after that is not a refusal.
     carried: Arc<AtomicBool>,
+    /// A stream failed on it with an I/O error: it is likely closing, and streams go to the
+    /// other connections while there are any. It stays a lane until its handler goes, so a
+    /// connection that lives on is never forgotten (a peer's own limits, or a garbled
+    /// negotiation, fail one stream and leave the connection up).
+    failing: bool,
 }
 
 impl Shared {
     /// Sends `request` to the handler of lane `lane`, or parks it behind a dial.
     fn route(&mut self, peer: PeerId, lane: usize, request: NewStream) {
         let state = self.peers.entry(peer).or_default();
-        let open = state.connections.len();
+        // The lanes: the connections not failing, or all of them if every one is.
+        let mut lanes: Vec<usize> = (0..state.connections.len())
+            .filter(|&i| !state.connections[i].failing)
+            .collect();
+        if lanes.is_empty() {
+            lanes = (0..state.connections.len()).collect();
+        }
+        let open = lanes.len();
         let wants_another =
             open == 0 || (lane >= open && state.most.is_none_or(|most| open < most));
         if !wants_another {
-            let connection = &mut state.connections[lane % open];
+            let connection = &mut state.connections[lanes[lane % open]];
             if let Err(e) = connection.requests.try_send(request) {
                 let error = if e.is_full() {
                     io::Error::other(format!(
@@ -210,8 +222,24 @@ impl Shared {
         }
     }
 
-    /// Connection `id` to `peer` is going: by its handler's drop (`Handler`'s `Drop`), which
-    /// comes with every closed connection, or earlier, at its first failed stream.
+    /// A stream failed on connection `id` with an I/O error: the next tries go to the other
+    /// lanes, and an extra connection that never carried a stream was refused (the lanes
+    /// fold at once, before its handler goes).
+    fn failing(&mut self, peer: PeerId, id: ConnectionId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(connection) = state.connections.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        connection.failing = true;
+        if connection.extra && !connection.carried.load(Ordering::Relaxed) {
+            state.most = Some(state.connections.iter().filter(|c| !c.failing).count());
+        }
+    }
+
+    /// Connection `id` to `peer` is gone: its handler's drop (`Handler`'s `Drop`), which comes
+    /// with every closed connection.
     fn closed(&mut self, peer: PeerId, id: ConnectionId) {
         if let Entry::Occupied(mut state) = self.peers.entry(peer) {
             let peer_state = state.get_mut();
@@ -292,6 +320,7 @@ impl Behaviour {
                 dialed,
                 extra: false,
                 carried: Arc::clone(&carried),
+                failing: false,
             },
         );
         Handler {
@@ -422,9 +451,8 @@ impl ConnectionHandler for Handler {
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, info: reply }) => {
                 if matches!(error, StreamUpgradeError::Io(_)) {
-                    // The connection is failing: no more streams go to it, so that the
-                    // caller's next try goes elsewhere (and a refused extra one folds).
-                    lock(&self.shared).closed(self.remote, self.id);
+                    // The caller's next try goes to another lane, if there is one.
+                    lock(&self.shared).failing(self.remote, self.id);
                 }
                 let error = match error {
                     StreamUpgradeError::NegotiationFailed => OpenError::Unsupported,
@@ -476,5 +504,76 @@ impl OutboundUpgrade<Stream> for Upgrade {
 
     fn upgrade_outbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
         ready(Ok((stream, protocol)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection as a handler registers it, and the handler's end of its request queue.
+    fn connect(
+        shared: &mut Shared,
+        peer: PeerId,
+        id: usize,
+        extra: bool,
+    ) -> mpsc::Receiver<NewStream> {
+        let (requests, receiver) = mpsc::channel(OPENING_PER_CONNECTION);
+        shared.connected(
+            peer,
+            Connection {
+                id: ConnectionId::new_unchecked(id),
+                requests,
+                dialed: None,
+                extra,
+                carried: Arc::default(),
+                failing: false,
+            },
+        );
+        receiver
+    }
+
+    fn ask(
+        shared: &mut Shared,
+        peer: PeerId,
+        lane: usize,
+    ) -> oneshot::Receiver<Result<Stream, OpenError>> {
+        let (reply, answer) = oneshot::channel();
+        let protocol = StreamProtocol::new("/test/1");
+        shared.route(peer, lane, NewStream { protocol, reply });
+        answer
+    }
+
+    #[test]
+    fn a_connection_whose_stream_failed_still_serves_when_it_is_the_only_one() {
+        let (mut shared, peer) = (Shared::default(), PeerId::random());
+        let mut only = connect(&mut shared, peer, 1, false);
+        shared.failing(peer, ConnectionId::new_unchecked(1));
+        let _answer = ask(&mut shared, peer, 0);
+        assert!(
+            only.try_recv().is_ok(),
+            "the request went to the live connection"
+        );
+        assert!(
+            shared.dials.is_empty(),
+            "no dial, which the swarm would refuse"
+        );
+    }
+
+    #[test]
+    fn streams_go_around_a_failing_connection_and_a_refused_extra_one_folds_the_lanes() {
+        let (mut shared, peer) = (Shared::default(), PeerId::random());
+        let mut first = connect(&mut shared, peer, 1, false);
+        let mut extra = connect(&mut shared, peer, 2, true);
+        shared.failing(peer, ConnectionId::new_unchecked(2));
+        // Lane 1 folds onto the first connection, without dialing a third.
+        let _answer = ask(&mut shared, peer, 1);
+        assert!(first.try_recv().is_ok());
+        assert!(
+            extra.try_recv().is_err(),
+            "nothing waits on the failing one"
+        );
+        assert!(shared.dials.is_empty());
+        assert_eq!(shared.peers[&peer].most, Some(1));
     }
 }

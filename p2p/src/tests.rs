@@ -1096,7 +1096,8 @@ async fn read_answer(stream: &mut Stream, what: &str) -> (u64, TaskOutcome) {
 }
 
 /// A bare libp2p peer over TCP that speaks raw streams only, its swarm driven by a task of
-/// its own: to play a hostile submitter or executor of `/shoal/task/6`.
+/// its own: to play a hostile submitter or executor of `/shoal/task/6`, or a hostile bulk
+/// provider.
 struct RawStreams {
     control: libp2p_stream::Control,
     id: PeerId,
@@ -1107,12 +1108,12 @@ struct RawStreams {
 }
 
 impl RawStreams {
-    /// Starts one; with `answer`, it serves `/shoal/task/6` streams with it.
-    async fn start(answer: Option<fn(Stream) -> BoxFuture<'static, ()>>) -> Self {
+    /// Starts one; with `answer`, it serves that protocol's streams with it.
+    async fn start(answer: Option<(StreamProtocol, fn(Stream) -> BoxFuture<'static, ()>)>) -> Self {
         let mut swarm = tcp_swarm(libp2p_stream::Behaviour::new());
         let mut control = swarm.behaviour().new_control();
-        if let Some(answer) = answer {
-            let mut incoming = control.accept(TASK_PROTOCOL).unwrap();
+        if let Some((protocol, answer)) = answer {
+            let mut incoming = control.accept(protocol).unwrap();
             tokio::spawn(async move {
                 while let Some((_, stream)) = incoming.next().await {
                     tokio::spawn(answer(stream));
@@ -1226,7 +1227,7 @@ async fn oversized_responses_fail_the_request_promptly() {
 
     // An executor that answers a task with a header one byte over the answer limit, then
     // holds the stream open.
-    let executor = RawStreams::start(Some(|mut stream| {
+    let executor = RawStreams::start(Some((TASK_PROTOCOL, |mut stream| {
         Box::pin(async move {
             let _ = read_frame::<_, (u64, TaskSpec)>(&mut stream, TASK_FRAME).await;
             let over = u32::try_from(ANSWER_FRAME + 1).unwrap().to_be_bytes();
@@ -1234,7 +1235,7 @@ async fn oversized_responses_fail_the_request_promptly() {
             let _ = stream.flush().await;
             tokio::time::sleep(RAW_PATIENCE).await;
         })
-    }))
+    })))
     .await;
     let peer = a.client.dial(executor.addr.clone()).await.unwrap();
     assert_eq!(peer, executor.id);
@@ -1617,6 +1618,45 @@ async fn bulk_corrupt_chunk_ends_the_session() {
         "{err}"
     );
     assert!(session.next().await.is_none());
+}
+
+/// A provider that sends a byte now and then, each within the stall timeout, is given up
+/// like one that stalls: a chunk must arrive whole within four stall timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_a_trickling_provider_is_stalled_within_its_chunk_deadline() {
+    let stall = Duration::from_millis(200);
+    let a = spawn_node(vec![], |c| c.bulk_stall_timeout = stall).await;
+    let trickler = RawStreams::start(Some((crate::BULK_PROTOCOL, |mut stream| {
+        Box::pin(async move {
+            // Status ok, then a 1 MiB chunk's header, then a byte every 100 ms.
+            let _ = stream.write_all(&[0, 0, 0, 16, 0, 0]).await;
+            loop {
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if stream.write_all(&[7]).await.is_err() {
+                    return;
+                }
+            }
+        })
+    })))
+    .await;
+    let peer = a.client.dial(trickler.addr.clone()).await.unwrap();
+    let mut session = a.client.open_bulk(peer, 0).await.unwrap();
+    session
+        .request(bulk_ask(b"file", vec![Cid::of(b"chunk")]))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = within(PROMPT, "the chunk", session.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= stall * 3 && took < stall * 4 + PROMPT / 6,
+        "gave up after {took:?}"
+    );
 }
 
 /// A peer without `/shoal/bulk/1` is `Unsupported`, promptly: the requester falls back.
