@@ -1095,6 +1095,9 @@ async fn read_answer(stream: &mut Stream, what: &str) -> (u64, TaskOutcome) {
         .unwrap()
 }
 
+/// How a [`RawStreams`] peer answers each stream of the protocol it serves.
+type RawAnswer = fn(Stream) -> BoxFuture<'static, ()>;
+
 /// A bare libp2p peer over TCP that speaks raw streams only, its swarm driven by a task of
 /// its own: to play a hostile submitter or executor of `/shoal/task/6`, or a hostile bulk
 /// provider.
@@ -1109,7 +1112,7 @@ struct RawStreams {
 
 impl RawStreams {
     /// Starts one; with `answer`, it serves that protocol's streams with it.
-    async fn start(answer: Option<(StreamProtocol, fn(Stream) -> BoxFuture<'static, ()>)>) -> Self {
+    async fn start(answer: Option<(StreamProtocol, RawAnswer)>) -> Self {
         let mut swarm = tcp_swarm(libp2p_stream::Behaviour::new());
         let mut control = swarm.behaviour().new_control();
         if let Some((protocol, answer)) = answer {
