@@ -520,6 +520,7 @@ pub(crate) async fn serve(
     stream: Stream,
     handler: Arc<dyn InboundHandler>,
     permits: TaskPermits,
+    idle: Duration,
 ) -> io::Result<()> {
     let (mut read, mut write) = stream.split();
     let (answers, mut to_write) = mpsc::channel::<(u64, TaskOutcome)>(ANSWER_QUEUE);
@@ -539,8 +540,23 @@ pub(crate) async fn serve(
     let mut running = JoinSet::new();
     let reading = async {
         loop {
-            let (id, spec) = read_frame::<_, (u64, TaskSpec)>(&mut read, TASK_FRAME).await?;
-            // Finished handlers leave their results behind until joined.
+            // A stream with no task running and none sent for `idle` is closed: idle streams
+            // would otherwise hold the node's task-stream places for good.
+            let next = read_frame::<_, (u64, TaskSpec)>(&mut read, TASK_FRAME);
+            tokio::pin!(next);
+            let (id, spec) = loop {
+                tokio::select! {
+                    frame = &mut next => break frame?,
+                    () = tokio::time::sleep(idle) => {
+                        // Finished handlers leave their results behind until joined.
+                        while running.try_join_next().is_some() {}
+                        if running.is_empty() {
+                            debug!(%peer, "idle task stream closed");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
             while running.try_join_next().is_some() {}
             let admitted = match permits.admit() {
                 Ok(admitted) => admitted,

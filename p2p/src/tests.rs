@@ -1623,6 +1623,26 @@ async fn bulk_corrupt_chunk_ends_the_session() {
     assert!(session.next().await.is_none());
 }
 
+/// A task stream that carries nothing for twice the idle time, with no task running, is
+/// closed by the executor: idle streams cannot hold its task-stream places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_task_stream_is_closed_by_the_executor() {
+    let idle = Duration::from_millis(200);
+    let a = spawn_node(vec![], |c| c.task_idle_timeout = idle).await;
+    let raw = RawStreams::start(None).await;
+    raw.connect(&a).await;
+    let mut stream = raw.open(a.id(), TASK_PROTOCOL).await;
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = within(
+        PROMPT,
+        "the idle stream closed",
+        stream.read_to_end(&mut rest),
+    );
+    assert!(read.await.map_or(true, |n| n == 0), "answered: {rest:?}");
+    assert!(started.elapsed() >= idle * 2, "{:?}", started.elapsed());
+}
+
 /// A provider that sends a byte now and then, each within the stall timeout, is given up
 /// like one that stalls: a chunk must arrive whole within four stall timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

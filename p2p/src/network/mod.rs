@@ -428,9 +428,17 @@ impl Network {
             max_per_peer: usize::try_from(config.max_established_per_peer).unwrap_or(usize::MAX),
             serve: {
                 let handler = Arc::clone(&handler);
+                // Past the submitter's own idle time, so that it retires a stream first.
+                let idle = config.task_idle_timeout * 2;
                 Box::new(move |peer, stream| {
                     let permits = slots.for_peer(peer);
-                    Box::pin(tasks::serve(peer, stream, Arc::clone(&handler), permits))
+                    Box::pin(tasks::serve(
+                        peer,
+                        stream,
+                        Arc::clone(&handler),
+                        permits,
+                        idle,
+                    ))
                 })
             },
             // The requester sees the stream close, and its tasks fail.
