@@ -152,7 +152,7 @@ impl NodeInner {
         let checked = spec
             .verify(me, now)
             .map_err(|e| e.to_string())
-            .and_then(|tenant| self.seen.check(&spec.auth, now).map(|()| tenant));
+            .and_then(|tenant| self.seen.check(tenant, &spec.auth, now).map(|()| tenant));
         let tenant = match checked {
             Ok(tenant) => tenant,
             Err(e) => {

@@ -183,24 +183,47 @@ fn stored_over(tenant: PeerId, stored: u64, policy: &Policy) -> String {
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(600);
 /// How far ahead of this node's clock a signing time may be.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
-/// Specs remembered at most; past this a new one is refused until old ones leave the window.
+/// Specs remembered at most, and driver delegations whose subtasks are counted.
 const MAX_REMEMBERED: usize = 1 << 20;
 
 /// What this node has seen of signed specs: the signatures of those run here within the
-/// replay window (with their signing times), and how many subtasks it has run under each
-/// driver's delegation (with its expiry).
-#[derive(Default)]
+/// replay window (with their signing times, by tenant), and how many subtasks it has run
+/// under each driver's delegation (with its expiry).
 pub(super) struct Seen {
-    seen: Mutex<HashMap<shoal::abi::Cid, u64>>,
+    replays: Mutex<Replays>,
     subtasks: Mutex<HashMap<shoal::abi::Cid, (u32, u64)>>,
+    capacity: usize,
+}
+
+/// Signatures seen within the replay window, each with its signing time, and each tenant's in
+/// the order they came.
+#[derive(Default)]
+struct Replays {
+    signed: HashMap<shoal::abi::Cid, u64>,
+    by_tenant: HashMap<PeerId, std::collections::VecDeque<shoal::abi::Cid>>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self::with_capacity(MAX_REMEMBERED)
+    }
 }
 
 impl Seen {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            replays: Mutex::default(),
+            subtasks: Mutex::default(),
+            capacity,
+        }
+    }
+
     /// Accepts a spec signed at `auth.issued_at_ms` once, within the window around `now_ms`,
     /// and a subtask only within its driver's subtask budget as far as this node has seen it;
-    /// says why not otherwise. Call it after the spec's signatures are verified.
-    pub(super) fn check(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
-        self.fresh(auth, now_ms)?;
+    /// says why not otherwise. Call it after the spec's signatures are verified, with the
+    /// tenant they proved.
+    pub(super) fn check(&self, tenant: PeerId, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+        self.fresh(tenant, auth, now_ms)?;
         self.within_budget(auth, now_ms)
     }
 
@@ -212,12 +235,18 @@ impl Seen {
             return Ok(());
         };
         let mut counts = self.subtasks.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.len() >= MAX_REMEMBERED {
+        let key = shoal::abi::Cid::of(&parent.signature);
+        if counts.len() >= self.capacity && !counts.contains_key(&key) {
             counts.retain(|_, (_, expires)| *expires > now_ms);
+            if counts.len() >= self.capacity {
+                // Forgetting a budget would let its driver start over: refuse new drivers.
+                return Err(format!(
+                    "this node counts the subtasks of {} drivers' delegations already; retry later",
+                    self.capacity
+                ));
+            }
         }
-        let (count, _) = counts
-            .entry(shoal::abi::Cid::of(&parent.signature))
-            .or_insert((0, parent.expires_at_ms));
+        let (count, _) = counts.entry(key).or_insert((0, parent.expires_at_ms));
         if *count >= parent.max_subtasks {
             return Err(format!(
                 "the driver's delegation allows {} subtasks, and this node has run them all",
@@ -228,7 +257,7 @@ impl Seen {
         Ok(())
     }
 
-    fn fresh(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+    fn fresh(&self, tenant: PeerId, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
         let window = u64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(u64::MAX);
         let skew = u64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
         let issued = auth.issued_at_ms;
@@ -242,24 +271,39 @@ impl Seen {
         if issued > now_ms.saturating_add(skew) {
             return Err("the task is signed with a time ahead of this node's clock".into());
         }
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() >= MAX_REMEMBERED {
-            seen.retain(|_, at| at.saturating_add(window) >= now_ms);
+        let signature = shoal::abi::Cid::of(&auth.signature);
+        let mut replays = self.replays.lock().unwrap_or_else(PoisonError::into_inner);
+        let Replays { signed, by_tenant } = &mut *replays;
+        if signed.contains_key(&signature) {
+            return Err("this signed task was already received here: a replay".into());
         }
-        if seen.len() >= MAX_REMEMBERED {
-            return Err(
-                "this node has seen too many tasks in its replay window; retry later".into(),
-            );
+        if signed.len() >= self.capacity {
+            signed.retain(|_, at| at.saturating_add(window) >= now_ms);
+            by_tenant.retain(|_, sigs| {
+                sigs.retain(|s| signed.contains_key(s));
+                !sigs.is_empty()
+            });
         }
-        match seen.entry(shoal::abi::Cid::of(&auth.signature)) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                Err("this signed task was already received here: a replay".into())
+        if signed.len() >= self.capacity {
+            // Full within the window: the tenants with the most signatures remembered forget
+            // their oldest, so one tenant's flood costs only its own tasks their replay
+            // protection, never another tenant its place. A sixteenth at a time, so that
+            // this and the pruning above are not paid for every spec.
+            let target = self.capacity - (self.capacity / 16).max(1);
+            let mut most: std::collections::BinaryHeap<(usize, PeerId)> =
+                by_tenant.iter().map(|(t, sigs)| (sigs.len(), *t)).collect();
+            while signed.len() > target
+                && let Some((_, tenant)) = most.pop()
+                && let Some(sigs) = by_tenant.get_mut(&tenant)
+                && let Some(oldest) = sigs.pop_front()
+            {
+                signed.remove(&oldest);
+                most.push((sigs.len(), tenant));
             }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(issued);
-                Ok(())
-            }
         }
+        signed.insert(signature, issued);
+        by_tenant.entry(tenant).or_default().push_back(signature);
+        Ok(())
     }
 }
 
@@ -364,20 +408,51 @@ mod tests {
 
     #[test]
     fn a_signed_spec_runs_once_and_only_while_fresh() {
-        let replays = Seen::default();
+        let (replays, me) = (Seen::default(), PeerId::random());
         let now = 10_000_000;
         let auth = |issued_at_ms, signature: &[u8]| TaskAuth {
             issued_at_ms,
             signature: signature.to_vec(),
             ..TaskAuth::default()
         };
-        assert!(replays.check(&auth(now - 1_000, b"a"), now).is_ok());
-        let e = replays.check(&auth(now - 1_000, b"a"), now).unwrap_err();
+        assert!(replays.check(me, &auth(now - 1_000, b"a"), now).is_ok());
+        let e = replays
+            .check(me, &auth(now - 1_000, b"a"), now)
+            .unwrap_err();
         assert!(e.contains("a replay"), "{e}");
-        assert!(replays.check(&auth(now - 1_000, b"b"), now).is_ok());
-        let e = replays.check(&auth(now - 700_000, b"c"), now).unwrap_err();
+        assert!(replays.check(me, &auth(now - 1_000, b"b"), now).is_ok());
+        let e = replays
+            .check(me, &auth(now - 700_000, b"c"), now)
+            .unwrap_err();
         assert!(e.contains("outside this node's 600 s replay window"), "{e}");
-        assert!(replays.check(&auth(now + 120_000, b"d"), now).is_err());
+        assert!(replays.check(me, &auth(now + 120_000, b"d"), now).is_err());
+    }
+
+    #[test]
+    fn a_flood_of_one_tenants_specs_costs_no_other_tenant_its_place() {
+        let seen = Seen::with_capacity(4);
+        let (flooder, other) = (PeerId::random(), PeerId::random());
+        let now = 10_000_000;
+        let auth = |n: u32| TaskAuth {
+            issued_at_ms: now,
+            signature: n.to_be_bytes().to_vec(),
+            ..TaskAuth::default()
+        };
+        assert!(seen.check(other, &auth(0), now).is_ok());
+        for n in 1..100 {
+            assert!(seen.check(flooder, &auth(n), now).is_ok(), "{n}");
+        }
+        // The other tenant was let in, and its spec is still known: a replay of it is not.
+        assert!(seen.check(other, &auth(100), now).is_ok());
+        assert!(
+            seen.check(other, &auth(0), now)
+                .unwrap_err()
+                .contains("a replay")
+        );
+        // The flooder's oldest were forgotten to make room.
+        assert!(seen.check(flooder, &auth(1), now).is_ok());
+        let replays = seen.replays.lock().unwrap();
+        assert!(replays.signed.len() <= 4, "{}", replays.signed.len());
     }
 
     #[test]
@@ -404,10 +479,10 @@ mod tests {
             nonce: 0,
             signature: vec![n],
         };
-        assert!(seen.check(&subtask(1), now).is_ok());
-        assert!(seen.check(&subtask(2), now).is_ok());
+        assert!(seen.check(worker, &subtask(1), now).is_ok());
+        assert!(seen.check(worker, &subtask(2), now).is_ok());
         assert_eq!(
-            seen.check(&subtask(3), now).unwrap_err(),
+            seen.check(worker, &subtask(3), now).unwrap_err(),
             "the driver's delegation allows 2 subtasks, and this node has run them all"
         );
         // A user's own task (one link) has no driver budget to count.
@@ -419,6 +494,6 @@ mod tests {
             nonce: 0,
             signature: vec![9],
         };
-        assert!(seen.check(&own, now).is_ok());
+        assert!(seen.check(worker, &own, now).is_ok());
     }
 }
