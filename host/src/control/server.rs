@@ -210,13 +210,18 @@ async fn resolve(
 /// A placed task as the client sees it. What a user submitted is pinned here for good
 /// (fetched later, or already local); a driver's subtasks, placed by the same scheduler, are
 /// not: their outputs are the driver's to read, then garbage.
-fn ran(node: &Node, placed: Placed) -> Ran {
+async fn ran(node: &Node, placed: Placed) -> Ran {
     if let Ok(outputs) = &placed.report.result {
-        for (_, cid) in outputs {
-            if let Err(e) = node.store().pin(cid, PinClass::Submitted) {
-                tracing::warn!(%cid, "cannot pin a submitted task's output: {e}");
+        // Each pin syncs the disk: off the async workers.
+        let (store, cids) = (node.store().clone(), outputs.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for (_, cid) in cids {
+                if let Err(e) = store.pin(&cid, PinClass::Submitted) {
+                    tracing::warn!(%cid, "cannot pin a submitted task's output: {e}");
+                }
             }
-        }
+        })
+        .await;
     }
     Ran {
         peer: placed.peer.to_string(),
@@ -269,7 +274,7 @@ async fn submit(
     while let Ok(update) = rx.try_recv() {
         send::<()>(w, &Frame::Progress(update)).await?;
     }
-    Ok(Ok(ran(node, placed)))
+    Ok(Ok(ran(node, placed).await))
 }
 
 /// Runs a map, sending a progress line each time an item starts or ends.
@@ -301,13 +306,12 @@ async fn map(
             Some(p) = rx.recv() => send::<()>(w, &Frame::Progress(Update::Map(p))).await?,
         }
     };
-    let items = items.into_iter().zip(results);
-    Ok(Ok(items
-        .map(|(item, placed)| MapItem {
-            item,
-            ran: ran(node, placed),
-        })
-        .collect()))
+    let mut ran_items = Vec::with_capacity(items.len());
+    for (item, placed) in items.into_iter().zip(results) {
+        let ran = ran(node, placed).await;
+        ran_items.push(MapItem { item, ran });
+    }
+    Ok(Ok(ran_items))
 }
 
 /// Connected peers, then faulty ones that are not connected.

@@ -299,12 +299,12 @@ fn spawn(state: &mut TaskState, bytes: &[u8], now: Instant) -> Result<i32, Error
 
 /// Blocks until one of `handles` is done; returns its position in `handles`.
 fn wait(caller: &mut Call<'_>, ptr: i32, count: i32) -> wasmtime::Result<Result<i32, ErrorCode>> {
-    // A task has at most this many handles; more is a list with repeats, read for nothing.
-    if usize::try_from(count).is_ok_and(|n| n > MAX_SUBTASKS) {
-        return Ok(Err(ErrorCode::InvalidArgument));
-    }
     let wanted = match with_memory(caller, |data, state| {
         let range = guest_range(ptr, count.saturating_mul(4), data.len())?;
+        // A task has at most this many handles; more is a list with repeats, read for nothing.
+        if range.len() / 4 > MAX_SUBTASKS {
+            return Err(ErrorCode::InvalidArgument);
+        }
         let wanted = data[range]
             .chunks_exact(4)
             .map(|b| {

@@ -21,11 +21,13 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// Remembers that `peer` holds `file`.
+    /// Remembers that `peer` holds `file`, unless another peer is known to hold it already:
+    /// a report cannot take a file's place from the peer that made it first.
     pub fn record(&self, file: Cid, peer: PeerId) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (map, order) = &mut *inner;
-        if map.insert(file, peer).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(v) = map.entry(file) {
+            v.insert(peer);
             order.push_back(file);
         }
         while order.len() > MAX_REMEMBERED {
@@ -39,5 +41,19 @@ impl Locations {
     pub fn of(&self, file: &Cid) -> Option<PeerId> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.0.get(file).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_report_does_not_move_a_known_file() {
+        let (locations, first, liar) = (Locations::default(), PeerId::random(), PeerId::random());
+        let file = Cid([3; 32]);
+        locations.record(file, first);
+        locations.record(file, liar);
+        assert_eq!(locations.of(&file), Some(first));
     }
 }

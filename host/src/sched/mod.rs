@@ -449,12 +449,13 @@ impl Scheduler {
                         false,
                     ),
                     Ok(outcome) => {
-                        if let TaskOutcome::Ok { outputs, .. } = &outcome {
+                        let report = report_from_wire(outcome);
+                        if let Ok(outputs) = &report.result {
                             for (_, cid) in outputs {
                                 self.locations.record(*cid, peer);
                             }
                         }
-                        (report_from_wire(outcome), false, true)
+                        (report, false, true)
                     }
                     Err(e @ shoal_p2p::Error::Busy { .. }) => {
                         (TaskReport::lost(e.to_string()), true, false)

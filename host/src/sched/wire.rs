@@ -167,7 +167,21 @@ pub fn report_to_wire(report: TaskReport, me: PeerId) -> TaskOutcome {
 
 /// A remote outcome as a local report.
 pub fn report_from_wire(outcome: TaskOutcome) -> TaskReport {
+    let most = Limits::default().outputs;
     let (result, logs, stats) = match outcome {
+        // A remote task runs with the default output count: a report of more is a lie, and
+        // its outputs are not taken (nor remembered, nor pinned).
+        TaskOutcome::Ok { outputs, logs, .. } if outputs.len() > most => {
+            let message = format!(
+                "the executor reported {} outputs; a task writes at most {most}",
+                outputs.len()
+            );
+            (
+                Err(TaskFailure::new(FailureKind::Lost, message)),
+                logs,
+                shoal_p2p::TaskStats::default(),
+            )
+        }
         TaskOutcome::Ok {
             outputs,
             logs,
@@ -254,6 +268,26 @@ mod tests {
                 message: format!("{kind} happened"),
             })));
         }
+    }
+
+    #[test]
+    fn a_report_of_more_outputs_than_a_task_may_write_is_not_taken() {
+        let most = Limits::default().outputs;
+        let outcome = |n: usize| TaskOutcome::Ok {
+            outputs: (0..n).map(|i| (i.to_string(), Cid([1; 32]))).collect(),
+            logs: String::new(),
+            stats: shoal_p2p::TaskStats::default(),
+        };
+        assert!(report_from_wire(outcome(most)).result.is_ok());
+        let failure = report_from_wire(outcome(most + 1)).result.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Lost);
+        assert_eq!(
+            failure.message,
+            format!(
+                "the executor reported {} outputs; a task writes at most {most}",
+                most + 1
+            )
+        );
     }
 
     #[test]
