@@ -261,3 +261,50 @@ fn workers_charge_their_cpu_and_stop_at_their_limits() {
         assert!(budget.cpu() > Duration::ZERO, "{name}: nothing charged");
     }
 }
+
+/// Writes output `x`: 16 random bytes, the wall clock, and the monotonic clock twice.
+const RANDOM_AND_CLOCKS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "shoal_v1" "output_write" (func $out (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "x")
+  (func (export "shoal_task:t") (result i32)
+    (drop (call $random (i32.const 0) (i32.const 16)))
+    (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 16)))
+    (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 24)))
+    (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 32)))
+    (if (i32.lt_s (call $out (i32.const 100) (i32.const 1) (i32.const 0) (i32.const 40) (i32.const 200)) (i32.const 0))
+      (then (return (i32.const 1))))
+    (i32.const 0)))"#;
+
+/// A deterministic task's randomness and clocks are the same on every run (so that verified
+/// runs agree on honest nodes, and a task cannot make them disagree to get a peer marked
+/// faulty); another task's are real.
+#[test]
+fn a_deterministic_task_draws_the_same_randomness_and_time_on_every_run() {
+    let (_dir, rt) = crate::util::runtime(1);
+    let mut spec = crate::util::wat_spec(&rt, RANDOM_AND_CLOCKS);
+    let run = |spec: &shoal_host::runtime::TaskSpec| {
+        let report = rt.run_blocking(spec);
+        let outputs = report
+            .result
+            .unwrap_or_else(|f| panic!("{f}\n{}", report.logs));
+        rt.store().read_file(&outputs[0].1).unwrap()
+    };
+    spec.deterministic = true;
+    let (first, second) = (run(&spec), run(&spec));
+    assert_eq!(first, second);
+    let word = |at: usize| u64::from_le_bytes(first[at..at + 8].try_into().unwrap());
+    assert_eq!(word(16), 0, "the wall clock stands at the Unix epoch");
+    assert_eq!(
+        (word(24), word(32)),
+        (1_000, 2_000),
+        "a microsecond per reading"
+    );
+    // Another spec draws other numbers.
+    spec.args = vec![("k".into(), "v".into())];
+    assert_ne!(run(&spec)[..16], first[..16]);
+    spec.deterministic = false;
+    assert_ne!(run(&spec)[..16], run(&spec)[..16]);
+}

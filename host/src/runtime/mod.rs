@@ -395,6 +395,9 @@ pub fn engine_config(slots: usize, max_wasm_stack: usize) -> Config {
         // memory; elsewhere wasmtime falls back to the memset.
         .pagemap_scan(Enabled::Auto);
     let mut cfg = Config::new();
+    // Relaxed SIMD gives the same bits on every CPU (FMA or not): deterministic tasks are
+    // compared across nodes.
+    cfg.relaxed_simd_deterministic(true);
     cfg.epoch_interruption(true)
         // Compile on the task's own slot thread, so its CPU is the task's (see `compile`).
         .parallel_compilation(false)
@@ -863,7 +866,12 @@ impl Runtime {
         inputs: Vec<Input>,
     ) -> TaskState {
         TaskState {
-            wasi: wasi::task_ctx(logs, clock.deadline, clock.timeout),
+            wasi: wasi::task_ctx(
+                logs,
+                clock.deadline,
+                clock.timeout,
+                spec.deterministic.then(|| deterministic_seed(spec)),
+            ),
             limiter: TaskLimiter::new(limits),
             clock,
             memory: None,
@@ -1012,6 +1020,13 @@ pub fn shape_error(inputs: usize, args: usize) -> Option<String> {
     (args > MAX_TASK_ARGS).then(|| {
         format!("the task has {args} arguments; at most {MAX_TASK_ARGS}, the argument limit")
     })
+}
+
+/// A deterministic task's seed for its randomness: what it is (module, task, inputs and
+/// arguments), so every node that runs it draws the same numbers.
+fn deterministic_seed(spec: &TaskSpec) -> [u8; 32] {
+    let what = (&spec.module, &spec.task, &spec.inputs, &spec.args);
+    *blake3::hash(&postcard::to_stdvec(&what).unwrap_or_default()).as_bytes()
 }
 
 /// Encodes arguments in key order, as the ABI promises the guest.

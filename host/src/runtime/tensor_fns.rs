@@ -315,7 +315,7 @@ mod tests {
         let logs = LogSink::new(limits.log_bytes);
         let clock = TaskClock::start(&limits);
         TaskState {
-            wasi: wasi::task_ctx(&logs, clock.deadline, clock.timeout),
+            wasi: wasi::task_ctx(&logs, clock.deadline, clock.timeout, None),
             limiter: TaskLimiter::new(&limits),
             clock,
             memory: None,

@@ -3,17 +3,26 @@
 //!
 //! A task gets WASI preview 1 with no preopened directories, no environment, no arguments and
 //! no sockets. stdin is empty; stdout and stderr go to the task's bounded log. Clocks and
-//! randomness are real. Sleeping is capped by the task's wall-time limit.
+//! randomness are real, except for a deterministic task: its randomness is a stream seeded by
+//! the spec, and its clocks are virtual (the wall clock stands at the Unix epoch, the
+//! monotonic one advances a microsecond per reading), so that every honest node gives it the
+//! same bytes and verified runs can compare them. Sleeping is capped by the task's wall-time
+//! limit.
 //!
 //! The four iovec calls (`fd_read`, `fd_write`, `fd_pread`, `fd_pwrite`) are our own:
 //! wasi-common builds ~40 host bytes per 8-byte guest iovec before it writes anything (one
 //! `fd_write` took a 512 MiB task's host to 3 GiB), where these walk the guest's iovecs in
 //! place and allocate nothing.
 
-use std::time::{Duration, Instant};
+use std::{
+    convert::Infallible,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use wasi_common::{
-    Error as WasiError, WasiCtx,
+    Error as WasiError, WasiClocks, WasiCtx, WasiMonotonicClock, WasiSystemClock,
+    clocks::WasiMonotonicOffsetClock,
     pipe::WritePipe,
     sched::{Poll, WasiSched},
     sync::{clocks_ctx, random_ctx, sched::poll_oneoff},
@@ -134,18 +143,88 @@ fn stdio(
 }
 
 /// A fresh, empty WASI context for one task.
-pub(crate) fn task_ctx(logs: &LogSink, deadline: Instant, timeout: Duration) -> WasiCtx {
-    let ctx = WasiCtx::new(
-        random_ctx(),
-        clocks_ctx(),
-        Box::new(DeadlineSched { deadline, timeout }),
-        Table::new(),
-    );
+///
+/// With `seed` (a deterministic task's), randomness and clocks are the same on every node.
+pub(crate) fn task_ctx(
+    logs: &LogSink,
+    deadline: Instant,
+    timeout: Duration,
+    seed: Option<[u8; 32]>,
+) -> WasiCtx {
+    let sched = Box::new(DeadlineSched { deadline, timeout });
+    let ctx = match seed {
+        None => WasiCtx::new(random_ctx(), clocks_ctx(), sched, Table::new()),
+        Some(seed) => {
+            let clocks = WasiClocks {
+                system: Some(Box::new(VirtualClock::default())),
+                monotonic: Some(WasiMonotonicOffsetClock::new(VirtualClock::default())),
+            };
+            let random = SeededRandom(blake3::Hasher::new_keyed(&seed).finalize_xof());
+            WasiCtx::new(Box::new(random), clocks, sched, Table::new())
+        }
+    };
     // `WasiCtx::new` already gave it an empty stdin (`ReadPipe` of `io::empty`); setting it
     // again cost every task one more table entry made and dropped.
     ctx.set_stdout(Box::new(WritePipe::new(StdStream(logs.clone()))));
     ctx.set_stderr(Box::new(WritePipe::new(StdStream(logs.clone()))));
     ctx
+}
+
+/// A deterministic task's randomness: blake3's output stream, keyed by the spec.
+struct SeededRandom(blake3::OutputReader);
+
+impl wasi_common::TryRng for SeededRandom {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut word = [0; 4];
+        self.0.fill(&mut word);
+        Ok(u32::from_le_bytes(word))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut word = [0; 8];
+        self.0.fill(&mut word);
+        Ok(u64::from_le_bytes(word))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.0.fill(dst);
+        Ok(())
+    }
+}
+
+/// A deterministic task's clocks: the count of its readings, in microseconds, from a fixed
+/// start (the Unix epoch for the wall clock; any instant for the monotonic one, which is read
+/// as an offset from its first reading).
+#[derive(Default)]
+struct VirtualClock(AtomicU64);
+
+impl VirtualClock {
+    fn tick(&self) -> Duration {
+        Duration::from_micros(self.0.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl WasiMonotonicClock for VirtualClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_micros(1)
+    }
+
+    fn now(&self, _: Duration) -> cap_std::time::Instant {
+        static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        cap_std::time::Instant::from_std(*START + self.tick())
+    }
+}
+
+impl WasiSystemClock for VirtualClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_micros(1)
+    }
+
+    fn now(&self, _: Duration) -> cap_std::time::SystemTime {
+        cap_std::time::SystemTime::from_std(std::time::UNIX_EPOCH + self.tick())
+    }
 }
 
 /// A scheduler that never sleeps past the task's deadline: epochs only tick inside wasm, so
@@ -204,7 +283,7 @@ mod tests {
     #[test]
     fn a_task_has_stdio_and_nothing_else() {
         let logs = LogSink::new(64);
-        let ctx = task_ctx(&logs, Instant::now(), Duration::from_secs(1));
+        let ctx = task_ctx(&logs, Instant::now(), Duration::from_secs(1), None);
         for fd in 0..=2 {
             assert!(ctx.table().contains_key(fd), "fd {fd}");
         }

@@ -591,7 +591,13 @@ impl Scheduler {
             .filter(|r| verify::vote(&r.report).as_ref() == Some(&agreed))
             .collect();
         let id = spec_to_wire(&spec, 0).id();
-        for wrong in verify::minority(&runs, &agreed) {
+        // This node never marks itself: it trusts its own runs, and a task that differs from
+        // run to run must not take it out of its own placement.
+        let me = self.net.local_peer_id();
+        for wrong in verify::minority(&runs, &agreed)
+            .into_iter()
+            .filter(|r| r.peer != me)
+        {
             let (peer, said) = (wrong.peer, verify::describe(&wrong.report));
             let reason = format!(
                 "gave {said} where {} of {} peers gave {} (verified task {id})",
