@@ -721,8 +721,17 @@ impl Backend for GpuBackend {
             });
         }
         let buffer = self.tensor_buffer(shape)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.queue
             .write_buffer(&buffer, 0, bytemuck::cast_slice(&data));
+        // Submitted at once: wgpu keeps the staging copy, and the buffer, until the next
+        // submission, which a task that uploads and frees without an op would never make.
+        self.queue.submit([]);
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Device {
+                message: format!("upload: {err}"),
+            });
+        }
         Ok(self.live.tensor(shape, Storage::Device(buffer)))
     }
 
@@ -885,6 +894,34 @@ mod tests {
         let mut last = vec![0.0; 64 * 64];
         gpu.read_into(&outs[3 * MAX_QUEUED - 1], &mut last).unwrap();
         assert!(last.iter().all(|v| *v == 64.0));
+    }
+
+    /// An upload is submitted at once. wgpu keeps a written buffer's staging copy (and the
+    /// buffer) until the next submission, so a task that uploads and frees without an op
+    /// would pile up host and device memory its tensor quota never sees.
+    #[test]
+    fn uploads_without_ops_do_not_pile_up() {
+        let gpu = GpuBackend::new(true).unwrap_or_else(|e| {
+            panic!("no wgpu adapter ({e}): install Debian's mesa-vulkan-drivers for lavapipe")
+        });
+        let rss = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap();
+            kib << 10
+        };
+        // 64 MiB each.
+        let (shape, n) = (Shape::new(4096, 4096), 4096 * 4096);
+        drop(gpu.upload(vec![1.0; n], shape).unwrap());
+        let base = rss();
+        for _ in 0..16 {
+            drop(gpu.upload(vec![1.0; n], shape).unwrap());
+        }
+        let rise = rss().saturating_sub(base) >> 20;
+        assert!(rise < 4 * 64, "RSS rose {rise} MiB over 16 uploads of 64 MiB, each freed");
     }
 
     /// Every loop in the shaders is a counted `for`: it steps its counter up by 1 or by a
