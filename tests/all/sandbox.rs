@@ -171,6 +171,10 @@ impl shoal_host::runtime::Mesh for InstantMesh {
 
     fn written(&self, _: Cid, _: &[u8]) {}
 
+    fn may_store(&self, _: &[u8], _: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     fn fetch(&self, _: Cid, _: Option<&[u8]>, _: std::time::Instant) -> Result<(), String> {
         Ok(())
     }

@@ -602,6 +602,41 @@ async fn an_open_tenant_over_its_stored_bytes_is_refused() {
     assert!(denied(&refused.report).contains("stored-bytes quota"));
 }
 
+/// What an open tenant's task writes counts against its stored-bytes quota as it writes,
+/// not only at its next task's admission: a driver's subtasks on the same node, or one task
+/// with many outputs, cannot fill the node's disk in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tenants_outputs_count_against_its_stored_bytes_as_they_are_written() {
+    let root = tempfile::tempdir().unwrap();
+    let a = node(root.path(), "a", 0).await;
+    let spec = spec_for(
+        &a,
+        wasm::HOSTILE_OUTPUTS,
+        &[("size", "1048576"), ("max", "8")],
+    )
+    .await;
+    // Room for the module and one 1 MiB output, not two.
+    let module = a.store().manifest(&spec.module).unwrap().len;
+    let policy = Policy {
+        open_max_stored: module + (3 << 19),
+        ..Policy::default()
+    };
+    let b = node_with(root.path(), "b", 1, policy).await;
+    let b_id = connect(&a, &b).await;
+    let placed = a.submit(spec, Some(b_id)).await;
+    let logs = &placed.report.logs.text;
+    let failure = placed
+        .report
+        .result
+        .as_ref()
+        .expect_err("refused at its second output");
+    assert!(
+        logs.contains("wrote 1 outputs of 1048576 bytes"),
+        "{failure}\n{logs}"
+    );
+    assert!(logs.contains("stored-bytes quota"), "{logs}");
+}
+
 /// A peer that runs a node's own task holds a delegation from the node's identity; with it,
 /// it reads the files that task was given there, and nothing else the node holds (here a
 /// file the node keeps for another tenant).

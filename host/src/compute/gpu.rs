@@ -921,7 +921,10 @@ mod tests {
             drop(gpu.upload(vec![1.0; n], shape).unwrap());
         }
         let rise = rss().saturating_sub(base) >> 20;
-        assert!(rise < 4 * 64, "RSS rose {rise} MiB over 16 uploads of 64 MiB, each freed");
+        assert!(
+            rise < 4 * 64,
+            "RSS rose {rise} MiB over 16 uploads of 64 MiB, each freed"
+        );
     }
 
     /// Every loop in the shaders is a counted `for`: it steps its counter up by 1 or by a

@@ -63,6 +63,25 @@ impl Mesh for NodeMesh {
         }
     }
 
+    fn may_store(&self, tenant: &[u8], bytes: u64) -> Result<(), String> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Err("the node is shutting down".to_owned());
+        };
+        let Some(tenant) = postcard::from_bytes::<shoal_p2p::Credential>(tenant)
+            .ok()
+            .and_then(|c| c.tenant().ok())
+        else {
+            return Err("the task's credential does not decode".to_owned());
+        };
+        let stored = inner.store.granted_bytes(&tenant.to_string());
+        inner.tenants.check_stored(
+            &inner.config.policy,
+            inner.net.local_peer_id(),
+            tenant,
+            stored.saturating_add(bytes),
+        )
+    }
+
     fn fetch(&self, cid: Cid, tenant: Option<&[u8]>, deadline: Instant) -> Result<(), String> {
         let inner = self
             .inner

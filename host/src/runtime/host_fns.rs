@@ -172,6 +172,12 @@ pub(super) fn store_bytes(
         quota_note(state, what);
         return Err(ErrorCode::QuotaExceeded);
     }
+    if let Err(why) = state.subtasks.may_store(body.len() as u64) {
+        state
+            .logs
+            .append(&[format!("[host] storing {what}: {why}\n").as_bytes()]);
+        return Err(ErrorCode::QuotaExceeded);
+    }
     let clocked = ClockedReader {
         bytes: body,
         clock: &state.clock,

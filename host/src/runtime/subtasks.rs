@@ -74,6 +74,14 @@ pub trait Mesh: Send + Sync {
     /// wrote here, from other peers: its node and the executors of its subtasks fetch it
     /// while the task still runs.
     fn written(&self, cid: Cid, tenant: &[u8]);
+
+    /// Whether `tenant` may store `bytes` more here under the node's policy (an open
+    /// tenant's stored-bytes quota); why not, if not. Asked before each file a task writes,
+    /// whichever of the tenant's tasks writes it (a driver's subtasks run here too).
+    ///
+    /// # Errors
+    /// The quota's message.
+    fn may_store(&self, tenant: &[u8], bytes: u64) -> Result<(), String>;
 }
 
 /// One spawned subtask.
@@ -140,6 +148,14 @@ impl Subtasks {
         }
     }
 
+    /// Whether the task's tenant may store `bytes` more on this node.
+    pub(super) fn may_store(&self, bytes: u64) -> Result<(), String> {
+        match (&self.mesh, &self.tenant) {
+            (Some(mesh), Some(tenant)) => mesh.may_store(tenant, bytes),
+            _ => Ok(()),
+        }
+    }
+
     /// Tells the node that the task wrote file `cid`, so its tenant may read it.
     pub(super) fn written(&self, cid: Cid) {
         if let (Some(mesh), Some(tenant)) = (&self.mesh, &self.tenant) {
@@ -147,8 +163,21 @@ impl Subtasks {
         }
     }
 
-    /// Records a finished subtask: its outputs become readable, unused CPU goes back.
-    fn finish(&mut self, index: usize, report: TaskReport) {
+    /// Records a finished subtask: its outputs become readable, unused CPU goes back. What the
+    /// task can read of it is kept (result, a failure's message up to 4 KiB, times), not its
+    /// logs: up to 1024 finished reports wait for the task to read them.
+    fn finish(&mut self, index: usize, mut report: TaskReport) {
+        const MAX_MESSAGE: usize = 4096;
+        report.logs = Default::default();
+        if let Err(failure) = &mut report.result
+            && failure.message.len() > MAX_MESSAGE
+        {
+            let mut end = MAX_MESSAGE;
+            while !failure.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            failure.message.truncate(end);
+        }
         if let Some(Subtask::Running { reserved_cpu }) = self.table.get(index) {
             let unused = reserved_cpu.saturating_sub(report.stats.cpu);
             self.cpu_left = self.cpu_left.saturating_add(unused);
