@@ -889,6 +889,8 @@ mod in_process {
             .unwrap();
         let failure = placed.report.result.expect_err("the peer is gone");
         assert_eq!(failure.kind, FailureKind::Lost, "{failure}");
+        // A peer that loses a task is left out of placement for a while, like a busy one.
+        assert!(a.backed_off(&gate_id).is_some());
     }
 }
 

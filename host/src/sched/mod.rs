@@ -492,7 +492,13 @@ impl Scheduler {
                 tried.insert(peer);
                 continue;
             }
-            if accepted {
+            if lost_it && peer != me {
+                // It took the task and lost it (went away, never answered): left out of
+                // placement for a while like a busy peer, so a peer that accepts tasks and
+                // drops them cannot draw every placement to itself on its claimed capacity.
+                let wait = lock(&self.trust).busy(peer, Instant::now());
+                tracing::info!(%peer, ?wait, "peer lost the task; backing off");
+            } else if accepted {
                 lock(&self.trust).accepted(peer);
             }
             if !lost_it || on.is_some() {
