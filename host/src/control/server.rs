@@ -27,6 +27,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send its request line. The CLI sends it as soon as it
 /// connects; a connection that stays silent is dropped, so idle ones cannot hold every slot.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a client may leave a line it was sent untaken.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Binds the control socket (mode 0600) and serves it until the node shuts down.
 ///
@@ -68,10 +70,17 @@ pub async fn serve(node: Node) -> Result<tokio::task::JoinHandle<()>, NodeError>
     }))
 }
 
+/// Sends one line; a client that does not take it within [`WRITE_TIMEOUT`] loses its
+/// connection, so it cannot hold one of the socket's connections (and a request's work) for
+/// good.
 async fn send<R: Serialize>(w: &mut OwnedWriteHalf, frame: &Frame<R>) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(frame).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).await
+    tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")
+        })?
 }
 
 /// Sends the final line for a request's outcome.

@@ -107,11 +107,26 @@ impl Node {
     /// The outputs of `placed`, fetched here, by name.
     async fn outputs_of(&self, placed: &Placed) -> Result<Vec<(String, Vec<u8>)>, String> {
         let outputs = placed.report.result.as_ref().map_err(|f| f.to_string())?;
+        // Read whole into memory, so bounded first by what a task may write: a manifest may
+        // declare 32 GiB of chunks this node already holds.
+        let most = crate::runtime::Limits::default().output_bytes;
+        let mut total = 0u64;
         let mut files = Vec::new();
         for (name, cid) in outputs {
             self.fetch_file(*cid, &[placed.peer])
                 .await
                 .map_err(|e| format!("output `{name}`: {e}"))?;
+            let len = self
+                .store()
+                .manifest(cid)
+                .map_err(|e| format!("output `{name}`: {e}"))?
+                .len;
+            total = total.saturating_add(len);
+            if total > most {
+                return Err(format!(
+                    "the outputs come to over {most} bytes, more than a task may write"
+                ));
+            }
             let bytes = self
                 .store()
                 .read_file(cid)
