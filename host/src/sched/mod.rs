@@ -208,7 +208,12 @@ impl Scheduler {
             {
                 return Some((peer, *cap));
             }
-            let cap = self.net.capacity(peer).await.ok()?;
+            // A peer that does not answer offers nothing until the cache entry expires, so
+            // placements do not each wait out its timeout again.
+            let cap = self.net.capacity(peer).await.unwrap_or_else(|e| {
+                tracing::debug!(%peer, "no capacity answer: {e}");
+                Capacity::default()
+            });
             lock(&self.capacities).insert(peer, (Instant::now(), cap));
             Some((peer, cap))
         });
