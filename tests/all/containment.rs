@@ -146,6 +146,35 @@ fn iovecs_cost_the_host_no_memory() {
     assert_hello_works(&rt);
 }
 
+#[test]
+fn one_huge_random_get_stops_at_the_deadline() {
+    let (_dir, rt) = runtime(1);
+    // 1 GiB of memory filled with random bytes in one call, under a 20 ms limit.
+    let mut spec = wat_spec(
+        &rt,
+        r#"(module
+          (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+          (memory (export "memory") 16384)
+          (func (export "shoal_task:t") (result i32)
+            (drop (call $random (i32.const 0) (i32.const 0x40000000)))
+            (i32.const 0)))"#,
+    );
+    spec.limits = Limits {
+        memory_bytes: 1 << 30,
+        timeout: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let report = rt.run_blocking(&spec);
+    expect_failure(&report, FailureKind::Timeout, "20 ms wall-time limit");
+    assert!(
+        started.elapsed() < Duration::from_millis(20) + OVERRUN / 5,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_hello_works(&rt);
+}
+
 /// Reads one byte of each of its inputs, keeping nothing: what the host holds for it is the
 /// host's own doing.
 const ONE_BYTE_OF_EACH: &str = r#"(module

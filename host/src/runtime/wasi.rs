@@ -38,7 +38,7 @@ use super::{
 };
 
 /// Adds WASI preview 1 (and the older `wasi_unstable`) to the linker, with our own iovec
-/// calls in place of wasi-common's.
+/// calls and `random_get` in place of wasi-common's.
 pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     wasi_common::sync::add_to_linker(linker, |s: &mut TaskState| &mut s.wasi)?;
     linker.allow_shadowing(true);
@@ -56,6 +56,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<
             |mut c: Caller<'_, TaskState>, fd: i32, iovs: i32, len: i32, done: i32| {
                 stdio(&mut c, fd, Stdio::Read, iovs, len, done)
             },
+        )?;
+        linker.func_wrap(
+            module,
+            "random_get",
+            |mut c: Caller<'_, TaskState>, buf: i32, len: i32| random_get(&mut c, buf, len),
         )?;
         // Positioned I/O on a pipe is ESPIPE in POSIX; every fd a task has is a pipe.
         for call in ["fd_pwrite", "fd_pread"] {
@@ -139,6 +144,30 @@ fn stdio(
         return Ok(ERRNO_FAULT);
     };
     data[out].copy_from_slice(&done.to_le_bytes());
+    Ok(ERRNO_SUCCESS)
+}
+
+/// Fills the guest's buffer from the task's randomness a chunk at a time, checking its clock
+/// between chunks: wasi-common's fills all of it in one call (up to 4 GiB), however long
+/// that runs past the task's deadline.
+fn random_get(c: &mut Caller<'_, TaskState>, buf: i32, len: i32) -> wasmtime::Result<i32> {
+    const CHUNK: usize = 1 << 20;
+    let Some(memory) = c.data().memory else {
+        return Ok(ERRNO_FAULT);
+    };
+    let (data, state) = memory.data_and_store_mut(c);
+    let Ok(range) = guest_range(buf, len, data.len()) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let mut random = state
+        .wasi
+        .random
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for chunk in data[range].chunks_mut(CHUNK) {
+        state.clock.check().map_err(wasmtime::Error::new)?;
+        let Ok(()) = wasi_common::TryRng::try_fill_bytes(&mut *random, chunk);
+    }
     Ok(ERRNO_SUCCESS)
 }
 
