@@ -608,6 +608,32 @@ mod tests {
         assert!(err.to_string().contains("trailing"), "{err}");
     }
 
+    /// A task's lists are bounded as they decode: a frame of empty entries would otherwise
+    /// decode to many times its size before anyone counted them.
+    #[test]
+    fn a_task_with_more_inputs_or_arguments_than_allowed_does_not_decode() {
+        let spec = |inputs: usize, args: usize| TaskSpec {
+            module: Cid([1; 32]),
+            entry: String::new(),
+            inputs: vec![(String::new(), Cid([2; 32])); inputs],
+            args: vec![(String::new(), String::new()); args],
+            limits: TaskLimits::default(),
+            depth: 0,
+            progress: 0,
+            deterministic: false,
+            sources: Vec::new(),
+            auth: Box::default(),
+        };
+        let decodes = |spec: &TaskSpec| {
+            let bytes = postcard::to_stdvec(spec).unwrap();
+            postcard::from_bytes::<TaskSpec>(&bytes).is_ok()
+        };
+        let (inputs, args) = (shoal::abi::MAX_TASK_INPUTS, shoal::abi::MAX_TASK_ARGS);
+        assert!(decodes(&spec(inputs, args)));
+        assert!(!decodes(&spec(inputs + 1, 0)));
+        assert!(!decodes(&spec(0, args + 1)));
+    }
+
     #[test]
     fn truncated_frame_is_an_error() {
         let err = read_raw::<BlockRequest>(frame(32, &[1; 10]), BLOCK_LIMITS.request).unwrap_err();

@@ -1,10 +1,16 @@
 //! The typed messages that Shoal peers exchange, one request/response pair a protocol.
 //!
-//! Every type here is plain serde data. Nothing is bounded field by field: the codec bounds
-//! each whole frame (see [`crate::codec`]), so no `String` or `Vec` in a message can outgrow
-//! the frame it arrived in.
+//! Every type here is plain serde data. The codec bounds each whole frame (see
+//! [`crate::codec`]), so no `String` or `Vec` in a message can outgrow the frame it arrived
+//! in; a task's lists are bounded as they are decoded too ([`at_most`]), since a frame of
+//! empty entries decodes to many times its size.
 
-use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{Error as _, SeqAccess, Visitor},
+};
 
 pub use shoal::abi::{Cid, MAX_BLOCK_LEN, Verified};
 
@@ -63,9 +69,11 @@ pub struct TaskSpec {
     pub module: Cid,
     /// The exported entry point to call.
     pub entry: String,
-    /// Named input blocks.
+    /// Named input blocks, at most [`MAX_TASK_INPUTS`](shoal::abi::MAX_TASK_INPUTS).
+    #[serde(deserialize_with = "at_most::<_, _, { shoal::abi::MAX_TASK_INPUTS }>")]
     pub inputs: Vec<(String, Cid)>,
-    /// Named string arguments.
+    /// Named string arguments, at most [`MAX_TASK_ARGS`](shoal::abi::MAX_TASK_ARGS).
+    #[serde(deserialize_with = "at_most::<_, _, { shoal::abi::MAX_TASK_ARGS }>")]
     pub args: Vec<(String, String)>,
     /// Sandbox limits.
     pub limits: TaskLimits,
@@ -79,11 +87,44 @@ pub struct TaskSpec {
     pub deterministic: bool,
     /// Other peers (their `PeerId` bytes) that hold some of the module and inputs, asked
     /// after the sender: private blocks are not announced, so the submitter says where they
-    /// are (a subtask's inputs may be other subtasks' outputs, held where those ran).
+    /// are (a subtask's inputs may be other subtasks' outputs, held where those ran). At most
+    /// one a module or input.
+    #[serde(deserialize_with = "at_most::<_, _, { shoal::abi::MAX_TASK_INPUTS + 1 }>")]
     pub sources: Vec<Vec<u8>>,
     /// Who the task runs for, and the signatures that prove it (boxed: it is over half of a
     /// spec's size, and specs travel in the network actor's commands).
     pub auth: Box<TaskAuth>,
+}
+
+/// Decodes a list of at most `N` items, failing at the first past it: bounded as it is read,
+/// not after.
+fn at_most<'de, D, T, const N: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == N {
+                    return Err(A::Error::invalid_length(N + 1, &self));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded::<T, N>(PhantomData))
 }
 
 impl TaskSpec {

@@ -142,9 +142,6 @@ impl NodeInner {
                 "this node runs no tasks (started with --slots 0)",
             );
         }
-        if let Some(why) = crate::runtime::shape_error(spec.inputs.len(), spec.args.len()) {
-            return TaskOutcome::failed(shoal_p2p::FailureKind::BadInput, why);
-        }
         // Who it runs for, proven, and whether this node's policy lets it in: checked before
         // anything is fetched or run, so a forged or unwelcome spec costs a signature check.
         let me = self.net.local_peer_id();

@@ -1009,7 +1009,7 @@ impl Runtime {
 /// [`MAX_TASK_INPUTS`](shoal::abi::MAX_TASK_INPUTS) and
 /// [`MAX_TASK_ARGS`](shoal::abi::MAX_TASK_ARGS) a spec costs the host more (manifests held,
 /// files fetched, copies decoded) than its limits charge for. Checked wherever a spec enters:
-/// a run, a peer's task before anything is fetched, a spawn.
+/// a run, a placement (before it is sent), a spawn; a peer's spec is bounded as it decodes.
 pub fn shape_error(inputs: usize, args: usize) -> Option<String> {
     use shoal::abi::{MAX_TASK_ARGS, MAX_TASK_INPUTS};
     if inputs > MAX_TASK_INPUTS {

@@ -351,6 +351,15 @@ impl Scheduler {
         claimed: Option<&tokio::sync::Mutex<HashSet<PeerId>>>,
     ) -> Placed {
         let me = self.net.local_peer_id();
+        // A spec past the input or argument limits is refused by every peer (it does not
+        // decode there): said here, before it is sent.
+        if let Some(why) = crate::runtime::shape_error(spec.inputs.len(), spec.args.len()) {
+            return Placed {
+                peer: me,
+                report: TaskReport::failed(TaskFailure::new(FailureKind::BadInput, why)),
+                verified_by: Vec::new(),
+            };
+        }
         // An input held here that is no file (a chunk, a stray block) is wrong wherever the
         // task runs: said here, before any peer is asked for it.
         for (name, cid) in &spec.inputs {
