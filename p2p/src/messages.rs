@@ -20,7 +20,7 @@ pub use crate::auth::{AuthError, Credential, Delegation, TaskAuth};
 /// tenant I act for may read.
 ///
 /// The provider serves it only when the credential holds for the requester and names a
-/// tenant that may read `file` there (the provider's own identity may read all it holds),
+/// tenant that may read `file` there (its grants, the provider's own identity's included),
 /// and `cid` is `file` or one of its chunks. Anything else is `Denied`, whether the block is
 /// there or not, so that a peer cannot probe for content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

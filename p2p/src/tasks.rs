@@ -537,11 +537,14 @@ pub(crate) async fn serve(
         }
         io::Result::Ok(())
     };
-    let mut running = JoinSet::new();
-    let reading = async {
+    let reading = async move {
+        let mut running = JoinSet::new();
+        // Since when no task has run: a stream idle for `idle` past that is closed, so idle
+        // streams cannot hold the node's task-stream places for good. Counted from when the
+        // last task ended (seen at a tick), not from its frame, so the submitter, which
+        // retires a stream a minute or two after its last answer, does so first.
+        let mut idle_since = None;
         loop {
-            // A stream with no task running and none sent for `idle` is closed: idle streams
-            // would otherwise hold the node's task-stream places for good.
             let next = read_frame::<_, (u64, TaskSpec)>(&mut read, TASK_FRAME);
             tokio::pin!(next);
             let (id, spec) = loop {
@@ -550,13 +553,21 @@ pub(crate) async fn serve(
                     () = tokio::time::sleep(idle) => {
                         // Finished handlers leave their results behind until joined.
                         while running.try_join_next().is_some() {}
-                        if running.is_empty() {
-                            debug!(%peer, "idle task stream closed");
-                            return Ok(());
+                        match idle_since {
+                            _ if !running.is_empty() => idle_since = None,
+                            None => idle_since = Some(tokio::time::Instant::now()),
+                            Some(since) if since.elapsed() >= idle => {
+                                debug!(%peer, "idle task stream closed");
+                                // The writer sends what is queued, then ends.
+                                drop(answers);
+                                return Ok(());
+                            }
+                            Some(_) => {}
                         }
                     }
                 }
             };
+            idle_since = None;
             while running.try_join_next().is_some() {}
             let admitted = match permits.admit() {
                 Ok(admitted) => admitted,
@@ -587,10 +598,15 @@ pub(crate) async fn serve(
             });
         }
     };
-    // Whichever ends first ends the stream; `running` drops with it.
+    tokio::pin!(writing);
+    // A broken stream ends at once, and `running` drops with the reader; a stream closed for
+    // idleness first writes the answers already queued.
     let served: io::Result<()> = tokio::select! {
-        r = reading => r,
-        r = writing => r,
+        r = reading => match r {
+            Ok(()) => writing.await,
+            Err(e) => Err(e),
+        },
+        r = &mut writing => r,
     };
     match served {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),

@@ -1623,8 +1623,9 @@ async fn bulk_corrupt_chunk_ends_the_session() {
     assert!(session.next().await.is_none());
 }
 
-/// A task stream that carries nothing for twice the idle time, with no task running, is
-/// closed by the executor: idle streams cannot hold its task-stream places.
+/// A task stream that carries nothing, with no task running, is closed by the executor after
+/// two to three times the submitter's idle time: idle streams cannot hold its task-stream
+/// places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_task_stream_is_closed_by_the_executor() {
     let idle = Duration::from_millis(200);
@@ -1640,7 +1641,7 @@ async fn an_idle_task_stream_is_closed_by_the_executor() {
         stream.read_to_end(&mut rest),
     );
     assert!(read.await.map_or(true, |n| n == 0), "answered: {rest:?}");
-    assert!(started.elapsed() >= idle * 2, "{:?}", started.elapsed());
+    assert!(started.elapsed() >= idle * 3, "{:?}", started.elapsed());
 }
 
 /// A provider that sends a byte now and then, each within the stall timeout, is given up

@@ -146,31 +146,29 @@ impl NodeInner {
         // anything is fetched or run, so a forged or unwelcome spec costs a signature check.
         let me = self.net.local_peer_id();
         let now = now_ms();
-        let checked = spec
-            .verify(me, now)
-            .map_err(|e| e.to_string())
-            .and_then(|tenant| self.seen.check(tenant, &spec.auth, now).map(|()| tenant));
-        let tenant = match checked {
+        let tenant = match spec.verify(me, now) {
             Ok(tenant) => tenant,
             Err(e) => {
                 tracing::info!("refused a task from peer {from}: {e}");
-                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e);
+                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, e.to_string());
             }
         };
         // Its name once: a peer id's text is a base58 encoding, a few µs each time.
         let tenant_name = tenant.to_string();
         let stored = || self.store.granted_bytes(&tenant_name);
-        let _admitted =
-            match self
-                .tenants
-                .admit(&self.config.policy, me, tenant, &spec.limits, stored())
-            {
-                Ok(admitted) => admitted,
-                Err(why) => {
-                    tracing::info!("refused a task from peer {from}: {why}");
-                    return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
-                }
-            };
+        // The policy before the replay memory: a tenant the node does not run leaves nothing
+        // remembered there.
+        let admitted = self
+            .tenants
+            .admit(&self.config.policy, me, tenant, &spec.limits, stored())
+            .and_then(|admitted| self.seen.check(tenant, &spec.auth, now).map(|()| admitted));
+        let _admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                tracing::info!("refused a task from peer {from}: {why}");
+                return TaskOutcome::failed(shoal_p2p::FailureKind::Denied, why);
+            }
+        };
         let token = spec.progress;
         let credential = spec.auth.credential.clone();
         let mut providers = vec![from];

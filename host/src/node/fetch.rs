@@ -3,9 +3,9 @@
 //! serves a bad chunk is dropped for the rest of the fetch and the chunk is asked of another.
 //!
 //! Every request carries the tenant's credential, and providers serve only files the tenant
-//! may read there. A local copy counts only if the tenant may read it here: otherwise its
-//! manifest is asked of a provider, whose answer is the proof, and the file is then granted
-//! to the tenant here too.
+//! may read there. A local copy counts only if the tenant may read it here: otherwise the
+//! whole file (manifest and every chunk) is asked of providers, whose answers are the proof,
+//! and the file is then granted to the tenant here too.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -93,7 +93,11 @@ impl NodeInner {
             return Ok(());
         }
         let mut providers: Vec<PeerId> = hints.to_vec();
-        providers.extend(self.locations.of(&cid).filter(|p| !providers.contains(p)));
+        for peer in self.locations.of(&cid) {
+            if !providers.contains(&peer) {
+                providers.push(peer);
+            }
+        }
         let bad = Arc::new(Mutex::new(HashSet::new()));
         let have = self.store.has_block(&cid);
         let may_read = reader

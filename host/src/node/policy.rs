@@ -191,7 +191,8 @@ const MAX_REMEMBERED: usize = 1 << 20;
 /// under each driver's delegation (with its expiry).
 pub(super) struct Seen {
     replays: Mutex<Replays>,
-    subtasks: Mutex<HashMap<shoal::abi::Cid, (u32, u64)>>,
+    /// By the driver's delegation: subtasks run under it, its expiry, and its tenant.
+    subtasks: Mutex<HashMap<shoal::abi::Cid, (u32, u64, PeerId)>>,
     capacity: usize,
 }
 
@@ -224,12 +225,12 @@ impl Seen {
     /// tenant they proved.
     pub(super) fn check(&self, tenant: PeerId, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
         self.fresh(tenant, auth, now_ms)?;
-        self.within_budget(auth, now_ms)
+        self.within_budget(tenant, auth, now_ms)
     }
 
     /// The subtask budget of the link that delegated to the driver's node: counted here, so
     /// a driver's node cannot send one executor more subtasks than the tenant allowed.
-    fn within_budget(&self, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
+    fn within_budget(&self, tenant: PeerId, auth: &TaskAuth, now_ms: u64) -> Result<(), String> {
         let chain = &auth.credential.chain;
         let Some(parent) = chain.len().checked_sub(2).map(|i| &chain[i]) else {
             return Ok(());
@@ -237,16 +238,27 @@ impl Seen {
         let mut counts = self.subtasks.lock().unwrap_or_else(PoisonError::into_inner);
         let key = shoal::abi::Cid::of(&parent.signature);
         if counts.len() >= self.capacity && !counts.contains_key(&key) {
-            counts.retain(|_, (_, expires)| *expires > now_ms);
-            if counts.len() >= self.capacity {
-                // Forgetting a budget would let its driver start over: refuse new drivers.
-                return Err(format!(
-                    "this node counts the subtasks of {} drivers' delegations already; retry later",
-                    self.capacity
-                ));
+            counts.retain(|_, (_, expires, _)| *expires > now_ms);
+        }
+        if counts.len() >= self.capacity && !counts.contains_key(&key) {
+            // Full of live delegations: the tenant with the most forgets a sixteenth of them,
+            // which lets only its own drivers start their counts over here.
+            let mut per_tenant: HashMap<PeerId, usize> = HashMap::new();
+            for (_, _, t) in counts.values() {
+                *per_tenant.entry(*t).or_default() += 1;
+            }
+            if let Some((most, _)) = per_tenant.into_iter().max_by_key(|(_, n)| *n) {
+                let mut forget = (self.capacity / 16).max(1);
+                counts.retain(|_, (_, _, t)| {
+                    let keep = *t != most || forget == 0;
+                    forget -= usize::from(!keep);
+                    keep
+                });
             }
         }
-        let (count, _) = counts.entry(key).or_insert((0, parent.expires_at_ms));
+        let (count, _, _) = counts
+            .entry(key)
+            .or_insert((0, parent.expires_at_ms, tenant));
         if *count >= parent.max_subtasks {
             return Err(format!(
                 "the driver's delegation allows {} subtasks, and this node has run them all",

@@ -182,13 +182,17 @@ impl Scheduler {
                 if let Err(e) = self.store.grant(&cid, &tenant) {
                     tracing::warn!(%cid, error = %e, "cannot grant a task's input");
                 }
-            } else if let Some(peer) = self.locations.of(&cid) {
-                let peer = peer.to_bytes();
-                if !sources.contains(&peer) {
-                    sources.push(peer);
+            } else {
+                for peer in self.locations.of(&cid) {
+                    let peer = peer.to_bytes();
+                    if !sources.contains(&peer) {
+                        sources.push(peer);
+                    }
                 }
             }
         }
+        // As many as a spec may carry (one a file); the executor asks the first few.
+        sources.truncate(shoal::abi::MAX_TASK_INPUTS + 1);
         sources
     }
 
@@ -209,7 +213,7 @@ impl Scheduler {
                 return Some((peer, *cap));
             }
             // A peer that does not answer offers nothing until the cache entry expires, so
-            // placements do not each wait out its timeout again.
+            // later placements do not wait out its timeout again.
             let cap = self.net.capacity(peer).await.unwrap_or_else(|e| {
                 tracing::debug!(%peer, "no capacity answer: {e}");
                 Capacity::default()
@@ -272,7 +276,7 @@ impl Scheduler {
             if self.store.has_block(cid) {
                 *holders.entry(me).or_default() += 1;
             }
-            if let Some(peer) = self.locations.of(cid) {
+            for peer in self.locations.of(cid) {
                 *holders.entry(peer).or_default() += 1;
             }
         }
@@ -474,7 +478,14 @@ impl Scheduler {
                     Err(e @ shoal_p2p::Error::Busy { .. }) => {
                         (TaskReport::lost(e.to_string()), true, false)
                     }
-                    Err(e) => (TaskReport::lost(format!("peer {peer}: {e}")), false, false),
+                    Err(e) => {
+                        // It took the task and went away or never answered: left out of
+                        // placement for a while like a busy peer, so a peer that accepts tasks
+                        // and drops them cannot draw every placement to itself.
+                        let wait = lock(&self.trust).busy(peer, Instant::now());
+                        tracing::info!(%peer, ?wait, "peer lost the task; backing off");
+                        (TaskReport::lost(format!("peer {peer}: {e}")), false, false)
+                    }
                 }
             };
             self.adjust(peer, -1);
@@ -506,13 +517,7 @@ impl Scheduler {
                 tried.insert(peer);
                 continue;
             }
-            if lost_it && peer != me {
-                // It took the task and lost it (went away, never answered): left out of
-                // placement for a while like a busy peer, so a peer that accepts tasks and
-                // drops them cannot draw every placement to itself on its claimed capacity.
-                let wait = lock(&self.trust).busy(peer, Instant::now());
-                tracing::info!(%peer, ?wait, "peer lost the task; backing off");
-            } else if accepted {
+            if accepted {
                 lock(&self.trust).accepted(peer);
             }
             if !lost_it || on.is_some() {

@@ -1,8 +1,9 @@
 //! Who besides this node may read which file: the store side of capability-scoped data.
 //!
 //! A grant says that a reader (a tenant, by its peer id, or [`PUBLIC`]) may fetch a file
-//! from this node: its manifest and every chunk it lists. This node's own identity needs
-//! none: it may read all it holds. Grants are made where a capability is proven: a tenant's
+//! from this node: its manifest and every chunk it lists. This node itself needs none
+//! locally, but a peer acting for its identity (running a task it sent) reads only what was
+//! granted to that identity. Grants are made where a capability is proven: a tenant's
 //! task is given a file (its module and inputs, on the submitter and on the executor), a
 //! tenant's task writes one (its outputs), or the user puts one `--public`.
 //!

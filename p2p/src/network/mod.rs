@@ -429,7 +429,7 @@ impl Network {
             serve: {
                 let handler = Arc::clone(&handler);
                 // Past the submitter's own idle time, so that it retires a stream first.
-                let idle = config.task_idle_timeout * 2;
+                let idle = config.task_idle_timeout * 3;
                 Box::new(move |peer, stream| {
                     let permits = slots.for_peer(peer);
                     Box::pin(tasks::serve(
