@@ -468,6 +468,55 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_filling_the_budget_memory_forgets_its_own_not_anothers() {
+        use shoal_p2p::{Credential, Keypair};
+        let seen = Seen::with_capacity(4);
+        let now = 10_000_000;
+        let worker = PeerId::random();
+        // A subtask under a fresh driver delegation of `tenant`'s, signed `n`.
+        let subtask = |tenant: &Keypair, n: u8| {
+            let driver = Keypair::generate_ed25519();
+            let held = Credential::of(tenant)
+                .delegate(
+                    tenant,
+                    driver.public().to_peer_id(),
+                    u64::MAX,
+                    shoal::abi::Cid([n; 32]),
+                    1,
+                )
+                .unwrap();
+            TaskAuth {
+                credential: held
+                    .delegate(&driver, worker, u64::MAX, shoal::abi::Cid([n; 32]), 1)
+                    .unwrap(),
+                issued_at_ms: now,
+                nonce: 0,
+                signature: vec![n],
+            }
+        };
+        let (flooder, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (flooder_id, other_id) = (flooder.public().to_peer_id(), other.public().to_peer_id());
+        let other_first = subtask(&other, 0);
+        assert!(seen.check(other_id, &other_first, now).is_ok());
+        for n in 1..10 {
+            assert!(
+                seen.check(flooder_id, &subtask(&flooder, n), now).is_ok(),
+                "{n}"
+            );
+        }
+        // The other tenant's count was kept: its driver's second subtask is over its budget.
+        let again = TaskAuth {
+            signature: vec![100],
+            ..other_first
+        };
+        assert!(
+            seen.check(other_id, &again, now)
+                .unwrap_err()
+                .contains("allows 1 subtasks")
+        );
+    }
+
+    #[test]
     fn a_drivers_subtasks_are_counted_against_its_delegation() {
         use shoal_p2p::{Credential, Keypair};
         let (tenant, driver) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
