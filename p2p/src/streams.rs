@@ -161,17 +161,22 @@ impl Shared {
     fn route(&mut self, peer: PeerId, lane: usize, request: NewStream) {
         let state = self.peers.entry(peer).or_default();
         // The lanes: the connections not failing, or all of them if every one is.
-        let mut lanes: Vec<usize> = (0..state.connections.len())
-            .filter(|&i| !state.connections[i].failing)
-            .collect();
-        if lanes.is_empty() {
-            lanes = (0..state.connections.len()).collect();
-        }
-        let open = lanes.len();
+        let healthy = state.connections.iter().filter(|c| !c.failing).count();
+        let (open, skip_failing) = match healthy {
+            0 => (state.connections.len(), false),
+            n => (n, true),
+        };
         let wants_another =
             open == 0 || (lane >= open && state.most.is_none_or(|most| open < most));
         if !wants_another {
-            let connection = &mut state.connections[lanes[lane % open]];
+            let Some(connection) = state
+                .connections
+                .iter_mut()
+                .filter(|c| !(skip_failing && c.failing))
+                .nth(lane % open)
+            else {
+                return;
+            };
             if let Err(e) = connection.requests.try_send(request) {
                 let error = if e.is_full() {
                     io::Error::other(format!(

@@ -81,8 +81,8 @@ impl NodeInner {
     }
 
     /// Answers a `/shoal/bulk/1` request under the rule of [`InboundHandler::block`]: the
-    /// credential must hold for `from` and name a tenant that may read the file here, and every chunk asked must be one of the file's; otherwise the whole request is
-    /// `Denied`, without a look at the chunks. The chunks are read on a blocking thread, a few
+    /// credential must hold for `from` and name a tenant that may read the file here, and every
+    /// chunk asked must be one of the file's; otherwise the whole request is `Denied`, without a look at the chunks. The chunks are read on a blocking thread, a few
     /// ahead of the stream that sends them.
     async fn serve_bulk(&self, from: PeerId, request: BulkRequest) -> BulkResponse {
         let reader = match self.reader(from, &request.credential) {

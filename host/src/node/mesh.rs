@@ -53,10 +53,7 @@ impl Mesh for NodeMesh {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        let reader = postcard::from_bytes::<shoal_p2p::Credential>(tenant)
-            .ok()
-            .and_then(|c| c.tenant().ok());
-        if let Some(reader) = reader
+        if let Some(reader) = tenant_of(tenant)
             && let Err(e) = inner.store.grant(&cid, &reader.to_string())
         {
             tracing::warn!(%cid, error = %e, "cannot grant a task's output to its tenant");
@@ -67,10 +64,7 @@ impl Mesh for NodeMesh {
         let Some(inner) = self.inner.upgrade() else {
             return Err("the node is shutting down".to_owned());
         };
-        let Some(tenant) = postcard::from_bytes::<shoal_p2p::Credential>(tenant)
-            .ok()
-            .and_then(|c| c.tenant().ok())
-        else {
+        let Some(tenant) = tenant_of(tenant) else {
             return Err("the task's credential does not decode".to_owned());
         };
         let stored = inner.store.granted_bytes(&tenant.to_string());
@@ -103,4 +97,12 @@ impl Mesh for NodeMesh {
             Err(_) => Err(format!("fetching {cid}: the task's time ran out")),
         }
     }
+}
+
+/// The tenant a task's opaque credential ([`TaskSpec::tenant`](crate::runtime::TaskSpec::tenant))
+/// names, if it decodes.
+fn tenant_of(credential: &[u8]) -> Option<shoal_p2p::PeerId> {
+    postcard::from_bytes::<shoal_p2p::Credential>(credential)
+        .ok()
+        .and_then(|c| c.tenant().ok())
 }

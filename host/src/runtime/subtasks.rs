@@ -169,13 +169,8 @@ impl Subtasks {
     fn finish(&mut self, index: usize, mut report: TaskReport) {
         const MAX_MESSAGE: usize = 4096;
         report.logs = Default::default();
-        if let Err(failure) = &mut report.result
-            && failure.message.len() > MAX_MESSAGE
-        {
-            let mut end = MAX_MESSAGE;
-            while !failure.message.is_char_boundary(end) {
-                end -= 1;
-            }
+        if let Err(failure) = &mut report.result {
+            let end = failure.message.floor_char_boundary(MAX_MESSAGE);
             failure.message.truncate(end);
         }
         if let Some(Subtask::Running { reserved_cpu }) = self.table.get(index) {

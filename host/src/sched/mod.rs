@@ -171,6 +171,20 @@ impl Scheduler {
         lock(&self.trust).backed_off(peer, Instant::now())
     }
 
+    /// Why `spec` is wrong wherever it would run, said before any peer is asked: past the
+    /// input or argument limits (no peer decodes it), or an input held here that is no file
+    /// (a chunk, a stray block). A file known complete needs no manifest read.
+    fn bad_input(&self, spec: &TaskSpec) -> Option<String> {
+        if let Some(why) = crate::runtime::shape_error(spec.inputs.len(), spec.args.len()) {
+            return Some(why);
+        }
+        spec.inputs.iter().find_map(|(name, cid)| {
+            let held = !self.store.known_complete(cid) && self.store.has_block(cid);
+            let e = held.then(|| self.store.manifest(cid).err()).flatten()?;
+            Some(format!("input `{name}`: {e}"))
+        })
+    }
+
     /// Readies `spec`'s files for the peer it is sent to: what this node holds is granted to
     /// the spec's tenant (this node's own identity included), so the executor may fetch it
     /// here and nothing else; the peers known to hold the rest are returned, for the spec's
@@ -358,29 +372,12 @@ impl Scheduler {
         claimed: Option<&tokio::sync::Mutex<HashSet<PeerId>>>,
     ) -> Placed {
         let me = self.net.local_peer_id();
-        // A spec past the input or argument limits is refused by every peer (it does not
-        // decode there): said here, before it is sent.
-        if let Some(why) = crate::runtime::shape_error(spec.inputs.len(), spec.args.len()) {
+        if let Some(why) = self.bad_input(&spec) {
             return Placed {
                 peer: me,
                 report: TaskReport::failed(TaskFailure::new(FailureKind::BadInput, why)),
                 verified_by: Vec::new(),
             };
-        }
-        // An input held here that is no file (a chunk, a stray block) is wrong wherever the
-        // task runs: said here, before any peer is asked for it.
-        for (name, cid) in &spec.inputs {
-            if self.store.has_block(cid)
-                && let Err(e) = self.store.manifest(cid)
-            {
-                let failure =
-                    TaskFailure::new(FailureKind::BadInput, format!("input `{name}`: {e}"));
-                return Placed {
-                    peer: me,
-                    report: TaskReport::failed(failure),
-                    verified_by: Vec::new(),
-                };
-            }
         }
         // Peers this placement tried: lost for good, or busy (those may be asked again once
         // their backoff has passed, if no other peer is left).
